@@ -1,0 +1,248 @@
+"""Typed settings: one data root, provider profiles, gates per provider and environment.
+
+Precedence, lowest first: built-in defaults < `autoretrain.yaml` (working directory, or the file
+named by AUTORETRAIN_CONFIG) < environment variables. Secrets are never read from the YAML file:
+it names the *environment variable* that holds a key, and code reads the variable when it needs it.
+
+Gates and lifts are layered the same way: `default`, then the active provider profile's
+override, then the active environment's override (see `PromotionGates.resolve`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG_FILE = "autoretrain.yaml"
+
+
+class SettingsError(ValueError):
+    """Bad configuration: the message says which file and which field."""
+
+
+class _Section(BaseModel):
+    # Unknown keys in a section are a typo in the user's YAML: say so instead of ignoring it.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Paths:
+    """Every path the project writes, derived from one root (AUTORETRAIN_HOME)."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+
+    @property
+    def landing(self) -> Path:
+        return self.root / "landing" / "runs"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "autoretrain.duckdb"
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "autoretrain"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    def landing_day(self, day: str) -> Path:
+        return self.landing / f"date={day}"
+
+
+class Price(_Section):
+    """USD per million tokens."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+class ProviderProfile(_Section):
+    """How to reach a chat model. `slots` maps slot name (primary, canary) to a model id,
+    a deployment name (Azure) or, for `local`, a model directory or registry version."""
+
+    kind: Literal["local", "openai_compatible", "azure_openai", "scripted"] = "local"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    azure_endpoint: str | None = None
+    api_version: str = "2024-10-21"
+    slots: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    device: str = "cpu"
+
+
+class PromotionGates(_Section):
+    """What a run must clear to become training data (PromotionGuardAgent)."""
+
+    min_score: float = 1.0
+    max_escalations: int = 0
+    max_recoveries: int = 2
+    max_runtime_s: float = 120.0
+    max_total_tokens: int = 8192
+    categories: list[str] | None = None  # None: every category
+
+    @classmethod
+    def resolve(cls, layers: dict[str, Any], provider: str, environment: str) -> PromotionGates:
+        return cls(**_layered(layers, provider, environment))
+
+
+class EvaluationLifts(_Section):
+    """What a candidate must clear against the incumbent (regression gate)."""
+
+    min_lift: float = 0.03
+    significance: float = 0.05
+    max_heldout_regression: float = 0.02
+    max_category_regression: float = 0.05
+    max_latency_ratio: float = 1.5
+    max_cost_ratio: float = 1.5
+
+    @classmethod
+    def resolve(cls, layers: dict[str, Any], provider: str, environment: str) -> EvaluationLifts:
+        return cls(**_layered(layers, provider, environment))
+
+
+def _layered(layers: dict[str, Any], provider: str, environment: str) -> dict[str, Any]:
+    merged: dict[str, Any] = dict(layers.get("default") or {})
+    merged.update((layers.get("providers") or {}).get(provider) or {})
+    merged.update((layers.get("environments") or {}).get(environment) or {})
+    return merged
+
+
+class IngestSettings(_Section):
+    max_quarantine_rate: float = 0.05
+    max_record_bytes: int = 10 * 1024 * 1024
+
+
+class MirrorSettings(_Section):
+    """Azure Blob mirror of the landing zone and artifacts. Off unless a container is set."""
+
+    container: str | None = None
+    prefix: str = "autoretrain"
+    account_url: str | None = None  # used with DefaultAzureCredential
+    connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING"
+    max_retries: int = 5
+
+
+class SelfPlaySettings(_Section):
+    runs_per_iteration: int = 2000
+    temperature: float = 0.8
+    canary_share: float = 0.0
+    category_weights: dict[str, float] = Field(default_factory=dict)
+    seed: int = 0
+
+
+class DatasetSettings(_Section):
+    eval_ratio: float = 0.1
+    min_examples_per_category: int = 5
+    max_examples_per_category: int | None = None
+    min_new_promotable_runs: int = 200
+    max_tool_output_chars: int = 4000
+    extra_secret_patterns: list[str] = Field(default_factory=list)
+    azure_bom: bool = False
+
+
+class TrainingSettings(_Section):
+    method: Literal["auto", "full", "lora", "qlora"] = "auto"
+    epochs: int = 3
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    max_seq_len: int = 512
+    lora_r: int = 16
+    lora_alpha: int = 32
+    seed: int = 0
+
+
+class EvaluationSettings(_Section):
+    instances_per_scenario: int = 70
+    samples_per_instance: int = 1
+    bootstrap_samples: int = 2000
+
+
+class Settings(_Section):
+    home: Path = Path("data")
+    environment: str = "local"
+    provider: str = "local"
+    providers: dict[str, ProviderProfile] = Field(
+        default_factory=lambda: {"local": ProviderProfile(kind="local")}
+    )
+    pricing: dict[str, Price] = Field(default_factory=dict)
+    gates: dict[str, Any] = Field(default_factory=dict)
+    lifts: dict[str, Any] = Field(default_factory=dict)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    mirror: MirrorSettings = Field(default_factory=MirrorSettings)
+    selfplay: SelfPlaySettings = Field(default_factory=SelfPlaySettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    scenarios_dir: Path = Path("scenarios")
+
+    model_config = ConfigDict(extra="forbid", ignored_types=(cached_property,))
+
+    @cached_property
+    def paths(self) -> Paths:
+        return Paths(self.home)
+
+    @property
+    def profile(self) -> ProviderProfile:
+        try:
+            return self.providers[self.provider]
+        except KeyError:
+            raise SettingsError(
+                f"provider profile {self.provider!r} is not defined; "
+                f"known profiles: {sorted(self.providers)}"
+            ) from None
+
+    def promotion_gates(self) -> PromotionGates:
+        return PromotionGates.resolve(self.gates, self.provider, self.environment)
+
+    def evaluation_lifts(self) -> EvaluationLifts:
+        return EvaluationLifts.resolve(self.lifts, self.provider, self.environment)
+
+
+# Environment variables that override the file, and the field each sets.
+_ENV_OVERRIDES = {
+    "AUTORETRAIN_HOME": "home",
+    "AUTORETRAIN_ENV": "environment",
+    "AUTORETRAIN_PROVIDER": "provider",
+    "AUTORETRAIN_SCENARIOS": "scenarios_dir",
+}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from defaults, the YAML file, the environment, then explicit overrides."""
+    path = config_file or Path(os.environ.get("AUTORETRAIN_CONFIG", CONFIG_FILE))
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: expected a mapping at the top level")
+    for env, field in _ENV_OVERRIDES.items():
+        if os.environ.get(env):
+            data[field] = os.environ[env]
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        where = path if path.exists() else "settings"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"{where}: {problems}") from exc
