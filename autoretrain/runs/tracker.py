@@ -138,7 +138,9 @@ class ActiveRun:
             self.message(message)
 
     def tool_call(self, call_id: str, name: str, arguments: str, agent: str = "executor") -> None:
-        self.event(EventType.TOOL_CALL, agent=agent, call_id=call_id, name=name, arguments=arguments)
+        self.event(
+            EventType.TOOL_CALL, agent=agent, call_id=call_id, name=name, arguments=arguments
+        )
 
     def tool_result(
         self, call_id: str, name: str, content: str, ok: bool, duration_s: float | None = None
@@ -161,7 +163,9 @@ class ActiveRun:
     def recovery(self, attempt: int, reason: str, action: str = "retry_with_feedback") -> None:
         rec = RecoveryAction(attempt=attempt, reason=reason, action=action)
         self.run.recoveries.append(rec)
-        self.event(EventType.RECOVERY, agent="workflow", attempt=attempt, reason=reason, action=action)
+        self.event(
+            EventType.RECOVERY, agent="workflow", attempt=attempt, reason=reason, action=action
+        )
 
     def escalate(self, reason: str) -> None:
         self.run.escalations.append(Escalation(reason=reason))
@@ -191,7 +195,9 @@ class ActiveRun:
     def __enter__(self) -> ActiveRun:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
         # A crash inside the app still leaves a record of what happened before it.
         if not self.finished:
             if exc is not None:
