@@ -1,0 +1,54 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the suite).
+# Both create or update the same .venv. torch is installed first and pinned: a plain or
+# unpinned torch, or a dependency asking for one, would pull a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+AZURITE := autoretrain_tests/azurite
+export AUTORETRAIN_HOME ?= $(CURDIR)/data
+export DAGSTER_HOME ?= $(AUTORETRAIN_HOME)/dagster
+
+.PHONY: venv demo test test-fast lint format azurite ui validate bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/autoretrain loop
+
+# Azurite (the Azure Storage emulator) for the Blob mirror tests, pinned in its package-lock.
+azurite:
+	@if [ -f $(AZURITE)/package.json ] && [ ! -d $(AZURITE)/node_modules ]; then \
+		npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error; fi
+
+test: venv azurite
+	$(BIN)/pytest -q
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not integration"
+
+lint: venv
+	$(BIN)/ruff check autoretrain autoretrain_tests bench
+	$(BIN)/ruff format --check autoretrain autoretrain_tests bench
+
+format: venv
+	$(BIN)/ruff format autoretrain autoretrain_tests bench
+	$(BIN)/ruff check --fix autoretrain autoretrain_tests bench
+
+validate: venv
+	$(BIN)/dagster definitions validate -w workspace.yaml
+
+# The Dagster UI over the same instance `autoretrain loop` records into.
+ui: venv
+	$(BIN)/autoretrain ui
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
