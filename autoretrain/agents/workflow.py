@@ -37,6 +37,9 @@ class WorkflowConfig:
     planner: bool = False  # on for every scenario; a scenario can also switch it on itself
     sampling: Sampling = field(default_factory=Sampling)
     tool_timeout_s: float = 5.0
+    timeout_s: float | None = (
+        None  # caps every scenario's own time budget (self-play per-run timeout)
+    )
 
 
 @dataclass
@@ -62,6 +65,7 @@ def agent_run(
 ) -> AgentRun:
     """One agent run over a ScenarioInstance. Yields ModelRequests; returns the finished Run."""
     budgets = instance.budgets
+    max_seconds = min(budgets.max_seconds, config.timeout_s or float("inf"))
     started = time.monotonic()
     messages: list[dict[str, Any]] = []
     for message in instance.initial_messages():
@@ -72,8 +76,8 @@ def agent_run(
     def check_budgets(turns: int) -> None:
         if turns >= budgets.max_turns:
             raise _BudgetExceeded(f"turn budget exhausted ({budgets.max_turns} model turns)")
-        if time.monotonic() - started > budgets.max_seconds:
-            raise _BudgetExceeded(f"time budget exhausted ({budgets.max_seconds:g} s)")
+        if time.monotonic() - started > max_seconds:
+            raise _BudgetExceeded(f"time budget exhausted ({max_seconds:g} s)")
         if run.run.usage.total_tokens > budgets.max_tokens:
             raise _BudgetExceeded(
                 f"token budget exhausted ({run.run.usage.total_tokens} > {budgets.max_tokens})"
