@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "promote": ("autoretrain.cli.models:promote", "Move a model version into a slot."),
     "rollback": ("autoretrain.cli.models:rollback", "Return a slot to its last promoted version."),
     "eval": ("autoretrain.cli.evaluation:eval_", "Show evaluation comparisons."),
+    "ui": ("autoretrain.cli.ui:ui", "Open the Dagster UI on the project's instance."),
 }
 
 
