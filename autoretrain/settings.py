@@ -95,6 +95,15 @@ class PromotionGates(_Section):
     max_runtime_s: float = 120.0
     max_total_tokens: int = 8192
     categories: list[str] | None = None  # None: every category
+    # The verifier's score says "right"; the quality score (verifier plus an optional LLM
+    # judge, averaged over the last attempt) says "good enough to learn from".
+    min_quality_score: float = 0.0
+    # Borderline runs clear every gate but only just: the optional LLM reviewer looks at
+    # them. A score below min_score + margin, or at least this many recoveries (0: never).
+    borderline_score_margin: float = 0.05
+    borderline_recoveries: int = 1
+    # What a borderline run gets when no reviewer is configured.
+    borderline_without_reviewer: Literal["promote", "needs_human"] = "promote"
 
     @classmethod
     def resolve(cls, layers: dict[str, Any], provider: str, environment: str) -> PromotionGates:
