@@ -1,0 +1,259 @@
+"""In-process generation with transformers over any causal-LM directory, optionally with a PEFT
+adapter on top.
+
+`chat_batch` is truly batched: conversations are rendered with the model's own chat template,
+left-padded, and generated together in one `model.generate` per chunk, stopping each row at the
+end-of-turn token (`<|im_end|>`) or eos. Tool calls written as text are parsed into the OpenAI
+shape (see `toolcalls`). The embedded tiny model and a real Hugging Face instruct model go
+through the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoretrain.providers.base import ChatResponse, Messages, ProviderError, Sampling, Tools
+from autoretrain.providers.toolcalls import arguments_as_objects, next_call_index, parse_tool_calls
+
+log = logging.getLogger(__name__)
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base_dir(adapter_dir: Path) -> Path:
+    """The base model an adapter was trained on, as recorded in its adapter_config.json."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ProviderError(
+            f"{adapter_dir}/adapter_config.json names no base_model_name_or_path; "
+            f"pass the base model directory explicitly"
+        )
+    base_path = Path(base)
+    if not base_path.is_absolute() and not base_path.exists():
+        base_path = (Path(adapter_dir) / base).resolve()
+    return base_path
+
+
+class LocalChatModel:
+    """A model directory (+ optional adapter directory) loaded once, generating on `device`.
+
+    `model_dir` may itself be an adapter directory: its base is read from adapter_config.json.
+    `max_batch_size` bounds how many conversations share one `generate` call (memory).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        adapter_dir: str | Path | None = None,
+        name: str | None = None,
+        device: str = "cpu",
+        max_batch_size: int = 64,
+        merge_adapter: bool = True,
+    ):
+        model_dir = Path(model_dir)
+        if adapter_dir is None and is_adapter_dir(model_dir):
+            adapter_dir, model_dir = model_dir, adapter_base_dir(model_dir)
+        self.model_dir = model_dir
+        self.adapter_dir = Path(adapter_dir) if adapter_dir else None
+        self.name = name or (self.adapter_dir or self.model_dir).name
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self._lock = threading.Lock()  # generate is not re-entrant on one model
+        self._load(merge_adapter)
+
+    def __repr__(self) -> str:
+        adapter = f", adapter_dir={str(self.adapter_dir)!r}" if self.adapter_dir else ""
+        return f"LocalChatModel({str(self.model_dir)!r}{adapter})"
+
+    def _load(self, merge_adapter: bool) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (self.model_dir / "config.json").is_file():
+            raise ProviderError(
+                f"{self.model_dir} is not a model directory (no config.json); "
+                f"run `autoretrain bootstrap` or point the slot at a Hugging Face model folder"
+            )
+        tokenizer_dir = self.model_dir
+        if self.adapter_dir and (self.adapter_dir / "tokenizer_config.json").is_file():
+            tokenizer_dir = self.adapter_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        if self.tokenizer.chat_template is None:
+            raise ProviderError(
+                f"{tokenizer_dir}: the tokenizer has no chat_template; an instruct/chat model "
+                f"directory is needed"
+            )
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        if self.adapter_dir:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter_dir)
+            if merge_adapter:
+                # Same logits (REFERENCE.md: within 1e-6) and no adapter overhead per step.
+                model = model.merge_and_unload()
+        self.model = model.to(self.device).eval()
+        self.stop_ids = self._stop_ids()
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.context_length = int(
+            getattr(self.model.config, "max_position_embeddings", 0) or 1 << 30
+        )
+
+    def _stop_ids(self) -> list[int]:
+        ids: list[int] = []
+        vocab = self.tokenizer.get_vocab()
+        for token in END_OF_TURN_TOKENS:
+            if token in vocab:
+                ids.append(vocab[token])
+        eos = self.tokenizer.eos_token_id
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (eos, configured):
+            for item in value if isinstance(value, list) else [value]:
+                if item is not None and item not in ids:
+                    ids.append(int(item))
+        if not ids:
+            raise ProviderError(f"{self.model_dir}: no end-of-turn or eos token in the tokenizer")
+        return ids
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def chat(
+        self, messages: Messages, tools: Tools | None = None, sampling: Sampling = Sampling()
+    ) -> ChatResponse:
+        return self.chat_batch([messages], [tools], sampling)[0]
+
+    def chat_batch(
+        self,
+        conversations: Sequence[Messages],
+        tools: Sequence[Tools | None],
+        sampling: Sampling = Sampling(),
+    ) -> list[ChatResponse]:
+        if len(conversations) != len(tools):
+            raise ValueError(f"{len(conversations)} conversations but {len(tools)} tool lists")
+        prompts = [self.render(m, t) for m, t in zip(conversations, tools, strict=True)]
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        results: list[ChatResponse | None] = [None] * len(prompts)
+        fits: list[int] = []
+        for i, ids in enumerate(encoded):
+            if len(ids) + 1 > self.context_length:
+                results[i] = self._overflow(len(ids))
+            else:
+                fits.append(i)
+        # Similar lengths together: less padding, fewer wasted positions per forward pass.
+        fits.sort(key=lambda i: len(encoded[i]))
+        for start in range(0, len(fits), self.max_batch_size):
+            chunk = fits[start : start + self.max_batch_size]
+            t0 = time.perf_counter()
+            generated = self._generate([encoded[i] for i in chunk], sampling)
+            elapsed = time.perf_counter() - t0
+            for i, (tokens, stopped) in zip(chunk, generated, strict=True):
+                results[i] = self._response(
+                    conversations[i], len(encoded[i]), tokens, stopped, elapsed
+                )
+        return [r for r in results if r is not None]
+
+    def render(self, messages: Messages, tools: Tools | None) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                arguments_as_objects(messages),
+                tools=tools or None,
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+        except Exception as exc:  # jinja raises its own types for a template's own checks
+            raise ProviderError(
+                f"{self.name}: the chat template rejected the conversation: {exc}"
+            ) from exc
+
+    def _generate(self, rows: list[list[int]], sampling: Sampling) -> list[tuple[list[int], bool]]:
+        """Generate for one chunk; each row's new tokens (stop token excluded) and whether it
+        stopped on its own."""
+        import torch
+        from transformers import GenerationConfig
+
+        width = max(len(r) for r in rows)
+        max_new = max(1, min(sampling.max_tokens, self.context_length - width))
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, row in enumerate(rows):
+            input_ids[j, width - len(row) :] = torch.tensor(row)
+            attention[j, width - len(row) :] = 1
+        sample = sampling.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new,
+            do_sample=sample,
+            temperature=sampling.temperature if sample else None,
+            top_p=sampling.top_p if sample else None,
+            top_k=None,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            bos_token_id=None,
+        )
+        with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            output = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                generation_config=config,
+            )
+        new = output[:, width:].tolist()
+        stops = set(self.stop_ids)
+        out = []
+        for tokens in new:
+            cut = next((k for k, t in enumerate(tokens) if t in stops), None)
+            out.append((tokens, False) if cut is None else (tokens[:cut], True))
+        return out
+
+    def _response(
+        self,
+        messages: Messages,
+        prompt_tokens: int,
+        tokens: list[int],
+        stopped: bool,
+        elapsed: float,
+    ) -> ChatResponse:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=False)
+        parsed = parse_tool_calls(text, next_call_index(messages))
+        if not stopped:
+            finish = "length"
+        elif parsed.tool_calls:
+            finish = "tool_calls"
+        else:
+            finish = "stop"
+        return ChatResponse(
+            message=parsed.message(),
+            # A stop token is generated and counted, as OpenAI counts it.
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(tokens) + (1 if stopped else 0),
+            latency_s=elapsed,
+            finish_reason=finish,
+            model=self.name,
+            notes=parsed.notes,
+        )
+
+    def _overflow(self, prompt_tokens: int) -> ChatResponse:
+        return ChatResponse(
+            message={"role": "assistant", "content": None},
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            finish_reason="length",
+            model=self.name,
+            notes=[
+                {
+                    "type": "context_overflow",
+                    "detail": f"prompt of {prompt_tokens} tokens leaves no room in the "
+                    f"{self.context_length}-token context",
+                }
+            ],
+        )
