@@ -119,6 +119,11 @@ class EvaluationLifts(_Section):
     max_category_regression: float = 0.05
     max_latency_ratio: float = 1.5
     max_cost_ratio: float = 1.5
+    # mid-p rarely exceeds the nominal level and has more power than the exact test
+    # (Fagerland, Lydersen & Laake 2013); "exact" is the conservative choice.
+    significance_test: Literal["mid_p", "exact"] = "mid_p"
+    # Category cells with fewer distinct instances are flagged as noisy in the comparison notes.
+    small_category_instances: int = 30
 
     @classmethod
     def resolve(cls, layers: dict[str, Any], provider: str, environment: str) -> EvaluationLifts:
@@ -144,7 +149,12 @@ class MirrorSettings(_Section):
     prefix: str = "autoretrain"
     account_url: str | None = None  # used with DefaultAzureCredential
     connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING"
-    max_retries: int = 5
+    max_retries: int = Field(default=5, ge=0)
+    backoff_s: float = Field(default=0.5, ge=0)  # first retry wait; doubles per retry
+    backoff_max_s: float = Field(default=10.0, ge=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    workers: int = Field(default=4, ge=1)  # files uploaded in parallel
 
 
 class SelfPlaySettings(_Section):
@@ -163,6 +173,10 @@ class DatasetSettings(_Section):
     max_tool_output_chars: int = 4000
     extra_secret_patterns: list[str] = Field(default_factory=list)
     azure_bom: bool = False
+    # The target model's tokenizer (a save_pretrained folder); without one, token counts are a
+    # whitespace estimate and the manifest says so.
+    tokenizer_dir: Path | None = None
+    max_example_tokens: int | None = None  # target context; longer examples are excluded
 
 
 class TrainingSettings(_Section):

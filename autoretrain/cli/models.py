@@ -1,0 +1,139 @@
+"""`autoretrain models`, `promote` and `rollback`: the model registry from the command line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from autoretrain.settings import Settings, load_settings
+
+
+@contextmanager
+def read_connection(settings: Settings) -> Iterator[Any]:
+    """A read-only DuckDB connection, or None when the database does not exist yet."""
+
+    if not settings.paths.database.exists():
+        yield None
+        return
+    con = _connect(settings, read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def write_connection(settings: Settings) -> Iterator[Any]:
+    settings.paths.database.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(settings, read_only=False)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _connect(settings: Settings, *, read_only: bool) -> Any:
+    import duckdb
+
+    try:
+        return duckdb.connect(str(settings.paths.database), read_only=read_only)
+    except duckdb.IOException as exc:
+        raise click.ClickException(
+            f"cannot open {settings.paths.database}: {exc}. Another process (a Dagster run?) "
+            "may be writing it; retry when it has finished"
+        ) from exc
+
+
+@click.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--limit", default=10, show_default=True, help="Ledger entries to show.")
+def models(as_json: bool, limit: int) -> None:
+    """List model versions, the slots of every provider profile, and recent slot changes."""
+    from autoretrain.deploy.registry import ModelRegistry
+
+    settings = load_settings()
+    with read_connection(settings) as con:
+        if con is None:
+            versions, slots, ledger = [], [], []
+        else:
+            registry = ModelRegistry(con, settings, read_only=True)
+            versions = [v.to_dict() for v in registry.versions()]
+            slots = registry.all_slots()
+            ledger = [e.to_dict() for e in registry.ledger(limit=limit)]
+    if as_json:
+        click.echo(json.dumps({"versions": versions, "slots": slots, "ledger": ledger}, indent=2))
+        return
+    click.echo(f"versions ({len(versions)}):")
+    for v in versions:
+        where = v["hosted_model_id"] or v["adapter_dir"] or v["model_dir"]
+        click.echo(f"  {v['id']}  {v['kind']:6}  base={v['base_model']}  {where}")
+    click.echo("slots:")
+    for s in slots or [
+        {"provider_profile": settings.provider, "slot": "-", "version_id": "(empty)"}
+    ]:
+        click.echo(f"  {s['provider_profile']}/{s['slot']}: {s['version_id']}")
+    click.echo(f"ledger (latest {limit}):")
+    for e in ledger:
+        why = f"  reason: {e['reason']}" if e["reason"] else ""
+        ev = f"  evaluation: {e['evaluation_id']}" if e["evaluation_id"] else ""
+        click.echo(
+            f"  #{e['seq']} {e['at']} {e['action']:8} {e['provider_profile']}/{e['slot']}: "
+            f"{e['from_version'] or '(empty)'} -> {e['to_version']} by {e['actor']}{why}{ev}"
+        )
+
+
+@click.command("promote")
+@click.argument("version")
+@click.option("--slot", type=click.Choice(["canary", "primary"]), required=True)
+@click.option("--reason", default=None, help="Why (kept in the ledger).")
+@click.option("--evaluation", "evaluation_id", default=None, help="Evaluation id that backs it.")
+@click.option("--profile", default=None, help="Provider profile (default: the active one).")
+def promote(
+    version: str, slot: str, reason: str | None, evaluation_id: str | None, profile: str | None
+) -> None:
+    """Move model VERSION into a slot (recorded in the promotion ledger)."""
+    from autoretrain.deploy.registry import ModelRegistry, RegistryError
+
+    settings = load_settings()
+    with write_connection(settings) as con:
+        registry = ModelRegistry(con, settings)
+        try:
+            entry = registry.promote(
+                version, slot, reason=reason, evaluation_id=evaluation_id, profile=profile
+            )
+        except RegistryError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if entry is None:
+        click.echo(f"{slot} already holds {version}; nothing changed")
+    else:
+        click.echo(
+            f"{entry.provider_profile}/{slot}: {entry.from_version or '(empty)'} -> "
+            f"{entry.to_version} (ledger #{entry.seq})"
+        )
+
+
+@click.command("rollback")
+@click.option(
+    "--slot", type=click.Choice(["canary", "primary"]), default="primary", show_default=True
+)
+@click.option("--reason", default=None, help="Why (kept in the ledger).")
+@click.option("--profile", default=None, help="Provider profile (default: the active one).")
+def rollback(slot: str, reason: str | None, profile: str | None) -> None:
+    """Return a slot to the version promoted there before the current one."""
+    from autoretrain.deploy.registry import ModelRegistry, RegistryError
+
+    settings = load_settings()
+    with write_connection(settings) as con:
+        registry = ModelRegistry(con, settings)
+        try:
+            entry = registry.rollback(slot, reason=reason, profile=profile)
+        except RegistryError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{entry.provider_profile}/{slot}: rolled back {entry.from_version} -> "
+        f"{entry.to_version} (ledger #{entry.seq})"
+    )
