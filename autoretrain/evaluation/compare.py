@@ -320,8 +320,8 @@ def _instances(parsed: list[Result]) -> list[_Instance]:
                 tier=tier,
                 category=rows[0].category,
                 n_samples=len(by_role["candidate"]),
-                pass_mean={k: float(np.mean([r.passed for r in v])) for k, v in by_role.items()},
-                score_mean={k: float(np.mean([r.score for r in v])) for k, v in by_role.items()},
+                pass_mean={k: sum(r.passed for r in v) / len(v) for k, v in by_role.items()},
+                score_mean={k: sum(r.score for r in v) / len(v) for k, v in by_role.items()},
             )
         )
     return out

@@ -184,3 +184,13 @@ def test_seeded_bootstrap_is_reproducible_and_json_clean():
     json.dumps(a, allow_nan=False)
     tiers = {(t["tier"], t["role"]) for t in decide(evaluation()).tiers}
     assert ("all", "candidate") in tiers and ("held_out", "incumbent") in tiers
+
+
+def test_accepts_a_polars_frame_from_the_harness():
+    import polars as pl
+
+    rows = evaluation()
+    from_frame = decide(pl.DataFrame(rows)).to_dict()
+    from_rows = decide(rows).to_dict()
+    from_frame.pop("created_at"), from_rows.pop("created_at")
+    assert from_frame == from_rows and from_frame["decision"] == "promote"
