@@ -1,0 +1,55 @@
+"""`autoretrain mirror`: sync the landing zone and artifacts to Azure Blob Storage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+
+@click.command()
+@click.option(
+    "--verify", is_flag=True, help="Compare every file with its blob, ignoring the local state."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def mirror(verify: bool, as_json: bool) -> None:
+    """Upload new and changed files; skip unchanged ones (by sha256).
+
+    Exits with status 1 when any file failed: the local copy stays the truth, and the next
+    sync uploads what is missing.
+    """
+    from autoretrain.runs.mirror import BlobMirror
+    from autoretrain.settings import SettingsError, load_settings
+
+    # The SDK logs every HTTP request at INFO; keep its lines for --verbose.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("azure").setLevel(logging.WARNING)
+    try:
+        settings = load_settings()
+        blob_mirror = BlobMirror.from_settings(settings)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if blob_mirror is None:
+        raise click.ClickException(
+            "the Blob mirror is off: set mirror.container in autoretrain.yaml, and either "
+            "$AZURE_STORAGE_CONNECTION_STRING (or the variable named by "
+            "mirror.connection_string_env) or mirror.account_url"
+        )
+    report = blob_mirror.sync(verify=verify)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"mirror → {report.destination}")
+        click.echo(
+            f"  uploaded {len(report.uploaded)} ({report.bytes_uploaded} bytes), "
+            f"unchanged {len(report.skipped)}, failed {len(report.failed)} "
+            f"in {report.duration_s:.1f} s"
+        )
+        for failed in report.failed:
+            click.echo(f"  failed {failed.path}: {failed.reason}")
+        if report.failed:
+            click.echo("  run `autoretrain mirror` again once storage is reachable", err=True)
+    if report.failed:
+        sys.exit(1)
