@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CALCULATOR = {
     "type": "function",
     "function": {
@@ -79,3 +81,19 @@ def tool_calling_model(output_dir: Path, steps: int = 60) -> Path:
         optimizer.zero_grad()
     model.save_pretrained(output_dir)
     return output_dir
+
+
+def cached_tool_model(factory: pytest.TempPathFactory) -> Path:
+    """The trained tool-calling model, built once per test session (read-only for tests)."""
+    path = factory.getbasetemp() / "tool-calling-model"
+    if not (path / "trained").exists():
+        tool_calling_model(path)
+        (path / "trained").touch()
+    return path
+
+
+def cached_untrained_model(factory: pytest.TempPathFactory) -> Path:
+    path = factory.getbasetemp() / "untrained-model"
+    if not (path / "model.safetensors").exists():
+        untrained_model(path)
+    return path

@@ -1,0 +1,533 @@
+"""An OpenAI-compatible server for the project's models: `autoretrain serve`.
+
+Serves several models side by side, chosen by the request's `model` field, the way vLLM serves
+several LoRA adapters: typically `primary`, `canary` and candidate versions. Endpoints:
+`POST /v1/chat/completions` (tools, usage, `stream: true` as server-sent events ending in
+`data: [DONE]`, `stream_options.include_usage`), `GET /v1/models`, `GET /health`.
+It binds 127.0.0.1 unless told otherwise; with an API key configured every `/v1` request needs
+`Authorization: Bearer <key>`.
+
+Concurrent requests to one model share forward passes: each model has a worker thread that
+takes every request waiting for it and answers them with one `chat_batch`.
+
+## serving.json
+
+The served models come from a JSON file (by default `<AUTORETRAIN_HOME>/serving.json`; the model
+registry rewrites it on promotion). It is re-read whenever its modification time or size
+changes, so a promotion takes effect without a restart:
+
+    {
+      "models": {
+        "primary":   {"model_dir": "models/base-20260101"},
+        "canary":    {"model_dir": "models/base-20260101", "adapter_dir": "models/cand-7/adapter"},
+        "cand-7":    {"model_dir": "models/base-20260101", "adapter_dir": "models/cand-7/adapter"}
+      }
+    }
+
+`model_dir` is a Hugging Face causal-LM directory; `adapter_dir` (optional) a PEFT adapter on top
+of it. Relative paths are relative to the file's folder. A file that does not parse keeps the
+previous mapping in service; the problem is logged and shown by `/health`. A model is loaded on
+its first request and dropped when its entry changes or disappears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoretrain.providers.base import ChatModel, ChatResponse, Messages, Sampling, Tools
+
+log = logging.getLogger(__name__)
+
+SERVING_FILE = "serving.json"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_TOKENS = 512
+
+
+# -- the mapping name -> model --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingEntry:
+    model_dir: Path
+    adapter_dir: Path | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"model_dir": str(self.model_dir)}
+        if self.adapter_dir:
+            out["adapter_dir"] = str(self.adapter_dir)
+        return out
+
+
+class ServingConfigError(ValueError):
+    """serving.json is not valid: the message says which file and which entry."""
+
+
+def read_serving_config(path: Path) -> dict[str, ServingEntry]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ServingConfigError(f"{path}: cannot read serving config: {exc}") from exc
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        raise ServingConfigError(f'{path}: expected {{"models": {{name: {{"model_dir": ...}}}}}}')
+    entries = {}
+    for name, spec in models.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("model_dir"), str):
+            raise ServingConfigError(f"{path}: models.{name}: needs a string model_dir")
+        adapter = spec.get("adapter_dir")
+        if adapter is not None and not isinstance(adapter, str):
+            raise ServingConfigError(f"{path}: models.{name}.adapter_dir: must be a string")
+        base = Path(path).parent
+        entries[name] = ServingEntry(
+            (base / spec["model_dir"]).resolve(), (base / adapter).resolve() if adapter else None
+        )
+    return entries
+
+
+def write_serving_config(path: Path, entries: dict[str, ServingEntry]) -> None:
+    """Replace serving.json atomically (a running server never reads half a file)."""
+    from autoretrain.runs.archive import write_atomically
+
+    body = {"models": {name: entry.to_json() for name, entry in sorted(entries.items())}}
+    write_atomically(Path(path), (json.dumps(body, indent=2) + "\n").encode())
+
+
+def load_local_model(name: str, entry: ServingEntry) -> ChatModel:
+    from autoretrain.providers.local import LocalChatModel
+
+    return LocalChatModel(entry.model_dir, entry.adapter_dir, name=name)
+
+
+# -- batching ---------------------------------------------------------------------------------
+
+
+class WorkerClosed(RuntimeError):
+    """The model was replaced (serving.json changed) between lookup and submit: look it up again."""
+
+
+class BatchingWorker:
+    """One thread per model: answers every request waiting for it with one `chat_batch`."""
+
+    def __init__(self, model: ChatModel, max_batch_size: int = 64):
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._state = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"batch-{model.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, messages: Messages, tools: Tools | None, sampling: Sampling) -> Future:
+        future: Future = Future()
+        with self._state:
+            if self._closed:
+                raise WorkerClosed(self.model.name)
+            self._queue.put((messages, tools, sampling, future))
+        return future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop. The lock puts the stop mark after every accepted
+        request, so none is left waiting."""
+        with self._state:
+            self._closed = True
+            self._queue.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            stop = False
+            while len(items) < self.max_batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                items.append(item)
+            # One generate call runs with one sampling setting.
+            groups: dict[Sampling, list[Any]] = {}
+            for item in items:
+                groups.setdefault(item[2], []).append(item)
+            for sampling, group in groups.items():
+                self._answer(sampling, group)
+            if stop:
+                return
+
+    def _answer(self, sampling: Sampling, group: list[Any]) -> None:
+        try:
+            replies = self.model.chat_batch([g[0] for g in group], [g[1] for g in group], sampling)
+        except Exception as exc:  # handed to each waiting request, which answers HTTP 500
+            for g in group:
+                g[3].set_exception(exc)
+            return
+        for g, reply in zip(group, replies, strict=True):
+            g[3].set_result(reply)
+
+
+class ModelPool:
+    """Served models by name: fixed ones (`static`) plus those in a watched serving.json."""
+
+    def __init__(
+        self,
+        config_path: Path | None = None,
+        static: dict[str, ServingEntry | ChatModel] | None = None,
+        loader: Callable[[str, ServingEntry], ChatModel] = load_local_model,
+        max_batch_size: int = 64,
+    ):
+        self.config_path = Path(config_path) if config_path else None
+        self.static = dict(static or {})
+        self.loader = loader
+        self.max_batch_size = max_batch_size
+        self.config_error: str | None = None
+        self._from_file: dict[str, ServingEntry] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._workers: dict[str, tuple[Any, BatchingWorker]] = {}
+        self._lock = threading.Lock()
+
+    def specs(self) -> dict[str, ServingEntry | ChatModel]:
+        self.refresh()
+        return {**self._from_file, **self.static}
+
+    def names(self) -> list[str]:
+        return sorted(self.specs())
+
+    def default_name(self) -> str | None:
+        names = self.names()
+        if "primary" in names:
+            return "primary"
+        return names[0] if len(names) == 1 else None
+
+    def refresh(self) -> None:
+        if self.config_path is None:
+            return
+        try:
+            stat = self.config_path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            if stamp is None:
+                self._from_file, self.config_error = {}, None
+                log.info("%s is gone: serving only fixed models", self.config_path)
+                return
+            try:
+                entries = read_serving_config(self.config_path)
+            except ServingConfigError as exc:
+                self.config_error = str(exc)
+                log.error("%s; still serving the previous models", exc)
+                return
+            self._from_file, self.config_error = entries, None
+            log.info("serving %s from %s", sorted(entries), self.config_path)
+
+    def worker(self, name: str) -> BatchingWorker:
+        """The named model's worker, loading the model on first use. KeyError if not served."""
+        spec = self.specs()[name]
+        with self._lock:
+            current = self._workers.get(name)
+            if current is not None and current[0] == spec:
+                return current[1]
+            model = spec if not isinstance(spec, ServingEntry) else self.loader(name, spec)
+            worker = BatchingWorker(model, self.max_batch_size)
+            self._workers[name] = (spec, worker)
+        if current is not None:
+            log.info("model %s changed: %s replaces the previous version", name, spec)
+            current[1].close()
+        return worker
+
+    def close(self) -> None:
+        with self._lock:
+            for _, worker in self._workers.values():
+                worker.close()
+            self._workers.clear()
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+class RequestError(Exception):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def _error(status: int, message: str, code: str | None = None, param: str | None = None):
+    from starlette.responses import JSONResponse
+
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def _parse_request(body: Any, pool: ModelPool) -> tuple[str, Messages, Tools | None, Sampling]:
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    name = body.get("model") or pool.default_name()
+    served = pool.names()
+    if name is None:
+        raise RequestError(400, f"say which model: one of {served}", param="model")
+    if name not in served:
+        raise RequestError(
+            404, f"model {name!r} is not served; served: {served}", "model_not_found", "model"
+        )
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "messages must be a non-empty list", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise RequestError(400, f"messages[{i}] needs a role", param=f"messages[{i}]")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise RequestError(400, "tools must be a list", param="tools")
+    if body.get("tool_choice") == "none":
+        tools = None
+    if (body.get("n") or 1) != 1:
+        raise RequestError(400, "only n=1 is supported", param="n")
+    sampling = Sampling(
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        max_tokens=int(
+            _number(
+                body,
+                "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
+                DEFAULT_MAX_TOKENS,
+                1,
+                1 << 20,
+            )
+        ),
+        seed=int(_number(body, "seed", None, -(1 << 63), 1 << 63))
+        if body.get("seed") is not None
+        else None,
+    )
+    return name, messages, tools or None, sampling
+
+
+def _number(body: dict, key: str, default: Any, low: float, high: float) -> Any:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise RequestError(400, f"{key} must be a number in [{low}, {high}]", param=key)
+    return value
+
+
+def _submit(
+    pool: ModelPool, name: str, messages: Messages, tools: Tools | None, sampling: Sampling
+) -> Future:
+    for _ in range(3):
+        try:
+            return pool.worker(name).submit(messages, tools, sampling)
+        except WorkerClosed:
+            continue  # replaced by a reload just now: the next lookup finds the new one
+    raise RuntimeError(f"model {name!r} is being reloaded repeatedly; retry")
+
+
+def _completion(reply: ChatResponse, name: str) -> dict[str, Any]:
+    message = {"role": "assistant", "content": reply.message.get("content")}
+    if reply.message.get("tool_calls"):
+        message["tool_calls"] = reply.message["tool_calls"]
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": name,
+        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+        "usage": _usage(reply),
+    }
+
+
+def _usage(reply: ChatResponse) -> dict[str, int]:
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+
+
+async def _stream(reply: ChatResponse, name: str, include_usage: bool) -> AsyncIterator[bytes]:
+    """The reply as OpenAI chat.completion.chunk events: role, content, each tool call (with
+    its index), the finish reason, then usage when asked for, then [DONE]."""
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": name,
+    }
+
+    def event(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
+
+    yield event({"role": "assistant", "content": ""})
+    if reply.message.get("content"):
+        yield event({"content": reply.message["content"]})
+    for index, call in enumerate(reply.message.get("tool_calls") or []):
+        yield event({"tool_calls": [{"index": index, **call}]})
+    yield event({}, reply.finish_reason)
+    if include_usage:
+        yield event(None, usage=_usage(reply))
+    yield b"data: [DONE]\n\n"
+
+
+def create_app(pool: ModelPool, api_key: str | None = None):
+    """The Starlette application. `api_key`: when set, `/v1` requests need it as a Bearer token."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    def authorized(request: Request) -> bool:
+        if not api_key:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+
+    async def chat_completions(request: Request):
+        if not authorized(request):
+            return _error(
+                401, "missing or wrong API key (Authorization: Bearer ...)", "unauthorized"
+            )
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the request body is not JSON")
+        try:
+            name, messages, tools, sampling = _parse_request(body, pool)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.code, exc.param)
+        try:
+            future = await asyncio.to_thread(_submit, pool, name, messages, tools, sampling)
+        except KeyError:
+            return _error(404, f"model {name!r} is no longer served", "model_not_found", "model")
+        except Exception as exc:  # loading the model failed: say so, keep serving the others
+            log.exception("cannot load model %s", name)
+            return _error(500, f"cannot load model {name!r}: {exc}", "model_load_failed")
+        try:
+            reply = await asyncio.wrap_future(future)
+        except Exception as exc:
+            log.exception("generation failed for %s", name)
+            return _error(500, f"generation failed: {exc}", "generation_failed")
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(
+                _stream(reply, name, include_usage), media_type="text/event-stream"
+            )
+        return JSONResponse(_completion(reply, name))
+
+    async def models(request: Request):
+        if not authorized(request):
+            return _error(
+                401, "missing or wrong API key (Authorization: Bearer ...)", "unauthorized"
+            )
+        data = []
+        for name, spec in sorted(pool.specs().items()):
+            item: dict[str, Any] = {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "autoretrain",
+            }
+            if isinstance(spec, ServingEntry):
+                item["root"] = str(spec.model_dir)
+                if spec.adapter_dir:
+                    item["adapter"] = str(spec.adapter_dir)
+            data.append(item)
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request):
+        names = pool.names()
+        status = "degraded" if pool.config_error else "ok"
+        return JSONResponse({"status": status, "models": names, "config_error": pool.config_error})
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        lifespan=_closing(pool),
+    )
+
+
+def _closing(pool: ModelPool):
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        pool.close()
+
+    return lifespan
+
+
+# -- running it -------------------------------------------------------------------------------
+
+
+class ServerThread:
+    """Run an app with uvicorn in a background thread on a free (or given) loopback port.
+
+    `with ServerThread(app) as server: OpenAI(base_url=server.url, ...)` — for tests and for
+    in-process evaluation against the OpenAI-compatible path.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on {self.host}:{self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def serve_forever(
+    pool: ModelPool, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None
+) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(pool, api_key), host=host, port=port, log_level="info")
