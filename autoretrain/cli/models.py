@@ -71,10 +71,8 @@ def models(as_json: bool, limit: int) -> None:
     for v in versions:
         where = v["hosted_model_id"] or v["adapter_dir"] or v["model_dir"]
         click.echo(f"  {v['id']}  {v['kind']:6}  base={v['base_model']}  {where}")
-    click.echo("slots:")
-    for s in slots or [
-        {"provider_profile": settings.provider, "slot": "-", "version_id": "(empty)"}
-    ]:
+    click.echo("slots:" if slots else "slots: all empty (`autoretrain promote VERSION --slot ...`)")
+    for s in slots:
         click.echo(f"  {s['provider_profile']}/{s['slot']}: {s['version_id']}")
     click.echo(f"ledger (latest {limit}):")
     for e in ledger:
