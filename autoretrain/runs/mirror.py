@@ -417,15 +417,18 @@ class BlobMirror:
         return self.service.get_container_client(self.container)
 
     def _ensure_container(self) -> None:
-        from azure.core.exceptions import ClientAuthenticationError, ResourceExistsError
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
         try:
             self._container().create_container()
         except ResourceExistsError:
             pass
-        except ClientAuthenticationError:
-            # An identity allowed to write blobs but not to create containers: the container
-            # must already exist, and the uploads will say so if it does not.
+        except HttpResponseError as exc:
+            # 403 from the service (not a credential that could not get a token): an identity
+            # allowed to write blobs but not to create containers. The container must already
+            # exist, and the uploads will say so if it does not.
+            if exc.status_code != 403:
+                raise
             log.debug(
                 "mirror: not allowed to create container %s; assuming it exists", self.container
             )

@@ -244,3 +244,19 @@ def test_cli_reports_json_and_exit_status(settings, azurite, tmp_path, monkeypat
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
     missing = CliRunner().invoke(cli, ["mirror"])
     assert missing.exit_code == 1 and "AZURE_STORAGE_CONNECTION_STRING" in missing.output
+
+
+def test_account_url_uses_default_credential_and_reports_failure(settings, monkeypatch):
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    url = f"https://127.0.0.1:{free_port()}/devstoreaccount1"
+    configured = load_settings(
+        config_file=Path(os.devnull),
+        mirror={"container": "runs", "account_url": url, "max_retries": 1, "backoff_s": 0.01},
+    )
+    write_landing(configured, 2)
+    mirror = BlobMirror.from_settings(configured)
+    assert mirror.destination == f"{url}/runs/autoretrain"
+    # No identity here (or, if there were one, nothing listening): reported, never raised.
+    report = mirror.sync()
+    assert report.uploaded == [] and len(report.failed) == 2
+    assert all(f.reason.startswith("storage not usable") for f in report.failed)
