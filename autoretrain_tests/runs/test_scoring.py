@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from autoretrain.runs.schema import Escalation, Message, RecoveryAction, Run, Usage, Verification
@@ -27,39 +28,42 @@ CREATE TABLE IF NOT EXISTS runs (
 
 def store_runs(con: duckdb.DuckDBPyConnection, runs: list[Run]) -> None:
     con.execute(RUNS_DDL)
-    rows = [
-        (
-            r.run_id,
-            r.day,
-            r.schema_version,
-            r.scenario_id,
-            r.instance_hash,
-            r.category,
-            r.workflow,
-            r.agent_version,
-            r.provider,
-            r.model,
-            r.slot,
-            r.traffic,
-            r.status,
-            r.started_at,
-            r.ended_at,
-            r.latency_s,
-            r.cost_usd,
-            r.usage.prompt_tokens,
-            r.usage.completion_tokens,
-            len(r.messages),
-            len(r.recoveries),
-            len(r.escalations),
-            r.verified,
-            r.verifications[-1].score if r.verifications else None,
-            r.to_json(),
-            "test",
-            i + 1,
+    columns = {
+        "run_id": [r.run_id for r in runs],
+        "day": [r.day for r in runs],
+        "schema_version": [r.schema_version for r in runs],
+        "scenario_id": [r.scenario_id for r in runs],
+        "instance_hash": [r.instance_hash for r in runs],
+        "category": [r.category for r in runs],
+        "workflow": [r.workflow for r in runs],
+        "agent_version": [r.agent_version for r in runs],
+        "provider": [r.provider for r in runs],
+        "model": [r.model for r in runs],
+        "slot": [r.slot for r in runs],
+        "traffic": [r.traffic for r in runs],
+        "status": [r.status for r in runs],
+        "started_at": [r.started_at for r in runs],
+        "ended_at": [r.ended_at for r in runs],
+        "latency_s": [r.latency_s for r in runs],
+        "cost_usd": [r.cost_usd for r in runs],
+        "prompt_tokens": [r.usage.prompt_tokens for r in runs],
+        "completion_tokens": [r.usage.completion_tokens for r in runs],
+        "n_messages": [len(r.messages) for r in runs],
+        "n_recoveries": [len(r.recoveries) for r in runs],
+        "n_escalations": [len(r.escalations) for r in runs],
+        "verified": [r.verified for r in runs],
+        "score": [r.verifications[-1].score if r.verifications else None for r in runs],
+        "record": [r.to_json() for r in runs],
+    }
+    table = pa.table(columns)
+    con.register("_new_runs", table)
+    try:
+        con.execute(
+            "INSERT INTO runs SELECT *, 'test' AS source_file, 1 AS source_line, now() "
+            "FROM _new_runs"
         )
-        for i, r in enumerate(runs)
-    ]
-    con.executemany("INSERT INTO runs VALUES (" + ", ".join(["?"] * 27) + ", now())", rows)
+    finally:
+        con.unregister("_new_runs")
 
 
 DAY = "2026-03-02"
