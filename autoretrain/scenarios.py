@@ -851,11 +851,15 @@ class _Loader:
         errors = list(validator.iter_errors(data))
         for error in errors:
             self._schema_issue(path, data, error)
-        if errors:
+        # Scenarios without schema errors are still checked, so one pass reports every problem.
+        bad = {_scenario_index(e) for e in errors}
+        if None in bad:
             return []
         defaults = data.get("defaults") or {}
         out = []
-        for raw in data["scenarios"]:
+        for index, raw in enumerate(data["scenarios"]):
+            if index in bad:
+                continue
             scenario = self._build(path, {**defaults, **raw}, registry)
             if scenario is not None:
                 out.append(scenario)
@@ -1061,6 +1065,13 @@ class _Loader:
                         f"its own expected outcome: {outcome.feedback}",
                     )
                     break
+
+
+def _scenario_index(error: Any) -> int | None:
+    parts = list(error.absolute_path)
+    if len(parts) >= 2 and parts[0] == "scenarios" and isinstance(parts[1], int):
+        return parts[1]
+    return None
 
 
 def _all_placeholders(template: Any) -> list[tuple[str, list[str]]]:

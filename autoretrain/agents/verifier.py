@@ -96,7 +96,7 @@ def check_numeric(expected: dict, answer: str) -> Outcome:
 def check_regex(expected: dict, answer: str) -> Outcome:
     flags = re.IGNORECASE if expected.get("ignore_case") else 0
     try:
-        pattern = re.compile(expected["pattern"], flags)
+        pattern = re.compile(str(expected["pattern"]), flags)
     except re.error as exc:
         return Outcome(False, 0.0, f"the expected pattern is not a valid regex: {exc}")
     match = pattern.fullmatch(answer.strip()) if expected.get("full") else pattern.search(answer)
@@ -113,9 +113,10 @@ def check_contains(expected: dict, answer: str) -> Outcome:
     def has(word: str) -> bool:
         return (word.lower() if ignore_case else word) in text
 
-    required = list(expected.get("all") or [])
-    alternatives = list(expected.get("any") or [])
-    forbidden = [w for w in expected.get("none") or [] if has(w)]
+    # Placeholders keep their type, so a rendered list may hold numbers.
+    required = [str(w) for w in expected.get("all") or []]
+    alternatives = [str(w) for w in expected.get("any") or []]
+    forbidden = [str(w) for w in expected.get("none") or [] if has(str(w))]
     missing = [w for w in required if not has(w)]
     checks = len(required) + (1 if alternatives else 0)
     hits = len(required) - len(missing)
@@ -171,7 +172,10 @@ def check_expected(expected: dict, answer: str | None) -> Outcome:
     kind = expected.get("kind")
     if kind not in CHECKS:
         return Outcome(False, 0.0, f"cannot check expected outcome of kind {kind!r} here")
-    outcome = CHECKS[kind](expected, str(answer))
+    try:
+        outcome = CHECKS[kind](expected, str(answer))
+    except Exception as exc:  # a malformed expected outcome is a failed check, never a crash
+        return Outcome(False, 0.0, f"the {kind} check could not run: {type(exc).__name__}: {exc}")
     return Outcome(outcome.passed, min(max(outcome.score, 0.0), 1.0), outcome.feedback)
 
 
