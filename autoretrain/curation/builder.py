@@ -323,6 +323,7 @@ def _manifest(
         for name, part in parts.items()
     }
     all_tokens = [t for part in tokens.values() for t in part]
+    scrub = Redactor(list(config.extra_secret_patterns))
     manifest: dict[str, Any] = {
         "format": "openai-chat-jsonl",
         "version": version,
@@ -348,8 +349,9 @@ def _manifest(
             ],
         },
         "exclusions": dict(sorted(Counter(x.reason for x in exclusions).items())),
+        # Details quote the run (a tool name, an error message): scrubbed like the examples.
         "excluded_runs": [
-            {"run_id": x.run_id, "reason": x.reason, "detail": x.detail}
+            {"run_id": x.run_id, "reason": x.reason, "detail": scrub.redact(x.detail)}
             for x in sorted(exclusions, key=lambda x: (x.reason, x.run_id))
         ],
         "redactions": dict(sorted(total_redactions.items())),

@@ -1,0 +1,246 @@
+"""`autoretrain dataset build | list | validate | scan`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+@click.group()
+def dataset() -> None:
+    """Build, list and validate fine-tuning datasets."""
+
+
+@dataset.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--tools-required", is_flag=True, help="Every example must declare `tools`.")
+@click.option("--max-tokens", type=int, help="The target model's context, in tokens.")
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Count tokens with this tokenizer folder (default: a whitespace estimate).",
+)
+def validate(
+    file: Path, as_json: bool, tools_required: bool, max_tokens: int | None, tokenizer: Path | None
+) -> None:
+    """Check FILE (OpenAI / Azure OpenAI chat JSONL) line by line. Exits 1 if any line is
+    invalid; each error names its line."""
+    from autoretrain.curation.validate import validate_file
+
+    report = validate_file(
+        file, tools_required=tools_required, max_tokens=max_tokens, tokenizer_dir=tokenizer
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        for line, message in report.errors:
+            click.echo(f"{file}:{line}: {message}")
+        for warning in report.warnings:
+            click.echo(f"{file}: warning: {warning}", err=True)
+        verdict = "ok" if report.ok else f"{len(report.invalid_lines)} invalid line(s)"
+        click.echo(
+            f"{file}: {report.n_examples} example(s), {verdict}"
+            + (" (UTF-8 with BOM)" if report.bom else ""),
+            err=not report.ok,
+        )
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@dataset.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def scan(file: Path, as_json: bool) -> None:
+    """Scan FILE for secrets and personal data (the patterns the builder redacts, plus
+    `dataset.extra_secret_patterns`). Exits 1 if anything is found."""
+    from autoretrain.curation.redact import PatternError, scan_for_secrets
+    from autoretrain.settings import load_settings
+
+    try:
+        found = scan_for_secrets(file, load_settings().dataset.extra_secret_patterns)
+    except PatternError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        rows = [{"line": line, "kind": kind} for line, kind in found]
+        click.echo(json.dumps({"path": str(file), "ok": not found, "findings": rows}, indent=2))
+    else:
+        for line, kind in found:
+            click.echo(f"{file}:{line}: {kind}")
+        click.echo(f"{file}: {len(found)} finding(s)", err=bool(found))
+    if found:
+        raise SystemExit(1)
+
+
+@dataset.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", default=10, show_default=True, help="Newest N versions (0: all).")
+def list_(as_json: bool, limit: int) -> None:
+    """Dataset versions, newest first."""
+    from autoretrain.curation.manifest import list_versions
+    from autoretrain.settings import load_settings
+
+    rows = list_versions(load_settings().paths.datasets)
+    rows = rows[:limit] if limit > 0 else rows
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no dataset versions yet: run `autoretrain dataset build`")
+        return
+    for row in rows:
+        if "error" in row:
+            click.echo(f"{row['version']}  BROKEN: {row['error']}")
+            continue
+        click.echo(
+            f"{row['version']}  train {row['train']}  eval {row['eval']}  "
+            f"excluded {row['excluded']}  redactions {row['redactions']}  "
+            f"models {', '.join(row['source_models'] or []) or '-'}"
+        )
+
+
+@dataset.command()
+@click.option(
+    "--runs",
+    "run_files",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="JSONL file(s) or folder(s) of run records to use instead of the run store.",
+)
+@click.option(
+    "--decisions",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --runs: a JSON object {run_id: decision}; only 'promote' runs are used.",
+)
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Scenario catalog (default: the configured scenarios folder).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def build(
+    run_files: tuple[Path, ...], decisions: Path | None, catalog: Path | None, as_json: bool
+) -> None:
+    """Build a dataset version from promoted runs (the run store's effective decisions, human
+    over automatic), or from --runs files. Evaluation instances and eval scenarios of the
+    catalog are kept out of both splits."""
+    from autoretrain.curation.builder import build_dataset
+    from autoretrain.curation.redact import PatternError
+    from autoretrain.settings import load_settings
+
+    settings = load_settings()
+    cat = _catalog(catalog or settings.scenarios_dir)
+    eval_hashes = cat.evaluation_hashes(settings.evaluation.instances_per_scenario)
+    eval_ids = {scenario.id for scenario in cat.eval_scenarios}
+    unreadable: list[str] = []
+    chosen: dict[str, str] | None = None
+    if run_files:
+        runs: Any = list(_read_records(run_files, unreadable))
+        if decisions is not None:
+            chosen = _read_decisions(decisions)
+        source = "files: " + ", ".join(str(p) for p in run_files)
+    else:
+        if decisions is not None:
+            raise click.ClickException("--decisions goes with --runs; the run store has its own")
+        runs = _promoted_from_store(settings)
+        source = f"run store {settings.paths.database}"
+    extra = {"catalog_hash": cat.hash, "source": source, "unreadable_input_lines": unreadable}
+    try:
+        version = build_dataset(
+            runs,
+            out_root=settings.paths.datasets,
+            eval_hashes=eval_hashes,
+            eval_scenario_ids=eval_ids,
+            settings=settings,
+            manifest_extra=extra,
+            decisions=chosen,
+        )
+    except (PatternError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = {
+        "version": version.version,
+        "path": str(version.path),
+        "counts": version.counts,
+        "exclusions": version.exclusions,
+        "redactions": version.redactions,
+        "unreadable_input_lines": len(unreadable),
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    counts = version.counts
+    click.echo(f"dataset {version.version}: {counts['train']} train, {counts['eval']} eval")
+    click.echo(f"  written to {version.path}")
+    if version.exclusions:
+        reasons = ", ".join(f"{k} {v}" for k, v in version.exclusions.items())
+        click.echo(f"  excluded {counts['excluded']}: {reasons}")
+    if version.redactions:
+        click.echo("  redacted: " + ", ".join(f"{k} {v}" for k, v in version.redactions.items()))
+    if unreadable:
+        click.echo(f"  {len(unreadable)} unreadable input line(s), e.g. {unreadable[0]}", err=True)
+
+
+def _catalog(path: Path):  # type: ignore[no-untyped-def]
+    from autoretrain.scenarios import CatalogError, load_catalog
+
+    try:
+        return load_catalog(path)
+    except (CatalogError, FileNotFoundError) as exc:
+        raise click.ClickException(
+            f"{exc}\nThe builder needs the catalog to keep evaluation instances out of the "
+            f"dataset: fix it (`autoretrain scenarios validate {path}`) or pass --catalog."
+        ) from None
+
+
+def _read_records(paths: tuple[Path, ...], unreadable: list[str]) -> Iterator[dict[str, Any]]:
+    """Run records from JSONL files (folders: every *.jsonl below them, sorted). A line that
+    is not a JSON object is reported by file and line, and skipped."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.rglob("*.jsonl")) if path.is_dir() else [path])
+    for file in files:
+        with file.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8-sig"))
+                except (UnicodeDecodeError, ValueError) as exc:
+                    unreadable.append(f"{file}:{number}: {exc}")
+                    continue
+                if not isinstance(record, dict):
+                    unreadable.append(f"{file}:{number}: not a JSON object")
+                    continue
+                yield record
+
+
+def _read_decisions(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise click.ClickException(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise click.ClickException(f'{path}: expected a JSON object {{"run_id": "promote", ...}}')
+    return data
+
+
+def _promoted_from_store(settings: Any) -> list[Any]:
+    from autoretrain.runs.review import promotable_run_ids
+    from autoretrain.runs.store import RunStore, StoreNotFound
+
+    try:
+        store = RunStore.from_settings(settings, read_only=True)
+    except StoreNotFound as exc:
+        raise click.ClickException(f"{exc}; or pass --runs FILE") from None
+    with store:
+        ids = promotable_run_ids(store.con)
+        if not ids:
+            raise click.ClickException(
+                f"no promoted runs in {settings.paths.database}: score and decide runs first "
+                "(`autoretrain review` settles the ones that need a human)"
+            )
+        return list(store.records(run_ids=ids))
