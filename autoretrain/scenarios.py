@@ -794,7 +794,10 @@ def _field_path(parts: Iterable[Any]) -> str:
 
 
 def _normalized_template(template: str) -> str:
-    return re.sub(r"\s+", " ", template.strip().lower()).rstrip(".?! ")
+    """The template's shape: case, spacing, final punctuation and parameter names ignored, so
+    'What is {x} plus {y}?' and 'what is {a}  plus {b}' count as the same template."""
+    shape = _PLACEHOLDER.sub(lambda m: "{}" if m.group(1) else m.group(0), template)
+    return re.sub(r"\s+", " ", shape.strip().lower()).rstrip(".?! ")
 
 
 class _Loader:

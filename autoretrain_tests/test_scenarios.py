@@ -341,6 +341,13 @@ def test_eval_scenario_sharing_a_train_template(tmp_path):
     )
     assert "scenario 'boxes_eval'" in message and "field 'prompt'" in message
     assert "'boxes'" in message
+    renamed = broken(
+        tmp_path,
+        "    prompt: How many cans are in {n} crates holding {k} each?\n    params:\n",
+        "    prompt: I have {m} boxes of {j} cans. How many cans?\n    params:\n"
+        "      m: {int: [2, 50]}\n      j: {choice: [6]}\n",
+    )
+    assert "scenario 'boxes_eval'" in renamed and "held-out templates must be new" in renamed
 
 
 def test_unknown_placeholder_tool_table_and_generator(tmp_path):
