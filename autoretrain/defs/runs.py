@@ -1,0 +1,135 @@
+"""Dagster wiring for captured runs: `raw_runs[day]`, its checks, and the landing-zone sensor."""
+# No `from __future__ import annotations` here: Dagster reads the context annotation at runtime.
+
+import hashlib
+import json
+import os
+
+import dagster as dg
+
+from autoretrain.defs.partitions import daily_partitions
+from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.stages import ingest_days
+
+QUARANTINE_CHECK = "quarantine_rate_under_threshold"
+SCHEMA_CHECK = "schema_versions_known"
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="duckdb",
+    group_name="runs",
+    kinds={"duckdb"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            QUARANTINE_CHECK,
+            asset="raw_runs",
+            description="Share of malformed lines within the configured limit.",
+        ),
+        dg.AssetCheckSpec(
+            SCHEMA_CHECK,
+            asset="raw_runs",
+            description="No record carries a schema version this release does not know.",
+        ),
+    ],
+)
+def raw_runs(context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig):
+    """Agent runs as landed, one partition per UTC day: the landing zone's JSONL ingested into
+    DuckDB (`runs`, `events`), idempotent on run_id; malformed lines go to `quarantine` with
+    file, line and reason, and never fail the day."""
+    settings = autoretrain.settings()
+    summary = ingest_days(settings, context.partition_keys)
+    for day, report in summary.reports.items():
+        context.log.info(f"{day}: {report}")
+    limit = settings.ingest.max_quarantine_rate
+    yield dg.MaterializeResult(
+        metadata={
+            "days": dg.MetadataValue.int(len(summary.reports)),
+            "records_read": dg.MetadataValue.int(summary.read),
+            "inserted": dg.MetadataValue.int(summary.inserted),
+            "replaced": dg.MetadataValue.int(summary.replaced),
+            "quarantined": dg.MetadataValue.int(summary.quarantined),
+            "quarantine_rate": dg.MetadataValue.float(summary.quarantine_rate),
+            "database": dg.MetadataValue.path(str(settings.paths.database)),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name=QUARANTINE_CHECK,
+        passed=summary.quarantine_rate <= limit,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "quarantine_rate": summary.quarantine_rate,
+            "limit": limit,
+            "top_reasons": dg.MetadataValue.json(summary.top_reasons),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name=SCHEMA_CHECK,
+        passed=summary.unknown_schema_versions == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "unknown_schema_version_records": summary.unknown_schema_versions,
+            "versions_seen": dg.MetadataValue.json(sorted(summary.schema_versions)),
+        },
+    )
+
+
+# More changed days than this in one tick become one range run, not one run per day.
+RANGE_RUN_THRESHOLD = 7
+
+
+def landing_state(landing: os.PathLike[str] | str) -> dict[str, list[int]]:
+    """Per day folder: [number of part files, newest mtime in ns]. New files change either."""
+    state: dict[str, list[int]] = {}
+    if not os.path.isdir(landing):
+        return state
+    with os.scandir(landing) as days:
+        for day in days:
+            if not (day.is_dir() and day.name.startswith("date=")):
+                continue
+            count, newest = 0, 0
+            with os.scandir(day.path) as files:
+                for f in files:
+                    if f.name.startswith("part-") and f.name.endswith(".jsonl"):
+                        count += 1
+                        newest = max(newest, f.stat().st_mtime_ns)
+            if count:
+                state[day.name.removeprefix("date=")] = [count, newest]
+    return state
+
+
+@dg.sensor(
+    asset_selection=dg.AssetSelection.assets(raw_runs),
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def landing_zone_sensor(context: dg.SensorEvaluationContext, autoretrain: AutoretrainConfig):
+    """Requests exactly the `raw_runs` partitions whose landing folders received new files."""
+    seen = json.loads(context.cursor) if context.cursor else {}
+    now = landing_state(autoretrain.settings().paths.landing)
+    valid = set(daily_partitions.get_partition_keys(dynamic_partitions_store=context.instance))
+    changed = sorted(day for day, mark in now.items() if seen.get(day) != mark and day in valid)
+    skipped = sorted(set(now) - valid)
+    if skipped:
+        context.log.warning(
+            f"landing folders outside the partition range are ignored: {skipped[:5]}"
+        )
+    if not changed:
+        return dg.SkipReason("no new landing files")
+    stamp = "-".join(f"{now[d][0]}.{now[d][1]}" for d in changed)
+    if len(changed) > RANGE_RUN_THRESHOLD:
+        requests = [
+            dg.RunRequest(
+                run_key=f"range:{changed[0]}:{changed[-1]}:{hashlib.sha1(stamp.encode()).hexdigest()[:12]}",
+                tags={
+                    "dagster/asset_partition_range_start": changed[0],
+                    "dagster/asset_partition_range_end": changed[-1],
+                },
+            )
+        ]
+    else:
+        requests = [
+            dg.RunRequest(run_key=f"{d}:{now[d][0]}:{now[d][1]}", partition_key=d) for d in changed
+        ]
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(now, sort_keys=True))
