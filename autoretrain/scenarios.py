@@ -275,7 +275,7 @@ class ScenarioInstance:
     seed: int
     system_prompt: str
     user_prompt: str
-    tools: list[dict]
+    tools: list[dict]  # shared by every instance of the scenario: treat as read-only
     expected: dict
     reference_calls: list[dict]
     reference_answer: str
