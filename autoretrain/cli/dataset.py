@@ -133,9 +133,6 @@ def build(
     from autoretrain.settings import load_settings
 
     settings = load_settings()
-    cat = _catalog(catalog or settings.scenarios_dir)
-    eval_hashes = cat.evaluation_hashes(settings.evaluation.instances_per_scenario)
-    eval_ids = {scenario.id for scenario in cat.eval_scenarios}
     unreadable: list[str] = []
     chosen: dict[str, str] | None = None
     if run_files:
@@ -148,6 +145,9 @@ def build(
             raise click.ClickException("--decisions goes with --runs; the run store has its own")
         runs = _promoted_from_store(settings)
         source = f"run store {settings.paths.database}"
+    cat = _catalog(catalog or settings.scenarios_dir)
+    eval_hashes = cat.evaluation_hashes(settings.evaluation.instances_per_scenario)
+    eval_ids = {scenario.id for scenario in cat.eval_scenarios}
     extra = {"catalog_hash": cat.hash, "source": source, "unreadable_input_lines": unreadable}
     try:
         version = build_dataset(
