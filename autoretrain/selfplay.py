@@ -29,7 +29,14 @@ from autoretrain.agents.workflow import (
     run_many,
     start_run,
 )
-from autoretrain.providers.base import ChatModel, ChatResponse, Messages, Sampling, Tools
+from autoretrain.providers.base import (
+    ChatModel,
+    ChatResponse,
+    Messages,
+    Sampling,
+    SequentialBatchMixin,
+    Tools,
+)
 from autoretrain.runs.archive import BufferedArchive, RunArchive
 from autoretrain.runs.pricing import PriceTable
 from autoretrain.runs.schema import Traffic
@@ -130,6 +137,7 @@ class SelfPlayRunner:
         concurrency: int = 64,
         traffic: Traffic = "selfplay",
         progress: bool = True,
+        exclude: set[str] | frozenset[str] = frozenset(),
     ):
         if canary_share and canary is None:
             raise ValueError("canary_share > 0 needs a model in the canary slot")
@@ -144,6 +152,8 @@ class SelfPlayRunner:
         self.concurrency = concurrency
         self.traffic = traffic
         self.progress = progress
+        # Hashes of evaluation instances: self-play never plays (and so never trains on) them.
+        self.exclude = exclude
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -160,7 +170,9 @@ class SelfPlayRunner:
         instances = (
             instances
             if instances is not None
-            else self.catalog.selfplay_instances(n, seed=seed, weights=weights)
+            else self.catalog.selfplay_instances(
+                n, seed=seed, weights=weights, exclude=self.exclude
+            )
         )
         report = SelfPlayReport(requested=len(instances))
         started = time.perf_counter()
@@ -246,8 +258,13 @@ class SelfPlayRunner:
 
 
 def _batches_natively(model: Any) -> bool:
-    # Providers that share forward passes declare it; HTTP providers get a thread pool instead.
-    return bool(getattr(model, "native_batching", False))
+    """A provider with its own `chat_batch` (shared forward passes, or concurrent requests)
+    batches natively; one that only loops over `chat` gets a thread pool instead."""
+    declared = getattr(model, "native_batching", None)
+    if declared is not None:
+        return bool(declared)
+    own = getattr(type(model), "chat_batch", None)
+    return own is not None and own is not SequentialBatchMixin.chat_batch
 
 
 def _progress(total: int, enabled: bool) -> Any:

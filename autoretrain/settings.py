@@ -84,6 +84,14 @@ class ProviderProfile(_Section):
     timeout_s: float = 60.0
     max_retries: int = 3
     device: str = "cpu"
+    # Azure OpenAI deployments are created through the management (ARM) API, which names the
+    # resource by subscription, resource group and account rather than by endpoint.
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    azure_account: str | None = None
+    management_endpoint: str = "https://management.azure.com"
+    deployment_sku: str = "standard"
+    deployment_capacity: int = Field(default=1, ge=1)
 
 
 class PromotionGates(_Section):
@@ -124,6 +132,8 @@ class EvaluationLifts(_Section):
     significance_test: Literal["mid_p", "exact"] = "mid_p"
     # Category cells with fewer distinct instances are flagged as noisy in the comparison notes.
     small_category_instances: int = 30
+    # Canary analysis: runs each slot (canary, primary) needs in the window before a verdict.
+    min_canary_runs: int = 200
 
     @classmethod
     def resolve(cls, layers: dict[str, Any], provider: str, environment: str) -> EvaluationLifts:
@@ -160,6 +170,7 @@ class MirrorSettings(_Section):
 class SelfPlaySettings(_Section):
     runs_per_iteration: int = 2000
     temperature: float = 0.8
+    max_tokens: int = 128  # per model turn
     canary_share: float = 0.0
     category_weights: dict[str, float] = Field(default_factory=dict)
     seed: int = 0
@@ -194,6 +205,14 @@ class EvaluationSettings(_Section):
     instances_per_scenario: int = 70
     samples_per_instance: int = 1
     bootstrap_samples: int = 2000
+    # One greedy sample per instance by default; with several, this temperature and per-sample
+    # seeds shared by both models.
+    temperature: float = Field(default=0.8, ge=0)
+    seed: int = 0
+    batch_size: int = Field(default=64, ge=1)  # runs answered per batched call (or in flight)
+    max_tokens: int = Field(default=128, ge=1)  # per model turn
+    # Above this share of runs failing at the provider (after its retries), the replay failed.
+    max_provider_error_rate: float = Field(default=0.01, ge=0, le=1)
 
 
 class Settings(_Section):

@@ -85,3 +85,55 @@ def decide_days(settings: Settings, start_day: str, end_day: str, reviewer: Any 
     guard = PromotionGuardAgent(settings.promotion_gates(), reviewer=reviewer)
     with RunStore.from_settings(settings) as store:
         return decide(store.con, start_day, end_day, guard)
+
+
+def selfplay(
+    settings: Settings,
+    n: int,
+    *,
+    slot: str = "primary",
+    concurrency: int = 64,
+    seed: int | None = None,
+    canary_share: float | None = None,
+    progress: bool = True,
+    primary_model: Any = None,
+    canary_model: Any = None,
+) -> Any:
+    """Run `n` self-play runs against the model in `slot` (and a share on the canary slot),
+    landing every run in the landing zone. Returns the SelfPlayReport."""
+    from autoretrain.agents.verifier import VerifierAgent
+    from autoretrain.agents.workflow import WorkflowConfig
+    from autoretrain.providers.base import Sampling
+    from autoretrain.providers.factory import chat_model_for
+    from autoretrain.runs.pricing import PriceTable
+    from autoretrain.scenarios import load_catalog
+    from autoretrain.selfplay import SelfPlayRunner, SlotTarget
+
+    cfg = settings.selfplay
+    catalog = load_catalog(settings.scenarios_dir)
+    share = cfg.canary_share if canary_share is None else canary_share
+    primary = SlotTarget(slot, primary_model or chat_model_for(settings, slot), settings.provider)
+    canary = None
+    if share > 0:
+        canary = SlotTarget(
+            "canary", canary_model or chat_model_for(settings, "canary"), settings.provider
+        )
+    runner = SelfPlayRunner(
+        catalog,
+        catalog.registry,
+        VerifierAgent(),
+        RunArchive(settings.paths.landing),
+        primary,
+        canary=canary,
+        canary_share=share,
+        prices=PriceTable.from_settings(settings),
+        workflow=WorkflowConfig(
+            sampling=Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+        ),
+        concurrency=concurrency,
+        progress=progress,
+        exclude=catalog.evaluation_hashes(settings.evaluation.instances_per_scenario),
+    )
+    return runner.run(
+        n, seed=cfg.seed if seed is None else seed, weights=cfg.category_weights or None
+    )

@@ -115,7 +115,7 @@ def agent_run(
             )
             if plan is None:
                 run.escalate("planner model call failed")
-                return run.finish("escalated")
+                return run.finish("error")
             messages.append(plan)
 
         turns = 0
