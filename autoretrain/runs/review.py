@@ -84,7 +84,7 @@ def review_queue(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     )
     if "runs" not in tables:
         return pl.from_arrow(
-            con.execute(
+            con.sql(
                 f"SELECT {columns} FROM (SELECT NULL::VARCHAR AS run_id, NULL::DATE AS day, "
                 "NULL::VARCHAR AS scenario_id, NULL::VARCHAR AS category, NULL::VARCHAR AS model, "
                 "NULL::VARCHAR AS traffic, NULL::VARCHAR AS status, NULL::DOUBLE AS score, "
@@ -93,7 +93,7 @@ def review_queue(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
             ).to_arrow_table()
         )
     return pl.from_arrow(
-        con.execute(
+        con.sql(
             f"SELECT {columns} FROM ({_effective_sql(tables)}) "
             "WHERE auto_decision = 'needs_human' AND human_decision IS NULL ORDER BY day, run_id"
         ).to_arrow_table()
@@ -108,11 +108,11 @@ def effective_decisions(
     if "runs" not in tables:
         raise ReviewError("no `runs` table in this database: ingest runs first")
     return pl.from_arrow(
-        con.execute(
+        con.sql(
             f"SELECT * FROM ({_effective_sql(tables)}) "
             "WHERE ($start IS NULL OR day >= $start::DATE) AND ($end IS NULL OR day <= $end::DATE) "
             "ORDER BY day, run_id",
-            {"start": start_day, "end": end_day},
+            params={"start": start_day, "end": end_day},
         ).to_arrow_table()
     )
 

@@ -22,61 +22,71 @@ from autoretrain.agents.promotion_guard import (
 )
 from autoretrain.providers.base import ProviderError
 from autoretrain.providers.scripted import ScriptedModel
-from autoretrain.runs.schema import Escalation, Message, RecoveryAction, Run, Verification
+from autoretrain.runs.review import load_run
+from autoretrain.runs.schema import Escalation, Message, RecoveryAction, Run, Usage, Verification
 from autoretrain.runs.scoring import score_days, scored_metrics
+from autoretrain.runs.store import RunStore
 from autoretrain.settings import PromotionGates
-from autoretrain_tests.runs.test_scoring import DAY, make_run, store_runs
+from autoretrain_tests.runs.test_scoring import DAY, ingest, make_run
 
 
 @pytest.fixture
-def con(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "t.duckdb"))
-    yield connection
-    connection.close()
+def store(settings):
+    run_store = RunStore.from_settings(settings)
+    yield run_store
+    run_store.close()
 
 
-def scored(con, runs: list[Run], gates: PromotionGates) -> list[tuple[Run, dict]]:
-    store_runs(con, runs)
-    score_days(con, DAY, DAY, gates)
-    return [(r, scored_metrics(con, r.run_id)) for r in runs]
+@pytest.fixture
+def con(store):
+    return store.con
 
 
-def ask(con, run: Run, gates: PromotionGates | None = None, reviewer=None):
+def scored(store, runs: list[Run], gates: PromotionGates) -> list[tuple[Run, dict]]:
+    """Ingest through the run store, score, and return each run as stored with its metrics."""
+    ingest(store, runs)
+    score_days(store.con, DAY, DAY, gates)
+    return [(load_run(store.con, r.run_id), scored_metrics(store.con, r.run_id)) for r in runs]
+
+
+def ask(store, run: Run, gates: PromotionGates | None = None, reviewer=None):
     gates = gates or PromotionGates()
-    [(run, metrics)] = scored(con, [run], gates)
+    [(run, metrics)] = scored(store, [run], gates)
     return PromotionGuardAgent(gates, reviewer).decide(run, metrics)
 
 
-def test_a_clean_verified_run_is_promoted(con):
-    d = ask(con, make_run("ok"))
+def test_a_clean_verified_run_is_promoted(store):
+    d = ask(store, make_run("ok"))
     assert (d.decision, d.gate) == (PROMOTE, "all_gates")
 
 
-@pytest.mark.parametrize(
-    ("overrides", "gate"),
-    [
-        ({"traffic": "evaluation"}, "evaluation_traffic"),
-        (
-            {
-                "status": "failed",
-                "verifications": [Verification(verifier="x", passed=False, score=0.2)],
-            },
-            "not_verified",
-        ),
-        ({"escalations": [Escalation(reason="stuck")]}, "max_escalations"),
-        ({"latency_s": 500.0}, "runtime_budget"),
-        ({"category": "poetry"}, "category"),
-    ],
-)
-def test_numeric_and_config_gates_reject(con, overrides, gate):
+REJECTED = [
+    ({"traffic": "evaluation"}, "evaluation_traffic"),
+    (
+        {
+            "status": "failed",
+            "verifications": [Verification(verifier="x", passed=False, score=0.2)],
+        },
+        "not_verified",
+    ),
+    ({"escalations": [Escalation(reason="stuck")]}, "max_escalations"),
+    ({"latency_s": 500.0}, "runtime_budget"),
+    ({"usage": Usage(prompt_tokens=9000, completion_tokens=10)}, "token_budget"),
+    ({"category": "poetry"}, "category"),
+]
+
+
+def test_numeric_and_config_gates_reject(store):
     gates = PromotionGates(categories=["arithmetic"])
-    d = ask(con, make_run("r", **overrides), gates)
-    assert (d.decision, d.gate) == (REJECT, gate)
-    assert d.rationale
+    runs = [make_run(f"r{i}", **overrides) for i, (overrides, _) in enumerate(REJECTED)]
+    guard = PromotionGuardAgent(gates)
+    decided = [guard.decide(run, m) for run, m in scored(store, runs, gates)]
+    assert [(d.decision, d.gate) for d in decided] == [(REJECT, gate) for _, gate in REJECTED]
+    assert all(d.rationale for d in decided)
 
 
-def test_evaluation_traffic_is_rejected_even_when_perfect(con):
-    d = ask(con, make_run("e", traffic="evaluation"))
+def test_evaluation_traffic_is_rejected_even_when_perfect(store):
+    d = ask(store, make_run("e", traffic="evaluation"))
     assert (d.decision, d.gate) == (REJECT, "evaluation_traffic")
 
 
@@ -88,34 +98,45 @@ def _orphan_tool() -> list[Message]:
     ]
 
 
-@pytest.mark.parametrize(
-    ("overrides", "gate"),
-    [
-        # succeeded, but the last verification failed
-        (
-            {"verifications": [Verification(verifier="x", passed=False, score=0.0)]},
-            "status_contradiction",
-        ),
-        ({"final_answer": None}, "no_final_answer"),
-        ({"final_answer": "  \n"}, "no_final_answer"),
-        ({"verifications": [], "status": "failed"}, "no_verification"),
-        ({"messages": [Message(role="user", content="2+3?")]}, "no_assistant_turn"),
-        ({"messages": _orphan_tool()}, "orphan_tool_message"),
-        ({"status": "running"}, "unfinished"),
-        ({"latency_s": None, "ended_at": None}, "missing_metrics"),
-    ],
-)
-def test_missing_or_contradictory_data_needs_a_human(con, overrides, gate):
-    d = ask(con, make_run("r", **overrides))
-    assert (d.decision, d.gate) == (NEEDS_HUMAN, gate)
+DOUBTFUL = [
+    # succeeded, but the last verification failed
+    (
+        {"verifications": [Verification(verifier="x", passed=False, score=0.0)]},
+        "status_contradiction",
+    ),
+    # verified, but the run failed
+    ({"status": "failed"}, "status_contradiction"),
+    ({"final_answer": None}, "no_final_answer"),
+    ({"final_answer": "  \n"}, "no_final_answer"),
+    ({"verifications": [], "status": "failed"}, "no_verification"),
+    ({"messages": [Message(role="user", content="2+3?")]}, "no_assistant_turn"),
+    ({"messages": _orphan_tool()}, "orphan_tool_message"),
+    ({"status": "running"}, "unfinished"),
+]
 
 
-def test_unanswered_call_and_answer_not_last(con):
+def test_missing_or_contradictory_data_needs_a_human(store):
+    runs = [make_run(f"r{i}", **overrides) for i, (overrides, _) in enumerate(DOUBTFUL)]
+    guard = PromotionGuardAgent(PromotionGates())
+    decided = [guard.decide(run, m) for run, m in scored(store, runs, PromotionGates())]
+    assert [(d.decision, d.gate) for d in decided] == [(NEEDS_HUMAN, g) for _, g in DOUBTFUL]
+
+
+def test_a_run_with_no_timing_needs_a_human(store, con):
+    ingest(store, [make_run("r")])
+    # As an app that logs neither latency nor end time would store it.
+    con.execute("UPDATE runs SET latency_s = NULL, ended_at = NULL")
+    score_days(con, DAY, DAY, PromotionGates())
+    d = PromotionGuardAgent(PromotionGates()).decide(load_run(con, "r"), scored_metrics(con, "r"))
+    assert (d.decision, d.gate) == (NEEDS_HUMAN, "missing_metrics")
+
+
+def test_unanswered_call_and_answer_not_last(store):
     run = make_run("r")
     unanswered = run.model_copy(update={"messages": run.messages[:3] + run.messages[4:]})
     ends_on_tool = run.model_copy(update={"messages": run.messages[:4]})
     [(a, ma), (b, mb)] = scored(
-        con,
+        store,
         [
             unanswered.model_copy(update={"run_id": "a"}),
             ends_on_tool.model_copy(update={"run_id": "b"}),
@@ -127,8 +148,8 @@ def test_unanswered_call_and_answer_not_last(con):
     assert guard.decide(b, mb).gate == "answer_not_last"
 
 
-def test_metrics_that_disagree_with_the_record_need_a_human(con):
-    [(run, metrics)] = scored(con, [make_run("r")], PromotionGates())
+def test_metrics_that_disagree_with_the_record_need_a_human(store):
+    [(run, metrics)] = scored(store, [make_run("r")], PromotionGates())
     d = PromotionGuardAgent(PromotionGates()).decide(run, {**metrics, "verified": False})
     assert d.decision == NEEDS_HUMAN  # never promote on data that contradicts itself
 
@@ -144,18 +165,18 @@ def _borderline_run(run_id: str = "b") -> Run:
     )
 
 
-def test_borderline_without_reviewer_follows_configuration(con):
-    [(run, metrics)] = scored(con, [_borderline_run()], PromotionGates())
+def test_borderline_without_reviewer_follows_configuration(store):
+    [(run, metrics)] = scored(store, [_borderline_run()], PromotionGates())
     d = PromotionGuardAgent(PromotionGates()).decide(run, metrics)
     assert (d.decision, d.gate, d.borderline) == (PROMOTE, "borderline", True)
     cautious = PromotionGates(borderline_without_reviewer="needs_human")
     assert PromotionGuardAgent(cautious).decide(run, metrics).decision == NEEDS_HUMAN
 
 
-def test_reviewer_writes_the_rationale_for_borderline_runs_only(con):
+def test_reviewer_writes_the_rationale_for_borderline_runs_only(store):
     reply = json.dumps({"decision": "reject", "rationale": "The first attempt guessed."})
     reviewer = ScriptedModel([reply])
-    [(b, mb), (ok, mok)] = scored(con, [_borderline_run(), make_run("ok")], PromotionGates())
+    [(b, mb), (ok, mok)] = scored(store, [_borderline_run(), make_run("ok")], PromotionGates())
     guard = PromotionGuardAgent(PromotionGates(), reviewer)
     d = guard.decide(b, mb)
     assert (d.decision, d.gate, d.rationale) == (REJECT, "reviewer", "The first attempt guessed.")
@@ -174,15 +195,15 @@ def test_reviewer_writes_the_rationale_for_borderline_runs_only(con):
         json.dumps({"decision": "promote", "rationale": ""}),
     ],
 )
-def test_a_failing_reviewer_never_promotes(con, reply):
-    [(run, metrics)] = scored(con, [_borderline_run()], PromotionGates())
+def test_a_failing_reviewer_never_promotes(store, reply):
+    [(run, metrics)] = scored(store, [_borderline_run()], PromotionGates())
     d = PromotionGuardAgent(PromotionGates(), ScriptedModel([reply])).decide(run, metrics)
     assert (d.decision, d.gate) == (NEEDS_HUMAN, "reviewer_failed")
 
 
-def test_reviewer_cannot_promote_a_run_a_gate_rejected(con):
+def test_reviewer_cannot_promote_a_run_a_gate_rejected(store):
     reviewer = ScriptedModel([], default=json.dumps({"decision": "promote", "rationale": "ok"}))
-    d = ask(con, make_run("r", escalations=[Escalation(reason="x")]), reviewer=reviewer)
+    d = ask(store, make_run("r", escalations=[Escalation(reason="x")]), reviewer=reviewer)
     assert d.decision == REJECT and reviewer.calls == []
 
 
@@ -269,10 +290,10 @@ def _mixed_runs(n: int, seed: int = 3) -> list[Run]:
     return [make_run(f"run-{i:05d}", **rng.choice(kinds)) for i in range(n)]
 
 
-def test_decide_days_matches_decide_run_by_run(con):
+def test_decide_days_matches_decide_run_by_run(store, con):
     gates = PromotionGates()
     runs = _mixed_runs(300)
-    pairs = scored(con, runs, gates)
+    pairs = scored(store, runs, gates)
     reply = json.dumps({"decision": "promote", "rationale": "Recovered cleanly."})
     guard = PromotionGuardAgent(gates, ScriptedModel([], default=reply))
     report = decide_days(con, DAY, DAY, guard)
@@ -298,18 +319,18 @@ def test_decide_days_matches_decide_run_by_run(con):
     assert con.execute("SELECT count(*) FROM promotion_decisions").fetchone() == (300,)
 
 
-def test_decide_days_refuses_unscored_runs(con):
-    store_runs(con, [make_run("a")])
+def test_decide_days_refuses_unscored_runs(store, con):
+    ingest(store, [make_run("a")])
     score_days(con, "2026-01-01", "2026-01-01", PromotionGates())
     with pytest.raises(RuntimeError, match="score those days first"):
         decide_days(con, DAY, DAY, PromotionGuardAgent(PromotionGates()))
 
 
-def test_decisions_are_bulk(con):
+def test_decisions_are_bulk(store, con):
     """bench/promotion_guard.py measures 20k runs; here a loose bound that a loop of one query
     per run, or parsing every record, would miss on this machine."""
     gates = PromotionGates()
-    store_runs(con, _mixed_runs(2000))
+    ingest(store, _mixed_runs(2000))
     score_days(con, DAY, DAY, gates)
     t0 = time.perf_counter()
     report = decide_days(con, DAY, DAY, PromotionGuardAgent(gates))

@@ -5,65 +5,22 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import duckdb
-import pyarrow as pa
 import pytest
 
+from autoretrain.runs.archive import RunArchive
 from autoretrain.runs.schema import Escalation, Message, RecoveryAction, Run, Usage, Verification
 from autoretrain.runs.scoring import SCORER_VERSION, score_days, scored_metrics
+from autoretrain.runs.store import RunStore
 from autoretrain.settings import PromotionGates
 
-# The `runs` table as the brief lays it out (the run store's own loader replaces this once it
-# lands): the columns the scorer and the guard read, derived from each record.
-RUNS_DDL = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY, day DATE, schema_version INT, scenario_id VARCHAR,
-    instance_hash VARCHAR, category VARCHAR, workflow VARCHAR, agent_version VARCHAR,
-    provider VARCHAR, model VARCHAR, slot VARCHAR, traffic VARCHAR, status VARCHAR,
-    started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, latency_s DOUBLE, cost_usd DOUBLE,
-    prompt_tokens BIGINT, completion_tokens BIGINT, n_messages INT, n_recoveries INT,
-    n_escalations INT, verified BOOLEAN, score DOUBLE, record JSON, source_file VARCHAR,
-    source_line BIGINT, ingested_at TIMESTAMPTZ)
-"""
 
-
-def store_runs(con: duckdb.DuckDBPyConnection, runs: list[Run]) -> None:
-    con.execute(RUNS_DDL)
-    columns = {
-        "run_id": [r.run_id for r in runs],
-        "day": [r.day for r in runs],
-        "schema_version": [r.schema_version for r in runs],
-        "scenario_id": [r.scenario_id for r in runs],
-        "instance_hash": [r.instance_hash for r in runs],
-        "category": [r.category for r in runs],
-        "workflow": [r.workflow for r in runs],
-        "agent_version": [r.agent_version for r in runs],
-        "provider": [r.provider for r in runs],
-        "model": [r.model for r in runs],
-        "slot": [r.slot for r in runs],
-        "traffic": [r.traffic for r in runs],
-        "status": [r.status for r in runs],
-        "started_at": [r.started_at for r in runs],
-        "ended_at": [r.ended_at for r in runs],
-        "latency_s": [r.latency_s for r in runs],
-        "cost_usd": [r.cost_usd for r in runs],
-        "prompt_tokens": [r.usage.prompt_tokens for r in runs],
-        "completion_tokens": [r.usage.completion_tokens for r in runs],
-        "n_messages": [len(r.messages) for r in runs],
-        "n_recoveries": [len(r.recoveries) for r in runs],
-        "n_escalations": [len(r.escalations) for r in runs],
-        "verified": [r.verified for r in runs],
-        "score": [r.verifications[-1].score if r.verifications else None for r in runs],
-        "record": [r.to_json() for r in runs],
-    }
-    table = pa.table(columns)
-    con.register("_new_runs", table)
-    try:
-        con.execute(
-            "INSERT INTO runs SELECT *, 'test' AS source_file, 1 AS source_line, now() "
-            "FROM _new_runs"
-        )
-    finally:
-        con.unregister("_new_runs")
+def ingest(store: RunStore, runs: list[Run]) -> None:
+    """Runs go the way production runs go: landing-zone files, then the run store's ingest."""
+    assert store.landing is not None
+    archive = RunArchive(store.landing)
+    archive.write(runs)
+    for day in sorted({r.day for r in runs}):
+        store.ingest_day(day, archive.files(day))
 
 
 DAY = "2026-03-02"
@@ -105,13 +62,18 @@ def make_run(run_id: str, day: str = DAY, **overrides) -> Run:
 
 
 @pytest.fixture
-def con(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "t.duckdb"))
-    yield connection
-    connection.close()
+def store(settings):
+    run_store = RunStore.from_settings(settings)
+    yield run_store
+    run_store.close()
 
 
-def test_metrics_per_run(con):
+@pytest.fixture
+def con(store):
+    return store.con
+
+
+def test_metrics_per_run(store, con):
     recovered = make_run(
         "r-recovered",
         verifications=[
@@ -126,7 +88,7 @@ def test_metrics_per_run(con):
         ended_at=datetime.fromisoformat(f"{DAY}T10:05:00+00:00"),
     )
     unverified = make_run("r-none", verifications=[], status="failed")
-    store_runs(con, [make_run("r-clean"), recovered, unverified])
+    ingest(store, [make_run("r-clean"), recovered, unverified])
 
     report = score_days(con, DAY, DAY, PromotionGates(max_runtime_s=120, max_total_tokens=8192))
 
@@ -150,8 +112,8 @@ def test_metrics_per_run(con):
     assert none["verified"] is False and none["score"] is None and none["quality_score"] is None
 
 
-def test_rescoring_replaces_the_days_rows_and_keeps_other_versions(con, monkeypatch):
-    store_runs(con, [make_run("a"), make_run("b"), make_run("c", day="2026-03-03")])
+def test_rescoring_replaces_the_days_rows_and_keeps_other_versions(store, con, monkeypatch):
+    ingest(store, [make_run("a"), make_run("b"), make_run("c", day="2026-03-03")])
     gates = PromotionGates()
     score_days(con, DAY, "2026-03-03", gates)
     score_days(con, DAY, DAY, gates)
@@ -171,15 +133,16 @@ def test_rescoring_replaces_the_days_rows_and_keeps_other_versions(con, monkeypa
     assert versions == [(SCORER_VERSION, 3), ("scorer-next", 2)]
 
 
-def test_scoring_without_a_run_store_says_what_to_do(con):
+def test_scoring_without_a_run_store_says_what_to_do(tmp_path):
+    con = duckdb.connect(str(tmp_path / "empty.duckdb"))
     with pytest.raises(RuntimeError, match="autoretrain ingest"):
         score_days(con, DAY, DAY, PromotionGates())
 
 
 def test_scoring_is_bulk(con):
-    """20k runs score in one statement; this bounds it loosely so a per-row loop would fail."""
+    """20k runs score in one statement; this bounds it loosely so a per-row loop would fail.
+    The rows are copies of one ingested record made in SQL (ingesting 20k would dominate)."""
     base = make_run("x").to_json()
-    con.execute(RUNS_DDL)
     con.execute(
         """INSERT INTO runs
            SELECT 'run-' || i, DATE '2026-03-02', 1, 'calc-add', NULL, 'arithmetic', 'executor',
