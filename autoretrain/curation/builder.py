@@ -50,8 +50,8 @@ from autoretrain.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Decisions that let a run in: the guard's "promote" and a reviewer's "approved".
-INCLUDED_DECISIONS = frozenset({"promote", "approved"})
+# The effective decision (a human's over the guard's, see runs/review.py) that lets a run in.
+INCLUDED_DECISIONS = frozenset({"promote"})
 BOM = b"\xef\xbb\xbf"
 
 

@@ -6,8 +6,8 @@ Which assistant turns are trained on (`weight`):
   (FEEDBACK_PREFIX). Every assistant turn before the last such message belongs to an attempt
   that failed and was later recovered: it gets `weight: 0` (kept as context, not trained on).
   The turns after it get `weight: 1`. Records from other apps may instead carry an integer
-  `attempt` on each assistant message; then the turns of every attempt below the last one whose
-  verification failed (run.verifications) get weight 0. The explicit field wins when present.
+  `attempt` on every assistant message; then a turn gets weight 0 when its attempt has a failed
+  verification (run.verifications) and is not the last attempt. That field wins when present.
 
 What is cleaned rather than rejected (counted in Example.cleaned):
   lone surrogates and other text that cannot be encoded as UTF-8 (replaced with U+FFFD);
@@ -30,6 +30,8 @@ from typing import Any
 from autoretrain.curation.redact import Redactor
 from autoretrain.runs.schema import Message, Run
 
+# As agents/workflow.py writes it. Stored records keep it forever, so it is a record format,
+# not a setting: a changed prefix in the workflow needs the old one recognised here too.
 FEEDBACK_PREFIX = "Verification failed:"
 TRUNCATION_MARKER = "\n…[truncated {n} characters]"
 
