@@ -189,15 +189,20 @@ class LocalChatModel:
             input_ids[j, width - len(row) :] = torch.tensor(row)
             attention[j, width - len(row) :] = 1
         sample = sampling.temperature > 0
+        # OpenAI semantics: temperature and top_p only. top_k=0 switches off the top-50 filter
+        # transformers would otherwise add (None means "use the default", which is 50).
+        knobs = (
+            {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+            if sample
+            else {}
+        )
         config = GenerationConfig(
             max_new_tokens=max_new,
             do_sample=sample,
-            temperature=sampling.temperature if sample else None,
-            top_p=sampling.top_p if sample else None,
-            top_k=None,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             bos_token_id=None,
+            **knobs,
         )
         with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=[]):
             if sampling.seed is not None:
