@@ -104,7 +104,6 @@ def selfplay(
     from autoretrain.agents.verifier import VerifierAgent
     from autoretrain.agents.workflow import WorkflowConfig
     from autoretrain.providers.base import Sampling
-    from autoretrain.providers.factory import chat_model_for
     from autoretrain.runs.pricing import PriceTable
     from autoretrain.scenarios import load_catalog
     from autoretrain.selfplay import SelfPlayRunner, SlotTarget
@@ -112,11 +111,11 @@ def selfplay(
     cfg = settings.selfplay
     catalog = load_catalog(settings.scenarios_dir)
     share = cfg.canary_share if canary_share is None else canary_share
-    primary = SlotTarget(slot, primary_model or chat_model_for(settings, slot), settings.provider)
+    primary = SlotTarget(slot, primary_model or _slot_model(settings, slot), settings.provider)
     canary = None
     if share > 0:
         canary = SlotTarget(
-            "canary", canary_model or chat_model_for(settings, "canary"), settings.provider
+            "canary", canary_model or _slot_model(settings, "canary"), settings.provider
         )
     runner = SelfPlayRunner(
         catalog,
@@ -137,3 +136,252 @@ def selfplay(
     return runner.run(
         n, seed=cfg.seed if seed is None else seed, weights=cfg.category_weights or None
     )
+
+
+# -- models -----------------------------------------------------------------------------------
+
+EMBEDDED = "embedded"  # the models/<name>/ folder of the embedded default
+BASE_VERSION = "v0"
+
+
+def _registry(store: RunStore, settings: Settings) -> Any:
+    from autoretrain.deploy.registry import ModelRegistry
+
+    return ModelRegistry(store.con, settings)
+
+
+def ensure_base_model(settings: Settings, **bootstrap_options: Any) -> str | None:
+    """The first incumbent. For a local profile with an empty primary slot: bootstrap the
+    embedded model (if not on disk), register it as `v0` and put it in primary. Otherwise the
+    incumbent is whatever primary holds (or, for remote profiles, what the profile names)."""
+    if settings.profile.kind != "local":
+        return None
+    with RunStore.from_settings(settings) as store:
+        registry = _registry(store, settings)
+        current = registry.slots().get("primary")
+        if current is not None:
+            return current
+    model_dir = settings.paths.models / EMBEDDED / BASE_VERSION
+    if not (model_dir / "config.json").exists():
+        from autoretrain.scenarios import load_catalog
+        from autoretrain.training.bootstrap import bootstrap_base_model
+
+        catalog = load_catalog(settings.scenarios_dir)
+        bootstrap_base_model(
+            catalog,
+            model_dir,
+            evaluation_per_scenario=settings.evaluation.instances_per_scenario,
+            **bootstrap_options,
+        )
+    with RunStore.from_settings(settings) as store:
+        registry = _registry(store, settings)
+        if registry.get(BASE_VERSION) is None:
+            registry.register(
+                version_id=BASE_VERSION,
+                base_model=f"{EMBEDDED}-tiny-llama",
+                kind="local",
+                model_dir=model_dir,
+                training_metrics=_read_json(model_dir / "training_metrics.json"),
+            )
+        registry.promote(
+            BASE_VERSION, "primary", reason="bootstrap: the first incumbent", actor="autoretrain"
+        )
+    return BASE_VERSION
+
+
+def _slot_model(settings: Settings, slot: str) -> Any:
+    """The model serving a slot. Local profiles follow the registry (runs are recorded under
+    the version id, which canary analysis and the ledger speak); others follow the profile."""
+    from autoretrain.providers.factory import chat_model_for
+
+    if settings.profile.kind == "local" and not settings.profile.slots.get(slot):
+        version = slot_version(settings, slot)
+        if version is not None:
+            return model_for_version(settings, version)
+    return chat_model_for(settings, slot)
+
+
+def slot_version(settings: Settings, slot: str = "primary") -> Any:
+    """The registered version in a slot of the active profile, or None."""
+    from autoretrain.deploy.registry import ModelRegistry
+
+    with RunStore.from_settings(settings) as store:
+        registry = ModelRegistry(store.con, settings)
+        version_id = registry.slots().get(slot)
+        return registry.get(version_id) if version_id else None
+
+
+def model_for_version(settings: Settings, version: Any) -> Any:
+    """A chat model for a registered version: local directories load in-process."""
+    from autoretrain.providers.factory import chat_model_for
+
+    if version.kind == "local":
+        model = chat_model_for(settings, model_dir=version.adapter_dir or version.model_dir)
+        model.name = version.id
+        return model
+    # Hosted: the slot's deployment serves it (see deploy/targets.py).
+    return chat_model_for(
+        settings, "candidate" if "candidate" in settings.profile.slots else "canary"
+    )
+
+
+# -- curation ---------------------------------------------------------------------------------
+
+
+def build_training_dataset(settings: Settings) -> Any:
+    """Promotable runs (human decisions over automatic ones) → a new dataset version."""
+    from autoretrain.curation.builder import build_dataset
+    from autoretrain.runs.review import promotable_run_ids
+    from autoretrain.scenarios import load_catalog
+
+    catalog = load_catalog(settings.scenarios_dir)
+    with RunStore.from_settings(settings, read_only=True) as store:
+        run_ids = promotable_run_ids(store.con)
+        runs = list(store.records(run_ids=run_ids)) if run_ids else []
+    incumbent = slot_version(settings, "primary")
+    return build_dataset(
+        runs,
+        out_root=settings.paths.datasets,
+        eval_hashes=catalog.evaluation_hashes(settings.evaluation.instances_per_scenario),
+        eval_scenario_ids={s.id for s in catalog.eval_scenarios},
+        settings=settings,
+        manifest_extra={
+            "catalog_hash": catalog.hash,
+            "source": f"run store {settings.paths.database}",
+            "source_model": incumbent.id if incumbent else None,
+            "agent_version": _agent_version(),
+        },
+    )
+
+
+def _agent_version() -> str:
+    from autoretrain.agents.workflow import AGENT_VERSION
+
+    return AGENT_VERSION
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+def next_version_id(settings: Settings) -> str:
+    from autoretrain.deploy.registry import ModelRegistry
+
+    with RunStore.from_settings(settings) as store:
+        taken = {v.id for v in ModelRegistry(store.con, settings).versions()}
+    n = 1
+    while f"v{n}" in taken or (settings.paths.models / EMBEDDED / f"v{n}").exists():
+        n += 1
+    return f"v{n}"
+
+
+def train_candidate(settings: Settings, dataset_dir: Any, version_id: str, **overrides: Any) -> Any:
+    """Fine-tune the incumbent (primary) on a dataset version; register the result as
+    `version_id`. The base model's demonstrations are mixed back in (REFERENCE.md's recipe:
+    verified self-play plus the original demos), so the model keeps what it was taught."""
+    from pathlib import Path
+
+    from autoretrain.training.bootstrap import DEMOS_FILE
+    from autoretrain.training.config import TrainConfig
+    from autoretrain.training.lora import train
+
+    incumbent = slot_version(settings, "primary")
+    if incumbent is None or incumbent.kind != "local":
+        raise ValueError(
+            "local training needs a local model in the primary slot; for hosted models use the "
+            "hosted fine-tune backend (autoretrain/training/hosted.py)"
+        )
+    base_dir = Path(incumbent.model_dir or incumbent.adapter_dir)
+    demos = settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
+    mix_in = [str(demos)] if demos.exists() else []
+    config = TrainConfig.from_settings(settings.training, mix_in=mix_in, **overrides)
+    output_dir = settings.paths.models / EMBEDDED / version_id
+    result = train(Path(dataset_dir), base_dir, output_dir, config)
+    dataset_version = Path(dataset_dir).name
+    with RunStore.from_settings(settings) as store:
+        registry = _registry(store, settings)
+        registry.register(
+            version_id=version_id,
+            base_model=incumbent.base_model,
+            kind="local",
+            model_dir=result.merged_dir or result.model_dir,
+            adapter_dir=result.adapter_dir if not result.merged_dir else None,
+            dataset_version=dataset_version,
+            training_metrics=result.metrics,
+            parent_version=incumbent.id,
+        )
+    return result
+
+
+# -- evaluation and deployment ----------------------------------------------------------------
+
+
+def evaluate_candidate(settings: Settings, version_id: str, progress: bool = True) -> Any:
+    """Replay both evaluation tiers through the incumbent (primary) and the candidate; decide;
+    save the comparison, its report and chart. Returns the Comparison (with evaluation_id)."""
+    from autoretrain.deploy.registry import ModelRegistry
+    from autoretrain.evaluation.harness import evaluate
+    from autoretrain.evaluation.report import save_comparison
+    from autoretrain.scenarios import load_catalog
+
+    catalog = load_catalog(settings.scenarios_dir)
+    with RunStore.from_settings(settings) as store:
+        registry = ModelRegistry(store.con, settings)
+        incumbent = registry.get(registry.slots().get("primary") or "")
+        candidate = registry.get(version_id)
+    if incumbent is None or candidate is None:
+        raise ValueError(
+            f"cannot evaluate: incumbent {incumbent} / candidate {version_id!r} not registered"
+        )
+    comparison = evaluate(
+        model_for_version(settings, incumbent),
+        model_for_version(settings, candidate),
+        catalog,
+        settings,
+        incumbent_name=incumbent.id,
+        candidate_name=candidate.id,
+        progress=progress,
+    )
+    with RunStore.from_settings(settings) as store:
+        save_comparison(store.con, comparison, settings)
+    return comparison
+
+
+def deploy(
+    settings: Settings, version_id: str, slot: str, reason: str, evaluation_id: str | None = None
+) -> Any:
+    """Move a version into a slot (ledger entry; serving.json for local profiles)."""
+    with RunStore.from_settings(settings) as store:
+        return _registry(store, settings).promote(
+            version_id, slot, reason=reason, evaluation_id=evaluation_id, actor="autoretrain"
+        )
+
+
+def analyze_canary(settings: Settings, since: Any = None) -> Any:
+    """Canary vs primary over self-play traffic since `since` (non-inferiority)."""
+    from autoretrain.evaluation.canary import canary_analysis
+
+    with RunStore.from_settings(settings, read_only=True) as store:
+        slots = _registry_read(store, settings)
+        return canary_analysis(
+            store.con,
+            lifts=settings.evaluation_lifts(),
+            since=since,
+            canary_model=slots.get("canary"),
+            primary_model=slots.get("primary"),
+            bootstrap_samples=settings.evaluation.bootstrap_samples,
+        )
+
+
+def _registry_read(store: RunStore, settings: Settings) -> dict[str, str]:
+    from autoretrain.deploy.registry import ModelRegistry
+
+    return ModelRegistry(store.con, settings, read_only=True).slots()
+
+
+def _read_json(path: Any) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
