@@ -1,0 +1,298 @@
+"""Is curation fast enough? Scoring, promotion decisions and the dataset export over N runs,
+against polars doing only the raw part of the same job, in the same run.
+
+- landing: N synthetic runs (~2.5 KB each, a realistic outcome mix) as landing-zone JSONL,
+  spread over --days days; ingested into the run store by `stages.ingest_days` (timed apart);
+- baseline (a child process): polars `scan_ndjson` of the landing files → keep runs whose last
+  verification passed, with no escalation and not evaluation traffic → `sink_ndjson`;
+- project (a child process): `stages.score_days` + `stages.decide_days` over the day range, then
+  the export the `dataset build` command does: `promotable_run_ids` → `RunStore.records` →
+  `build_dataset` (train/eval JSONL, redaction, validation, manifest).
+
+Throughput counts the N landed runs (and their bytes) over each side's seconds; the target is
+project >= 0.5x the baseline. Peak RSS is each child's own.
+
+Run: .venv/bin/python bench/curation.py [--n 200000] [--days 7] [--profile]
+Writes bench/results/curation.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    RESULTS,
+    WORK,
+    check_records,
+    command_line,
+    day_list,
+    landing_files,
+    machine_facts,
+    measure_child,
+    table,
+    write_landing,
+    write_results,
+)
+
+NAME = "curation"
+TARGET = 0.5
+FIRST_DAY = "2025-03-01"
+
+
+def _settings(home: Path):
+    from autoretrain.settings import load_settings
+
+    # A config path that does not exist: defaults only, whatever autoretrain.yaml says.
+    return load_settings(home / "no-config.yaml", home=home)
+
+
+def phase_ingest(home: Path, days: list[str]) -> dict[str, Any]:
+    from autoretrain import stages
+
+    t0 = time.perf_counter()
+    summary = stages.ingest_days(_settings(home), days)
+    seconds = time.perf_counter() - t0
+    if summary.quarantined:
+        raise RuntimeError(f"synthetic runs were quarantined: {summary.top_reasons}")
+    return {"seconds": round(seconds, 3), "inserted": summary.inserted, "read": summary.read}
+
+
+def phase_baseline(home: Path, out_file: Path) -> dict[str, Any]:
+    import polars as pl
+
+    files = [str(p) for p in landing_files(_settings(home).paths.landing)]
+    t0 = time.perf_counter()
+    last_passed = pl.col("verifications").list.last().struct.field("passed").fill_null(False)
+    (
+        pl.scan_ndjson(files, infer_schema_length=10_000)
+        .filter(
+            last_passed
+            & (pl.col("escalations").list.len() == 0)
+            & (pl.col("traffic") != "evaluation")
+        )
+        .sink_ndjson(out_file)
+    )
+    seconds = time.perf_counter() - t0
+    kept = sum(1 for _ in out_file.open("rb"))
+    return {"seconds": round(seconds, 3), "kept": kept, "bytes_out": out_file.stat().st_size}
+
+
+def phase_project(home: Path, days: list[str], profile: Path | None) -> dict[str, Any]:
+    if profile is None:
+        return _project(home, days)
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    result = profiler.runcall(_project, home, days)
+    profiler.dump_stats(str(profile))
+    stats = pstats.Stats(str(profile)).sort_stats("cumulative")
+    result["profile_top"] = _top_functions(stats, 30)
+    return result
+
+
+def _top_functions(stats: Any, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for (file, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
+        rows.append(
+            {
+                "function": f"{Path(file).name}:{line}({func})",
+                "calls": ncalls,
+                "tottime_s": round(tottime, 2),
+                "cumtime_s": round(cumtime, 2),
+            }
+        )
+    return sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:n]
+
+
+def _project(home: Path, days: list[str]) -> dict[str, Any]:
+    from autoretrain import stages
+    from autoretrain.curation.builder import build_dataset
+    from autoretrain.runs.review import promotable_run_ids
+    from autoretrain.runs.store import RunStore
+
+    settings = _settings(home)
+    start, end = days[0], days[-1]
+    steps: dict[str, float] = {}
+    t0 = time.perf_counter()
+    score = stages.score_days(settings, start, end)
+    steps["score_days"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    decide = stages.decide_days(settings, start, end)
+    steps["decide_days"] = time.perf_counter() - t
+    with RunStore.from_settings(settings, read_only=True) as store:
+        t = time.perf_counter()
+        ids = promotable_run_ids(store.con, start, end)
+        steps["promotable_run_ids"] = time.perf_counter() - t
+        t = time.perf_counter()
+        # As `autoretrain dataset build` does: the promoted runs as Run objects, then the build.
+        runs = list(store.records(run_ids=ids))
+        steps["records"] = time.perf_counter() - t
+    t = time.perf_counter()
+    version = build_dataset(
+        runs,
+        out_root=settings.paths.datasets,
+        eval_hashes=set(),
+        eval_scenario_ids=set(),
+        settings=settings,
+    )
+    steps["build_dataset"] = time.perf_counter() - t
+    seconds = time.perf_counter() - t0
+    written = sum((version.path / name).stat().st_size for name in ("train.jsonl", "eval.jsonl"))
+    return {
+        "seconds": round(seconds, 3),
+        "steps_s": {k: round(v, 3) for k, v in steps.items()},
+        "scored": score.n_runs,
+        "decisions": decide.by_decision,
+        "promotable": len(ids),
+        "train": version.counts["train"],
+        "eval": version.counts["eval"],
+        "excluded": version.exclusions,
+        "bytes_out": written,
+    }
+
+
+def _child(args: argparse.Namespace, phase: str, *extra: str) -> dict[str, Any]:
+    return measure_child(
+        [
+            str(Path(__file__).resolve()),
+            "--phase",
+            phase,
+            "--home",
+            str(args.home),
+            "--n",
+            str(args.n),
+            "--days",
+            str(args.days),
+            *extra,
+        ]  # fmt: skip
+    )
+
+
+def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
+    facts = machine_facts()
+    home: Path = args.home
+    days = day_list(FIRST_DAY, args.days)
+    landing = home / "landing" / "runs"
+    if home.exists():
+        shutil.rmtree(home)
+    base, extra = divmod(args.n, len(days))
+    per_day = {day: base + (1 if k < extra else 0) for k, day in enumerate(days)}
+    t0 = time.perf_counter()
+    landed = write_landing(landing, per_day)
+    generate_s = time.perf_counter() - t0
+    check_records(landing)
+    print(f"landed {landed['runs']:,} runs, {landed['bytes'] / 1e6:.0f} MB in {generate_s:.1f}s")
+
+    ingest = _child(args, "ingest")
+    print(f"ingest: {ingest['seconds']}s, peak RSS {ingest['peak_rss_mb']} MB")
+    baseline = _child(args, "baseline")
+    print(f"baseline: {baseline['seconds']}s, peak RSS {baseline['peak_rss_mb']} MB")
+    profile = ["--profile-file", str(home / "project.prof")] if args.profile else []
+    project = _child(args, "project", *profile)
+    print(f"project: {project['seconds']}s, peak RSS {project['peak_rss_mb']} MB")
+
+    n, mb = landed["runs"], landed["bytes"] / 1e6
+
+    def rates(seconds: float) -> dict[str, float]:
+        return {"runs_per_s": round(n / seconds), "mb_per_s": round(mb / seconds, 1)}
+
+    ratio = baseline["seconds"] / project["seconds"]
+    with_ingest = baseline["seconds"] / (project["seconds"] + ingest["seconds"])
+    result = {
+        "question": "score + decide + export throughput vs polars read/filter/write",
+        "runs": n,
+        "days": len(days),
+        "landing_mb": round(mb, 1),
+        "record_bytes_mean": round(landed["bytes"] / n),
+        "generate_s": round(generate_s, 1),
+        "ingest": {**ingest, **rates(ingest["seconds"])},
+        "baseline_polars": {**baseline, **rates(baseline["seconds"])},
+        "project": {**project, **rates(project["seconds"])},
+        "ratio_project_vs_baseline": round(ratio, 3),
+        "ratio_project_with_ingest_vs_baseline": round(with_ingest, 3),
+        "target": TARGET,
+        "meets_target": ratio >= TARGET,
+        **facts,
+        "command": command_line(),
+    }
+    if not args.keep:
+        shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def markdown(r: dict[str, Any]) -> str:
+    p, b, i = r["project"], r["baseline_polars"], r["ingest"]
+    rows = [
+        ["polars: scan → filter → sink_ndjson", b["seconds"], f"{b['runs_per_s']:,}",
+         b["mb_per_s"], b["peak_rss_mb"], f"{b['kept']:,} kept"],
+        ["project: score + decide + export", p["seconds"], f"{p['runs_per_s']:,}",
+         p["mb_per_s"], p["peak_rss_mb"], f"{p['train']:,} train, {p['eval']:,} eval"],
+        ["(ingest into the run store, apart)", i["seconds"], f"{i['runs_per_s']:,}",
+         i["mb_per_s"], i["peak_rss_mb"], f"{i['inserted']:,} runs"],
+    ]  # fmt: skip
+    steps = ", ".join(f"{k} {v}s" for k, v in p["steps_s"].items())
+    verdict = "meets" if r["meets_target"] else "misses"
+    text = f"""# Curation throughput, {r["runs"]:,} runs
+
+`{r["command"]}` on {r["cores"]} cores, {r["memory_gb"]} GB, {r["date"]} (load average at start
+{r["load_average_at_start"]}; the machine is shared, so timings are noisy).
+{r["runs"]:,} runs over {r["days"]} days, {r["landing_mb"]} MB of JSONL ({r["record_bytes_mean"]} B per run).
+
+{table(["step", "seconds", "runs/s", "MB/s", "peak RSS MB", "out"], rows)}
+
+Project steps: {steps}.
+
+Ratio project/baseline throughput: **{r["ratio_project_vs_baseline"]}x** (target >= {r["target"]}x: it
+{verdict} the target); counting ingest too, {r["ratio_project_with_ingest_vs_baseline"]}x.
+"""
+    if r.get("interpretation"):
+        text += "\n" + r["interpretation"] + "\n"
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200_000, help="runs to land (default 200000)")
+    parser.add_argument("--days", type=int, default=7, help="days the runs spread over")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for results")
+    parser.add_argument("--home", type=Path, default=WORK / NAME, help="work folder (wiped)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--profile", action="store_true", help="cProfile the project side")
+    parser.add_argument("--interpretation", type=Path, help="a paragraph to add to the .md")
+    parser.add_argument("--phase", choices=["ingest", "baseline", "project"], help="internal")
+    parser.add_argument("--result-file", type=Path, help="internal")
+    parser.add_argument("--profile-file", type=Path, help="internal")
+    args = parser.parse_args()
+    args.home = args.home.resolve()
+
+    if args.phase:
+        days = day_list(FIRST_DAY, args.days)
+        if args.phase == "ingest":
+            result = phase_ingest(args.home, days)
+        elif args.phase == "baseline":
+            result = phase_baseline(args.home, args.home / "baseline.jsonl")
+        else:
+            result = phase_project(args.home, days, args.profile_file)
+        args.result_file.write_text(json.dumps(result, default=str))
+        return
+
+    result = orchestrate(args)
+    if args.interpretation:
+        result["interpretation"] = args.interpretation.read_text().strip()
+    text = markdown(result)
+    write_results(NAME, result, text, args.out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
