@@ -1,16 +1,39 @@
 """The Dagster entry point: one Definitions built from `autoretrain/defs/`."""
 
-from __future__ import annotations
-
 import dagster as dg
 
+from autoretrain.defs.automation import (
+    automation_sensor,
+    new_dataset_sensor,
+    rollback_job,
+    selfplay_job,
+    selfplay_schedule,
+)
+from autoretrain.defs.datasets import training_dataset
+from autoretrain.defs.deployment import canary_analysis, canary_deployment, primary_deployment
+from autoretrain.defs.evaluation import candidate_evaluation
 from autoretrain.defs.resources import AutoretrainConfig
 from autoretrain.defs.runs import landing_zone_sensor, raw_runs
 from autoretrain.defs.scenarios import scenario_catalog
 from autoretrain.defs.scoring import promotion_decisions, scored_runs
+from autoretrain.defs.training import base_model, candidate_model
 
 defs = dg.Definitions(
-    assets=[scenario_catalog, raw_runs, scored_runs, promotion_decisions],
-    sensors=[landing_zone_sensor],
+    assets=[
+        scenario_catalog,
+        raw_runs,
+        scored_runs,
+        promotion_decisions,
+        training_dataset,
+        base_model,
+        candidate_model,
+        candidate_evaluation,
+        canary_deployment,
+        primary_deployment,
+    ],
+    asset_checks=[canary_analysis],
+    jobs=[selfplay_job, rollback_job],
+    schedules=[selfplay_schedule],
+    sensors=[landing_zone_sensor, new_dataset_sensor, automation_sensor],
     resources={"autoretrain": AutoretrainConfig()},
 )

@@ -385,3 +385,23 @@ def _read_json(path: Any) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def new_promotable_runs(settings: Settings) -> tuple[int, str | None]:
+    """How many promotable runs are not yet in the newest dataset version (and its name).
+    A new version is worth building once this passes `dataset.min_new_promotable_runs`."""
+    import json
+
+    from autoretrain.curation.manifest import MANIFEST
+    from autoretrain.runs.review import promotable_run_ids
+
+    with RunStore.from_settings(settings, read_only=True) as store:
+        promotable = set(promotable_run_ids(store.con))
+    root = settings.paths.datasets
+    versions = sorted(p for p in root.iterdir() if (p / MANIFEST).exists()) if root.exists() else []
+    if not versions:
+        return len(promotable), None
+    manifest = json.loads((versions[-1] / MANIFEST).read_text())
+    used = {rid for ids in manifest.get("run_ids", {}).values() for rid in ids}
+    used |= {x["run_id"] for x in manifest.get("excluded_runs", [])}
+    return len(promotable - used), versions[-1].name

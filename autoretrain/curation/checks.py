@@ -1,0 +1,127 @@
+"""The gates a written dataset version must pass before anything trains on it.
+
+Each check reads the files as written (not the builder's own bookkeeping) where it can, so a
+builder bug cannot vouch for itself: evaluation-instance leakage is proven by re-hashing each
+example's system and user prompt, the way the catalog hashes an instance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoretrain.curation.manifest import EVAL, MANIFEST, TRAIN
+from autoretrain.curation.redact import scan_for_secrets
+from autoretrain.curation.validate import validate_file
+from autoretrain.scenarios import prompt_hash
+
+OPENAI_MIN_EXAMPLES = 10  # both OpenAI and Azure refuse a training file with fewer
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    description: str
+    blocking: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _examples(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8-sig")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _prompt_hash(example: dict[str, Any]) -> str | None:
+    messages = example.get("messages") or []
+    if len(messages) < 2 or messages[0].get("role") != "system" or messages[1].get("role") != "user":
+        return None
+    return prompt_hash(messages[0].get("content") or "", messages[1].get("content") or "")
+
+
+def check_dataset(
+    dataset_dir: Path,
+    evaluation_hashes: set[str],
+    eval_scenario_ids: set[str],
+    *,
+    min_examples_per_category: int,
+    extra_secret_patterns: list[str] | tuple[str, ...] = (),
+) -> list[CheckOutcome]:
+    manifest = json.loads((dataset_dir / MANIFEST).read_text())
+    files = {TRAIN: dataset_dir / TRAIN, EVAL: dataset_dir / EVAL}
+    outcomes: list[CheckOutcome] = []
+
+    reports = {name: validate_file(path, tools_required=True) for name, path in files.items()}
+    outcomes.append(
+        CheckOutcome(
+            "dataset_validates",
+            all(r.ok for r in reports.values()),
+            "Every line is a valid, tool-aware OpenAI chat fine-tuning example.",
+            metadata={name: {"examples": r.n_examples, "errors": r.errors[:10]} for name, r in reports.items()},
+        )
+    )
+
+    split = manifest.get("split", {})
+    shared = sorted(set(split.get("train_scenarios", [])) & set(split.get("eval_scenarios", [])))
+    eval_in_data = sorted(
+        (set(split.get("train_scenarios", [])) | set(split.get("eval_scenarios", []))) & eval_scenario_ids
+    )
+    outcomes.append(
+        CheckOutcome(
+            "splits_disjoint",
+            not shared and not eval_in_data,
+            "No scenario is in both splits, and no held-out evaluation scenario is in either.",
+            metadata={"scenarios_in_both": shared, "heldout_scenarios_present": eval_in_data},
+        )
+    )
+
+    leaked: dict[str, list[int]] = {}
+    for name, path in files.items():
+        for line, example in enumerate(_examples(path), start=1):
+            h = _prompt_hash(example)
+            if h is not None and h in evaluation_hashes:
+                leaked.setdefault(name, []).append(line)
+    outcomes.append(
+        CheckOutcome(
+            "no_evaluation_instances",
+            not leaked,
+            "No example's prompt hashes to an evaluation instance (either tier).",
+            metadata={"evaluation_hashes": len(evaluation_hashes), "leaked_lines": {k: v[:20] for k, v in leaked.items()}},
+        )
+    )
+
+    found = {name: scan_for_secrets(path, extra_secret_patterns) for name, path in files.items()}
+    outcomes.append(
+        CheckOutcome(
+            "no_secrets",
+            not any(found.values()),
+            "An independent scan of the written files finds no secret or e-mail address.",
+            metadata={name: [f"line {line}: {kind}" for line, kind in hits[:20]] for name, hits in found.items()},
+        )
+    )
+
+    counts = manifest.get("counts", {})
+    n_train = int(counts.get("train", reports[TRAIN].n_examples))
+    outcomes.append(
+        CheckOutcome(
+            "enough_examples",
+            n_train >= OPENAI_MIN_EXAMPLES,
+            f"At least {OPENAI_MIN_EXAMPLES} training examples (the fine-tuning APIs' minimum).",
+            metadata={"train_examples": n_train, "eval_examples": int(counts.get("eval", 0))},
+        )
+    )
+    below = counts.get("categories_below_minimum", [])
+    outcomes.append(
+        CheckOutcome(
+            "examples_per_category",
+            not below,
+            f"Every category present has at least {min_examples_per_category} examples.",
+            blocking=False,
+            metadata={"below_minimum": below, "by_category": counts.get("by_category", {})},
+        )
+    )
+    return outcomes
