@@ -126,14 +126,14 @@ def main() -> None:
 
 `{result["command"]}` on {result["date"]} ({result["cores"]} cores, {result["memory_gib"]} GiB;
 load average at the end {tuple(round(x, 1) for x in result["load_average_at_end"])}: other
-work shared the machine, so compare the ratio, not the absolute times).
+work shared the machine, so compare the ratio, not the absolute times). torch used 1 thread.
 
 A {params:,}-parameter tiny Llama, {BATCH} conversations, {NEW_TOKENS} new tokens each, greedy,
 median of {REPEATS}:
 
 | path | seconds | conversations/s |
 |---|---|---|
-| raw `model.generate` (pre-rendered, pre-padded) | {med["raw_generate"]:.3f} | {BATCH / med["raw_generate"]:.0f} |
+| raw: tokenizer + `model.generate` on pre-rendered prompts | {med["raw_generate"]:.3f} | {BATCH / med["raw_generate"]:.0f} |
 | `LocalChatModel.chat_batch` (render, tokenize, generate, decode, parse) | {med["chat_batch"]:.3f} | {conv_per_s_batch:.0f} |
 | `LocalChatModel.chat`, one at a time (16) | {med["chat_x16"]:.3f} | {conv_per_s_single:.0f} |
 

@@ -154,7 +154,12 @@ class LocalChatModel:
         for start in range(0, len(fits), self.max_batch_size):
             chunk = fits[start : start + self.max_batch_size]
             t0 = time.perf_counter()
-            generated = self._generate([encoded[i] for i in chunk], sampling)
+            try:
+                generated = self._generate([encoded[i] for i in chunk], sampling)
+            except (RuntimeError, ValueError, IndexError) as exc:  # torch's errors (OOM, device)
+                raise ProviderError(
+                    f"{self.name}: generation failed for a batch of {len(chunk)}: {exc}"
+                ) from exc
             elapsed = time.perf_counter() - t0
             for i, (tokens, stopped) in zip(chunk, generated, strict=True):
                 results[i] = self._response(

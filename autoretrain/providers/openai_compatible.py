@@ -160,8 +160,9 @@ class OpenAICompatibleChatModel:
         tools: Sequence[Tools | None],
         sampling: Sampling = Sampling(),
     ) -> list[ChatResponse]:
-        """Concurrent calls. A failed conversation raises its ProviderError after all finish,
-        so one bad call does not hide the others' results from the server's logs."""
+        """Concurrent calls, answers in order. The protocol returns replies only, so when a call
+        still fails after its retries, the first such ProviderError is raised (once every call
+        has finished: nothing is left running in the background)."""
         pairs = list(zip(conversations, tools, strict=True))
         if len(pairs) <= 1:
             return [self.chat(m, t, sampling) for m, t in pairs]
