@@ -220,7 +220,7 @@ class ModelPool:
         try:
             stat = self.config_path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
-        except FileNotFoundError:
+        except OSError:
             stamp = None
         with self._lock:
             if stamp == self._stamp:
@@ -229,6 +229,7 @@ class ModelPool:
             if stamp is None:
                 self._from_file, self.config_error = {}, None
                 log.info("%s is gone: serving only fixed models", self.config_path)
+                self._drop_stale(dict(self.static))
                 return
             try:
                 entries = read_serving_config(self.config_path)
@@ -238,6 +239,15 @@ class ModelPool:
                 return
             self._from_file, self.config_error = entries, None
             log.info("serving %s from %s", sorted(entries), self.config_path)
+            self._drop_stale({**entries, **self.static})
+
+    def _drop_stale(self, current: dict[str, ServingEntry | ChatModel]) -> None:
+        """Free models whose entry disappeared or now points elsewhere (caller holds the lock)."""
+        for name, (spec, worker) in list(self._workers.items()):
+            if current.get(name) != spec:
+                log.info("unloading %s (%s)", name, spec)
+                worker.close()
+                del self._workers[name]
 
     def worker(self, name: str) -> BatchingWorker:
         """The named model's worker, loading the model on first use. KeyError if not served."""
@@ -253,6 +263,11 @@ class ModelPool:
             log.info("model %s changed: %s replaces the previous version", name, spec)
             current[1].close()
         return worker
+
+    def loaded(self) -> list[str]:
+        """Names whose model is in memory now."""
+        with self._lock:
+            return sorted(self._workers)
 
     def close(self) -> None:
         with self._lock:
@@ -458,7 +473,14 @@ def create_app(pool: ModelPool, api_key: str | None = None):
     async def health(request: Request):
         names = pool.names()
         status = "degraded" if pool.config_error else "ok"
-        return JSONResponse({"status": status, "models": names, "config_error": pool.config_error})
+        return JSONResponse(
+            {
+                "status": status,
+                "models": names,
+                "loaded": pool.loaded(),
+                "config_error": pool.config_error,
+            }
+        )
 
     return Starlette(
         routes=[

@@ -46,7 +46,7 @@ def served(tool_model_dir, tmp_path_factory):
     write_serving_config(config, {"primary": ServingEntry(tool_model_dir)})
     pool = ModelPool(config)
     with ServerThread(create_app(pool)) as server:
-        yield server, config
+        yield server, config, pool
 
 
 def client_for(server, key="unused") -> openai.OpenAI:
@@ -57,7 +57,7 @@ def client_for(server, key="unused") -> openai.OpenAI:
 
 
 def test_openai_client_gets_tool_calls(served):
-    server, _ = served
+    server, _, _ = served
     completion = client_for(server).chat.completions.create(
         model="primary", messages=QUESTION, tools=TOOLS, temperature=0, max_tokens=64
     )
@@ -74,7 +74,7 @@ def test_openai_client_gets_tool_calls(served):
 
 
 def test_openai_client_gets_tool_calls_streaming(served):
-    server, _ = served
+    server, _, _ = served
     stream = client_for(server).chat.completions.create(
         model="primary",
         messages=QUESTION,
@@ -103,7 +103,7 @@ def test_openai_client_gets_tool_calls_streaming(served):
 
 
 def test_stream_is_server_sent_events_ending_in_done(served):
-    server, _ = served
+    server, _, _ = served
     body = {"model": "primary", "messages": AFTER_TOOL, "tools": TOOLS, "temperature": 0}
     with httpx.stream("POST", f"{server.url}/chat/completions", json={**body, "stream": True}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -116,7 +116,7 @@ def test_stream_is_server_sent_events_ending_in_done(served):
 
 
 def test_provider_over_the_server_batches_runs(served):
-    server, _ = served
+    server, _, _ = served
     model = OpenAICompatibleChatModel("primary", base_url=server.url)
     replies = model.chat_batch([QUESTION, AFTER_TOOL] * 3, [TOOLS] * 6, Sampling(max_tokens=48))
     assert [r.finish_reason for r in replies] == ["tool_calls", "stop"] * 3
@@ -124,7 +124,7 @@ def test_provider_over_the_server_batches_runs(served):
 
 
 def test_models_lists_served_names_and_reloads_on_change(served, tmp_path_factory):
-    server, config = served
+    server, config, pool = served
     client = client_for(server)
     assert [m.id for m in client.models.list().data] == ["primary"]
     untrained = cached_untrained_model(tmp_path_factory)
@@ -133,6 +133,7 @@ def test_models_lists_served_names_and_reloads_on_change(served, tmp_path_factor
     assert [m.id for m in client.models.list().data] == ["cand-1", "primary"]
     reply = client.chat.completions.create(model="cand-1", messages=QUESTION, max_tokens=5)
     assert reply.choices[0].finish_reason == "length"  # the random model never stops
+    assert "cand-1" in pool.loaded()
 
     config.write_text("{broken")  # a bad file keeps the last good mapping in service
     assert [m.id for m in client.models.list().data] == ["cand-1", "primary"]
@@ -140,6 +141,7 @@ def test_models_lists_served_names_and_reloads_on_change(served, tmp_path_factor
     assert health["status"] == "degraded" and "serving.json" in health["config_error"]
     write_serving_config(config, entries)
     assert [m.id for m in client.models.list().data] == ["primary"]
+    assert "cand-1" not in pool.loaded()  # its memory is freed
 
 
 # -- request plumbing, with scripted models ---------------------------------------------------

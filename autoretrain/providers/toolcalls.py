@@ -136,7 +136,8 @@ def _parse_json(raw: str) -> Any:
 
 
 def arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages with each tool call's JSON-string arguments decoded to an object.
+    """Messages ready for a chat template: each tool call's JSON-string arguments decoded to an
+    object, and content given as a list of parts (OpenAI's multi-part form) joined into text.
 
     Chat templates (Hermes, Qwen) render `arguments` with `tojson`: a string would come out
     double-quoted, unlike the training data. Arguments that are not JSON stay a string, so the
@@ -144,6 +145,8 @@ def arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]
     """
     out = []
     for message in messages:
+        if isinstance(message.get("content"), list):
+            message = {**message, "content": text_of(message["content"])}
         calls = message.get("tool_calls")
         if not calls:
             out.append(message)
@@ -158,3 +161,12 @@ def arguments_as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]
             converted.append({**call, "function": fn})
         out.append({**message, "tool_calls": converted})
     return out
+
+
+def text_of(parts: list[Any]) -> str:
+    """The text of OpenAI content parts (`[{"type": "text", "text": ...}, ...]`); a part that is
+    not text (an image) is left out, since these models read text only."""
+    return "".join(
+        str(p.get("text", "")) if isinstance(p, dict) and p.get("type") == "text" else ""
+        for p in parts
+    )

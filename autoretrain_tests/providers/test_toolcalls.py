@@ -98,3 +98,13 @@ def test_arguments_as_objects_decodes_json_strings_only():
     assert out[0]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
     assert out[0]["tool_calls"][1]["function"]["arguments"] == "not json"
     assert messages[0]["tool_calls"][0]["function"]["arguments"] == '{"a": 1}'  # not mutated
+
+
+def test_content_parts_become_text_for_the_template():
+    parts = [
+        {"type": "text", "text": "What is "},
+        {"type": "image_url"},
+        {"type": "text", "text": "2?"},
+    ]
+    out = arguments_as_objects([{"role": "user", "content": parts}])
+    assert out == [{"role": "user", "content": "What is 2?"}]
