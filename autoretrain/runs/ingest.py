@@ -219,12 +219,12 @@ MACROS = """
 CREATE OR REPLACE TEMP MACRO jkind(j) AS CASE
   WHEN j IS NULL THEN 'missing' WHEN j = 'null' THEN 'null'
   WHEN j IN ('true', 'false') THEN 'boolean'
-  WHEN left(j, 1) = '"' THEN 'string' WHEN left(j, 1) = '[' THEN 'array'
-  WHEN left(j, 1) = '{' THEN 'object'
+  WHEN starts_with(j, '"') THEN 'string' WHEN starts_with(j, '[') THEN 'array'
+  WHEN starts_with(j, '{') THEN 'object'
   WHEN regexp_full_match(j, '-?[0-9]+') THEN 'integer' ELSE 'number' END;
 CREATE OR REPLACE TEMP MACRO is_kind(j, kind) AS CASE kind
-  WHEN 'string' THEN left(j, 1) = '"' WHEN 'timestamp' THEN left(j, 1) = '"'
-  WHEN 'array' THEN left(j, 1) = '[' WHEN 'object' THEN left(j, 1) = '{'
+  WHEN 'string' THEN starts_with(j, '"') WHEN 'timestamp' THEN starts_with(j, '"')
+  WHEN 'array' THEN starts_with(j, '[') WHEN 'object' THEN starts_with(j, '{')
   WHEN 'integer' THEN regexp_full_match(j, '-?[0-9]+')
   WHEN 'number' THEN left(j, 1) IN ('-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9')
   END;
@@ -263,20 +263,20 @@ def _checks() -> list[tuple[str, str]]:
         if f.choices:
             out.append(
                 (
-                    f"(left({j}, 1) <> '\"' OR list_contains({_sql_list(f.choices)}, {_text(f.name)}))",
+                    f"(NOT starts_with({j}, '\"') OR list_contains({_sql_list(f.choices)}, {_text(f.name)}))",
                     f"'invalid value: {f.name} ' || {j} || ' is not one of {'/'.join(f.choices)}'",
                 )
             )
         if f.kind == "timestamp":
             out.append(
                 (
-                    f"(left({j}, 1) <> '\"' OR TRY_CAST({_text(f.name)} AS TIMESTAMPTZ) IS NOT NULL)",
+                    f"(NOT starts_with({j}, '\"') OR TRY_CAST({_text(f.name)} AS TIMESTAMPTZ) IS NOT NULL)",
                     f"'invalid value: {f.name} ' || left({j}, 60) || ' is not a timestamp'",
                 )
             )
     out.append(
         (
-            f"(left({COL['run_id']}, 1) <> '\"' OR trim({_text('run_id')}) <> '')",
+            f"(NOT starts_with({COL['run_id']}, '\"') OR trim({_text('run_id')}) <> '')",
             "'invalid value: run_id is empty'",
         )
     )
@@ -299,7 +299,9 @@ def _nested_checks() -> list[tuple[str, str]]:
     obj, boolean = "['OBJECT']", "['BOOLEAN']"
 
     def when(name: str, cond: str, reason: str) -> tuple[str, str]:
-        return (f"(left({COL[name]}, 1) <> '[' OR ({cond}))", _sql_str(reason))
+        # An empty array (the usual recoveries and escalations) needs no parsing.
+        j = COL[name]
+        return (f"(NOT starts_with({j}, '[') OR {j} = '[]' OR ({cond}))", _sql_str(reason))
 
     def each(name: str, path: str, allowed: str, required: bool = True) -> str:
         types = f"json_type({COL[name]}, '$[*].{path}')"
@@ -307,14 +309,24 @@ def _nested_checks() -> list[tuple[str, str]]:
         return f"({present}all_in({types}, {allowed}))"
 
     m = COL["messages"]
-    calls = f"len(json_type({m}, '$[*].tool_calls[*]'))"
-    ids = f"json_type({m}, '$[*].tool_calls[*].id')"
-    names = f"json_type({m}, '$[*].tool_calls[*].function.name')"
+    # Messages hold most of a record's bytes, so they are parsed three times, not once per
+    # question: role values, content types, and each message's (small) tool_calls text.
+    roles = f"json_extract_string({m}, '$[*].role')"
+    tool_lists = f"json_extract({m}, '$[*].tool_calls')"
+    calls_ok = (
+        "len(json_type(a, '$[*].id')) = json_array_length(a) AND "
+        "len(json_type(a, '$[*].function.name')) = json_array_length(a) AND "
+        f"all_in(json_type(a, '$[*].id'), {string}) AND "
+        f"all_in(json_type(a, '$[*].function.name'), {string})"
+    )
     scores = f"json_extract({COL['verifications']}, '$[*].score')"
+    tags = COL["tags"]
+    tool_types, tag_types = f"json_type({COL['tools']}, '$[*]')", f"json_type({tags}, '$.*')"
     return [
         when(
             "messages",
-            f"{each('messages', 'role', string)} AND all_in(json_extract_string({m}, '$[*].role'), {_sql_list(ROLES)})",
+            # A non-string role, or a message that is not an object, fails one of the two.
+            f"len({roles}) = json_array_length({m}) AND all_in({roles}, {_sql_list(ROLES)})",
             f"invalid value: a message is not an object with a role of {'/'.join(ROLES)}",
         ),
         when(
@@ -324,21 +336,23 @@ def _nested_checks() -> list[tuple[str, str]]:
         ),
         when(
             "messages",
-            each("messages", "tool_calls", "['ARRAY','NULL']", required=False),
-            "wrong type: a message tool_calls is not a list",
+            f"coalesce(list_bool_and(list_transform({tool_lists}, lambda a: a = 'null' OR "
+            f"(starts_with(a, '[') AND ({calls_ok})))), TRUE)",
+            "wrong type: a message tool_calls is not a list of calls with a string id and "
+            "function.name",
         ),
-        when(
-            "messages",
-            f"len({ids}) = {calls} AND len({names}) = {calls} AND all_in({ids}, {string}) "
-            f"AND all_in({names}, {string})",
-            "wrong type: a tool call lacks a string id or function.name",
+        when("tools", f"all_in({tool_types}, {obj})", "wrong type: a tool is not an object"),
+        (
+            f"(NOT starts_with({tags}, '{{') OR {tags} = '{{}}' OR all_in({tag_types}, {string}))",
+            "'wrong type: a tag value is not a string'",
         ),
         when("events", each("events", "type", string), "wrong type: an event lacks a string type"),
         when(
             "events",
-            f"{each('events', 'at', string, required=False)} AND "
+            f"coalesce(list_bool_and(list_transform(json_extract_string({COL['events']}, '$[*].at'), "
+            "lambda x: TRY_CAST(x AS TIMESTAMPTZ) IS NOT NULL)), TRUE) AND "
             f"{each('events', 'payload', obj, required=False)}",
-            "wrong type: an event at is not a string or its payload not an object",
+            "wrong type: an event at is not a timestamp or its payload not an object",
         ),
         when(
             "verifications",
@@ -364,32 +378,58 @@ def _nested_checks() -> list[tuple[str, str]]:
     ]
 
 
-def checked_sql(source: str, file_idx: int) -> str:
-    """One chunk of lines -> one row per non-blank line with `problem` (NULL when good) and
-    the columns of the `runs` table. `source` is a relation with line, text, last."""
+NEEDS_DETAIL = "?"  # placeholder problem: the wording is filled in by `detail_sql`
+
+
+def _checks_sql() -> list[tuple[str, str]]:
     # A check on an absent field compares with NULL; absent means "the default applies": pass.
-    checks = [(f"coalesce({cond}, TRUE)", reason) for cond, reason in _checks()]
-    ok = " AND ".join(cond for cond, _ in checks)
-    reasons = ", ".join(f"CASE WHEN NOT ({cond}) THEN {reason} END" for cond, reason in checks)
+    return [(f"coalesce({cond}, TRUE)", reason) for cond, reason in _checks()]
+
+
+def _fields_sql(source: str) -> str:
+    """CTEs `lines` (non-blank) and `fields` (one JSON parse; `j_<field>` columns)."""
     paths = _sql_list(["$." + f.name for f in FIELDS])
     unpack = ", ".join(f"v[{i + 1}] AS {f.column}" for i, f in enumerate(FIELDS))
     return f"""
     WITH lines AS (
-      SELECT line, text, last, json_valid(text) AS valid FROM {source}
-      WHERE left(text, 1) = '{{' OR length(trim(text, ' ' || chr(9) || chr(13))) > 0
+      SELECT * FROM {source}
+      WHERE starts_with(text, '{{') OR length(trim(text, ' ' || chr(9) || chr(13))) > 0
     ), parsed AS (
-      SELECT line, text, last, valid,
-        CASE WHEN valid AND left(ltrim(text), 1) = '{{' THEN json_extract(text, {paths}) END AS v
-      FROM lines
+      SELECT *, json_valid(text) AS valid FROM lines
     ), fields AS (
-      SELECT line, text, last, valid, v IS NOT NULL AS is_object, {unpack} FROM parsed
-    ), judged AS (
+      SELECT * EXCLUDE (v), v IS NOT NULL AS is_object, {unpack}
+      FROM (SELECT *, CASE WHEN valid AND starts_with(ltrim(text), '{{')
+                      THEN json_extract(text, {paths}) END AS v FROM parsed)
+    )"""
+
+
+def detail_sql(source: str) -> str:
+    """Why each line of `source` (file_idx, line, text) failed, one reason per failed check;
+    run only on the few lines `checked_sql` marked NEEDS_DETAIL."""
+    reasons = ", ".join(f"CASE WHEN NOT ({c}) THEN {r} END" for c, r in _checks_sql())
+    return (
+        _fields_sql(source)
+        + f"""
+    SELECT file_idx, line,
+      array_to_string(list_filter([{reasons}], lambda x: x IS NOT NULL), '; ') AS problem
+    FROM fields"""
+    )
+
+
+def checked_sql(source: str, file_idx: int) -> str:
+    """One chunk of lines -> one row per non-blank line with `problem` (NULL when good) and
+    the columns of the `runs` table. `source` is a relation with line, text, last."""
+    ok = " AND ".join(cond for cond, _ in _checks_sql())
+    return (
+        _fields_sql(source)
+        + f""", judged AS (
       SELECT *,
         CASE
           WHEN NOT valid THEN 'invalid JSON'
-          WHEN NOT is_object THEN 'not an object: the line is a JSON ' || jkind(json_extract(text, '$')::VARCHAR)
+          WHEN NOT is_object
+            THEN 'not an object: the line is a JSON ' || jkind(json_extract(text, '$')::VARCHAR)
           WHEN {ok} THEN NULL
-          ELSE array_to_string(list_filter([{reasons}], lambda x: x IS NOT NULL), '; ')
+          ELSE '{NEEDS_DETAIL}'
         END AS problem
       FROM fields
     )
@@ -423,3 +463,4 @@ def checked_sql(source: str, file_idx: int) -> str:
       CASE WHEN problem IS NULL THEN {COL["events"]} END AS events
     FROM judged
     """
+    )

@@ -23,7 +23,15 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from autoretrain.runs.ingest import MACROS, RAW_CHARS, checked_sql, json_error, read_chunks
+from autoretrain.runs.ingest import (
+    MACROS,
+    NEEDS_DETAIL,
+    RAW_CHARS,
+    checked_sql,
+    detail_sql,
+    json_error,
+    read_chunks,
+)
 from autoretrain.runs.schema import Run
 
 log = logging.getLogger(__name__)
@@ -175,7 +183,9 @@ class RunStore:
                     report.read += len(chunk.rejected)
                     total_lines += len(chunk.table)
                     if len(chunk.table):
-                        con.register("chunk_lines", chunk.table)
+                        # Several record batches let DuckDB spread a chunk over its threads.
+                        batches = chunk.table.to_batches(max_chunksize=2048)
+                        con.register("chunk_lines", pa.Table.from_batches(batches))
                         con.execute(f"INSERT INTO staged {checked_sql('chunk_lines', idx)}")
                         con.unregister("chunk_lines")
             con.register("files", pa.table({"file_idx": range(len(names)), "file": names}))
@@ -218,6 +228,11 @@ class RunStore:
                 [day],
             )
             con.unregister("pre_rejected")
+        con.execute(
+            f"""UPDATE staged SET problem = d.problem
+            FROM ({detail_sql(f"(SELECT file_idx, line, text FROM staged WHERE problem = '{NEEDS_DETAIL}')")}) d
+            WHERE staged.file_idx = d.file_idx AND staged.line = d.line"""
+        )
         # DuckDB says only that a line is not JSON; Python's parser says where, for the first few.
         bad_json = con.execute(
             "SELECT file_idx, line, text FROM staged WHERE problem = 'invalid JSON' "
