@@ -199,6 +199,7 @@ class ModelPool:
         self._from_file: dict[str, ServingEntry] = {}
         self._stamp: tuple[int, int] | None = None
         self._workers: dict[str, tuple[Any, BatchingWorker]] = {}
+        self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def specs(self) -> dict[str, ServingEntry | ChatModel]:
@@ -256,9 +257,18 @@ class ModelPool:
             current = self._workers.get(name)
             if current is not None and current[0] == spec:
                 return current[1]
+            loading = self._loading.setdefault(name, threading.Lock())
+        # Loading a real model takes seconds: hold only this name's lock meanwhile, so requests
+        # for other models (and /v1/models) go on.
+        with loading:
+            with self._lock:
+                current = self._workers.get(name)
+                if current is not None and current[0] == spec:
+                    return current[1]
             model = spec if not isinstance(spec, ServingEntry) else self.loader(name, spec)
             worker = BatchingWorker(model, self.max_batch_size)
-            self._workers[name] = (spec, worker)
+            with self._lock:
+                self._workers[name] = (spec, worker)
         if current is not None:
             log.info("model %s changed: %s replaces the previous version", name, spec)
             current[1].close()

@@ -265,3 +265,30 @@ def test_serve_command_with_nothing_to_serve_says_what_to_do(tmp_path, monkeypat
     result = CliRunner().invoke(cli, ["serve"])
     assert result.exit_code != 0
     assert "nothing to serve" in result.output and "--model" in result.output
+
+
+def test_a_slow_model_load_does_not_hold_up_other_models(tmp_path):
+    def slow_loader(name, entry):
+        time.sleep(1.0)
+        return ScriptedModel([], name=name, default="loaded")
+
+    pool = ModelPool(
+        static={"big": ServingEntry(tmp_path), "small": ScriptedModel([], default="quick")},
+        loader=slow_loader,
+    )
+    with ServerThread(create_app(pool)) as server:
+        client = client_for(server)
+        hello = [{"role": "user", "content": "hi"}]
+        big = threading.Thread(
+            target=client.chat.completions.create, kwargs={"model": "big", "messages": hello}
+        )
+        big.start()
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        reply = client.chat.completions.create(model="small", messages=hello)
+        quick = time.perf_counter() - t0
+        big.join()
+        assert pool.loaded() == ["big", "small"]
+    assert reply.choices[0].message.content == "quick"
+    assert quick < 0.7
+    assert pool.loaded() == []  # shutdown released them
