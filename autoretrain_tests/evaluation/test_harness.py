@@ -325,110 +325,64 @@ def test_rows_have_the_comparison_columns_and_a_frame(settings, catalog):
 
 
 @pytest.fixture(scope="module")
-def tiny_models(catalog, tmp_path_factory):
-    """An untrained tiny embedded model, and a copy fully fine-tuned for a few seconds on
-    reference demonstrations (train scenarios, demo seeds, evaluation prompts excluded)."""
+def tiny_model(catalog, tmp_path_factory):
+    """The tiny embedded model, untrained: enough for plumbing, and deterministic when greedy.
+    (That training makes it better is the loop test's business, where training time is paid
+    once.)"""
     from autoretrain.training.base_model import build_untrained_model
     from autoretrain.training.bootstrap import demonstration_records
     from autoretrain.training.chat_format import render
-    from autoretrain.training.config import TrainConfig
-    from autoretrain.training.lora import train
 
-    root = tmp_path_factory.mktemp("tiny")
-    exclude = catalog.evaluation_hashes(70)
-    demos, validation = demonstration_records(catalog, 6, 1, exclude)
+    demos, _ = demonstration_records(catalog, 4, 0, catalog.evaluation_hashes(70))
     corpus = [render(r["messages"], r["tools"]) for r in demos]
-    untrained = build_untrained_model(
-        root / "v0",
+    return build_untrained_model(
+        tmp_path_factory.mktemp("tiny") / "v0",
         corpus,
         seed=0,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
         num_attention_heads=2,
         vocab_size=600,
     )
-    dataset = root / "demos"
-    dataset.mkdir()
-    for name, records in (("train", demos), ("eval", validation)):
-        (dataset / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (dataset / "manifest.json").write_text("{}")
-    config = TrainConfig(
-        method="full",
-        epochs=30,
-        learning_rate=3e-3,
-        batch_size=16,
-        max_seq_len=512,
-        time_budget_s=12,
-        early_stopping_patience=None,
-        progress=False,
-        checkpoint_every_s=1e9,
-    )
-    trained = train(dataset, untrained, root / "v1", config)
-    return untrained, trained.model_dir
-
-
-def _real_settings(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTORETRAIN_HOME", str(tmp_path / "home"))
-    # Short turns keep an untrained model's rambling cheap; the workflow is unchanged.
-    return load_settings(config_file=tmp_path / "absent.yaml", evaluation={"max_tokens": 24})
 
 
 @pytest.mark.integration
 def test_real_model_identical_candidate_is_rejected_and_runs_land_as_evaluation(
-    tiny_models, catalog, tmp_path, monkeypatch
+    tiny_model, catalog, tmp_path, monkeypatch
 ):
     from autoretrain.providers.local import LocalChatModel
 
-    settings = _real_settings(tmp_path, monkeypatch)
-    model_dir = tiny_models[1]
-    incumbent = LocalChatModel(model_dir, name="v1")
-    candidate = LocalChatModel(model_dir, name="v1-copy")  # the same model directory
+    monkeypatch.setenv("AUTORETRAIN_HOME", str(tmp_path / "home"))
+    # Short turns keep an untrained model's rambling cheap; the workflow is unchanged.
+    settings = load_settings(config_file=tmp_path / "absent.yaml", evaluation={"max_tokens": 8})
+    incumbent = LocalChatModel(tiny_model, name="v0")
+    candidate = LocalChatModel(tiny_model, name="v0-copy")  # the same model directory
     comparison = evaluate(
-        incumbent, candidate, catalog, settings, instances_per_scenario=2, progress=False
+        incumbent, candidate, catalog, settings, instances_per_scenario=1, progress=False
     )
     assert comparison.decision == "reject"
     assert gate(comparison, "in_distribution_lift").value == 0.0
-    for p in comparison.paired:  # greedy and identical: the same answer on every instance
-        assert p["incumbent_better"] == p["candidate_better"] == 0
+    assert gate(comparison, "in_distribution_lift").passed is False
 
     runs = stored_runs(settings)
-    expected = sum(len(catalog.eval_instances(t, 2)) for t in ("in_distribution", "held_out"))
-    assert len(runs) == 2 * expected
+    expected = {t: catalog.eval_instances(t, 1) for t in ("in_distribution", "held_out")}
+    assert len(runs) == 2 * sum(len(v) for v in expected.values())
     assert {r.traffic for r in runs} == {"evaluation"}
     assert {r.tags["evaluation_id"] for r in runs} == {comparison.evaluation_id}
     assert {r.slot for r in runs} == {None}
-    hashes = defaultdict(set)
+    transcripts = defaultdict(dict)
     for r in runs:
-        hashes[(r.tags["tier"], r.tags["role"])].add(r.instance_hash)
-        assert r.model == ("v1" if r.tags["role"] == "incumbent" else "v1-copy")
+        assert r.model == ("v0" if r.tags["role"] == "incumbent" else "v0-copy")
         assert r.tags["sample"] == "0"
-    for tier in ("in_distribution", "held_out"):
-        assert hashes[(tier, "incumbent")] == hashes[(tier, "candidate")]
-        assert hashes[(tier, "incumbent")] == {
-            i.instance_hash for i in catalog.eval_instances(tier, 2)
-        }
-
-
-@pytest.mark.integration
-def test_real_model_trained_on_demonstrations_beats_the_untrained_one(
-    tiny_models, catalog, tmp_path, monkeypatch
-):
-    from autoretrain.providers.local import LocalChatModel
-
-    settings = _real_settings(tmp_path, monkeypatch)
-    untrained, trained = tiny_models
-    comparison = evaluate(
-        LocalChatModel(untrained, name="v0"),
-        LocalChatModel(trained, name="v1"),
-        catalog,
-        settings,
-        instances_per_scenario=10,
-        progress=False,
-    )
-    assert gate(comparison, "in_distribution_lift").passed is True, comparison.to_json()
-    assert gate(comparison, "in_distribution_significance").passed is True
-    assert comparison.promoted, [(g.name, g.detail) for g in comparison.failed_gates]
+        transcripts[(r.tags["tier"], r.instance_hash)][r.tags["role"]] = [
+            m.model_dump(exclude={"tool_calls"}) for m in r.messages
+        ]
+    for tier, instances in expected.items():
+        assert {h for t, h in transcripts if t == tier} == {i.instance_hash for i in instances}
+    # Same instances, same greedy sampling, same weights: the same conversation, turn by turn.
+    for pair in transcripts.values():
+        assert pair["incumbent"] == pair["candidate"]
 
 
 def test_reference_model_is_deterministic(catalog):
