@@ -199,6 +199,13 @@ class TrainingSettings(_Section):
     lora_r: int = 16
     lora_alpha: int = 32
     seed: int = 0
+    early_stopping_patience: int | None = 3
+    merge_adapter: bool = False
+    time_budget_s: float | None = None
+    # The embedded base model (`autoretrain bootstrap`): demonstrations per train scenario, and
+    # a safety cap on its training time (the schedule itself is fixed, so a build is reproducible).
+    bootstrap_demos_per_scenario: int = 12
+    bootstrap_time_budget_s: float = 150.0
 
 
 class EvaluationSettings(_Section):

@@ -1,6 +1,8 @@
 """The embedded model's chat format: Hermes/Qwen-style turns and tool calls.
 
-`<|im_start|>role\\n…<|im_end|>\\n` turns; the tool list goes into the system turn; an assistant
+`<|im_start|>role\\n…<|im_end|>\\n` turns; the tool list goes into the system turn as compact
+signatures (`name(arg, …): description`: a full JSON schema per tool would triple the length of
+every sequence a CPU-trained model sees, and the argument shapes are learned from the calls); an assistant
 tool call is `<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>`; a tool result is a
 `tool` turn wrapped in `<tool_response>…</tool_response>`. Assistant spans sit inside
 `{% generation %}` markers that *include* `<|im_end|>`: the end-of-turn token must be trained,
@@ -29,7 +31,12 @@ CHAT_TEMPLATE = (
     "{%- if messages and messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}"
     "{{- '# Tools\\n<tools>' }}"
     "{%- for tool in tools %}"
-    "{{- '\\n' }}{{- (tool.function if tool.function is defined else tool) | tojson }}"
+    "{%- set fn = tool.function if tool.function is defined else tool %}"
+    "{{- '\\n' + fn.name + '(' }}"
+    "{%- if fn.parameters is defined and fn.parameters.properties is defined %}"
+    "{{- fn.parameters.properties | list | join(', ') }}"
+    "{%- endif %}"
+    "{{- ')' }}{%- if fn.description %}{{- ': ' + fn.description }}{%- endif %}"
     "{%- endfor %}"
     "{{- '\\n</tools><|im_end|>\\n' }}"
     "{%- elif messages and messages[0].role == 'system' %}"

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-
 from autoretrain.training.base_model import build_untrained_model
 from autoretrain.training.chat_format import IM_END
 
@@ -24,7 +22,9 @@ def test_untrained_model_loads_with_auto_classes_and_renders_tool_calls(tiny_mod
         in text
     )
     assert "<|im_start|>tool\n<tool_response>\n84\n</tool_response><|im_end|>" in text
-    assert json.dumps(CALCULATOR["function"]) in text.split("<|im_end|>")[0]
+    assert (
+        "calculator(expression): Evaluate an arithmetic expression." in text.split("<|im_end|>")[0]
+    )
 
     encoded = tokenizer.apply_chat_template(
         messages,

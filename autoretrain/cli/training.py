@@ -1,0 +1,145 @@
+"""`autoretrain bootstrap` (the embedded base model) and `autoretrain train` (a candidate)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from autoretrain.settings import load_settings
+
+
+@click.command()
+@click.option("--output", type=click.Path(path_type=Path), help="Default: <models>/embedded/v0.")
+@click.option("--demos-per-scenario", type=int, help="Reference demonstrations per train scenario.")
+@click.option("--seed", type=int)
+@click.option("--time-budget", "time_budget_s", type=float, help="Safety cap on training seconds.")
+@click.option("--force", is_flag=True, help="Replace an existing model at the output path.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json) -> None:
+    """Build the tokenizer and a tiny Llama and train it on the catalog's reference demonstrations."""
+    import shutil
+
+    from autoretrain.scenarios import CatalogError, load_catalog
+    from autoretrain.training.bootstrap import bootstrap_base_model, embedded_model_dir
+    from autoretrain.training.lora import METRICS_FILE
+
+    settings = load_settings()
+    training = settings.training
+    target = output or embedded_model_dir(settings)
+    if target.exists():
+        if not force:
+            raise click.ClickException(f"{target} already exists; pass --force to rebuild it")
+        shutil.rmtree(target)
+    try:
+        catalog = load_catalog(settings.scenarios_dir)
+    except CatalogError as exc:
+        raise click.ClickException(f"scenario catalog {settings.scenarios_dir}: {exc}") from exc
+    bootstrap_base_model(
+        catalog,
+        target,
+        demos_per_scenario=demos_per_scenario or training.bootstrap_demos_per_scenario,
+        seed=training.seed if seed is None else seed,
+        time_budget_s=time_budget_s or training.bootstrap_time_budget_s,
+        evaluation_per_scenario=settings.evaluation.instances_per_scenario,
+    )
+    metrics = json.loads((target / METRICS_FILE).read_text())
+    summary = {
+        "model_dir": str(target),
+        "parameters": metrics["total_params"],
+        "demonstrations": metrics["examples"]["train"],
+        "final_train_loss": metrics["final_train_loss"],
+        "best_validation_loss": metrics["best_eval_loss"],
+        "steps": metrics["steps"],
+        "epochs": metrics["epochs_done"],
+        "stopped_by": metrics["stopped_by"],
+        "train_seconds": metrics["train_seconds"],
+        "tokens_per_s": metrics["tokens_per_s"],
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(
+        f"{target}: {summary['parameters']:,} parameters, {summary['demonstrations']} demonstrations, "
+        f"loss {summary['final_train_loss']:.4f} (validation {summary['best_validation_loss']}), "
+        f"{summary['epochs']} epochs in {summary['train_seconds']:.1f} s ({summary['stopped_by']})"
+    )
+
+
+@click.command()
+@click.argument("dataset_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--base",
+    "base_model_dir",
+    type=click.Path(path_type=Path),
+    help="Hugging Face model directory. Default: the embedded v0.",
+)
+@click.option("--name", default="embedded", show_default=True, help="Model name under <models>/.")
+@click.option("--version", help="Version folder. Default: a UTC timestamp.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Exact output folder (overrides name/version).",
+)
+@click.option("--method", type=click.Choice(["auto", "full", "lora", "qlora"]))
+@click.option("--epochs", type=float)
+@click.option("--learning-rate", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--max-seq-len", type=int)
+@click.option("--lora-r", type=int)
+@click.option("--seed", type=int)
+@click.option(
+    "--merge/--no-merge", "merge_adapter", default=None, help="Also export a merged model."
+)
+@click.option("--time-budget", "time_budget_s", type=float)
+@click.option(
+    "--mix-in",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Extra JSONL added to the train split (e.g. the base model's demonstrations).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def train(dataset_dir, base_model_dir, name, version, output, mix_in, as_json, **options) -> None:
+    """Fine-tune a model on a dataset version (full, LoRA or QLoRA) into <models>/<name>/<version>."""
+    from autoretrain.training.bootstrap import embedded_model_dir
+    from autoretrain.training.config import TrainConfig
+    from autoretrain.training.data import DatasetError, LossMaskError
+    from autoretrain.training.lora import TrainingError
+    from autoretrain.training.lora import train as run_training
+
+    settings = load_settings()
+    base = base_model_dir or embedded_model_dir(settings)
+    if not base.exists():
+        raise click.ClickException(
+            f"base model {base} not found; run `autoretrain bootstrap` or pass --base"
+        )
+    version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = output or settings.paths.models / name / version
+    config = TrainConfig.from_settings(
+        settings.training, mix_in=[str(p) for p in mix_in], **options
+    )
+    try:
+        result = run_training(dataset_dir, base, target, config)
+    except (DatasetError, LossMaskError, TrainingError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    m = result.metrics
+    summary = {
+        "output_dir": str(result.output_dir),
+        "model_dir": str(result.model_dir),
+        "method": result.method,
+        "steps": m["steps"],
+        "stopped_by": m["stopped_by"],
+        "final_train_loss": m["final_train_loss"],
+        "best_eval_loss": m["best_eval_loss"],
+        "tokens_per_s": m["tokens_per_s"],
+        "train_seconds": m["train_seconds"],
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(
+        f"{result.output_dir} ({result.method}): {m['steps']} steps, loss {m['final_train_loss']}, "
+        f"eval {m['best_eval_loss']}, {m['tokens_per_s']} tokens/s, {m['train_seconds']} s ({m['stopped_by']})"
+    )
