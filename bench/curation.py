@@ -3,8 +3,11 @@ against polars doing only the raw part of the same job, in the same run.
 
 - landing: N synthetic runs (~2.5 KB each, a realistic outcome mix) as landing-zone JSONL,
   spread over --days days; ingested into the run store by `stages.ingest_days` (timed apart);
-- baseline (a child process): polars `scan_ndjson` of the landing files → keep runs whose last
-  verification passed, with no escalation and not evaluation traffic → `sink_ndjson`;
+- baselines (child processes): polars keeps the runs whose last verification passed, with no
+  escalation and not evaluation traffic, and writes them as JSONL, two ways: `typed`
+  (`scan_ndjson` → filter → `sink_ndjson`) and `lines` (each line as text, only the three
+  fields the filter needs decoded, kept lines written byte for byte; much faster on records
+  this nested). The target is judged against the faster one;
 - project (a child process): `stages.score_days` + `stages.decide_days` over the day range, then
   the export the `dataset build` command does: `promotable_run_ids` → `RunStore.records` →
   `build_dataset` (train/eval JSONL, redaction, validation, manifest).
@@ -66,24 +69,42 @@ def phase_ingest(home: Path, days: list[str]) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "inserted": summary.inserted, "read": summary.read}
 
 
-def phase_baseline(home: Path, out_file: Path) -> dict[str, Any]:
+def phase_baseline(home: Path, out_file: Path, how: str) -> dict[str, Any]:
+    """`typed`: scan_ndjson decodes every field into typed columns and re-encodes the kept rows.
+    `lines`: each line read as text, only the three fields the filter needs decoded, the kept
+    lines written back byte for byte (the faster way to do the same job with polars)."""
     import polars as pl
 
     files = [str(p) for p in landing_files(_settings(home).paths.landing)]
     t0 = time.perf_counter()
-    last_passed = pl.col("verifications").list.last().struct.field("passed").fill_null(False)
-    (
-        pl.scan_ndjson(files, infer_schema_length=10_000)
-        .filter(
-            last_passed
-            & (pl.col("escalations").list.len() == 0)
-            & (pl.col("traffic") != "evaluation")
+    if how == "typed":
+        record = pl.scan_ndjson(files, infer_schema_length=10_000)
+        field = pl.col
+    else:
+        narrow = pl.Struct(
+            {
+                "traffic": pl.String,
+                "verifications": pl.List(pl.Struct({"passed": pl.Boolean})),
+                "escalations": pl.List(pl.Struct({"reason": pl.String})),
+            }
         )
-        .sink_ndjson(out_file)
+        # \x1f never occurs in the records and no quote character: one line, one string.
+        lines = pl.scan_csv(
+            files, has_header=False, separator="\x1f", quote_char=None, schema={"line": pl.String}
+        )
+        record = lines.with_columns(pl.col("line").str.json_decode(narrow).alias("r"))
+        field = pl.col("r").struct.field
+    last_passed = field("verifications").list.last().struct.field("passed").fill_null(False)
+    kept = record.filter(
+        last_passed & (field("escalations").list.len() == 0) & (field("traffic") != "evaluation")
     )
+    if how == "typed":
+        kept.sink_ndjson(out_file)
+    else:
+        kept.select("line").sink_csv(out_file, include_header=False, quote_style="never")
     seconds = time.perf_counter() - t0
-    kept = sum(1 for _ in out_file.open("rb"))
-    return {"seconds": round(seconds, 3), "kept": kept, "bytes_out": out_file.stat().st_size}
+    n_kept = sum(1 for _ in out_file.open("rb"))
+    return {"seconds": round(seconds, 3), "kept": n_kept, "bytes_out": out_file.stat().st_size}
 
 
 def phase_project(home: Path, days: list[str], profile: Path | None) -> dict[str, Any]:
@@ -195,8 +216,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
     ingest = _child(args, "ingest")
     print(f"ingest: {ingest['seconds']}s, peak RSS {ingest['peak_rss_mb']} MB")
-    baseline = _child(args, "baseline")
-    print(f"baseline: {baseline['seconds']}s, peak RSS {baseline['peak_rss_mb']} MB")
+    baselines = {}
+    for how in ("typed", "lines"):
+        baselines[how] = b = _child(args, "baseline", "--baseline", how)
+        print(f"baseline polars {how}: {b['seconds']}s, peak RSS {b['peak_rss_mb']} MB")
     profile = ["--profile-file", str(home / "project.prof")] if args.profile else []
     project = _child(args, "project", *profile)
     print(f"project: {project['seconds']}s, peak RSS {project['peak_rss_mb']} MB")
@@ -206,8 +229,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     def rates(seconds: float) -> dict[str, float]:
         return {"runs_per_s": round(n / seconds), "mb_per_s": round(mb / seconds, 1)}
 
-    ratio = baseline["seconds"] / project["seconds"]
-    with_ingest = baseline["seconds"] / (project["seconds"] + ingest["seconds"])
+    # The target is judged against the faster baseline: the stricter comparison.
+    fastest = min(baselines.values(), key=lambda b: b["seconds"])
+    ratio = fastest["seconds"] / project["seconds"]
+    with_ingest = fastest["seconds"] / (project["seconds"] + ingest["seconds"])
     result = {
         "question": "score + decide + export throughput vs polars read/filter/write",
         "runs": n,
@@ -216,9 +241,13 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "record_bytes_mean": round(landed["bytes"] / n),
         "generate_s": round(generate_s, 1),
         "ingest": {**ingest, **rates(ingest["seconds"])},
-        "baseline_polars": {**baseline, **rates(baseline["seconds"])},
+        "baseline_polars_typed": {**baselines["typed"], **rates(baselines["typed"]["seconds"])},
+        "baseline_polars_lines": {**baselines["lines"], **rates(baselines["lines"]["seconds"])},
         "project": {**project, **rates(project["seconds"])},
         "ratio_project_vs_baseline": round(ratio, 3),
+        "ratio_project_vs_typed_baseline": round(
+            baselines["typed"]["seconds"] / project["seconds"], 3
+        ),
         "ratio_project_with_ingest_vs_baseline": round(with_ingest, 3),
         "target": TARGET,
         "meets_target": ratio >= TARGET,
@@ -231,10 +260,13 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    p, b, i = r["project"], r["baseline_polars"], r["ingest"]
+    p, i = r["project"], r["ingest"]
+    t, b = r["baseline_polars_typed"], r["baseline_polars_lines"]
     rows = [
-        ["polars: scan → filter → sink_ndjson", b["seconds"], f"{b['runs_per_s']:,}",
-         b["mb_per_s"], b["peak_rss_mb"], f"{b['kept']:,} kept"],
+        ["polars typed: scan_ndjson → filter → sink_ndjson", t["seconds"],
+         f"{t['runs_per_s']:,}", t["mb_per_s"], t["peak_rss_mb"], f"{t['kept']:,} kept"],
+        ["polars lines: 3 fields decoded → filter → lines written", b["seconds"],
+         f"{b['runs_per_s']:,}", b["mb_per_s"], b["peak_rss_mb"], f"{b['kept']:,} kept"],
         ["project: score + decide + export", p["seconds"], f"{p['runs_per_s']:,}",
          p["mb_per_s"], p["peak_rss_mb"], f"{p['train']:,} train, {p['eval']:,} eval"],
         ["(ingest into the run store, apart)", i["seconds"], f"{i['runs_per_s']:,}",
@@ -246,14 +278,17 @@ def markdown(r: dict[str, Any]) -> str:
 
 `{r["command"]}` on {r["cores"]} cores, {r["memory_gb"]} GB, {r["date"]} (load average at start
 {r["load_average_at_start"]}; the machine is shared, so timings are noisy).
-{r["runs"]:,} runs over {r["days"]} days, {r["landing_mb"]} MB of JSONL ({r["record_bytes_mean"]} B per run).
+{r["runs"]:,} runs over {r["days"]} days, {r["landing_mb"]} MB of JSONL
+({r["record_bytes_mean"]} B per run).
 
 {table(["step", "seconds", "runs/s", "MB/s", "peak RSS MB", "out"], rows)}
 
 Project steps: {steps}.
 
-Ratio project/baseline throughput: **{r["ratio_project_vs_baseline"]}x** (target >= {r["target"]}x: it
-{verdict} the target); counting ingest too, {r["ratio_project_with_ingest_vs_baseline"]}x.
+Ratio project/baseline throughput against the faster polars baseline:
+**{r["ratio_project_vs_baseline"]}x** (target >= {r["target"]}x: it {verdict} the target);
+against the typed scan_ndjson baseline {r["ratio_project_vs_typed_baseline"]}x; counting ingest
+too, {r["ratio_project_with_ingest_vs_baseline"]}x.
 """
     if r.get("interpretation"):
         text += "\n" + r["interpretation"] + "\n"
@@ -270,6 +305,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the project side")
     parser.add_argument("--interpretation", type=Path, help="a paragraph to add to the .md")
     parser.add_argument("--phase", choices=["ingest", "baseline", "project"], help="internal")
+    parser.add_argument("--baseline", choices=["typed", "lines"], help="internal")
     parser.add_argument("--result-file", type=Path, help="internal")
     parser.add_argument("--profile-file", type=Path, help="internal")
     args = parser.parse_args()
@@ -280,7 +316,9 @@ def main() -> None:
         if args.phase == "ingest":
             result = phase_ingest(args.home, days)
         elif args.phase == "baseline":
-            result = phase_baseline(args.home, args.home / "baseline.jsonl")
+            result = phase_baseline(
+                args.home, args.home / f"baseline-{args.baseline}.jsonl", args.baseline
+            )
         else:
             result = phase_project(args.home, days, args.profile_file)
         args.result_file.write_text(json.dumps(result, default=str))
