@@ -27,11 +27,12 @@ from autoretrain.settings import load_settings
 class ReferenceModel(SequentialBatchMixin):
     """Answers an instance with its reference tool calls and answer when the instance's
     draw (sha256 of `salt` and its hash, in [0, 1)) is below `skill`; otherwise says it does
-    not know. `skill` may map categories to their own skill."""
+    not know. `skill` may map categories to their own skill. It knows the evaluation instances
+    and any `extra` ones (self-play)."""
 
     native_batching = True  # in-process and instant: no thread pool
 
-    def __init__(self, catalog, skill, name, *, salt: str = "", latency_s: float = 0.001):
+    def __init__(self, catalog, skill, name, *, salt: str = "", extra=(), latency_s=0.001):
         self.name = name
         self.skill = skill
         self.salt = salt
@@ -41,7 +42,7 @@ class ReferenceModel(SequentialBatchMixin):
             for per in (70, 30, 10, 3, 2, 1):
                 for inst in catalog.eval_instances(tier, per):
                     self.instances[inst.instance_hash] = inst
-        for inst in catalog.selfplay_instances(400, seed=7):
+        for inst in extra:
             self.instances[inst.instance_hash] = inst
         self.samplings: list[Sampling] = []
 
