@@ -1,0 +1,413 @@
+"""Azure OpenAI deployments through the Azure management (ARM) API, and their keep-alive.
+
+A deployment is what an Azure OpenAI client calls by name; the model behind it is chosen by
+the management API, not the inference endpoint:
+
+    PUT https://management.azure.com/subscriptions/{sub}/resourceGroups/{rg}/providers/
+        Microsoft.CognitiveServices/accounts/{account}/deployments/{name}?api-version=2023-05-01
+    {"sku": {"name": "standard", "capacity": N},
+     "properties": {"model": {"format": "OpenAI", "name": "<fine_tuned_model>", "version": "1"}}}
+
+answers 201 (created) or 200 (updated) with `properties.provisioningState`; we then GET the
+deployment until that state is Succeeded (or Failed/Canceled). Swapping what a slot serves is an
+update of its deployment to another model: clients keep calling the same deployment name.
+
+The management API takes only Microsoft Entra ID tokens (scope `https://management.azure.com/.default`):
+`DefaultAzureCredential` (managed identity on Azure, `az login` elsewhere) unless a credential is
+given. Azure deletes a fine-tuned deployment after 15 days without calls (the model survives):
+`keep_alive` sends one tiny chat request per deployment; schedule it (docs/azure.md).
+
+Run as a command: `python -m autoretrain.deploy.azure keep-alive [--deployment NAME] [--json]`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import quote
+
+from autoretrain.training.backend import Backoff
+
+log = logging.getLogger(__name__)
+
+ARM_ENDPOINT = "https://management.azure.com"
+ARM_SCOPE = "https://management.azure.com/.default"
+ARM_API_VERSION = "2023-05-01"
+COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+TERMINAL_STATES = ("Succeeded", "Failed", "Canceled")
+IDLE_DELETION_DAYS = 15
+
+_HINTS = {
+    "InsufficientQuota": "free quota on the account or lower the profile's deployment_capacity",
+    "DeploymentModelNotSupported": "check the fine-tuned model id and that the account's region "
+    "can deploy it",
+    "InvalidResourceProperties": "check deployment_sku and deployment_capacity in the profile",
+    "AuthenticationFailed": "sign in (az login / managed identity) for the management API",
+    "AuthorizationFailed": "the identity needs the Cognitive Services Contributor role on the account",
+    "ResourceNotFound": "check azure_subscription_id, azure_resource_group and azure_account",
+    "ResourceGroupNotFound": "check azure_resource_group",
+}
+
+
+class DeploymentError(RuntimeError):
+    """A deployment could not be created, updated or read; the message says what, where and
+    what to do."""
+
+
+def token_provider(scope: str, credential: Any = None) -> tuple[Callable[[], str] | None, str]:
+    """A bearer-token provider for `scope` that has already produced a token, or why there is
+    none. Asking once up front matters: DefaultAzureCredential fails only when asked."""
+    from azure.identity import DefaultAzureCredential, get_bearer_token_provider
+
+    try:
+        credential = credential or DefaultAzureCredential(
+            exclude_interactive_browser_credential=True
+        )
+        provider = get_bearer_token_provider(credential, scope)
+        provider()
+    except Exception as exc:  # azure-identity raises several unrelated types here
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return None, f"{type(exc).__name__}: {first}"
+    return provider, ""
+
+
+def azure_openai_client(profile: Any, credential: Any = None, use_entra_id: bool = True) -> Any:
+    """An `openai.AzureOpenAI` client for a profile: Entra ID first, then the key from
+    `api_key_env`. The key goes to the client and nowhere else."""
+    import openai
+
+    if not profile.azure_endpoint:
+        raise DeploymentError(
+            "the azure_openai profile has no azure_endpoint; set it to "
+            "https://<resource>.openai.azure.com"
+        )
+    common = {
+        "azure_endpoint": profile.azure_endpoint,
+        "api_version": profile.api_version,
+        "timeout": profile.timeout_s,
+        "max_retries": profile.max_retries,
+    }
+    problem = "disabled"
+    if use_entra_id:
+        provider, problem = token_provider(COGNITIVE_SERVICES_SCOPE, credential)
+        if provider is not None:
+            return openai.AzureOpenAI(azure_ad_token_provider=provider, **common)
+    key = os.environ.get(profile.api_key_env) if profile.api_key_env else None
+    if not key:
+        where = f"{profile.api_key_env} is not set" if profile.api_key_env else "no api_key_env"
+        raise DeploymentError(
+            f"no credential for {profile.azure_endpoint}: Entra ID: {problem}; API key: {where}. "
+            "Sign in (az login / managed identity) or export the key variable"
+        )
+    return openai.AzureOpenAI(api_key=key, **common)
+
+
+@dataclass
+class Deployment:
+    name: str
+    model: str | None
+    model_version: str | None
+    sku: str | None
+    capacity: int | None
+    state: str | None
+
+    @classmethod
+    def from_resource(cls, resource: dict[str, Any]) -> Deployment:
+        props = resource.get("properties") or {}
+        model = props.get("model") or {}
+        sku = resource.get("sku") or {}
+        return cls(
+            name=resource.get("name", ""),
+            model=model.get("name"),
+            model_version=model.get("version"),
+            sku=sku.get("name"),
+            capacity=sku.get("capacity"),
+            state=props.get("provisioningState"),
+        )
+
+
+class AzureDeployments:
+    """Create, update and read the deployments of one Azure OpenAI account."""
+
+    def __init__(
+        self,
+        subscription_id: str,
+        resource_group: str,
+        account: str,
+        token: Callable[[], str],
+        *,
+        endpoint: str = ARM_ENDPOINT,
+        api_version: str = ARM_API_VERSION,
+        backoff: Backoff | None = None,
+        timeout_s: float = 1800.0,
+        request_timeout_s: float = 60.0,
+        max_retries: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
+        self.account = account
+        self._token = token
+        self.endpoint = endpoint.rstrip("/")
+        self.api_version = api_version
+        self.backoff = backoff or Backoff(initial_s=5.0, max_s=30.0)
+        self.timeout_s = timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.max_retries = max_retries
+        self._sleep = sleep
+        self._clock = clock
+
+    @classmethod
+    def from_profile(
+        cls, profile: Any, *, credential: Any = None, **kwargs: Any
+    ) -> AzureDeployments:
+        missing = [
+            f
+            for f in ("azure_subscription_id", "azure_resource_group", "azure_account")
+            if not getattr(profile, f)
+        ]
+        if missing:
+            raise DeploymentError(
+                f"the profile needs {', '.join(missing)} to manage deployments (the management "
+                "API names the account by subscription, resource group and account name)"
+            )
+        provider, problem = token_provider(ARM_SCOPE, credential)
+        if provider is None:
+            raise DeploymentError(
+                f"no Microsoft Entra ID token for the Azure management API ({problem}); it takes "
+                "no API keys: sign in with az login or use a managed identity"
+            )
+        return cls(
+            profile.azure_subscription_id,
+            profile.azure_resource_group,
+            profile.azure_account,
+            provider,
+            endpoint=profile.management_endpoint,
+            **kwargs,
+        )
+
+    def url(self, name: str) -> str:
+        return (
+            f"{self.endpoint}/subscriptions/{quote(self.subscription_id)}"
+            f"/resourceGroups/{quote(self.resource_group)}"
+            f"/providers/Microsoft.CognitiveServices/accounts/{quote(self.account)}"
+            f"/deployments/{quote(name)}?api-version={self.api_version}"
+        )
+
+    def get(self, name: str) -> Deployment | None:
+        status, body = self._request("GET", name)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._error("read", name, status, body)
+        return Deployment.from_resource(body)
+
+    def create_or_update(
+        self,
+        name: str,
+        model: str,
+        *,
+        capacity: int = 1,
+        sku: str = "standard",
+        model_version: str = "1",
+        wait: bool = True,
+        timeout_s: float | None = None,
+    ) -> Deployment:
+        """Point deployment `name` at `model` (creating it if needed); by default wait until it
+        serves. Raises DeploymentError with the service's code and message on any failure."""
+        body = {
+            "sku": {"name": sku, "capacity": capacity},
+            "properties": {"model": {"format": "OpenAI", "name": model, "version": model_version}},
+        }
+        log.info("deployment %s: %s -> %s (%s x%d)", self.account, name, model, sku, capacity)
+        status, resource = self._request("PUT", name, body)
+        if status not in (200, 201):
+            raise self._error(f"point at {model}", name, status, resource)
+        if not wait:
+            return Deployment.from_resource(resource)
+        return self.wait_until_ready(name, timeout_s=timeout_s)
+
+    def wait_until_ready(self, name: str, *, timeout_s: float | None = None) -> Deployment:
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = self._clock() + timeout_s
+        delays = self.backoff.delays()
+        while True:
+            deployment = self.get(name)
+            if deployment is None:
+                raise DeploymentError(
+                    f"deployment {name!r} on account {self.account} disappeared while it was "
+                    "being provisioned; run the promotion again"
+                )
+            if deployment.state == "Succeeded":
+                log.info("deployment %s serves %s", name, deployment.model)
+                return deployment
+            if deployment.state in TERMINAL_STATES:
+                raise DeploymentError(
+                    f"deployment {name!r} on account {self.account} ended {deployment.state} "
+                    f"for model {deployment.model}; see the account's activity log in the Azure "
+                    "portal, then run the promotion again"
+                )
+            if self._clock() >= deadline:
+                raise DeploymentError(
+                    f"deployment {name!r} on account {self.account} still {deployment.state} "
+                    f"after {timeout_s:g} s; check the portal and retry"
+                )
+            self._sleep(max(0.0, min(next(delays), deadline - self._clock())))
+
+    # ------------------------------------------------------------ HTTP
+
+    def _request(self, method: str, name: str, body: dict | None = None) -> tuple[int, dict]:
+        url = self.url(name)
+        data = json.dumps(body).encode() if body is not None else None
+        delays = self.backoff.delays()
+        for attempt in range(self.max_retries + 1):
+            request = urllib.request.Request(url, data=data, method=method)
+            request.add_header("Authorization", f"Bearer {self._token()}")
+            if data is not None:
+                request.add_header("Content-Type", "application/json")
+            try:
+                with urllib.request.urlopen(request, timeout=self.request_timeout_s) as response:
+                    return response.status, _json(response.read())
+            except urllib.error.HTTPError as exc:
+                status, payload = exc.code, _json(exc.read())
+                retry_after = exc.headers.get("Retry-After") if exc.headers else None
+                if status not in (429, 500, 502, 503, 504) or attempt == self.max_retries:
+                    return status, payload
+                problem = f"HTTP {status}"
+            except (urllib.error.URLError, OSError) as exc:
+                if attempt == self.max_retries:
+                    raise DeploymentError(
+                        f"cannot reach the Azure management API at {self.endpoint} to {method} "
+                        f"deployment {name!r}: {exc}; check the network and management_endpoint"
+                    ) from exc
+                problem, retry_after = str(exc), None
+            delay = next(delays)
+            if retry_after and retry_after.isdigit():
+                delay = min(float(retry_after), self.backoff.max_s)
+            log.warning("%s deployment %s: %s; retrying in %.1f s", method, name, problem, delay)
+            self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _error(self, action: str, name: str, status: int, body: dict) -> DeploymentError:
+        error = body.get("error") if isinstance(body, dict) else None
+        code = (error or {}).get("code") or f"HTTP {status}"
+        message = (error or {}).get("message") or "no message"
+        hint = _HINTS.get(code) or {
+            401: _HINTS["AuthenticationFailed"],
+            403: _HINTS["AuthorizationFailed"],
+            404: _HINTS["ResourceNotFound"],
+        }.get(status, "see the message; retry once it is fixed")
+        return DeploymentError(
+            f"could not {action} deployment {name!r} on Azure OpenAI account {self.account} "
+            f"(resource group {self.resource_group}): HTTP {status} {code}: {message}. {hint}"
+        )
+
+
+def _json(raw: bytes) -> dict:
+    try:
+        value = json.loads(raw or b"{}")
+    except ValueError:
+        return {"error": {"message": raw[:500].decode("utf-8", "replace")}}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+# ------------------------------------------------------------ keep-alive
+
+
+@dataclass
+class KeepAliveResult:
+    deployment: str
+    ok: bool
+    detail: str
+    latency_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def keep_alive(
+    client: Any, deployments: list[str], *, prompt: str = "ping"
+) -> list[KeepAliveResult]:
+    """One one-token chat request per deployment, so none sits idle long enough for Azure to
+    delete it. Failures are reported, not raised: one missing deployment must not stop the rest."""
+    import openai
+
+    results = []
+    for name in dict.fromkeys(deployments):
+        started = time.monotonic()
+        try:
+            response = client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": prompt}], max_tokens=1
+            )
+            ok, detail = True, f"answered by {response.model}"
+        except openai.OpenAIError as exc:
+            status = getattr(exc, "status_code", None)
+            ok = False
+            detail = f"HTTP {status}: {getattr(exc, 'message', exc)}" if status else str(exc)
+        result = KeepAliveResult(name, ok, detail, round(time.monotonic() - started, 3))
+        (log.info if ok else log.error)("keep-alive %s: %s", name, detail)
+        results.append(result)
+    return results
+
+
+def slot_deployments(profile: Any) -> list[str]:
+    """The deployment names a profile's slots point at (primary first)."""
+    return list(dict.fromkeys(v for _, v in sorted(profile.slots.items()) if v))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    from autoretrain.settings import load_settings
+
+    @click.group()
+    def cli() -> None:
+        """Azure OpenAI deployment helpers."""
+
+    @cli.command("keep-alive")
+    @click.option("--deployment", "names", multiple=True, help="Default: every slot's deployment.")
+    @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+    def keep_alive_command(names: tuple[str, ...], as_json: bool) -> None:
+        """Send one tiny chat request per deployment (schedule daily: Azure deletes a
+        fine-tuned deployment after 15 days without calls)."""
+        settings = load_settings()
+        profile = settings.profile
+        if profile.kind != "azure_openai":
+            raise click.ClickException(
+                f"provider profile {settings.provider!r} is {profile.kind}, not azure_openai; "
+                "choose the Azure profile with AUTORETRAIN_PROVIDER"
+            )
+        targets = list(names) or slot_deployments(profile)
+        if not targets:
+            raise click.ClickException(
+                f"profile {settings.provider!r} has no slots; set providers.{settings.provider}"
+                ".slots or pass --deployment"
+            )
+        try:
+            client = azure_openai_client(profile)
+        except DeploymentError as exc:
+            raise click.ClickException(str(exc)) from exc
+        results = keep_alive(client, targets)
+        if as_json:
+            click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        else:
+            for r in results:
+                click.echo(
+                    f"{'ok ' if r.ok else 'FAIL'} {r.deployment}: {r.detail} ({r.latency_s} s)"
+                )
+        if not all(r.ok for r in results):
+            raise SystemExit(1)
+
+    cli(args=argv, prog_name="python -m autoretrain.deploy.azure")
+
+
+if __name__ == "__main__":
+    main()
