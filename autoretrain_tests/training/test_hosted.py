@@ -14,8 +14,8 @@ from azure.core.credentials import AccessToken
 from autoretrain.deploy.registry import ModelRegistry
 from autoretrain.settings import ProviderProfile
 from autoretrain.training.backend import (
-    Backoff,
     BackendError,
+    Backoff,
     FineTuneBackend,
     FineTuneOutcome,
     LocalBackend,
