@@ -390,9 +390,7 @@ def _usage(reply: ChatResponse) -> dict[str, int]:
     }
 
 
-async def _stream(reply: ChatResponse, name: str, include_usage: bool) -> AsyncIterator[bytes]:
-    """The reply as OpenAI chat.completion.chunk events: role, content, each tool call (with
-    its index), the finish reason, then usage when asked for, then [DONE]."""
+def _chunker(name: str) -> Callable[..., bytes]:
     base = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion.chunk",
@@ -404,15 +402,54 @@ async def _stream(reply: ChatResponse, name: str, include_usage: bool) -> AsyncI
         choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
         return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
 
-    yield event({"role": "assistant", "content": ""})
-    if reply.message.get("content"):
-        yield event({"content": reply.message["content"]})
+    return event
+
+
+def _ending(event: Callable[..., bytes], reply: ChatResponse, sent: str, include_usage: bool):
+    """After the content deltas: the rest of the content, each tool call (with its index), the
+    finish reason, usage when asked for, then [DONE]."""
+    content = reply.message.get("content") or ""
+    rest = content[len(sent) :] if content.startswith(sent) else ""
+    if rest:
+        yield event({"content": rest})
     for index, call in enumerate(reply.message.get("tool_calls") or []):
         yield event({"tool_calls": [{"index": index, **call}]})
     yield event({}, reply.finish_reason)
     if include_usage:
         yield event(None, usage=_usage(reply))
     yield b"data: [DONE]\n\n"
+
+
+async def _stream(reply: ChatResponse, name: str, include_usage: bool) -> AsyncIterator[bytes]:
+    """A finished reply as OpenAI chat.completion.chunk events (models that cannot stream)."""
+    event = _chunker(name)
+    yield event({"role": "assistant", "content": ""})
+    for chunk in _ending(event, reply, "", include_usage):
+        yield chunk
+
+
+async def _live_stream(
+    model: Any, messages: Messages, tools: Tools | None, sampling: Sampling, name: str, usage: bool
+) -> AsyncIterator[bytes]:
+    """Content deltas as the model generates them, then the parsed ending. A failure after the
+    headers went out is sent as an `error` event, which the openai client raises."""
+    from starlette.concurrency import iterate_in_threadpool
+
+    event = _chunker(name)
+    yield event({"role": "assistant", "content": ""})
+    sent = ""
+    try:
+        async for item in iterate_in_threadpool(model.stream(messages, tools, sampling)):
+            if isinstance(item, ChatResponse):
+                for chunk in _ending(event, item, sent, usage):
+                    yield chunk
+                return
+            sent += item
+            yield event({"content": item})
+    except Exception as exc:
+        log.exception("streaming generation failed for %s", name)
+        error = {"message": f"generation failed: {exc}", "type": "server_error"}
+        yield f"data: {json.dumps({'error': error})}\n\n".encode()
 
 
 def create_app(pool: ModelPool, api_key: str | None = None):
@@ -441,7 +478,17 @@ def create_app(pool: ModelPool, api_key: str | None = None):
             name, messages, tools, sampling = _parse_request(body, pool)
         except RequestError as exc:
             return _error(exc.status, exc.message, exc.code, exc.param)
+        stream = bool(body.get("stream"))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         try:
+            if stream:
+                worker = await asyncio.to_thread(pool.worker, name)
+                if hasattr(worker.model, "stream"):
+                    # Token by token, outside the batcher: an interactive client waits on it.
+                    events = _live_stream(
+                        worker.model, messages, tools, sampling, name, include_usage
+                    )
+                    return StreamingResponse(events, media_type="text/event-stream")
             future = await asyncio.to_thread(_submit, pool, name, messages, tools, sampling)
         except KeyError:
             return _error(404, f"model {name!r} is no longer served", "model_not_found", "model")
@@ -453,8 +500,7 @@ def create_app(pool: ModelPool, api_key: str | None = None):
         except Exception as exc:
             log.exception("generation failed for %s", name)
             return _error(500, f"generation failed: {exc}", "generation_failed")
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if stream:
             return StreamingResponse(
                 _stream(reply, name, include_usage), media_type="text/event-stream"
             )

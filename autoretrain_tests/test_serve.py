@@ -111,7 +111,9 @@ def test_stream_is_server_sent_events_ending_in_done(served):
     events = [line[len("data: ") :] for line in text.split("\n\n") if line]
     assert events[-1] == "data: [DONE]"[len("data: ") :]
     chunks = [json.loads(e) for e in events[:-1]]
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == ANSWER
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks]
+    assert "".join(c or "" for c in contents) == ANSWER
+    assert len([c for c in contents if c]) > 1  # token by token, not one block at the end
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 

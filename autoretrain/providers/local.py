@@ -14,11 +14,17 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from autoretrain.providers.base import ChatResponse, Messages, ProviderError, Sampling, Tools
-from autoretrain.providers.toolcalls import arguments_as_objects, next_call_index, parse_tool_calls
+from autoretrain.providers.toolcalls import (
+    ContentStream,
+    arguments_as_objects,
+    next_call_index,
+    parse_tool_calls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +173,44 @@ class LocalChatModel:
                 )
         return [r for r in results if r is not None]
 
+    def stream(
+        self, messages: Messages, tools: Tools | None = None, sampling: Sampling = Sampling()
+    ) -> Iterator[str | ChatResponse]:
+        """Content as it is generated (each piece extends what the final content starts with;
+        tool-call text is held back), then the finished ChatResponse, parsed as `chat` would."""
+        from transformers import TextIteratorStreamer
+
+        ids = self.tokenizer(self.render(messages, tools), add_special_tokens=False)["input_ids"]
+        if len(ids) + 1 > self.context_length:
+            yield self._overflow(len(ids))
+            return
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=False)
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                outcome["generated"] = self._generate([ids], sampling, streamer)
+            except BaseException as exc:  # re-raised in the consuming thread below
+                outcome["error"] = exc
+                streamer.end()  # unblock the consumer; generate never reached its own end()
+            outcome["elapsed"] = time.perf_counter() - t0
+
+        thread = threading.Thread(target=run, name=f"stream-{self.name}", daemon=True)
+        thread.start()
+        gate = ContentStream([self.tokenizer.decode([i]) for i in self.stop_ids])
+        for piece in streamer:
+            content = gate.feed(piece)
+            if content:
+                yield content
+        thread.join()
+        if "error" in outcome:
+            raise ProviderError(f"{self.name}: generation failed: {outcome['error']}") from outcome[
+                "error"
+            ]
+        [(tokens, stopped)] = outcome["generated"]
+        yield self._response(messages, len(ids), tokens, stopped, outcome["elapsed"])
+
     def render(self, messages: Messages, tools: Tools | None) -> str:
         try:
             return self.tokenizer.apply_chat_template(
@@ -180,9 +224,11 @@ class LocalChatModel:
                 f"{self.name}: the chat template rejected the conversation: {exc}"
             ) from exc
 
-    def _generate(self, rows: list[list[int]], sampling: Sampling) -> list[tuple[list[int], bool]]:
+    def _generate(
+        self, rows: list[list[int]], sampling: Sampling, streamer: Any = None
+    ) -> list[tuple[list[int], bool]]:
         """Generate for one chunk; each row's new tokens (stop token excluded) and whether it
-        stopped on its own."""
+        stopped on its own. A `streamer` (one row only) receives tokens as they come."""
         import torch
         from transformers import GenerationConfig
 
@@ -216,6 +262,7 @@ class LocalChatModel:
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
                 generation_config=config,
+                streamer=streamer,
             )
         new = output[:, width:].tolist()
         stops = set(self.stop_ids)

@@ -170,3 +170,44 @@ def text_of(parts: list[Any]) -> str:
         str(p.get("text", "")) if isinstance(p, dict) and p.get("type") == "text" else ""
         for p in parts
     )
+
+
+class ContentStream:
+    """Which streamed text may go out as content before the reply is complete.
+
+    Everything before a tool call or an end marker (`markers`, e.g. `<|im_end|>`) is content;
+    a tail that could be the start of a marker waits, and so does trailing whitespace (the
+    parser strips it around tool calls). What `feed` returns is always a prefix of the final
+    content; `rest` gives what the finished reply adds after it.
+    """
+
+    def __init__(self, markers: list[str]):
+        self.markers = [OPEN_TAG, *(m for m in markers if m)]
+        self.longest = max(len(m) for m in self.markers)
+        self.buffer = ""
+        self.sent = ""
+        self.closed = False
+
+    def feed(self, piece: str) -> str:
+        if self.closed:
+            return ""
+        self.buffer += piece
+        hits = [i for i in (self.buffer.find(m) for m in self.markers) if i >= 0]
+        if hits:
+            self.closed = True
+            safe = self.buffer[: min(hits)]
+        else:
+            safe = self.buffer
+            for k in range(min(len(safe), self.longest - 1), 0, -1):
+                if any(m.startswith(safe[-k:]) for m in self.markers):
+                    safe = safe[:-k]
+                    break
+        safe = safe.rstrip()
+        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+            return ""
+        new, self.sent = safe[len(self.sent) :], safe
+        return new
+
+    def rest(self, final_content: str | None) -> str:
+        final = final_content or ""
+        return final[len(self.sent) :] if final.startswith(self.sent) else ""

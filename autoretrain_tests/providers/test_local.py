@@ -91,3 +91,14 @@ def test_peft_adapter_on_top_of_a_model_dir(tool_model_dir, tmp_path):
     assert reply.message != plain.message
     assert by_dir.chat(QUESTION, TOOLS, Sampling(max_tokens=12)).message == reply.message
     assert by_dir.model_dir == tool_model_dir
+
+
+def test_stream_yields_content_then_the_parsed_reply(tool_model):
+    items = list(tool_model.stream(AFTER_TOOL, TOOLS))
+    *pieces, final = items
+    assert len(pieces) > 1 and all(isinstance(p, str) for p in pieces)
+    assert "".join(pieces) == ANSWER == final.message["content"]
+    *pieces, final = tool_model.stream(QUESTION, TOOLS)
+    assert pieces == []  # nothing but a tool call: no content goes out early
+    assert final.finish_reason == "tool_calls"
+    assert final.message == tool_model.chat(QUESTION, TOOLS).message

@@ -1,6 +1,11 @@
 import json
 
-from autoretrain.providers.toolcalls import arguments_as_objects, next_call_index, parse_tool_calls
+from autoretrain.providers.toolcalls import (
+    ContentStream,
+    arguments_as_objects,
+    next_call_index,
+    parse_tool_calls,
+)
 
 
 def test_one_call_becomes_openai_shape():
@@ -108,3 +113,21 @@ def test_content_parts_become_text_for_the_template():
     ]
     out = arguments_as_objects([{"role": "user", "content": parts}])
     assert out == [{"role": "user", "content": "What is 2?"}]
+
+
+def feed_all(text: str, markers=("<|im_end|>",)) -> tuple[str, ContentStream]:
+    gate = ContentStream(list(markers))
+    return "".join(gate.feed(ch) for ch in text), gate
+
+
+def test_content_stream_stops_at_a_tool_call_and_holds_back_partial_markers():
+    text = 'Let me check.\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call><|im_end|>'
+    sent, gate = feed_all(text)
+    assert sent == "Let me check."
+    assert gate.rest(parse_tool_calls(text.removesuffix("<|im_end|>")).content) == ""
+    sent, gate = feed_all("The answer is 5.<|im_end|>")
+    assert sent == "The answer is 5."
+    sent, gate = feed_all("a <toast> b")  # looked like a tag for a while, then was not
+    assert sent == "a <toast> b"
+    sent, gate = feed_all("ends with space ")
+    assert sent == "ends with space" and gate.rest("ends with space ") == " "
