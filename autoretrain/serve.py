@@ -8,7 +8,9 @@ It binds 127.0.0.1 unless told otherwise; with an API key configured every `/v1`
 `Authorization: Bearer <key>`.
 
 Concurrent requests to one model share forward passes: each model has a worker thread that
-takes every request waiting for it and answers them with one `chat_batch`.
+takes every request waiting for it and answers them with one `chat_batch`. A streaming request
+to a local model is generated on its own, token by token: content goes out as it is generated,
+while tool-call text is held back and sent as parsed `tool_calls` deltas at the end.
 
 ## serving.json
 
