@@ -18,7 +18,7 @@ It follows the documented request and response shapes, and only those the projec
   advances `properties.provisioningState` (Creating/Accepted -> Succeeded | Failed).
 
 Switches on the instance choose the fault: `job_outcome`, `file_status`, `deployment_error`,
-`deployment_outcome`. Every request is recorded in `requests` for the tests to inspect.
+`deployment_outcome`, `arm_unavailable`. Every request is recorded in `requests` for the tests to inspect.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class AzureDouble:
         self.file_status: str = "processed"  # or "error"
         self.deployment_error: tuple[int, str, str] | None = None  # (HTTP status, code, message)
         self.deployment_outcome: str = "Succeeded"  # or "Failed"
+        self.arm_unavailable: int = 0  # the next N management calls answer 503 (then it recovers)
         self.known_models: set[str] = set()  # models a deployment may name
         # State.
         self.files: dict[str, dict[str, Any]] = {}
@@ -78,7 +79,9 @@ class AzureDouble:
     def start(self) -> AzureDouble:
         handler = type("Handler", (_Handler,), {"double": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -427,6 +430,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return 401, _error("AuthenticationFailed", "Authentication failed.")
             if not query.get("api-version"):
                 return 400, _error("MissingApiVersionParameter", "api-version is required")
+            if double.arm_unavailable > 0:
+                double.arm_unavailable -= 1
+                return 503, _error("ServiceUnavailable", "The service is temporarily unavailable.")
             if method == "PUT":
                 return double.put_deployment(arm, json.loads(raw or b"{}"))
             if method == "GET":

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import quote
 
+import click
+
 from autoretrain.training.backend import Backoff
 
 log = logging.getLogger(__name__)
@@ -363,51 +365,46 @@ def slot_deployments(profile: Any) -> list[str]:
     return list(dict.fromkeys(v for _, v in sorted(profile.slots.items()) if v))
 
 
-def main(argv: list[str] | None = None) -> None:
-    import click
+@click.group("azure")
+def azure_cli() -> None:
+    """Azure OpenAI deployment helpers."""
 
+
+@azure_cli.command("keep-alive")
+@click.option("--deployment", "names", multiple=True, help="Default: every slot's deployment.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def keep_alive_command(names: tuple[str, ...], as_json: bool) -> None:
+    """Send one tiny chat request per deployment. Schedule it daily: Azure deletes a fine-tuned
+    deployment after 15 days without calls."""
     from autoretrain.settings import load_settings
 
-    @click.group()
-    def cli() -> None:
-        """Azure OpenAI deployment helpers."""
-
-    @cli.command("keep-alive")
-    @click.option("--deployment", "names", multiple=True, help="Default: every slot's deployment.")
-    @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-    def keep_alive_command(names: tuple[str, ...], as_json: bool) -> None:
-        """Send one tiny chat request per deployment (schedule daily: Azure deletes a
-        fine-tuned deployment after 15 days without calls)."""
-        settings = load_settings()
-        profile = settings.profile
-        if profile.kind != "azure_openai":
-            raise click.ClickException(
-                f"provider profile {settings.provider!r} is {profile.kind}, not azure_openai; "
-                "choose the Azure profile with AUTORETRAIN_PROVIDER"
-            )
-        targets = list(names) or slot_deployments(profile)
-        if not targets:
-            raise click.ClickException(
-                f"profile {settings.provider!r} has no slots; set providers.{settings.provider}"
-                ".slots or pass --deployment"
-            )
-        try:
-            client = azure_openai_client(profile)
-        except DeploymentError as exc:
-            raise click.ClickException(str(exc)) from exc
-        results = keep_alive(client, targets)
-        if as_json:
-            click.echo(json.dumps([r.to_dict() for r in results], indent=2))
-        else:
-            for r in results:
-                click.echo(
-                    f"{'ok ' if r.ok else 'FAIL'} {r.deployment}: {r.detail} ({r.latency_s} s)"
-                )
-        if not all(r.ok for r in results):
-            raise SystemExit(1)
-
-    cli(args=argv, prog_name="python -m autoretrain.deploy.azure")
+    settings = load_settings()
+    profile = settings.profile
+    if profile.kind != "azure_openai":
+        raise click.ClickException(
+            f"provider profile {settings.provider!r} is {profile.kind}, not azure_openai; "
+            "choose the Azure profile with AUTORETRAIN_PROVIDER"
+        )
+    targets = list(names) or slot_deployments(profile)
+    if not targets:
+        raise click.ClickException(
+            f"profile {settings.provider!r} has no slots; set providers.{settings.provider}"
+            ".slots or pass --deployment"
+        )
+    try:
+        client = azure_openai_client(profile)
+    except DeploymentError as exc:
+        raise click.ClickException(str(exc)) from exc
+    results = keep_alive(client, targets)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            mark = "ok  " if r.ok else "FAIL"
+            click.echo(f"{mark} {r.deployment}: {r.detail} ({r.latency_s} s)")
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    main()
+    azure_cli(prog_name="python -m autoretrain.deploy.azure")

@@ -1,0 +1,202 @@
+"""Slot targets: the serving side moves first, the registry only when it succeeded."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from autoretrain.deploy.azure import AzureDeployments, DeploymentError
+from autoretrain.deploy.registry import ModelRegistry, RegistryError
+from autoretrain.deploy.targets import (
+    AzureTarget,
+    LMStudioTarget,
+    LocalServeTarget,
+    deploy_to_slot,
+    promote_canary,
+    rollback_slot,
+    slot_target,
+)
+from autoretrain.serve import read_serving_config
+from autoretrain.settings import load_settings
+from autoretrain.training.backend import Backoff
+from autoretrain_tests.azure_double import AzureDouble
+
+FAST = Backoff(initial_s=0.005, max_s=0.02, factor=2)
+MODEL_A = "gpt-4o-mini-2024-07-18.ft-aaaa"
+MODEL_B = "gpt-4o-mini-2024-07-18.ft-bbbb"
+
+
+@pytest.fixture
+def double():
+    with AzureDouble() as d:
+        d.known_models.update({MODEL_A, MODEL_B})
+        yield d
+
+
+def settings_with(tmp_path, **profile):
+    return load_settings(
+        config_file=tmp_path / "absent.yaml",
+        provider="p",
+        providers={"p": profile},
+    )
+
+
+@pytest.fixture
+def azure(tmp_path, settings, double):
+    settings = settings_with(
+        tmp_path,
+        kind="azure_openai",
+        azure_endpoint=double.url,
+        slots={"primary": "agent-primary", "canary": "agent-canary"},
+        deployment_capacity=3,
+    )
+    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    deployments = AzureDeployments(
+        "sub-1", "rg-1", "acct-1", lambda: double.token, endpoint=double.url, backoff=FAST
+    )
+    target = AzureTarget(settings, deployments)
+    v1 = registry.register(base_model="gpt-4o-mini", kind="hosted", hosted_model_id=MODEL_A).id
+    v2 = registry.register(base_model="gpt-4o-mini", kind="hosted", hosted_model_id=MODEL_B).id
+    return registry, target, v1, v2
+
+
+def served(double: AzureDouble, deployment: str) -> str:
+    return double.deployments[deployment]["properties"]["model"]["name"]
+
+
+def test_azure_canary_swap_and_rollback(azure, double):
+    registry, target, v1, v2 = azure
+    entry, result = deploy_to_slot(registry, target, v1, "primary", reason="first")
+    assert entry.to_version == v1 and registry.slots()["primary"] == v1
+    assert result.model_id == "agent-primary" and served(double, "agent-primary") == MODEL_A
+    assert double.deployments["agent-primary"]["sku"] == {"name": "standard", "capacity": 3}
+
+    deploy_to_slot(registry, target, v2, "canary", reason="candidate")
+    assert served(double, "agent-canary") == MODEL_B
+    entry, _ = promote_canary(registry, target, reason="canary healthy")
+    assert (entry.slot, entry.from_version, entry.to_version) == ("primary", v1, v2)
+    assert served(double, "agent-primary") == MODEL_B
+
+    entry, result = rollback_slot(registry, target, "primary", reason="regression")
+    assert entry.action == "rollback" and registry.slots()["primary"] == v1
+    assert served(double, "agent-primary") == MODEL_A and result.version_id == v1
+
+    # Re-deploying what a slot holds re-applies it (recreates a deleted deployment), records nothing.
+    del double.deployments["agent-primary"]
+    entry, _ = deploy_to_slot(registry, target, v1, "primary")
+    assert entry is None and served(double, "agent-primary") == MODEL_A
+
+
+def test_azure_deployment_error_leaves_the_slot_where_it_was(azure, double):
+    registry, target, v1, v2 = azure
+    deploy_to_slot(registry, target, v1, "primary")
+    ledger_before = len(registry.ledger())
+    double.deployment_error = (409, "Conflict", "Another operation is in progress on deployment.")
+    with pytest.raises(
+        DeploymentError, match="HTTP 409 Conflict: Another operation is in progress"
+    ):
+        deploy_to_slot(registry, target, v2, "primary")
+    assert registry.slots()["primary"] == v1
+    assert len(registry.ledger()) == ledger_before
+    assert served(double, "agent-primary") == MODEL_A
+
+    double.deployment_error = None
+    double.deployment_outcome = "Failed"
+    with pytest.raises(DeploymentError, match="ended Failed"):
+        deploy_to_slot(registry, target, v2, "canary")
+    assert "canary" not in registry.slots() and len(registry.ledger()) == ledger_before
+
+
+def test_azure_target_refuses_what_it_cannot_deploy(azure, tmp_path, double):
+    registry, target, v1, _ = azure
+    local = registry.register(base_model="b", kind="local", model_dir=tmp_path).id
+    with pytest.raises(DeploymentError, match="is a local model"):
+        deploy_to_slot(registry, target, local, "primary")
+    target.profile.slots.pop("canary")
+    with pytest.raises(DeploymentError, match="slots.canary to a deployment name"):
+        deploy_to_slot(registry, target, v1, "canary")
+    with pytest.raises(RegistryError, match="not registered"):
+        deploy_to_slot(registry, target, "v-missing", "primary")
+    assert registry.slots() == {} and double.deployments == {}
+
+
+def local_versions(settings, tmp_path):
+    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    base = tmp_path / "base"
+    adapter = tmp_path / "cand" / "adapter"
+    base.mkdir()
+    adapter.mkdir(parents=True)
+    v0 = registry.register(base_model="base", kind="local", model_dir=base).id
+    v1 = registry.register(base_model="base", kind="local", model_dir=base, adapter_dir=adapter).id
+    return registry, base, adapter, v0, v1
+
+
+def test_local_serve_target_rewrites_serving_json(settings, tmp_path):
+    registry, base, adapter, v0, v1 = local_versions(settings, tmp_path)
+    target = slot_target(settings)
+    assert isinstance(target, LocalServeTarget)
+    serving = settings.paths.root / "serving.json"
+    deploy_to_slot(registry, target, v0, "primary")
+    before = serving.read_text()
+    _, result = deploy_to_slot(registry, target, v1, "primary")
+    assert result.model_id == "primary" and result.location == str(adapter.resolve())
+    assert serving.read_text() != before
+    assert str(adapter.resolve()) in serving.read_text()
+    assert registry.slots() == {"primary": v1}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ModelRegistry.write_serving_config writes {slot: {...}} but autoretrain serve reads "
+    '{"models": {slot: {...}}}: the registry owner must wrap it (reported to the lead)',
+)
+def test_the_server_reads_what_a_local_promotion_writes(settings, tmp_path):
+    registry, base, adapter, v0, v1 = local_versions(settings, tmp_path)
+    deploy_to_slot(registry, LocalServeTarget(settings), v1, "primary")
+    entries = read_serving_config(settings.paths.root / "serving.json")
+    assert entries["primary"].adapter_dir == adapter.resolve()
+    assert entries[v1].model_dir == base.resolve()
+
+
+def test_local_target_refuses_missing_files(settings, tmp_path):
+    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    gone = registry.register(base_model="b", kind="local", model_dir=tmp_path / "deleted").id
+    with pytest.raises(DeploymentError, match="model_dir .*deleted is missing"):
+        deploy_to_slot(registry, LocalServeTarget(settings), gone, "canary")
+    assert registry.slots() == {}
+
+
+def test_lm_studio_target_gives_the_directory_and_id_to_load(tmp_path, settings):
+    settings = settings_with(tmp_path, kind="openai_compatible", slots={"primary": "agent-model"})
+    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    target = slot_target(settings)
+    assert isinstance(target, LMStudioTarget)
+    merged = tmp_path / "cand" / "merged"
+    merged.mkdir(parents=True)
+    (tmp_path / "cand" / "adapter").mkdir()
+    (merged / "model.gguf").write_bytes(b"GGUF")
+    version = registry.register(
+        base_model="b", kind="local", model_dir=tmp_path, adapter_dir=tmp_path / "cand" / "adapter"
+    ).id
+    entry, result = deploy_to_slot(registry, target, version, "primary")
+    assert entry.to_version == version
+    assert result.model_id == "agent-model" and result.location == str(merged)
+    assert result.instructions == [
+        "lms unload agent-model",
+        f"lms load {merged} --identifier agent-model",
+    ]
+    # A slot without a configured id loads under the version id; HF weights need converting.
+    plain = tmp_path / "full"
+    plain.mkdir()
+    full = registry.register(base_model="b", kind="local", model_dir=plain).id
+    _, result = deploy_to_slot(registry, target, full, "canary")
+    assert result.model_id == full and "GGUF" in result.instructions[0]
+
+    adapter_only = tmp_path / "lonely" / "adapter"
+    adapter_only.mkdir(parents=True)
+    lonely = registry.register(
+        base_model="b", kind="local", model_dir=plain, adapter_dir=adapter_only
+    ).id
+    with pytest.raises(DeploymentError, match="merge_adapter"):
+        deploy_to_slot(registry, target, lonely, "primary")
+    assert registry.slots()["primary"] == version
