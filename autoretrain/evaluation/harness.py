@@ -429,13 +429,20 @@ def _sampling(base: Sampling, ev: Any, samples: int, sample: int) -> Sampling:
 
 
 def _drivable(model: ChatModel, concurrency: int) -> tuple[Any, Any]:
-    """The model `run_many` should call, and the pool to close afterwards (if any)."""
-    from autoretrain.providers.local import LocalChatModel
-    from autoretrain.selfplay import ConcurrentModel, _batches_natively
+    """The model `run_many` should call, and the pool to close afterwards (if any).
 
-    if _batches_natively(model) or isinstance(model, LocalChatModel):
+    Only a model that shares forward passes (a local model, or one declaring
+    `native_batching = True`) gets whole batches. Every other provider goes through a pool
+    of concurrent `chat` calls, where a failed request fails its own run only: an HTTP
+    provider's own `chat_batch` raises for the whole batch, which would turn one bad request
+    into a batch of provider failures."""
+    from autoretrain.providers.local import LocalChatModel
+    from autoretrain.selfplay import ConcurrentModel
+
+    declared = getattr(model, "native_batching", None)
+    native = bool(declared) if declared is not None else isinstance(model, LocalChatModel)
+    if native:
         return model, None
-    # One failed request must fail its own run only, and HTTP latency overlaps in a pool.
     pool = ConcurrentModel(model, concurrency)
     return pool, pool
 
