@@ -197,7 +197,8 @@ def synthetic_record(i: int, day: str, rng: random.Random) -> dict[str, Any]:
     ]
     record: dict[str, Any] = {
         "schema_version": 1,
-        "run_id": f"run-{day}-{i:07d}",
+        # Random hex, as the tracker's uuid4().hex: ids carry no order a zone map could use.
+        "run_id": f"{rng.getrandbits(128):032x}",
         "scenario_id": scenario_id,
         "instance_hash": f"{(a * 10_007 + b) % 2**32:08x}{i % 7}",
         "instance_seed": i,
