@@ -246,7 +246,7 @@ def replay(
         result.evaluation_id,
         sum(result.runs.values()),
         result.seconds,
-        result.files and f"{len(result.files)} landing file(s)" or "nothing recorded",
+        f"{len(result.files)} landing file(s)" if result.files else "nothing recorded",
         dict(result.provider_failures),
         f"; failed: {result.error}" if result.error else "",
         extra={"evaluation_id": result.evaluation_id, "replay": result.summary()},
