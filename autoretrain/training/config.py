@@ -39,6 +39,7 @@ class TrainConfig:
     time_budget_s: float | None = None
     checkpoint_every_s: float = 30.0
     mix_in: list[str] = field(default_factory=list)  # extra JSONL files added to the train split
+    torch_threads: int | None = None  # None: torch's default (one per core)
     progress: bool | None = None  # None: a bar when stderr is a terminal, log lines otherwise
 
     def __post_init__(self) -> None:

@@ -53,6 +53,30 @@ def train(
 ) -> TrainResult:
     """Train a new version from `dataset_dir` on top of `base_model_dir` into `output_dir`."""
     import torch
+
+    previous_threads = torch.get_num_threads()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        return _train(
+            dataset_dir, base_model_dir, output_dir, config,
+            on_step=on_step, extra_metadata=extra_metadata, extra_files=extra_files,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    dataset_dir: Path,
+    base_model_dir: Path,
+    output_dir: Path,
+    config: TrainConfig,
+    *,
+    on_step: Callable[[int], None] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> TrainResult:
+    import torch
     from accelerate import Accelerator
     from transformers import AutoConfig, AutoTokenizer
 
