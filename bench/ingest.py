@@ -205,6 +205,38 @@ def measure(kind: str, landing: Path, db: Path) -> dict:
     return result
 
 
+def markdown(r: dict) -> str:
+    mib = 2**20
+    rows = "\n".join(
+        f"| {x['round']} | {x['kind']} | {x['seconds']:.1f} | {x['mb_per_s']:.1f} | "
+        f"{x['peak_rss_bytes'] / mib:.0f} |"
+        for x in r["rounds"]
+    )
+    d = r["data"]
+    return f"""# Ingest benchmark
+
+`{r["command"]}` on {r["date"]} ({r["machine"]["cores"]} cores, {r["machine"]["memory_gib"]} GiB;
+load average at the end {", ".join(f"{x:.1f}" for x in r["machine"]["load_average_at_end"])}:
+other jobs shared the machine, so compare the two engines within a run, not across runs).
+
+Data: {d["spec"]["n"]:,} synthetic runs, {d["bytes"] / 1e6:.0f} MB in {d["files"]} files of one
+landing day, with {d["malformed_lines"]} malformed lines and {d["rerecorded_lines"]} re-recorded run_ids.
+
+| round | engine | seconds | MB/s | peak RSS (MiB) |
+|---|---|---|---|---|
+{rows}
+
+- raw: DuckDB `read_json_auto` of the same files into a table (`ignore_errors=true`).
+- project: `RunStore.ingest_day` (line split, UTF-8 and size checks, JSON validity, the type of
+  every `Run` field and of messages/events/verifications, typed columns, events table, dedup on
+  run_id, quarantine with file, line and reason).
+
+**Throughput ratio project/raw (best of each): {r["ratio_project_over_raw"]:.2f}** (target
+{r["target_ratio"]}); per round: {", ".join(f"{x:.2f}" for x in r["ratio_per_round"])}.
+Project peak RSS: {r["project_peak_rss_bytes"] / mib:.0f} MiB.
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200_000)
@@ -265,6 +297,7 @@ def main() -> None:
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / "ingest.json").write_text(json.dumps(result, indent=2) + "\n")
+    (results / "ingest.md").write_text(markdown(result))
     print(
         json.dumps(
             {

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from autoretrain.runs.ingest import (
     MACROS,
     NEEDS_DETAIL,
     RAW_CHARS,
+    Rejected,
     checked_sql,
     detail_sql,
     json_error,
@@ -158,44 +160,38 @@ class RunStore:
 
     # -- ingest ---------------------------------------------------------------------------------
     def ingest_day(self, day: str, files: Sequence[Path]) -> IngestReport:
-        """Merge one landing day's files into the store (see the module docstring)."""
+        """Merge one landing day's files into the store (see the module docstring).
+
+        Each chunk of each file is checked and merged on its own, so memory follows the chunk
+        size, not the size of the day; the whole day is one transaction."""
         t0 = time.perf_counter()
         report = IngestReport(day=day, files=len(files))
         names = [self._name(f) for f in files]
         con = self.con
+        # The ingest's own timestamp marks the rows it wrote, which tells "replaced a row from
+        # an earlier ingest" from "superseded a copy seen earlier in this one".
+        self._stamp = datetime.now(UTC)
+        self._detailed = 0
         con.begin()
         try:
             con.execute(
                 "DELETE FROM quarantine WHERE day = ?::DATE AND list_contains(?, file)",
                 [day, names],
             )
-            con.execute(_STAGED_DDL)
-            pre: list[tuple[int, int, str, str]] = []  # (file_idx, line, reason, raw)
-            total_lines = 0
+            con.register("files", pa.table({"file_idx": range(len(names)), "file": names}))
             for idx, path in enumerate(files):
                 if path.stat().st_size == 0:
-                    pre.append((idx, 0, "empty file: no records", ""))
+                    self._insert_rejected(day, idx, [Rejected(0, "empty file: no records", "")])
                     report.read += 1
                     continue
                 for chunk in read_chunks(path, self.max_record_bytes, self.chunk_bytes):
                     report.bytes += chunk.nbytes
-                    pre += [(idx, r.line, r.reason, r.raw) for r in chunk.rejected]
                     report.read += len(chunk.rejected)
-                    total_lines += len(chunk.table)
+                    self._insert_rejected(day, idx, chunk.rejected)
                     if len(chunk.table):
-                        # Several record batches let DuckDB spread a chunk over its threads.
-                        batches = chunk.table.to_batches(max_chunksize=2048)
-                        con.register("chunk_lines", pa.Table.from_batches(batches))
-                        con.execute(f"INSERT INTO staged {checked_sql('chunk_lines', idx)}")
-                        con.unregister("chunk_lines")
-            con.register("files", pa.table({"file_idx": range(len(names)), "file": names}))
-            staged = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
-            report.read += staged
-            report.blank_lines = total_lines - staged
-            self._quarantine(day, pre)
-            self._merge(day, report)
+                        self._ingest_chunk(day, idx, chunk.table, report)
+            self._count_quarantine(day, report)
             con.unregister("files")
-            con.execute("DROP TABLE staged")
             con.commit()
         except BaseException:
             con.rollback()
@@ -216,32 +212,66 @@ class RunStore:
                 pass
         return str(path.resolve())
 
-    def _quarantine(self, day: str, pre: list[tuple[int, int, str, str]]) -> None:
+    def _insert_rejected(self, day: str, idx: int, rejected: list[Rejected]) -> None:
+        if not rejected:
+            return
+        rows = pa.table(
+            {
+                "line": [r.line for r in rejected],
+                "reason": [r.reason for r in rejected],
+                "raw": [r.raw for r in rejected],
+            }
+        )
+        self.con.register("pre_rejected", rows)
+        self.con.execute(
+            "INSERT INTO quarantine SELECT ?::DATE, f.file, p.line, p.reason, p.raw, now() "
+            "FROM pre_rejected p, files f WHERE f.file_idx = ?",
+            [day, idx],
+        )
+        self.con.unregister("pre_rejected")
+
+    def _ingest_chunk(self, day: str, idx: int, lines: pa.Table, report: IngestReport) -> None:
         con = self.con
-        if pre:
-            idx, line, reason, raw = zip(*pre, strict=True)
-            rows = pa.table({"file_idx": idx, "line": line, "reason": reason, "raw": raw})
-            con.register("pre_rejected", rows)
-            con.execute(
-                "INSERT INTO quarantine SELECT ?::DATE, f.file, p.line, p.reason, p.raw, now() "
-                "FROM pre_rejected p JOIN files f USING (file_idx)",
-                [day],
+        # Several record batches let DuckDB spread a chunk over its threads.
+        con.register("chunk_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=2048)))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE staged AS {checked_sql('chunk_lines', idx)}")
+        con.unregister("chunk_lines")
+        staged = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
+        report.read += staged
+        report.blank_lines += len(lines) - staged
+        self._explain_problems(day)
+        for version, n in con.execute(
+            "SELECT schema_version, count(*) FROM staged WHERE problem IS NULL GROUP BY 1"
+        ).fetchall():
+            report.schema_versions[version] = report.schema_versions.get(version, 0) + n
+        for version, n in con.execute(
+            "SELECT seen_version, count(*) FROM staged WHERE starts_with(problem, 'unknown "
+            "schema_version') AND seen_version IS NOT NULL GROUP BY 1"
+        ).fetchall():
+            report.unknown_schema_versions[version] = (
+                report.unknown_schema_versions.get(version, 0) + n
             )
-            con.unregister("pre_rejected")
+        self._merge(day, report)
+        con.execute("DROP TABLE staged")
+
+    def _explain_problems(self, day: str) -> None:
+        """Word the reasons of this chunk's failed lines, then quarantine them."""
+        con = self.con
         con.execute(
             f"""UPDATE staged SET problem = d.problem
             FROM ({detail_sql(f"(SELECT file_idx, line, text FROM staged WHERE problem = '{NEEDS_DETAIL}')")}) d
             WHERE staged.file_idx = d.file_idx AND staged.line = d.line"""
         )
         # DuckDB says only that a line is not JSON; Python's parser says where, for the first few.
+        budget = DETAILED_JSON_ERRORS - self._detailed
         bad_json = con.execute(
             "SELECT file_idx, line, text FROM staged WHERE problem = 'invalid JSON' "
-            f"ORDER BY file_idx, line LIMIT {DETAILED_JSON_ERRORS}"
+            f"ORDER BY line LIMIT {max(budget, 0)}"
         ).fetchall()
         if bad_json:
+            self._detailed += len(bad_json)
             detail = pa.table(
                 {
-                    "file_idx": [r[0] for r in bad_json],
                     "line": [r[1] for r in bad_json],
                     "detail": [json_error(r[2]) for r in bad_json],
                 }
@@ -249,12 +279,12 @@ class RunStore:
             con.register("json_detail", detail)
             con.execute(
                 "UPDATE staged SET problem = 'invalid JSON: ' || d.detail FROM json_detail d "
-                "WHERE staged.file_idx = d.file_idx AND staged.line = d.line"
+                "WHERE staged.line = d.line"
             )
             con.unregister("json_detail")
         con.execute(
             "UPDATE staged SET problem = problem || ' (truncated last line: no newline at end "
-            "of file)' WHERE last AND problem LIKE 'invalid JSON%'"
+            "of file)' WHERE last AND starts_with(problem, 'invalid JSON')"
         )
         con.execute(
             f"""INSERT INTO quarantine
@@ -264,46 +294,62 @@ class RunStore:
         )
 
     def _merge(self, day: str, report: IngestReport) -> None:
+        """Merge this chunk's good lines into `runs`: newest per run_id wins (see module doc).
+        Of two copies in one file the older is a duplicate (quarantined); a copy in another
+        file is superseded or replaced (the landing zone keeps it)."""
         con = self.con
-        # Within the day: newest per run_id wins; an older copy in the same file is a duplicate
-        # (quarantined), an older copy in an earlier file was superseded (kept in the landing zone).
         con.execute(
             """CREATE OR REPLACE TEMP TABLE ranked AS
             SELECT s.file_idx, s.line, s.run_id, f.file AS source_file,
                    coalesce(s.ended_at, s.started_at) AS ts,
-                   row_number() OVER w AS rk,
-                   first_value(s.file_idx) OVER w AS win_file, first_value(s.line) OVER w AS win_line
+                   row_number() OVER w AS rk, first_value(s.line) OVER w AS win_line
             FROM staged s JOIN files f USING (file_idx)
             WHERE s.problem IS NULL
             WINDOW w AS (PARTITION BY s.run_id ORDER BY coalesce(s.ended_at, s.started_at) DESC,
-                         s.file_idx DESC, s.line DESC)"""
+                         s.line DESC)"""
+        )
+        dup = (
+            "'duplicate run_id: ' || {id} || ' appears again at line ' || {winner} "
+            "|| ' of this file; the newer record was kept'"
         )
         con.execute(
             f"""INSERT INTO quarantine
-            SELECT ?::DATE, f.file, r.line,
-                   'duplicate run_id: ' || r.run_id || ' appears again at line ' || r.win_line
-                   || ' of this file; the newer record was kept',
+            SELECT ?::DATE, r.source_file, r.line, {dup.format(id="r.run_id", winner="r.win_line")},
                    left(s.text, {RAW_CHARS}), now()
-            FROM ranked r JOIN staged s USING (file_idx, line) JOIN files f USING (file_idx)
-            WHERE r.rk > 1 AND r.file_idx = r.win_file""",
+            FROM ranked r JOIN staged s USING (file_idx, line) WHERE r.rk > 1""",
             [day],
         )
         con.execute(
             """CREATE OR REPLACE TEMP TABLE decisions AS
-            SELECT w.file_idx, w.line, w.run_id, w.source_file,
+            SELECT w.file_idx, w.line, w.run_id, w.source_file, o.source_line AS old_line,
+              o.source_file = w.source_file AS same_file, o.ingested_at = ? AS seen_now,
               CASE
                 WHEN o.run_id IS NULL THEN 'insert'
-                WHEN o.source_file = w.source_file AND o.source_line = w.line THEN 'unchanged'
+                WHEN o.source_file = w.source_file AND o.source_line = w.line THEN 'same'
                 WHEN w.ts > o.ts OR (w.ts = o.ts AND (w.source_file > o.source_file OR
-                     (w.source_file = o.source_file AND w.line > o.source_line))) THEN 'replace'
-                ELSE 'unchanged'
+                     (w.source_file = o.source_file AND w.line > o.source_line))) THEN 'newer'
+                ELSE 'older'
               END AS action
             FROM ranked w
             LEFT JOIN (SELECT run_id, coalesce(ended_at, started_at) AS ts, source_file,
-                              source_line FROM runs) o USING (run_id)
-            WHERE w.rk = 1"""
+                              source_line, ingested_at FROM runs) o USING (run_id)
+            WHERE w.rk = 1""",
+            [self._stamp],
         )
-        changed = "SELECT run_id FROM decisions WHERE action = 'replace'"
+        con.execute(
+            f"""INSERT INTO quarantine
+            SELECT ?::DATE, d.source_file, d.old_line,
+                   {dup.format(id="d.run_id", winner="d.line")}, left(r.record, {RAW_CHARS}), now()
+            FROM decisions d JOIN runs r USING (run_id)
+            WHERE d.action = 'newer' AND d.same_file
+            UNION ALL
+            SELECT ?::DATE, d.source_file, d.line,
+                   {dup.format(id="d.run_id", winner="d.old_line")}, left(s.text, {RAW_CHARS}), now()
+            FROM decisions d JOIN staged s USING (file_idx, line)
+            WHERE d.action = 'older' AND d.same_file""",
+            [day, day],
+        )
+        changed = "SELECT run_id FROM decisions WHERE action = 'newer'"
         con.execute(f"DELETE FROM events WHERE run_id IN ({changed})")
         con.execute(f"DELETE FROM runs WHERE run_id IN ({changed})")
         con.execute(
@@ -312,10 +358,10 @@ class RunStore:
                    s.category, s.workflow, s.agent_version, s.provider, s.model, s.slot,
                    s.traffic, s.status, s.started_at, s.ended_at, s.latency_s, s.cost_usd,
                    s.prompt_tokens, s.completion_tokens, s.n_messages, s.n_recoveries,
-                   s.n_escalations, s.verified, s.score, s.text::JSON, d.source_file, s.line, now()
+                   s.n_escalations, s.verified, s.score, s.text::JSON, d.source_file, s.line, ?
             FROM staged s JOIN decisions d USING (file_idx, line)
-            WHERE d.action IN ('insert', 'replace')""",
-            [day],
+            WHERE d.action IN ('insert', 'newer')""",
+            [day, self._stamp],
         )
         con.execute(
             """INSERT INTO events
@@ -326,44 +372,37 @@ class RunStore:
               SELECT s.run_id, unnest(json_extract(s.events, '$[*]')) AS ev,
                      generate_subscripts(json_extract(s.events, '$[*]'), 1) - 1 AS seq
               FROM staged s JOIN decisions d USING (file_idx, line)
-              WHERE d.action IN ('insert', 'replace') AND s.events IS NOT NULL
+              WHERE d.action IN ('insert', 'newer') AND s.events IS NOT NULL
             )"""
         )
-        counts = dict(
-            con.execute("SELECT action, count(*) FROM decisions GROUP BY action").fetchall()
-        )
-        report.inserted = counts.get("insert", 0)
-        report.replaced = counts.get("replace", 0)
-        report.unchanged = counts.get("unchanged", 0)
-        report.superseded = con.execute(
-            "SELECT count(*) FROM ranked WHERE rk > 1 AND file_idx <> win_file"
-        ).fetchall()[0][0]
-        report.quarantined = con.execute(
-            "SELECT count(*) FROM quarantine WHERE day = ?::DATE AND "
-            "file IN (SELECT file FROM files)",
-            [day],
+        counts = con.execute(
+            """SELECT
+              count(*) FILTER (action = 'insert'),
+              count(*) FILTER (action = 'newer' AND NOT same_file AND NOT seen_now),
+              count(*) FILTER (action = 'same' OR (action = 'older' AND NOT same_file
+                                                  AND NOT seen_now)),
+              count(*) FILTER (action IN ('newer', 'older') AND NOT same_file AND seen_now)
+            FROM decisions"""
+        ).fetchall()[0]
+        report.inserted += counts[0]
+        report.replaced += counts[1]
+        report.unchanged += counts[2]
+        report.superseded += counts[3]
+        con.execute("DROP TABLE ranked")
+        con.execute("DROP TABLE decisions")
+
+    def _count_quarantine(self, day: str, report: IngestReport) -> None:
+        where = "WHERE day = ?::DATE AND file IN (SELECT file FROM files)"
+        report.quarantined = self.con.execute(
+            f"SELECT count(*) FROM quarantine {where}", [day]
         ).fetchall()[0][0]
         report.quarantine_reasons = dict(
-            con.execute(
-                "SELECT split_part(reason, ':', 1) AS kind, count(*) FROM quarantine "
-                "WHERE day = ?::DATE AND file IN (SELECT file FROM files) GROUP BY kind "
-                "ORDER BY count(*) DESC",
+            self.con.execute(
+                f"SELECT split_part(reason, ':', 1) AS kind, count(*) FROM quarantine {where} "
+                "GROUP BY kind ORDER BY count(*) DESC, kind",
                 [day],
             ).fetchall()
         )
-        report.schema_versions = dict(
-            con.execute(
-                "SELECT schema_version, count(*) FROM staged WHERE problem IS NULL GROUP BY 1"
-            ).fetchall()
-        )
-        report.unknown_schema_versions = dict(
-            con.execute(
-                "SELECT seen_version, count(*) FROM staged WHERE problem LIKE '%unknown "
-                "schema_version%' AND seen_version IS NOT NULL GROUP BY 1"
-            ).fetchall()
-        )
-        con.execute("DROP TABLE ranked")
-        con.execute("DROP TABLE decisions")
 
     # -- queries --------------------------------------------------------------------------------
     def _where(
@@ -505,16 +544,3 @@ def _polars(table: pa.Table):  # -> polars.DataFrame
 
 def _quote(path: Path) -> str:
     return str(path).replace("'", "''")
-
-
-_STAGED_DDL = """
-CREATE OR REPLACE TEMP TABLE staged (
-  file_idx INTEGER, line BIGINT, last BOOLEAN, text VARCHAR, problem VARCHAR,
-  seen_version INTEGER, run_id VARCHAR, schema_version INTEGER, scenario_id VARCHAR,
-  instance_hash VARCHAR, category VARCHAR, workflow VARCHAR, agent_version VARCHAR,
-  provider VARCHAR, model VARCHAR, slot VARCHAR, traffic VARCHAR, status VARCHAR,
-  started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, latency_s DOUBLE, cost_usd DOUBLE,
-  prompt_tokens BIGINT, completion_tokens BIGINT, n_messages INTEGER, n_recoveries INTEGER,
-  n_escalations INTEGER, verified BOOLEAN, score DOUBLE, events JSON
-)
-"""

@@ -72,7 +72,8 @@ def test_newer_record_replaces_older_across_files_and_days(settings, landing):
             )
         )
         assert store.ingest_day("2026-03-02", [later / "part-c.jsonl"]).replaced == 1
-        assert store.ingest_day(DAY, files).unchanged == 1
+        again = store.ingest_day(DAY, files)  # both older than the stored copy now
+        assert (again.read, again.unchanged, again.superseded) == (2, 2, 0)
         assert [r.final_answer for r in store.records(["x"])] == ["next day"]
         assert store.runs()["day"].to_list()[0].isoformat() == "2026-03-02"
 
@@ -182,3 +183,26 @@ def test_chunk_boundaries_do_not_change_the_result(settings, landing):
         assert store.quarantine()["line"].to_list() == [41]
         lines = store.con.execute("SELECT source_line FROM runs ORDER BY source_line").fetchall()
     assert [x for (x,) in lines] == [*range(1, 41), *range(42, 47)]
+
+
+def balanced(r) -> bool:
+    return r.read == r.inserted + r.replaced + r.unchanged + r.superseded + r.quarantined
+
+
+def test_duplicate_in_one_file_across_chunks(settings, landing):
+    older = line("dup", ended_at=f"{DAY}T10:00:01Z", final_answer="old")
+    newer = line("dup", ended_at=f"{DAY}T10:00:05Z", final_answer="new")
+    (landing / "part-a.jsonl").write_bytes(older + make_lines(6) + newer)
+    path = landing / "part-a.jsonl"
+    with RunStore(
+        settings.paths.database, chunk_bytes=2000, landing=settings.paths.landing
+    ) as store:
+        first = store.ingest_day(DAY, [path])
+        second = store.ingest_day(DAY, [path])
+        assert [r.final_answer for r in store.records(["dup"])] == ["new"]
+        q = store.quarantine().to_dicts()
+    assert [(r["line"], r["reason"].split(" appears")[0]) for r in q] == [
+        (1, "duplicate run_id: dup")
+    ]
+    assert (first.inserted, first.quarantined) == (7, 1) and balanced(first)
+    assert (second.unchanged, second.quarantined) == (7, 1) and balanced(second)
