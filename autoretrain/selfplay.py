@@ -34,7 +34,6 @@ from autoretrain.providers.base import (
     ChatResponse,
     Messages,
     Sampling,
-    SequentialBatchMixin,
     Tools,
 )
 from autoretrain.runs.archive import BufferedArchive, RunArchive
@@ -258,13 +257,10 @@ class SelfPlayRunner:
 
 
 def _batches_natively(model: Any) -> bool:
-    """A provider with its own `chat_batch` (shared forward passes, or concurrent requests)
-    batches natively; one that only loops over `chat` gets a thread pool instead."""
-    declared = getattr(model, "native_batching", None)
-    if declared is not None:
-        return bool(declared)
-    own = getattr(type(model), "chat_batch", None)
-    return own is not None and own is not SequentialBatchMixin.chat_batch
+    """Only providers that declare it (local models: shared forward passes) get whole batches;
+    every other provider answers through a thread pool, so one failed request fails one run,
+    not its batch-mates."""
+    return bool(getattr(model, "native_batching", False))
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import warnings
 
 import click
 
@@ -76,4 +77,7 @@ def cli(verbose: bool) -> None:
 
 
 def main() -> None:
+    # Dagster marks some parameters we rely on (single-run backfills) as beta; say it once in
+    # the docs, not on every command.
+    warnings.filterwarnings("ignore", message=r".*is currently in beta.*")
     cli(prog_name="autoretrain")

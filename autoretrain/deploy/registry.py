@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from autoretrain.runs.archive import write_atomically
 from autoretrain.settings import Settings
 
 SLOTS = ("primary", "canary")
@@ -361,9 +360,21 @@ class ModelRegistry:
         return config
 
     def write_serving_config(self, profile: str | None = None) -> Path:
+        """Rewrite serving.json in the one format `autoretrain serve` and the local provider
+        read (serve.py owns it), so a promotion reaches a running server."""
+        from autoretrain.serve import ServingEntry, write_serving_config
+
         path = self.settings.paths.root / SERVING_FILE
-        body = json.dumps(self.serving_config(profile), indent=2, sort_keys=True)
-        write_atomically(path, (body + "\n").encode("utf-8"))
+        entries = {}
+        for name, dirs in self.serving_config(profile).items():
+            model_dir, adapter_dir = dirs["model_dir"], dirs["adapter_dir"]
+            if model_dir is None:  # an adapter alone: the local provider finds its base model
+                entries[name] = ServingEntry(Path(adapter_dir))  # type: ignore[arg-type]
+            else:
+                entries[name] = ServingEntry(
+                    Path(model_dir), Path(adapter_dir) if adapter_dir else None
+                )
+        write_serving_config(path, entries)
         return path
 
     # ------------------------------------------------------------ retention

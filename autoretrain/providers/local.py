@@ -57,6 +57,10 @@ class LocalChatModel:
     `max_batch_size` bounds how many conversations share one `generate` call (memory).
     """
 
+    # Conversations in one chat_batch share forward passes: the self-play runner and the
+    # evaluation harness hand it whole batches instead of a thread pool.
+    native_batching = True
+
     def __init__(
         self,
         model_dir: str | Path,

@@ -94,9 +94,10 @@ def test_serving_json_maps_slots_and_versions_for_the_local_profile(registry, tm
     registry.promote("v1", "primary")
     registry.promote("v2", "canary")
     serving = json.loads((settings.paths.root / "serving.json").read_text())
-    v1 = {"model_dir": str(tmp_path / "v1"), "adapter_dir": None}
+    v1 = {"model_dir": str(tmp_path / "v1")}
     v2 = {"model_dir": str(tmp_path / "v1"), "adapter_dir": str(tmp_path / "v2-adapter")}
-    assert serving == {"primary": v1, "v1": v1, "canary": v2, "v2": v2}
+    # The format `autoretrain serve` reads (one writer: serve.write_serving_config).
+    assert serving == {"models": {"primary": v1, "v1": v1, "canary": v2, "v2": v2}}
 
 
 def test_hosted_profile_slots_do_not_touch_serving_json(settings, tmp_path):

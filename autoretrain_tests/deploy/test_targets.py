@@ -145,11 +145,6 @@ def test_local_serve_target_rewrites_serving_json(settings, tmp_path):
     assert registry.slots() == {"primary": v1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ModelRegistry.write_serving_config writes {slot: {...}} but autoretrain serve reads "
-    '{"models": {slot: {...}}}: the registry owner must wrap it (reported to the lead)',
-)
 def test_the_server_reads_what_a_local_promotion_writes(settings, tmp_path):
     registry, base, adapter, v0, v1 = local_versions(settings, tmp_path)
     deploy_to_slot(registry, LocalServeTarget(settings), v1, "primary")
