@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from autoretrain.cli import cli
+
+
+@pytest.mark.integration
+def test_bootstrap_command_builds_v0_from_train_demos_only(settings, monkeypatch):
+    import autoretrain.training.bootstrap as bootstrap
+    from autoretrain.scenarios import load_catalog
+    from autoretrain.training.config import TrainConfig
+
+    quick = TrainConfig(**{**bootstrap.BOOTSTRAP_DEFAULTS.to_dict(), "epochs": 1, "batch_size": 8})
+    monkeypatch.setattr(bootstrap, "BOOTSTRAP_DEFAULTS", quick)
+    monkeypatch.setattr(
+        bootstrap,
+        "BOOTSTRAP_SIZE",
+        {
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+    )
+    catalog_dir = Path(__file__).resolve().parents[2] / "scenarios"
+    monkeypatch.setenv("AUTORETRAIN_SCENARIOS", str(catalog_dir))
+    result = CliRunner().invoke(cli, ["bootstrap", "--demos-per-scenario", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    model_dir = Path(summary["model_dir"])
+    assert model_dir == settings.paths.models / "embedded" / "v0"
+    assert summary["parameters"] > 0 and summary["final_train_loss"] > 0
+
+    catalog = load_catalog(catalog_dir)
+    demos = [
+        json.loads(line) for line in (model_dir / "demonstrations.jsonl").read_text().splitlines()
+    ]
+    train_ids = {s.id for s in catalog.train_scenarios}
+    assert {d["metadata"]["scenario_id"] for d in demos} == train_ids
+    evaluation = catalog.evaluation_hashes(settings.evaluation.instances_per_scenario)
+    for demo in demos:
+        instance = catalog.instance(demo["metadata"]["scenario_id"], demo["metadata"]["seed"])
+        assert instance.instance_hash not in evaluation
+    again = CliRunner().invoke(cli, ["bootstrap"])
+    assert again.exit_code != 0 and "already exists" in again.output
