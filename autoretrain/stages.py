@@ -202,11 +202,14 @@ def _slot_model(settings: Settings, slot: str) -> Any:
 
 
 def slot_version(settings: Settings, slot: str = "primary") -> Any:
-    """The registered version in a slot of the active profile, or None."""
+    """The registered version in a slot of the active profile, or None (read-only: callers
+    outside the `duckdb` pool, such as self-play, must not take the writer lock)."""
     from autoretrain.deploy.registry import ModelRegistry
 
-    with RunStore.from_settings(settings) as store:
-        registry = ModelRegistry(store.con, settings)
+    if not settings.paths.database.exists():
+        return None
+    with RunStore.from_settings(settings, read_only=True) as store:
+        registry = ModelRegistry(store.con, settings, read_only=True)
         version_id = registry.slots().get(slot)
         return registry.get(version_id) if version_id else None
 
@@ -293,7 +296,10 @@ def train_candidate(settings: Settings, dataset_dir: Any, version_id: str, **ove
     base_dir = Path(incumbent.model_dir or incumbent.adapter_dir)
     demos = settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
     mix_in = [str(demos)] if demos.exists() else []
-    config = TrainConfig.from_settings(settings.training, mix_in=mix_in, **overrides)
+    # A merged model, never a bare adapter: the next round trains on top of this version.
+    config = TrainConfig.from_settings(
+        settings.training, mix_in=mix_in, **{"merge_adapter": True, **overrides}
+    )
     output_dir = settings.paths.models / EMBEDDED / version_id
     result = train(Path(dataset_dir), base_dir, output_dir, config)
     dataset_version = Path(dataset_dir).name
@@ -349,11 +355,36 @@ def evaluate_candidate(settings: Settings, version_id: str, progress: bool = Tru
 def deploy(
     settings: Settings, version_id: str, slot: str, reason: str, evaluation_id: str | None = None
 ) -> Any:
-    """Move a version into a slot (ledger entry; serving.json for local profiles)."""
+    """Serve a version in a slot through the profile's target (serving.json, an Azure
+    deployment, an LM Studio id), then record it in the ledger. Returns the ledger entry."""
+    from autoretrain.deploy.targets import deploy_to_slot, slot_target
+
     with RunStore.from_settings(settings) as store:
-        return _registry(store, settings).promote(
-            version_id, slot, reason=reason, evaluation_id=evaluation_id, actor="autoretrain"
+        entry, _ = deploy_to_slot(
+            _registry(store, settings),
+            slot_target(settings),
+            version_id,
+            slot,
+            reason=reason,
+            evaluation_id=evaluation_id,
+            actor="autoretrain",
         )
+        return entry
+
+
+def rollback(settings: Settings, slot: str = "primary", reason: str = "rollback") -> Any:
+    """Serve the slot's previously promoted version again and record the rollback."""
+    from autoretrain.deploy.targets import rollback_slot, slot_target
+
+    with RunStore.from_settings(settings) as store:
+        entry, _ = rollback_slot(
+            _registry(store, settings),
+            slot_target(settings),
+            slot,
+            reason=reason,
+            actor="autoretrain",
+        )
+        return entry
 
 
 def analyze_canary(settings: Settings, since: Any = None) -> Any:
@@ -405,3 +436,44 @@ def new_promotable_runs(settings: Settings) -> tuple[int, str | None]:
     used = {rid for ids in manifest.get("run_ids", {}).values() for rid in ids}
     used |= {x["run_id"] for x in manifest.get("excluded_runs", [])}
     return len(promotable - used), versions[-1].name
+
+
+def pass_rates(settings: Settings, model: Any, per_scenario: int | None = None) -> dict[str, Any]:
+    """One model's verified pass rate on both evaluation tiers (greedy; nothing recorded).
+    For a quick look at a model; the regression gate compares two models with `evaluate`."""
+    from collections import defaultdict
+
+    from autoretrain.agents.verifier import VerifierAgent
+    from autoretrain.agents.workflow import WorkflowConfig, agent_run, run_many, start_run
+    from autoretrain.providers.base import Sampling
+    from autoretrain.runs.tracker import RunTracker
+    from autoretrain.scenarios import load_catalog
+
+    catalog = load_catalog(settings.scenarios_dir)
+    per_scenario = per_scenario or settings.evaluation.instances_per_scenario
+    sampling = Sampling(temperature=0.0, max_tokens=settings.evaluation.max_tokens)
+    tracker = RunTracker(None, model=getattr(model, "name", "model"), traffic="evaluation")
+    verifier = VerifierAgent()
+    out: dict[str, Any] = {}
+    for tier in ("in_distribution", "held_out"):
+        instances = catalog.eval_instances(tier, per_scenario)  # type: ignore[arg-type]
+        agents = (
+            agent_run(
+                i,
+                start_run(tracker, i),
+                catalog.registry,
+                verifier,
+                WorkflowConfig(sampling=sampling),
+            )
+            for i in instances
+        )
+        by_category: dict[str, list[bool]] = defaultdict(list)
+        for run in run_many(agents, model, sampling, batch_size=settings.evaluation.batch_size):
+            by_category[run.category or "?"].append(run.status == "succeeded")
+        results = [ok for oks in by_category.values() for ok in oks]
+        out[tier] = {
+            "instances": len(results),
+            "pass_rate": sum(results) / len(results) if results else 0.0,
+            "by_category": {c: round(sum(v) / len(v), 4) for c, v in sorted(by_category.items())},
+        }
+    return out

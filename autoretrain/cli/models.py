@@ -95,16 +95,27 @@ def promote(
 ) -> None:
     """Move model VERSION into a slot (recorded in the promotion ledger)."""
     from autoretrain.deploy.registry import ModelRegistry, RegistryError
+    from autoretrain.deploy.targets import DeploymentError, deploy_to_slot, slot_target
 
     settings = load_settings()
     with write_connection(settings) as con:
         registry = ModelRegistry(con, settings)
         try:
-            entry = registry.promote(
-                version, slot, reason=reason, evaluation_id=evaluation_id, profile=profile
+            # The serving side moves first (Azure deployment, serving.json, LM Studio id);
+            # the registry records it only once that succeeded.
+            entry, result = deploy_to_slot(
+                registry,
+                slot_target(settings, profile),
+                version,
+                slot,
+                reason=reason,
+                evaluation_id=evaluation_id,
+                actor=None,
+                profile=profile,
             )
-        except RegistryError as exc:
+        except (RegistryError, DeploymentError) as exc:
             raise click.ClickException(str(exc)) from exc
+    _echo_target(result)
     if entry is None:
         click.echo(f"{slot} already holds {version}; nothing changed")
     else:
@@ -123,15 +134,26 @@ def promote(
 def rollback(slot: str, reason: str | None, profile: str | None) -> None:
     """Return a slot to the version promoted there before the current one."""
     from autoretrain.deploy.registry import ModelRegistry, RegistryError
+    from autoretrain.deploy.targets import DeploymentError, rollback_slot, slot_target
 
     settings = load_settings()
     with write_connection(settings) as con:
         registry = ModelRegistry(con, settings)
         try:
-            entry = registry.rollback(slot, reason=reason, profile=profile)
-        except RegistryError as exc:
+            entry, result = rollback_slot(
+                registry, slot_target(settings, profile), slot, reason=reason, profile=profile
+            )
+        except (RegistryError, DeploymentError) as exc:
             raise click.ClickException(str(exc)) from exc
+    _echo_target(result)
     click.echo(
         f"{entry.provider_profile}/{slot}: rolled back {entry.from_version} -> "
         f"{entry.to_version} (ledger #{entry.seq})"
     )
+
+
+def _echo_target(result) -> None:  # type: ignore[no-untyped-def]
+    """What the serving side did (a deployment updated, an id to load in LM Studio, ...)."""
+    for key, value in result.to_dict().items():
+        if value not in (None, "", [], {}):
+            click.echo(f"  {key}: {value}")

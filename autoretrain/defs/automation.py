@@ -96,21 +96,19 @@ selfplay_schedule = dg.ScheduleDefinition(
 
 
 @dg.op(
+    pool="duckdb",
     config_schema={
         "slot": dg.Field(str, default_value="primary"),
         "reason": dg.Field(str, default_value="rollback job"),
-    }
+    },
 )
 def roll_back(context: dg.OpExecutionContext, autoretrain: AutoretrainConfig) -> None:
     """Return the slot to the version last promoted there before the current one."""
-    from autoretrain.deploy.registry import ModelRegistry
-    from autoretrain.runs.store import RunStore
+    from autoretrain import stages
 
-    settings = autoretrain.settings()
-    with RunStore.from_settings(settings) as store:
-        entry = ModelRegistry(store.con, settings).rollback(
-            context.op_config["slot"], reason=context.op_config["reason"], actor="dagster"
-        )
+    entry = stages.rollback(
+        autoretrain.settings(), context.op_config["slot"], reason=context.op_config["reason"]
+    )
     context.log.info(f"rolled back {entry.slot}: {entry.from_version} -> {entry.to_version}")
 
 
