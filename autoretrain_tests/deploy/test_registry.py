@@ -23,6 +23,7 @@ def registry(settings):
 
 
 def local(registry, name, tmp_path, **kw):
+    (tmp_path / name).mkdir(exist_ok=True)  # the local slot target refuses missing files
     return registry.register(
         base_model="tiny", kind="local", model_dir=tmp_path / name, version_id=name, **kw
     )
