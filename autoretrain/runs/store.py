@@ -162,8 +162,8 @@ class RunStore:
     def ingest_day(self, day: str, files: Sequence[Path]) -> IngestReport:
         """Merge one landing day's files into the store (see the module docstring).
 
-        Each chunk of each file is checked and merged on its own, so memory follows the chunk
-        size, not the size of the day; the whole day is one transaction."""
+        Each chunk of each file is checked and merged on its own (and committed), so memory
+        follows the chunk size, not the size of the day."""
         t0 = time.perf_counter()
         report = IngestReport(day=day, files=len(files))
         names = [self._name(f) for f in files]
@@ -172,13 +172,12 @@ class RunStore:
         # an earlier ingest" from "superseded a copy seen earlier in this one".
         self._stamp = datetime.now(UTC)
         self._detailed = 0
-        con.begin()
+        con.register("files", pa.table({"file_idx": range(len(names)), "file": names}))
         try:
             con.execute(
                 "DELETE FROM quarantine WHERE day = ?::DATE AND list_contains(?, file)",
                 [day, names],
             )
-            con.register("files", pa.table({"file_idx": range(len(names)), "file": names}))
             for idx, path in enumerate(files):
                 if path.stat().st_size == 0:
                     self._insert_rejected(day, idx, [Rejected(0, "empty file: no records", "")])
@@ -187,15 +186,21 @@ class RunStore:
                 for chunk in read_chunks(path, self.max_record_bytes, self.chunk_bytes):
                     report.bytes += chunk.nbytes
                     report.read += len(chunk.rejected)
-                    self._insert_rejected(day, idx, chunk.rejected)
-                    if len(chunk.table):
-                        self._ingest_chunk(day, idx, chunk.table, report)
+                    # One transaction per chunk: DuckDB holds a transaction's new rows in
+                    # memory, so a day-long transaction would grow with the day. A crash
+                    # leaves whole chunks merged; ingesting the day again completes it.
+                    con.begin()
+                    try:
+                        self._insert_rejected(day, idx, chunk.rejected)
+                        if len(chunk.table):
+                            self._ingest_chunk(day, idx, chunk.table, report)
+                        con.commit()
+                    except BaseException:
+                        con.rollback()
+                        raise
             self._count_quarantine(day, report)
+        finally:
             con.unregister("files")
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
         report.seconds = round(time.perf_counter() - t0, 3)
         log.info(
             "ingest %s: %d files, %d read, %d inserted, %d replaced, %d unchanged, %d quarantined",
@@ -257,11 +262,15 @@ class RunStore:
     def _explain_problems(self, day: str) -> None:
         """Word the reasons of this chunk's failed lines, then quarantine them."""
         con = self.con
-        con.execute(
-            f"""UPDATE staged SET problem = d.problem
+        needs_detail = con.execute(
+            f"SELECT count(*) FROM staged WHERE problem = '{NEEDS_DETAIL}'"
+        ).fetchall()[0][0]
+        if needs_detail:
+            con.execute(
+                f"""UPDATE staged SET problem = d.problem
             FROM ({detail_sql(f"(SELECT file_idx, line, text FROM staged WHERE problem = '{NEEDS_DETAIL}')")}) d
             WHERE staged.file_idx = d.file_idx AND staged.line = d.line"""
-        )
+            )
         # DuckDB says only that a line is not JSON; Python's parser says where, for the first few.
         budget = DETAILED_JSON_ERRORS - self._detailed
         bad_json = con.execute(
