@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_FILE = "autoretrain.yaml"
 
@@ -256,6 +256,31 @@ class Settings(_Section):
                 f"known profiles: {sorted(self.providers)}"
             ) from None
 
+    @model_validator(mode="after")
+    def _layers_are_valid(self) -> Settings:
+        # A typo in a gate or lift must fail at load time, naming where it is, not surface
+        # later inside a scoring run (or be silently ignored).
+        for name, model in (("gates", PromotionGates), ("lifts", EvaluationLifts)):
+            layers = getattr(self, name)
+            unknown = sorted(set(layers) - {"default", "providers", "environments"})
+            if unknown:
+                raise ValueError(
+                    f"{name}: unknown keys {unknown}; put values under {name}.default, "
+                    f"{name}.providers.<profile> or {name}.environments.<environment>"
+                )
+            places = [("default", layers.get("default") or {})]
+            for kind in ("providers", "environments"):
+                places += [(f"{kind}.{k}", v or {}) for k, v in (layers.get(kind) or {}).items()]
+            for where, values in places:
+                try:
+                    model(**values)
+                except ValidationError as exc:
+                    problems = "; ".join(
+                        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+                    )
+                    raise ValueError(f"{name}.{where}: {problems}") from None
+        return self
+
     def promotion_gates(self) -> PromotionGates:
         return PromotionGates.resolve(self.gates, self.provider, self.environment)
 
@@ -274,7 +299,10 @@ _ENV_OVERRIDES = {
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read settings from defaults, the YAML file, the environment, then explicit overrides."""
-    path = config_file or Path(os.environ.get("AUTORETRAIN_CONFIG", CONFIG_FILE))
+    named = os.environ.get("AUTORETRAIN_CONFIG")
+    path = config_file or Path(named or CONFIG_FILE)
+    if named and config_file is None and not path.exists():
+        raise SettingsError(f"AUTORETRAIN_CONFIG names {path}, which does not exist")
     data: dict[str, Any] = {}
     if path.exists():
         try:
