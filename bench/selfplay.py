@@ -1,0 +1,342 @@
+"""Self-play throughput: runs per second for the local provider batched vs one run at a time, and
+for the HTTP provider (`autoretrain serve` on 127.0.0.1) at concurrency 1 vs 8, in one run.
+
+Every mode plays the same instances (one seed; the concurrency-1 modes play the first
+`--n-single` of the `--n-batched` the others play) with greedy decoding, through the real
+SelfPlayRunner, tools, verifier and landing zone. Modes run in rounds, in a rotated order each
+round, so that load from other processes falls on all of them alike; runs/s is total runs over
+total seconds across rounds. The model is the embedded base model (built once under the bench
+work folder and reused), because an untrained one babbles to the token cap and would measure
+nothing but the cap.
+
+    .venv/bin/python bench/selfplay.py [--model DIR] [--rounds 2] [--n-single 100]
+        [--n-batched 1000] [--batch-sizes 64,128] [--http-concurrency 1,8] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import RESULTS, WORK, command_line, machine_facts, table, write_results  # noqa: E402
+
+TARGET_BATCHED_OVER_ONE = 10.0
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    provider: str  # "local" | "http"
+    concurrency: int
+    n: int
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, help="model directory (default: the embedded model)")
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=WORK / "selfplay",
+        help="bench work folder; the embedded model is built and kept here",
+    )
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--n-single", type=int, default=100, help="runs per concurrency-1 mode")
+    p.add_argument("--n-batched", type=int, default=1000, help="runs per concurrent mode")
+    p.add_argument("--batch-sizes", default="64,128", help="local batched concurrencies")
+    p.add_argument("--http-concurrency", default="1,8", help="HTTP concurrencies")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=128, help="per model turn (selfplay default)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    return p.parse_args(argv)
+
+
+def modes_for(args: argparse.Namespace) -> list[Mode]:
+    def n_for(concurrency: int) -> int:
+        return args.n_single if concurrency == 1 else args.n_batched
+
+    modes = [Mode("local_one_at_a_time", "local", 1, args.n_single)]
+    for b in _ints(args.batch_sizes):
+        modes.append(Mode(f"local_batched_{b}", "local", b, n_for(b)))
+    for c in _ints(args.http_concurrency):
+        modes.append(Mode(f"http_concurrency_{c}", "http", c, n_for(c)))
+    return modes
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    if args.model:
+        return args.model
+    home = args.home.resolve() / "home"
+    os.environ["AUTORETRAIN_HOME"] = str(home)
+    from autoretrain.settings import load_settings
+    from autoretrain.training.bootstrap import ensure_base_model
+
+    settings = load_settings(home=str(home), scenarios_dir=str(ROOT / "scenarios"))
+    started = time.perf_counter()
+    path = ensure_base_model(settings)
+    print(f"embedded model: {path} ({time.perf_counter() - started:.0f} s to build or find)")
+    return path
+
+
+def outcomes(files: list[str]) -> dict[tuple, dict[str, Any]]:
+    """Per instance: status, final answer, model calls and completion tokens, from the landed
+    records (the report only has counts)."""
+    out: dict[tuple, dict[str, Any]] = {}
+    for path in files:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            key = (r["scenario_id"], r["instance_seed"], r["instance_hash"])
+            out[key] = {
+                "status": r["status"],
+                "final_answer": r.get("final_answer"),
+                "model_calls": sum(1 for e in r["events"] if e["type"] == "model_call"),
+                "completion_tokens": r["usage"]["completion_tokens"],
+            }
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import psutil
+    import torch
+
+    if args.threads:
+        # Matrices this small gain nothing from intra-op threads on a shared two-core machine.
+        torch.set_num_threads(args.threads)
+    facts = machine_facts()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    path = model_dir(args)
+
+    from autoretrain.agents.verifier import VerifierAgent
+    from autoretrain.agents.workflow import WorkflowConfig
+    from autoretrain.providers.base import Sampling
+    from autoretrain.providers.local import LocalChatModel
+    from autoretrain.providers.openai_compatible import OpenAICompatibleChatModel
+    from autoretrain.runs.archive import RunArchive
+    from autoretrain.scenarios import load_catalog
+    from autoretrain.selfplay import SelfPlayRunner, SlotTarget
+    from autoretrain.serve import ModelPool, ServerThread, create_app
+    from autoretrain.settings import load_settings
+    from autoretrain.training.base_model import parameter_count
+
+    modes = modes_for(args)
+    catalog = load_catalog(ROOT / "scenarios")
+    exclude = catalog.evaluation_hashes(load_settings().evaluation.instances_per_scenario)
+    instances = catalog.selfplay_instances(max(m.n for m in modes), seed=args.seed, exclude=exclude)
+    workflow = WorkflowConfig(sampling=Sampling(temperature=0.0, max_tokens=args.max_tokens))
+    local = LocalChatModel(path, name="bench", max_batch_size=max(m.concurrency for m in modes))
+    http_concurrency = max([m.concurrency for m in modes if m.provider == "http"] or [1])
+    scratch = Path(tempfile.mkdtemp(prefix="bench-selfplay-"))
+
+    def play(model: Any, provider: str, concurrency: int, n: int, landing: Path) -> Any:
+        runner = SelfPlayRunner(
+            catalog,
+            catalog.registry,
+            VerifierAgent(),
+            RunArchive(landing),
+            SlotTarget("primary", model, provider),
+            workflow=workflow,
+            concurrency=concurrency,
+            progress=False,
+        )
+        return runner.run(n, seed=args.seed, instances=instances[:n])
+
+    timings: dict[str, list[dict[str, Any]]] = {m.name: [] for m in modes}
+    first_outcomes: dict[str, dict[tuple, dict[str, Any]]] = {}
+    unstable: Counter = Counter()  # instances whose outcome changed between rounds
+    pool = ModelPool(static={"primary": local}, max_batch_size=64)
+    try:
+        with ServerThread(create_app(pool)) as server:
+            http = OpenAICompatibleChatModel(
+                "primary",
+                server.url,
+                timeout_s=300,
+                max_retries=0,  # a failure must show as an error run, not as hidden time
+                max_concurrency=http_concurrency,
+            )
+            providers = {"local": (local, "local"), "http": (http, "openai_compatible")}
+            # Warm-up: first-call costs (client creation, lazy kernels) are not throughput.
+            for model, provider in providers.values():
+                play(model, provider, 8, min(16, len(instances)), scratch / "warmup")
+            for r in range(args.rounds):
+                order = modes[r % len(modes) :] + modes[: r % len(modes)]
+                for mode in order:
+                    model, provider = providers[mode.provider]
+                    landing = scratch / f"{mode.name}-{r}"
+                    load0 = os.getloadavg()[0]
+                    report = play(model, provider, mode.concurrency, mode.n, landing)
+                    seen = outcomes(report.files)
+                    if mode.name in first_outcomes:
+                        before = first_outcomes[mode.name]
+                        unstable[mode.name] += sum(1 for k, v in seen.items() if before[k] != v)
+                    else:
+                        first_outcomes[mode.name] = seen
+                    timings[mode.name].append(
+                        {
+                            "round": r,
+                            "runs": report.finished,
+                            "seconds": round(report.seconds, 3),
+                            "runs_per_s": round(report.runs_per_second, 2),
+                            "pass_rate": round(report.pass_rate, 4),
+                            "by_status": dict(report.by_status),
+                            "load_1min_before": round(load0, 2),
+                        }
+                    )
+                    shutil.rmtree(landing)
+                    print(
+                        f"round {r} {mode.name:<22} {report.finished:>5} runs "
+                        f"{report.seconds:7.2f} s {report.runs_per_second:8.1f} runs/s "
+                        f"pass {report.pass_rate:.1%}",
+                        flush=True,
+                    )
+    finally:
+        pool.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    load_after = [round(x, 2) for x in os.getloadavg()]
+
+    reference = first_outcomes[modes[0].name]
+    per_mode: dict[str, Any] = {}
+    for mode in modes:
+        rounds = timings[mode.name]
+        runs = sum(t["runs"] for t in rounds)
+        seconds = sum(t["seconds"] for t in rounds)
+        seen = first_outcomes[mode.name]
+        shared = [k for k in reference if k in seen]
+        statuses = Counter(v["status"] for v in seen.values())
+        per_mode[mode.name] = {
+            "provider": mode.provider,
+            "concurrency": mode.concurrency,
+            "runs_per_round": mode.n,
+            "runs_per_s": round(runs / seconds, 2) if seconds else 0.0,
+            "runs_per_s_by_round": [t["runs_per_s"] for t in rounds],
+            "pass_rate": round(statuses["succeeded"] / len(seen), 4) if seen else 0.0,
+            "pass_rate_on_shared": _pass_rate([seen[k] for k in shared]),
+            "by_status": dict(statuses),
+            "model_calls_per_run": _mean([v["model_calls"] for v in seen.values()]),
+            "completion_tokens_per_run": _mean([v["completion_tokens"] for v in seen.values()]),
+            "same_outcome_as_one_at_a_time": f"{_agree(reference, seen, shared)}/{len(shared)}",
+            "outcomes_changed_between_rounds": unstable[mode.name],
+            "rounds": rounds,
+        }
+
+    def rate(name: str) -> float:
+        return per_mode[name]["runs_per_s"] if name in per_mode else 0.0
+
+    one = rate("local_one_at_a_time")
+    batched = {m.name: rate(m.name) for m in modes if m.provider == "local" and m.concurrency > 1}
+    http_modes = [m for m in modes if m.provider == "http"]
+    ratios: dict[str, float] = {
+        f"{name}_over_one_at_a_time": round(v / one, 2) for name, v in batched.items() if one
+    }
+    if len(http_modes) >= 2 and rate(http_modes[0].name):
+        lo, hi = http_modes[0], http_modes[-1]
+        ratios[f"{hi.name}_over_{lo.name}"] = round(rate(hi.name) / rate(lo.name), 2)
+    best_batched = max(batched.values(), default=0.0)
+    result = {
+        "question": "self-play runs/s: local batched vs one at a time; HTTP concurrency 1 vs 8",
+        "model": {"dir": str(path), "parameters": parameter_count(path)},
+        "sampling": {"temperature": 0.0, "max_tokens_per_turn": args.max_tokens},
+        "seed": args.seed,
+        "rounds": args.rounds,
+        "modes": per_mode,
+        "ratios": ratios,
+        "target": {
+            "batched_over_one_at_a_time": TARGET_BATCHED_OVER_ONE,
+            "best_batched_over_one_at_a_time": round(best_batched / one, 2) if one else 0.0,
+            "met": bool(one) and best_batched / one >= TARGET_BATCHED_OVER_ONE,
+        },
+        **facts,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "memory_available_gb_at_end": round(psutil.virtual_memory().available / 2**30, 1),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "command": command_line(),
+    }
+    write_results("selfplay", result, markdown(result), args.out)
+    print(json.dumps({"ratios": ratios, "target": result["target"]}, indent=2))
+    return result
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 2) if values else 0.0
+
+
+def _pass_rate(items: list[dict[str, Any]]) -> float:
+    return round(sum(v["status"] == "succeeded" for v in items) / len(items), 4) if items else 0.0
+
+
+def _agree(a: dict[tuple, dict[str, Any]], b: dict[tuple, dict[str, Any]], keys: list) -> int:
+    def same(x: dict[str, Any], y: dict[str, Any]) -> bool:
+        return x["status"] == y["status"] and x["final_answer"] == y["final_answer"]
+
+    return sum(same(a[k], b[k]) for k in keys)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            name,
+            m["concurrency"],
+            m["runs_per_round"],
+            m["runs_per_s"],
+            " / ".join(str(x) for x in m["runs_per_s_by_round"]),
+            f"{m['pass_rate']:.1%}",
+            f"{m['pass_rate_on_shared']:.1%}",
+            m["same_outcome_as_one_at_a_time"],
+            m["model_calls_per_run"],
+            m["completion_tokens_per_run"],
+        ]
+        for name, m in r["modes"].items()
+    ]
+    header = [
+        "mode", "concurrency", "runs/round", "runs/s", "runs/s by round", "pass rate",
+        "pass rate (shared)", "same outcome as one-at-a-time", "model calls/run", "tokens/run",
+    ]  # fmt: skip
+    ratios = "\n".join(f"- {k}: **×{v}**" for k, v in r["ratios"].items())
+    target = r["target"]
+    unstable = {k: m["outcomes_changed_between_rounds"] for k, m in r["modes"].items()}
+    return f"""# Self-play throughput: batched vs one at a time, HTTP concurrency
+
+`{r["command"]}` on {r["date"]}: {r["cores"]} cores, {r["memory_gb"]} GiB, torch {r["torch"]}
+with {r["torch_threads"]} thread(s). Load average (1, 5, 15 min) {r["load_average_before"]} before
+and {r["load_average_after"]} after: other work shared the machine, so compare ratios, not
+absolute rates. Model: {r["model"]["parameters"]:,} parameters (`{Path(r["model"]["dir"]).name}`),
+greedy, at most {r["sampling"]["max_tokens_per_turn"]} tokens per turn, seed {r["seed"]}.
+{r["rounds"]} rounds, modes in rotated order each round; runs/s = all runs / all seconds.
+HTTP = `autoretrain serve` in-process on 127.0.0.1 (its worker batches concurrent requests),
+called through `OpenAICompatibleChatModel`.
+
+{table(header, rows)}
+
+"shared" = the instances every mode played (the concurrency-1 modes play the first
+{r["modes"]["local_one_at_a_time"]["runs_per_round"]}); "same outcome" compares status and final
+answer per instance with the local one-at-a-time run. Outcomes that changed between rounds of the
+same mode: {unstable}.
+
+{ratios}
+
+Target: batched ≥ ×{target["batched_over_one_at_a_time"]:g} one at a time; best batched ×
+{target["best_batched_over_one_at_a_time"]} — {"met" if target["met"] else "NOT met"}.
+"""
+
+
+if __name__ == "__main__":
+    main()
