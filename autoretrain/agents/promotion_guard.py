@@ -449,7 +449,10 @@ WITH facts AS (
            regexp_matches(coalesce(json_extract_string(r.record, '$.final_answer'), ''), '\S')
                AS has_final_answer
     FROM scored_runs s JOIN runs r USING (run_id)
+    -- r.day too: without it DuckDB reads every row group of `runs` (records included), so the
+    -- cost of deciding one day grew with history (bench/incremental.py).
     WHERE s.day BETWEEN $start_day AND $end_day AND s.scorer_version = $scorer_version
+      AND r.day BETWEEN $start_day AND $end_day
 )
 SELECT *, {case} AS failed_gate FROM facts
 """
@@ -469,7 +472,8 @@ def decide_days(
     unscored = con.execute(
         """SELECT count(*) FROM runs r WHERE r.day BETWEEN $start_day AND $end_day
            AND NOT EXISTS (SELECT 1 FROM scored_runs s
-                           WHERE s.run_id = r.run_id AND s.scorer_version = $v)""",
+                           WHERE s.run_id = r.run_id AND s.scorer_version = $v
+                             AND s.day BETWEEN $start_day AND $end_day)""",
         {**days, "v": SCORER_VERSION},
     ).fetchone()
     if unscored and unscored[0]:
@@ -497,7 +501,8 @@ def decide_days(
     # Runs that cleared every fact gate: read the transcript, then review the borderline ones.
     cur = con.execute(
         "SELECT f.*, r.record FROM _guard_facts f JOIN runs r USING (run_id) "
-        "WHERE f.failed_gate IS NULL ORDER BY f.run_id"
+        "WHERE f.failed_gate IS NULL AND r.day BETWEEN $start_day AND $end_day ORDER BY f.run_id",
+        days,
     )
     names = [d[0] for d in cur.description]
     n_read = 0
