@@ -39,6 +39,9 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
         assert 0 < mode["completion_tokens_per_run"] <= 8 * mode["model_calls_per_run"] + 0.1
         assert mode["same_outcome_as_one_at_a_time"].endswith("/3")
     assert modes["local_batched_4"]["runs_per_round"] == 6
+    assert modes["local_one_at_a_time"]["rows_per_call"] == 1.0
+    assert 1.0 < modes["local_batched_4"]["rows_per_call"] <= 4
+    assert 0 < modes["local_batched_4"]["lockstep_efficiency"] <= 1
     assert modes["http_concurrency_1"]["rounds"][0]["by_status"].get("error", 0) == 0
     assert set(result["ratios"]) == {
         "local_batched_4_over_one_at_a_time", "http_concurrency_2_over_http_concurrency_1",
