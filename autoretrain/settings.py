@@ -222,6 +222,12 @@ class EvaluationSettings(_Section):
     max_provider_error_rate: float = Field(default=0.01, ge=0, le=1)
 
 
+class LoopSettings(_Section):
+    """`autoretrain loop` (and `make demo`)."""
+
+    iterations: int = Field(default=1, ge=1)
+
+
 class Settings(_Section):
     home: Path = Path("data")
     environment: str = "local"
@@ -238,6 +244,7 @@ class Settings(_Section):
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    loop: LoopSettings = Field(default_factory=LoopSettings)
     scenarios_dir: Path = Path("scenarios")
 
     model_config = ConfigDict(extra="forbid", ignored_types=(cached_property,))

@@ -11,7 +11,12 @@ from autoretrain.settings import SettingsError, load_settings
 
 
 @click.command()
-@click.option("--iterations", default=1, show_default=True, help="Full cycles to run.")
+@click.option(
+    "--iterations",
+    type=int,
+    default=None,
+    help="Full cycles to run (default: settings.loop.iterations).",
+)
 @click.option(
     "--selfplay-runs",
     type=int,
@@ -19,7 +24,7 @@ from autoretrain.settings import SettingsError, load_settings
     help="Self-play runs per cycle (default: settings.selfplay.runs_per_iteration).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def loop(iterations: int, selfplay_runs: int | None, as_json: bool) -> None:
+def loop(iterations: int | None, selfplay_runs: int | None, as_json: bool) -> None:
     """One full retraining cycle (or N), in-process through Dagster: base model if missing →
     self-play → ingest → score → decide → dataset → train → evaluate → gate → canary →
     canary analysis → primary. Open `autoretrain ui` afterwards to see it in Dagster."""
@@ -28,7 +33,10 @@ def loop(iterations: int, selfplay_runs: int | None, as_json: bool) -> None:
     try:
         settings = load_settings()
         results = run_loop(
-            settings, iterations, selfplay_runs, progress=sys.stderr.isatty() and not as_json
+            settings,
+            iterations or settings.loop.iterations,
+            selfplay_runs,
+            progress=sys.stderr.isatty() and not as_json,
         )
     except (SettingsError, LoopError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
