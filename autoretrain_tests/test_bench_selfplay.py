@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_selfplay_bench(tmp_path, tmp_path_factory):
     model = cached_untrained_model(tmp_path_factory)
     out = tmp_path / "results"
-    args = ["--n-single", "3", "--n-batched", "6", "--batch-sizes", "4",
+    args = ["--n-single", "3", "--n-batched", "6", "--batch-sizes", "4", "--chunked", "4:2",
             "--http-concurrency", "1,2", "--rounds", "2", "--max-tokens", "8"]  # fmt: skip
     subprocess.run(
         [sys.executable, "bench/selfplay.py", "--model", str(model), "--out", str(out), *args],
@@ -29,7 +29,8 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
     assert (out / "selfplay.md").read_text().startswith("# Self-play throughput")
     modes = result["modes"]
     assert list(modes) == [
-        "local_one_at_a_time", "local_batched_4", "http_concurrency_1", "http_concurrency_2",
+        "local_one_at_a_time", "local_batched_4", "local_batched_4_chunk_2", "http_concurrency_1",
+        "http_concurrency_2",
     ]  # fmt: skip
     for name, mode in modes.items():
         assert [r["runs"] for r in mode["rounds"]] == [mode["runs_per_round"]] * 2, name
@@ -42,9 +43,12 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
     assert modes["local_one_at_a_time"]["rows_per_call"] == 1.0
     assert 1.0 < modes["local_batched_4"]["rows_per_call"] <= 4
     assert 0 < modes["local_batched_4"]["lockstep_efficiency"] <= 1
+    assert modes["local_batched_4_chunk_2"]["generate_chunk"] == 2
+    assert 0 < modes["local_batched_4"]["prompt_fill"] <= 1
     assert modes["http_concurrency_1"]["rounds"][0]["by_status"].get("error", 0) == 0
     assert set(result["ratios"]) == {
-        "local_batched_4_over_one_at_a_time", "http_concurrency_2_over_http_concurrency_1",
+        "local_batched_4_over_one_at_a_time", "local_batched_4_chunk_2_over_one_at_a_time",
+        "http_concurrency_2_over_http_concurrency_1",
     }  # fmt: skip
     assert result["cores"] and result["torch_threads"] == 1
     assert len(result["load_average_before"]) == 3
