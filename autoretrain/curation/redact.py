@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,15 @@ _SECRET_KEY = re.compile(
 _NOT_SECRETS = frozenset({"null", "none", "true", "false", "undefined", "redacted", "required"})
 
 
+@lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    return _SECRET_KEY.fullmatch(key) is not None
+
+
 def _names_secret(key: str, value: str) -> bool:
     stripped = value.strip()
     return (
-        _SECRET_KEY.fullmatch(key) is not None
+        _is_secret_key(key)
         and len(stripped) >= 4
         and stripped.lower() not in _NOT_SECRETS
         and not stripped.startswith("[REDACTED:")
@@ -140,6 +146,88 @@ def compile_extra_patterns(patterns: Iterable[str]) -> list[_Rule]:
     return rules
 
 
+# Every trigger contains one of these: a string holding none of them cannot match any builtin
+# rule, so the whole rule loop is skipped for it (most strings of a run).
+_GATE = tuple(
+    sorted(
+        {
+            t
+            for rule in _BUILTIN_RULES
+            for t in rule.triggers
+            if not any(o != t and o in t for r in _BUILTIN_RULES for o in r.triggers)
+        }
+    )
+)
+# The non-ASCII letters that case-insensitive rules match as ASCII ones ("paſſword"): folded
+# before the trigger tests, which would otherwise skip a rule that matches.
+_FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+
+# Strings seen again (tool specs, system prompts, JSON keys repeat across thousands of runs) are
+# looked up instead of scanned; the memo is emptied when it holds _MEMO_CHARS characters, so
+# its memory stays bounded (a few tens of MB) however many runs pass through.
+_MEMO_CHARS = 16_000_000
+_MEMO_MAX_CHARS = 16_384
+
+
+class _Engine:
+    """The rules for one list of extra patterns, and what they did to each string seen."""
+
+    def __init__(self, extra_patterns: tuple[str, ...]):
+        self.extra = compile_extra_patterns(extra_patterns)
+        self.rules = _BUILTIN_RULES + self.extra
+        self._memo: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._memo_chars = 0
+
+    def redact(self, text: str, memo: bool = True) -> tuple[str, tuple[str, ...]]:
+        """The redacted text and the kind of each replacement made (one entry per match).
+        `memo=False` for text that will not recur (a whole line), so it takes no memo room."""
+        found = self._memo.get(text)
+        if found is not None:
+            return found
+        found = self._redact(text)
+        if memo and len(text) <= _MEMO_MAX_CHARS:
+            if self._memo_chars >= _MEMO_CHARS:
+                self._memo.clear()
+                self._memo_chars = 0
+            self._memo[text] = found
+            self._memo_chars += len(text) + len(found[0])
+        return found
+
+    def _redact(self, text: str) -> tuple[str, tuple[str, ...]]:
+        # A marker never matches a rule, so the lower-cased original is a safe guide for
+        # the whole pass even as replacements change the text.
+        lower = text.lower() if text.isascii() else text.translate(_FOLD).lower()
+        if not self.extra:
+            for gate in _GATE:
+                if gate in lower:
+                    break
+            else:
+                return text, ()
+        kinds: list[str] = []
+        for rule in self.rules:
+            if rule.triggers and not any(t in lower for t in rule.triggers):
+                continue
+            text = rule.regex.sub(lambda m, rule=rule: _replace(rule, m, kinds), text)
+        return text, tuple(kinds)
+
+
+def _replace(rule: _Rule, match: re.Match[str], kinds: list[str]) -> str:
+    if rule.value_group:
+        value = match.group(rule.value_group)
+        if value.lower() in _NOT_SECRETS:
+            return match.group(0)
+        kinds.append(rule.kind)
+        start = match.start(rule.value_group) - match.start(0)
+        return match.group(0)[:start] + MARKER.format(kind=rule.kind)
+    kinds.append(rule.kind)
+    return MARKER.format(kind=rule.kind)
+
+
+@lru_cache(maxsize=16)
+def _engine(extra_patterns: tuple[str, ...]) -> _Engine:
+    return _Engine(extra_patterns)
+
+
 @dataclass
 class Redactor:
     """Replaces secrets in text with markers and counts what it replaced, per kind."""
@@ -148,29 +236,13 @@ class Redactor:
     counts: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self._extra = compile_extra_patterns(self.extra_patterns)
-        self._rules = _BUILTIN_RULES + self._extra
+        self._engine = _engine(tuple(self.extra_patterns))
 
     def redact(self, text: str) -> str:
-        # A marker never matches a rule, so the lower-cased original is a safe guide for
-        # the whole pass even as replacements change the text.
-        lower = text.lower()
-        for rule in self._rules:
-            if rule.triggers and not any(t in lower for t in rule.triggers):
-                continue
-            text = rule.regex.sub(lambda m, rule=rule: self._replace(rule, m), text)
+        text, kinds = self._engine.redact(text)
+        for kind in kinds:
+            self.counts[kind] += 1
         return text
-
-    def _replace(self, rule: _Rule, match: re.Match[str]) -> str:
-        if rule.value_group:
-            value = match.group(rule.value_group)
-            if value.lower() in _NOT_SECRETS:
-                return match.group(0)
-            self.counts[rule.kind] += 1
-            start = match.start(rule.value_group) - match.start(0)
-            return match.group(0)[:start] + MARKER.format(kind=rule.kind)
-        self.counts[rule.kind] += 1
-        return MARKER.format(kind=rule.kind)
 
     def redact_field(self, key: str, value: str) -> str:
         """A string stored under a key: the whole value is a secret when the key names one
@@ -204,56 +276,90 @@ def find_secrets(text: str, extra_patterns: Iterable[str] = ()) -> list[str]:
     return sorted(probe.counts.elements())
 
 
-def _nested_json(value: Any) -> Any:
-    """Decode strings that hold JSON (tool-call arguments) so their keys count as keys."""
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped[:1] in ("{", "["):
-            try:
-                return _nested_json(json.loads(stripped))
-            except ValueError:
-                return value
-        return value
-    if isinstance(value, list):
-        return [_nested_json(item) for item in value]
-    if isinstance(value, dict):
-        return {k: _nested_json(v) for k, v in value.items()}
-    return value
-
-
 _SEPARATOR = '\n"\n'  # between scanned strings: no pattern matches across a quote and newline
 
 
-def _collect(value: Any, strings: list[str], probe: Redactor) -> None:
-    """Gather every string of a decoded line, and count key-named secrets on the way."""
-    if isinstance(value, str):
-        strings.append(value)
-    elif isinstance(value, list):
-        for item in value:
-            _collect(item, strings, probe)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            strings.append(str(key))
-            if isinstance(item, str) and _names_secret(str(key), item):
-                probe.counts["named_secret"] += 1
-            else:
-                _collect(item, strings, probe)
+def _nested(value: str) -> Any:
+    """A string that holds JSON (tool-call arguments), decoded so its keys count as keys;
+    otherwise the string itself."""
+    stripped = value.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            pass
+    return value
+
+
+class _Walk:
+    """Scans every string of a decoded line, keys included, and the key-named pairs.
+
+    Builtin rules cannot match across the separator that joins the strings for a scan (each
+    stops at quotes or whitespace), so each string is scanned on its own, through the memo:
+    the same kinds are found as in one scan of the joined strings. User patterns can match
+    anything, so they still scan the joined (builtin-redacted) strings."""
+
+    def __init__(self, extra_patterns: tuple[str, ...], kinds: set[str]):
+        self.builtin = _engine(())
+        self.extra = _engine(extra_patterns).extra
+        self.kinds = kinds
+        self.strings: list[str] | None = [] if self.extra else None
+
+    def text(self, value: str) -> None:
+        redacted, kinds = self.builtin.redact(value)
+        self.kinds.update(kinds)
+        if self.strings is not None:
+            self.strings.append(redacted)
+
+    def value(self, value: Any) -> None:
+        if isinstance(value, str):
+            value = _nested(value)
+            if isinstance(value, str):
+                self.text(value)
+                return
+        if isinstance(value, list):
+            for item in value:
+                self.value(item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self.text(str(key))
+                if isinstance(item, str):
+                    item = _nested(item)
+                    if isinstance(item, str) and _names_secret(str(key), item):
+                        self.kinds.add("named_secret")
+                        continue
+                self.value(item)
+
+    def finish(self) -> None:
+        if self.strings:
+            kinds: list[str] = []
+            joined = _SEPARATOR.join(self.strings)
+            for rule in self.extra:
+                joined = rule.regex.sub(lambda m, rule=rule: _replace(rule, m, kinds), joined)
+            self.kinds.update(kinds)
 
 
 def scan_line(text: str, extra_patterns: Iterable[str] = ()) -> list[str]:
     """Kinds of secret on one JSONL line (each once), scanned as raw text and as decoded JSON
     (key-aware, with JSON held in strings decoded too): an escape such as `\\u0073k-` hides a
     key from the raw scan, and a `{"password": ...}` pair is only a pair once decoded."""
-    probe = Redactor(list(extra_patterns))
-    probe.redact(text)
     try:
-        decoded = _nested_json(json.loads(text))
+        decoded = json.loads(text)
     except ValueError:  # not JSON: the raw scan is all there is
-        return sorted(probe.counts)
-    strings: list[str] = []
-    _collect(decoded, strings, probe)
-    probe.redact(_SEPARATOR.join(strings))
-    return sorted(probe.counts)
+        extra = tuple(extra_patterns)
+        return sorted(set(_engine(extra).redact(text, memo=False)[1]))
+    return scan_decoded_line(text, decoded, extra_patterns)
+
+
+def scan_decoded_line(text: str, decoded: Any, extra_patterns: Iterable[str] = ()) -> list[str]:
+    """`scan_line` for a caller that has already decoded the line (`decoded` is
+    `json.loads(text)`), so it is not decoded twice."""
+    extra = tuple(extra_patterns)
+    kinds = set(_engine(extra).redact(text, memo=False)[1])
+    walk = _Walk(extra, kinds)
+    walk.value(decoded)
+    walk.finish()
+    return sorted(kinds)
 
 
 def scan_for_secrets(path: Path, extra_patterns: Iterable[str] = ()) -> list[tuple[int, str]]:

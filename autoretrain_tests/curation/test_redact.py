@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from autoretrain.curation.redact import PatternError, Redactor, find_secrets, scan_for_secrets
+from autoretrain.curation.redact import (
+    PatternError,
+    Redactor,
+    find_secrets,
+    scan_for_secrets,
+    scan_line,
+)
 
 # Each planted secret, the kind it must be counted as, and a fragment that must not survive.
 PLANTED = [
@@ -83,3 +89,21 @@ def test_scan_finds_secrets_by_line_with_bom_and_json_escapes(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
     assert scan_for_secrets(path) == [(2, "openai_key"), (3, "named_secret")]
     assert find_secrets("nothing to see") == []
+
+
+def test_letters_that_match_ascii_case_insensitively_do_not_skip_a_rule():
+    # The rules are case-insensitive, so "ſ" (long s) matches "s": the quick trigger test
+    # that precedes them must see it as one too.
+    redactor = Redactor()
+    assert redactor.redact("paſſword=hunter2hunter2") == "paſſword=[REDACTED:named_secret]"
+    # Through a JSON escape, which only the decoded scan of a line sees.
+    assert scan_line('{"k": "\\u017fecret=abcdefgh12345"}') == ["named_secret"]
+
+
+def test_a_string_seen_again_is_counted_again():
+    # Repeated strings come from a memo: each occurrence must still be counted.
+    first, second = Redactor(), Redactor()
+    text = "mail ops@example.com or OPENAI_API_KEY=abcd1234efgh5678"
+    assert first.redact(text) == second.redact(text) == first.redact(text)
+    assert first.counts == {"email": 2, "named_secret": 2}
+    assert second.counts == {"email": 1, "named_secret": 1}
