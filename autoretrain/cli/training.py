@@ -18,7 +18,10 @@ from autoretrain.settings import load_settings
 @click.option("--time-budget", "time_budget_s", type=float, help="Safety cap on training seconds.")
 @click.option("--force", is_flag=True, help="Replace an existing model at the output path.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json) -> None:
+@click.option(
+    "--no-eval", is_flag=True, help="Skip measuring the pass rate on both evaluation tiers."
+)
+def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, no_eval) -> None:
     """Build the tokenizer and a tiny Llama and train it on the catalog's reference demonstrations."""
     import shutil
 
@@ -58,6 +61,11 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json) -
         "train_seconds": metrics["train_seconds"],
         "tokens_per_s": metrics["tokens_per_s"],
     }
+    if not no_eval:
+        from autoretrain import stages
+        from autoretrain.providers.local import LocalChatModel
+
+        summary["pass_rates"] = stages.pass_rates(settings, LocalChatModel(target, name="v0"))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -66,6 +74,11 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json) -
         f"loss {summary['final_train_loss']:.4f} (validation {summary['best_validation_loss']}), "
         f"{summary['epochs']} epochs in {summary['train_seconds']:.1f} s ({summary['stopped_by']})"
     )
+    for tier, rates in summary.get("pass_rates", {}).items():
+        per = ", ".join(f"{c} {r:.0%}" for c, r in rates["by_category"].items())
+        click.echo(
+            f"  {tier}: pass rate {rates['pass_rate']:.1%} over {rates['instances']} instances ({per})"
+        )
 
 
 @click.command()

@@ -10,7 +10,7 @@ from autoretrain.cli import cli
 
 
 @pytest.mark.integration
-def test_bootstrap_command_builds_v0_from_train_demos_only(settings, monkeypatch):
+def test_bootstrap_command_builds_v0_from_train_demos_only(settings, monkeypatch, tmp_path):
     import autoretrain.training.bootstrap as bootstrap
     from autoretrain.scenarios import load_catalog
     from autoretrain.training.config import TrainConfig
@@ -29,9 +29,16 @@ def test_bootstrap_command_builds_v0_from_train_demos_only(settings, monkeypatch
     )
     catalog_dir = Path(__file__).resolve().parents[2] / "scenarios"
     monkeypatch.setenv("AUTORETRAIN_SCENARIOS", str(catalog_dir))
+    # Short turns keep the pass-rate report quick for an untrained-sized model.
+    config = tmp_path / "autoretrain.yaml"
+    config.write_text("evaluation: {max_tokens: 16}\n")
+    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(config))
     result = CliRunner().invoke(cli, ["bootstrap", "--demos-per-scenario", "1", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
+    rates = summary["pass_rates"]
+    assert set(rates) == {"in_distribution", "held_out"}
+    assert all(0 <= r["pass_rate"] <= 1 and r["instances"] > 0 for r in rates.values())
     model_dir = Path(summary["model_dir"])
     assert model_dir == settings.paths.models / "embedded" / "v0"
     assert summary["parameters"] > 0 and summary["final_train_loss"] > 0
