@@ -170,7 +170,9 @@ class MirrorSettings(_Section):
 class SelfPlaySettings(_Section):
     runs_per_iteration: int = 2000
     temperature: float = 0.8
-    max_tokens: int = 128  # per model turn
+    # Per model turn. A batch decodes until its longest member stops, so the cap sets self-play
+    # speed; the catalog's longest reference turn is 40 tokens of the embedded tokenizer.
+    max_tokens: int = 48
     canary_share: float = 0.0
     category_weights: dict[str, float] = Field(default_factory=dict)
     seed: int = 0
@@ -217,7 +219,7 @@ class EvaluationSettings(_Section):
     temperature: float = Field(default=0.8, ge=0)
     seed: int = 0
     batch_size: int = Field(default=64, ge=1)  # runs answered per batched call (or in flight)
-    max_tokens: int = Field(default=128, ge=1)  # per model turn
+    max_tokens: int = Field(default=48, ge=1)  # per model turn (see SelfPlaySettings)
     # Above this share of runs failing at the provider (after its retries), the replay failed.
     max_provider_error_rate: float = Field(default=0.01, ge=0, le=1)
 
