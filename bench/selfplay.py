@@ -10,7 +10,7 @@ work folder and reused), because an untrained one babbles to the token cap and w
 nothing but the cap.
 
     .venv/bin/python bench/selfplay.py [--model DIR] [--rounds 2] [--n-single 100]
-        [--n-batched 500] [--batch-sizes 64,128] [--chunked 64:16,128:16]
+        [--n-batched 300] [--batch-sizes 64,128] [--chunked 64:16,128:16]
         [--http-concurrency 1,8] [--threads 1]
 
 `--chunked` adds local modes whose generate calls take length-sorted chunks smaller than the
@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--n-single", type=int, default=100, help="runs per concurrency-1 mode")
-    p.add_argument("--n-batched", type=int, default=500, help="runs per concurrent mode")
+    p.add_argument("--n-batched", type=int, default=300, help="runs per concurrent mode")
     p.add_argument("--batch-sizes", default="64,128", help="local batched concurrencies")
     p.add_argument(
         "--chunked",
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from autoretrain.agents.verifier import VerifierAgent
     from autoretrain.agents.workflow import WorkflowConfig
     from autoretrain.providers.base import Sampling
-    from autoretrain.providers.local import LocalChatModel
+    from autoretrain.providers.local import TINY_MODEL_PARAMS, LocalChatModel
     from autoretrain.providers.openai_compatible import OpenAICompatibleChatModel
     from autoretrain.runs.archive import RunArchive
     from autoretrain.scenarios import load_catalog
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_mode[mode.name] = {
             "provider": mode.provider,
             "concurrency": mode.concurrency,
-            "generate_chunk": mode.chunk or default_chunk,
+            "generate_chunk": min(mode.chunk or default_chunk, mode.concurrency),
             "runs_per_round": mode.n,
             "runs_per_s": round(runs / seconds, 2) if seconds else 0.0,
             "runs_per_s_by_round": [t["runs_per_s"] for t in rounds],
@@ -368,6 +368,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **facts,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        # LocalChatModel generates with one thread for models this small, whatever torch's
+        # setting (its own measurement: intra-op threads lose on them).
+        "generation_threads": 1
+        if parameter_count(path) < TINY_MODEL_PARAMS
+        else torch.get_num_threads(),
         "memory_available_gb_at_end": round(psutil.virtual_memory().available / 2**30, 1),
         "load_average_before": load_before,
         "load_average_after": load_after,
@@ -427,10 +432,23 @@ def markdown(r: dict[str, Any]) -> str:
     ratios = "\n".join(f"- {k}: **×{v}**" for k, v in r["ratios"].items())
     target = r["target"]
     unstable = {k: m["outcomes_changed_between_rounds"] for k, m in r["modes"].items()}
+    differing = [
+        k
+        for k, m in r["modes"].items()
+        if len(set(m["same_outcome_as_one_at_a_time"].split("/"))) > 1
+    ]
+    agreement = (
+        "Every mode gave the same status and answer on every shared instance: batching, chunking"
+        " and HTTP do not change greedy results here; pass rates differ between modes of"
+        " different sizes only because the larger ones play more instances."
+        if not differing
+        else f"Modes that differ on some shared instances: {differing} (batched greedy decoding "
+        "pads prompts, and padded attention can flip a near-tie between two tokens)."
+    )
     return f"""# Self-play throughput: batched vs one at a time, HTTP concurrency
 
 `{r["command"]}` on {r["date"]}: {r["cores"]} cores, {r["memory_gb"]} GiB, torch {r["torch"]}
-with {r["torch_threads"]} thread(s). Load average (1, 5, 15 min) {r["load_average_before"]} before
+with {r["torch_threads"]} thread(s) ({r["generation_threads"]} in generation). Load average (1, 5, 15 min) {r["load_average_before"]} before
 and {r["load_average_after"]} after: other work shared the machine, so compare ratios, not
 absolute rates. Model: {r["model"]["parameters"]:,} parameters (`{Path(r["model"]["dir"]).name}`),
 greedy, at most {r["sampling"]["max_tokens_per_turn"]} tokens per turn, seed {r["seed"]}.
@@ -442,8 +460,8 @@ called through `OpenAICompatibleChatModel`.
 
 "shared" = the instances every mode played (the concurrency-1 modes play the first
 {r["modes"]["local_one_at_a_time"]["runs_per_round"]}); "same outcome" compares status and final
-answer per instance with the local one-at-a-time run. Outcomes that changed between rounds of the
-same mode: {unstable}.
+answer per instance with the local one-at-a-time run. {agreement}
+Outcomes that changed between rounds of the same mode: {unstable}.
 
 {ratios}
 
