@@ -170,6 +170,9 @@ class MirrorSettings(_Section):
 class SelfPlaySettings(_Section):
     runs_per_iteration: int = 2000
     temperature: float = 0.8
+    # Runs in flight: the batch size of a local model (bigger batches amortise each decode
+    # step: 128 ran ~1.7x the runs/s of 64 on the embedded model), parallel requests otherwise.
+    concurrency: int = Field(default=128, ge=1)
     # Per model turn. A batch decodes until its longest member stops, so the cap sets self-play
     # speed; the catalog's longest reference turn is 40 tokens of the embedded tokenizer.
     max_tokens: int = 48
@@ -218,7 +221,7 @@ class EvaluationSettings(_Section):
     # seeds shared by both models.
     temperature: float = Field(default=0.8, ge=0)
     seed: int = 0
-    batch_size: int = Field(default=64, ge=1)  # runs answered per batched call (or in flight)
+    batch_size: int = Field(default=128, ge=1)  # runs answered per batched call (or in flight)
     max_tokens: int = Field(default=48, ge=1)  # per model turn (see SelfPlaySettings)
     # Above this share of runs failing at the provider (after its retries), the replay failed.
     max_provider_error_rate: float = Field(default=0.01, ge=0, le=1)

@@ -92,7 +92,7 @@ def selfplay(
     n: int,
     *,
     slot: str = "primary",
-    concurrency: int = 64,
+    concurrency: int | None = None,
     seed: int | None = None,
     canary_share: float | None = None,
     progress: bool = True,
@@ -129,7 +129,7 @@ def selfplay(
         workflow=WorkflowConfig(
             sampling=Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens)
         ),
-        concurrency=concurrency,
+        concurrency=concurrency or cfg.concurrency,
         progress=progress,
         exclude=catalog.evaluation_hashes(settings.evaluation.instances_per_scenario),
     )
