@@ -13,6 +13,7 @@ line and reason. One writer process at a time (DuckDB); readers pass `read_only=
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -28,9 +29,11 @@ from autoretrain.runs.ingest import (
     MACROS,
     NEEDS_DETAIL,
     RAW_CHARS,
+    UNSURE,
     Rejected,
     checked_sql,
     detail_sql,
+    fast_sql,
     json_error,
     read_chunks,
 )
@@ -45,7 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
   provider VARCHAR, model VARCHAR, slot VARCHAR, traffic VARCHAR, status VARCHAR,
   started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, latency_s DOUBLE, cost_usd DOUBLE,
   prompt_tokens BIGINT, completion_tokens BIGINT, n_messages INTEGER, n_recoveries INTEGER,
-  n_escalations INTEGER, verified BOOLEAN, score DOUBLE, record JSON, source_file VARCHAR,
+  n_escalations INTEGER, verified BOOLEAN, score DOUBLE, record JSON USING COMPRESSION zstd,
+  source_file VARCHAR,
   source_line BIGINT, ingested_at TIMESTAMPTZ
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -62,6 +66,7 @@ RUN_COLUMNS = (
     "provider, model, slot, traffic, status, started_at, ended_at, latency_s, cost_usd, "
     "prompt_tokens, completion_tokens, n_messages, n_recoveries, n_escalations, verified, score"
 )
+WITH_TEXT = "FROM staged s JOIN batch_lines b USING (file_idx, line)"  # a staged line's text
 FILTERS = {
     "run_ids": "run_id",
     "scenario": "scenario_id",
@@ -117,12 +122,16 @@ class RunStore:
         max_record_bytes: int = 10 * 1024 * 1024,
         chunk_bytes: int = 32 * 1024 * 1024,
         memory_limit: str = "1GB",
+        merge_bytes: int = 128 * 1024 * 1024,
+        commit_bytes: int = 512 * 1024 * 1024,
         landing: Path | None = None,
     ):
         self.path = Path(path)
         self.read_only = read_only
         self.max_record_bytes = max_record_bytes
         self.chunk_bytes = chunk_bytes
+        self.merge_bytes = merge_bytes
+        self.commit_bytes = commit_bytes
         # Files under the landing root are stored by their path relative to it, so the store
         # survives moving the data root and "file order" is the day, then the part name.
         self.landing = landing
@@ -162,8 +171,9 @@ class RunStore:
     def ingest_day(self, day: str, files: Sequence[Path]) -> IngestReport:
         """Merge one landing day's files into the store (see the module docstring).
 
-        Each chunk of each file is checked and merged on its own (and committed), so memory
-        follows the chunk size, not the size of the day."""
+        Lines are read in chunks and checked and merged in batches of about `merge_bytes`
+        (whole chunks, possibly from several files), so memory follows the batch size, not the
+        size of the day; a transaction is committed every `commit_bytes`."""
         t0 = time.perf_counter()
         report = IngestReport(day=day, files=len(files))
         names = [self._name(f) for f in files]
@@ -173,6 +183,9 @@ class RunStore:
         self._stamp = datetime.now(UTC)
         self._detailed = 0
         con.register("files", pa.table({"file_idx": range(len(names)), "file": names}))
+        batch: list[pa.Table] = []
+        batch_bytes = pending = 0
+        con.begin()
         try:
             con.execute(
                 "DELETE FROM quarantine WHERE day = ?::DATE AND list_contains(?, file)",
@@ -186,19 +199,28 @@ class RunStore:
                 for chunk in read_chunks(path, self.max_record_bytes, self.chunk_bytes):
                     report.bytes += chunk.nbytes
                     report.read += len(chunk.rejected)
-                    # One transaction per chunk: DuckDB holds a transaction's new rows in
-                    # memory, so a day-long transaction would grow with the day. A crash
-                    # leaves whole chunks merged; ingesting the day again completes it.
-                    con.begin()
-                    try:
-                        self._insert_rejected(day, idx, chunk.rejected)
-                        if len(chunk.table):
-                            self._ingest_chunk(day, idx, chunk.table, report)
+                    self._insert_rejected(day, idx, chunk.rejected)
+                    if len(chunk.table):
+                        batch.append(chunk.table.add_column(0, "file_idx", _fill(idx, chunk.table)))
+                        batch_bytes += chunk.nbytes
+                    if batch_bytes >= self.merge_bytes:
+                        self._ingest_batch(day, batch, report)
+                        pending += batch_bytes
+                        batch, batch_bytes = [], 0
+                    # A crash loses only the uncommitted batches; ingesting the day again
+                    # completes it. Committing seldom lets DuckDB write whole row groups
+                    # straight to the file instead of through the write-ahead log.
+                    if pending >= self.commit_bytes:
                         con.commit()
-                    except BaseException:
-                        con.rollback()
-                        raise
+                        con.begin()
+                        pending = 0
+            if batch:
+                self._ingest_batch(day, batch, report)
             self._count_quarantine(day, report)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
         finally:
             con.unregister("files")
         report.seconds = round(time.perf_counter() - t0, 3)
@@ -235,15 +257,27 @@ class RunStore:
         )
         self.con.unregister("pre_rejected")
 
-    def _ingest_chunk(self, day: str, idx: int, lines: pa.Table, report: IngestReport) -> None:
+    def _ingest_batch(self, day: str, tables: list[pa.Table], report: IngestReport) -> None:
         con = self.con
-        # Several record batches let DuckDB spread a chunk over its threads.
-        con.register("chunk_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=2048)))
-        con.execute(f"CREATE OR REPLACE TEMP TABLE staged AS {checked_sql('chunk_lines', idx)}")
-        con.unregister("chunk_lines")
+        lines = pa.concat_tables(tables)
+        # Several record batches let DuckDB spread a batch over its threads.
+        # The lines stay in Arrow (registered as `batch_lines`): `staged` holds the verdicts and
+        # typed columns, not the text, because a temporary table dropped inside a transaction
+        # keeps its memory until the commit.
+        con.register("batch_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=2048)))
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE staged AS {fast_sql('batch_lines')}")
+            self._ingest_staged(day, len(lines), report)
+        finally:
+            with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses it
+                con.unregister("batch_lines")
+
+    def _ingest_staged(self, day: str, n_lines: int, report: IngestReport) -> None:
+        con = self.con
+        self._recheck_unsure()
         staged = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
         report.read += staged
-        report.blank_lines += len(lines) - staged
+        report.blank_lines += n_lines - staged
         self._explain_problems(day)
         for version, n in con.execute(
             "SELECT schema_version, count(*) FROM staged WHERE problem IS NULL GROUP BY 1"
@@ -259,8 +293,19 @@ class RunStore:
         self._merge(day, report)
         con.execute("DROP TABLE staged")
 
+    def _recheck_unsure(self) -> None:
+        """The lines the fast path could not confirm get the full checks (and their reasons)."""
+        con = self.con
+        unsure = f"(SELECT file_idx, line, b.text, b.last {WITH_TEXT} WHERE s.problem = '{UNSURE}')"
+        if not con.execute(f"SELECT count(*) FROM {unsure}").fetchall()[0][0]:
+            return
+        con.execute(f"CREATE OR REPLACE TEMP TABLE rechecked AS {checked_sql(unsure)}")
+        con.execute(f"DELETE FROM staged WHERE problem = '{UNSURE}'")
+        con.execute("INSERT INTO staged SELECT * FROM rechecked")
+        con.execute("DROP TABLE rechecked")
+
     def _explain_problems(self, day: str) -> None:
-        """Word the reasons of this chunk's failed lines, then quarantine them."""
+        """Word the reasons of this batch's failed lines, then quarantine them."""
         con = self.con
         needs_detail = con.execute(
             f"SELECT count(*) FROM staged WHERE problem = '{NEEDS_DETAIL}'"
@@ -268,19 +313,20 @@ class RunStore:
         if needs_detail:
             con.execute(
                 f"""UPDATE staged SET problem = d.problem
-            FROM ({detail_sql(f"(SELECT file_idx, line, text FROM staged WHERE problem = '{NEEDS_DETAIL}')")}) d
+            FROM ({detail_sql(f"(SELECT file_idx, line, b.text {WITH_TEXT} WHERE s.problem = '{NEEDS_DETAIL}')")}) d
             WHERE staged.file_idx = d.file_idx AND staged.line = d.line"""
             )
         # DuckDB says only that a line is not JSON; Python's parser says where, for the first few.
         budget = DETAILED_JSON_ERRORS - self._detailed
         bad_json = con.execute(
-            "SELECT file_idx, line, text FROM staged WHERE problem = 'invalid JSON' "
-            f"ORDER BY line LIMIT {max(budget, 0)}"
+            f"SELECT file_idx, line, b.text {WITH_TEXT} WHERE s.problem = 'invalid JSON' "
+            f"ORDER BY file_idx, line LIMIT {max(budget, 0)}"
         ).fetchall()
         if bad_json:
             self._detailed += len(bad_json)
             detail = pa.table(
                 {
+                    "file_idx": [r[0] for r in bad_json],
                     "line": [r[1] for r in bad_json],
                     "detail": [json_error(r[2]) for r in bad_json],
                 }
@@ -288,7 +334,7 @@ class RunStore:
             con.register("json_detail", detail)
             con.execute(
                 "UPDATE staged SET problem = 'invalid JSON: ' || d.detail FROM json_detail d "
-                "WHERE staged.line = d.line"
+                "WHERE staged.file_idx = d.file_idx AND staged.line = d.line"
             )
             con.unregister("json_detail")
         con.execute(
@@ -297,40 +343,45 @@ class RunStore:
         )
         con.execute(
             f"""INSERT INTO quarantine
-            SELECT ?::DATE, f.file, s.line, s.problem, left(s.text, {RAW_CHARS}), now()
-            FROM staged s JOIN files f USING (file_idx) WHERE s.problem IS NOT NULL""",
+            SELECT ?::DATE, f.file, s.line, s.problem, left(b.text, {RAW_CHARS}), now()
+            {WITH_TEXT} JOIN files f USING (file_idx) WHERE s.problem IS NOT NULL""",
             [day],
         )
 
     def _merge(self, day: str, report: IngestReport) -> None:
-        """Merge this chunk's good lines into `runs`: newest per run_id wins (see module doc).
-        Of two copies in one file the older is a duplicate (quarantined); a copy in another
-        file is superseded or replaced (the landing zone keeps it)."""
+        """Merge this batch's good lines into `runs`: newest per run_id wins (see module doc).
+
+        Of two copies in one file the older is a duplicate (quarantined). Each file's newest
+        copy is then weighed against the stored row: the newest of all is kept; a copy from
+        another file that lost is superseded (seen in this ingest) or unchanged (the stored
+        row is older than this ingest); the landing zone keeps it either way."""
         con = self.con
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE ranked AS
-            SELECT s.file_idx, s.line, s.run_id, f.file AS source_file,
-                   coalesce(s.ended_at, s.started_at) AS ts,
-                   row_number() OVER w AS rk, first_value(s.line) OVER w AS win_line
-            FROM staged s JOIN files f USING (file_idx)
-            WHERE s.problem IS NULL
-            WINDOW w AS (PARTITION BY s.run_id ORDER BY coalesce(s.ended_at, s.started_at) DESC,
-                         s.line DESC)"""
-        )
         dup = (
             "'duplicate run_id: ' || {id} || ' appears again at line ' || {winner} "
             "|| ' of this file; the newer record was kept'"
         )
         con.execute(
-            f"""INSERT INTO quarantine
-            SELECT ?::DATE, r.source_file, r.line, {dup.format(id="r.run_id", winner="r.win_line")},
-                   left(s.text, {RAW_CHARS}), now()
-            FROM ranked r JOIN staged s USING (file_idx, line) WHERE r.rk > 1""",
-            [day],
+            """CREATE OR REPLACE TEMP TABLE in_file AS
+            SELECT s.file_idx, s.line, s.run_id, f.file AS source_file,
+                   coalesce(s.ended_at, s.started_at) AS ts,
+                   row_number() OVER w AS file_rk, first_value(s.line) OVER w AS win_line
+            FROM staged s JOIN files f USING (file_idx)
+            WHERE s.problem IS NULL
+            WINDOW w AS (PARTITION BY s.run_id, s.file_idx
+                         ORDER BY coalesce(s.ended_at, s.started_at) DESC, s.line DESC)"""
         )
         con.execute(
+            f"""INSERT INTO quarantine
+            SELECT ?::DATE, r.source_file, r.line, {dup.format(id="r.run_id", winner="r.win_line")},
+                   left(b.text, {RAW_CHARS}), now()
+            FROM in_file r JOIN batch_lines b USING (file_idx, line) WHERE r.file_rk > 1""",
+            [day],
+        )
+        # Each file's newest copy, ranked across the batch (rk = 1 is the batch's newest), and
+        # weighed against the stored row as the store's order has it (time, file, line).
+        con.execute(
             """CREATE OR REPLACE TEMP TABLE decisions AS
-            SELECT w.file_idx, w.line, w.run_id, w.source_file, o.source_line AS old_line,
+            SELECT w.file_idx, w.line, w.run_id, w.source_file, w.rk, o.source_line AS old_line,
               o.source_file = w.source_file AS same_file, o.ingested_at = ? AS seen_now,
               CASE
                 WHEN o.run_id IS NULL THEN 'insert'
@@ -339,65 +390,76 @@ class RunStore:
                      (w.source_file = o.source_file AND w.line > o.source_line))) THEN 'newer'
                 ELSE 'older'
               END AS action
-            FROM ranked w
+            FROM (SELECT *, row_number() OVER (PARTITION BY run_id
+                                               ORDER BY ts DESC, source_file DESC, line DESC) AS rk
+                  FROM in_file WHERE file_rk = 1) w
             LEFT JOIN (SELECT run_id, coalesce(ended_at, started_at) AS ts, source_file,
-                              source_line, ingested_at FROM runs) o USING (run_id)
-            WHERE w.rk = 1""",
+                              source_line, ingested_at FROM runs
+                       WHERE run_id IN (SELECT run_id FROM in_file)) o USING (run_id)""",
             [self._stamp],
         )
+        con.execute("DROP TABLE in_file")
+        # Only the batch's newest copy changes the store; an older file's copy that beat the
+        # stored row still lost to it, so it counts as superseded and writes nothing.
+        wins = "d.rk = 1"
         con.execute(
             f"""INSERT INTO quarantine
             SELECT ?::DATE, d.source_file, d.old_line,
                    {dup.format(id="d.run_id", winner="d.line")}, left(r.record, {RAW_CHARS}), now()
             FROM decisions d JOIN runs r USING (run_id)
-            WHERE d.action = 'newer' AND d.same_file
+            WHERE {wins} AND d.action = 'newer' AND d.same_file
             UNION ALL
             SELECT ?::DATE, d.source_file, d.line,
-                   {dup.format(id="d.run_id", winner="d.old_line")}, left(s.text, {RAW_CHARS}), now()
-            FROM decisions d JOIN staged s USING (file_idx, line)
+                   {dup.format(id="d.run_id", winner="d.old_line")}, left(b.text, {RAW_CHARS}), now()
+            FROM decisions d JOIN batch_lines b USING (file_idx, line)
             WHERE d.action = 'older' AND d.same_file""",
             [day, day],
         )
-        changed = "SELECT run_id FROM decisions WHERE action = 'newer'"
-        con.execute(f"DELETE FROM events WHERE run_id IN ({changed})")
-        con.execute(f"DELETE FROM runs WHERE run_id IN ({changed})")
-        con.execute(
-            """INSERT INTO runs
-            SELECT s.run_id, ?::DATE, s.schema_version, s.scenario_id, s.instance_hash,
-                   s.category, s.workflow, s.agent_version, s.provider, s.model, s.slot,
-                   s.traffic, s.status, s.started_at, s.ended_at, s.latency_s, s.cost_usd,
-                   s.prompt_tokens, s.completion_tokens, s.n_messages, s.n_recoveries,
-                   s.n_escalations, s.verified, s.score, s.text::JSON, d.source_file, s.line, ?
-            FROM staged s JOIN decisions d USING (file_idx, line)
-            WHERE d.action IN ('insert', 'newer')""",
-            [day, self._stamp],
-        )
-        con.execute(
-            """INSERT INTO events
-            SELECT run_id, seq::INTEGER, ev ->> 'type', coalesce(ev ->> 'agent', 'executor'),
-                   TRY_CAST(ev ->> 'at' AS TIMESTAMPTZ), TRY_CAST(ev ->> 'duration_s' AS DOUBLE),
-                   coalesce(ev -> 'payload', '{}'::JSON)
-            FROM (
-              SELECT s.run_id, unnest(json_extract(s.events, '$[*]')) AS ev,
-                     generate_subscripts(json_extract(s.events, '$[*]'), 1) - 1 AS seq
-              FROM staged s JOIN decisions d USING (file_idx, line)
-              WHERE d.action IN ('insert', 'newer') AND s.events IS NOT NULL
-            )"""
-        )
         counts = con.execute(
-            """SELECT
-              count(*) FILTER (action = 'insert'),
-              count(*) FILTER (action = 'newer' AND NOT same_file AND NOT seen_now),
+            f"""SELECT
+              count(*) FILTER ({wins} AND action = 'insert'),
+              count(*) FILTER ({wins} AND action = 'newer' AND NOT same_file AND NOT seen_now),
               count(*) FILTER (action = 'same' OR (action = 'older' AND NOT same_file
                                                   AND NOT seen_now)),
-              count(*) FILTER (action IN ('newer', 'older') AND NOT same_file AND seen_now)
-            FROM decisions"""
+              count(*) FILTER (action IN ('newer', 'older') AND NOT same_file AND seen_now
+                               AND ({wins} OR action = 'older')),
+              count(*) FILTER (NOT {wins} AND action IN ('insert', 'newer')),
+              count(*) FILTER ({wins} AND action = 'newer')
+            FROM decisions d"""
         ).fetchall()[0]
         report.inserted += counts[0]
         report.replaced += counts[1]
         report.unchanged += counts[2]
-        report.superseded += counts[3]
-        con.execute("DROP TABLE ranked")
+        report.superseded += counts[3] + counts[4]
+        if counts[5]:  # a stored row is replaced: its events go with it
+            changed = f"SELECT run_id FROM decisions d WHERE {wins} AND d.action = 'newer'"
+            con.execute(f"DELETE FROM events WHERE run_id IN ({changed})")
+            con.execute(f"DELETE FROM runs WHERE run_id IN ({changed})")
+        kept = (
+            "FROM staged s JOIN decisions d USING (file_idx, line) "
+            f"WHERE {wins} AND d.action IN ('insert', 'newer')"
+        )
+        kept_text = kept.replace("FROM staged s", WITH_TEXT)
+        con.execute(
+            f"""INSERT INTO runs
+            SELECT s.run_id, ?::DATE, s.schema_version, s.scenario_id, s.instance_hash,
+                   s.category, s.workflow, s.agent_version, s.provider, s.model, s.slot,
+                   s.traffic, s.status, s.started_at, s.ended_at, s.latency_s, s.cost_usd,
+                   s.prompt_tokens, s.completion_tokens, s.n_messages, s.n_recoveries,
+                   s.n_escalations, s.verified, s.score, b.text, d.source_file, s.line, ?
+            {kept_text}""",
+            [day, self._stamp],
+        )
+        con.execute(
+            f"""INSERT INTO events
+            SELECT run_id, seq::INTEGER, ev.type ->> '$', coalesce(ev.agent, 'executor'),
+                   TRY_CAST(ev.at AS TIMESTAMPTZ), TRY_CAST(ev.duration_s AS DOUBLE),
+                   coalesce(ev.payload, '{{}}'::JSON)
+            FROM (
+              SELECT s.run_id, unnest(s.events) AS ev, generate_subscripts(s.events, 1) - 1 AS seq
+              {kept} AND s.events IS NOT NULL
+            )"""
+        )
         con.execute("DROP TABLE decisions")
 
     def _count_quarantine(self, day: str, report: IngestReport) -> None:
@@ -543,6 +605,10 @@ class RunStore:
             raise ValueError(f"export format {fmt!r} is not one of: jsonl, parquet")
         tmp.replace(path)
         return n
+
+
+def _fill(value: int, table: pa.Table) -> pa.Array:
+    return pa.array([value] * len(table), pa.int32())
 
 
 def _polars(table: pa.Table):  # -> polars.DataFrame

@@ -206,3 +206,33 @@ def test_duplicate_in_one_file_across_chunks(settings, landing):
     ]
     assert (first.inserted, first.quarantined) == (7, 1) and balanced(first)
     assert (second.unchanged, second.quarantined) == (7, 1) and balanced(second)
+
+
+def test_batch_size_does_not_change_the_result(settings, landing, tmp_path):
+    """Merging chunk by chunk or the whole day at once: same store, quarantine and counts."""
+    x = {f"x{t}": line("x", ended_at=f"{DAY}T10:00:0{t}Z", final_answer=str(t)) for t in (1, 5, 9)}
+    (landing / "part-a.jsonl").write_bytes(
+        x["x1"] + make_lines(6) + x["x5"] + line("y", ended_at=f"{DAY}T10:00:03Z")
+    )
+    (landing / "part-b.jsonl").write_bytes(x["x9"] + line("y", ended_at=f"{DAY}T10:00:01Z"))
+    files = sorted(landing.glob("part-*.jsonl"))
+    outcomes = []
+    for name, sizes in (
+        ("small.duckdb", {"chunk_bytes": 2000, "merge_bytes": 1}),
+        ("big.duckdb", {}),
+    ):
+        with RunStore(tmp_path / name, landing=settings.paths.landing, **sizes) as store:
+            report = store.ingest_day(DAY, files)
+            assert balanced(report)
+            rows = store.con.execute(
+                "SELECT run_id, source_file, source_line FROM runs ORDER BY run_id"
+            ).fetchall()
+            q = store.quarantine().select("file", "line", "reason").rows()
+            events = store.con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+        counts = (report.inserted, report.replaced, report.unchanged, report.superseded)
+        outcomes.append((rows, q, events, counts))
+    assert outcomes[0] == outcomes[1]
+    rows, q, events, counts = outcomes[0]
+    assert ("x", f"date={DAY}/part-b.jsonl", 1) in rows and len(rows) == 8
+    assert [(f.split("/")[-1], n) for f, n, _ in q] == [("part-a.jsonl", 1)]
+    assert counts == (8, 0, 0, 2) and events == 8
