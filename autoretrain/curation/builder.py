@@ -17,15 +17,18 @@ import json
 import logging
 import os
 import shutil
+import tempfile
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 from pydantic import ValidationError
 
-from autoretrain.curation.dedup import deduplicate
+from autoretrain.curation.dedup import content_hash
 from autoretrain.curation.examples import Example, Exclusion, run_to_example
 from autoretrain.curation.manifest import (
     EVAL,
@@ -36,15 +39,10 @@ from autoretrain.curation.manifest import (
     git_commit,
     new_version_dir,
 )
-from autoretrain.curation.redact import (
-    Redactor,
-    compile_extra_patterns,
-    scan_for_secrets,
-    scan_line,
-)
+from autoretrain.curation.redact import Redactor, compile_extra_patterns, scan_decoded_line
 from autoretrain.curation.split import assign_splits
 from autoretrain.curation.tokens import TokenCounter
-from autoretrain.curation.validate import validate_file, validate_record
+from autoretrain.curation.validate import validate_record
 from autoretrain.runs.schema import Run
 from autoretrain.settings import Settings
 
@@ -59,8 +57,29 @@ class LeakageError(RuntimeError):
     """An evaluation instance or scenario reached a written file. A bug, never bad input."""
 
 
+@dataclass(slots=True)
+class _Kept:
+    """An example that passed every check: its line waits in the spool file, and only what
+    the ordering, deduplication, split and manifest need stays in memory."""
+
+    run_id: str
+    split_key: str
+    scenario_id: str | None
+    instance_hash: str | None
+    category: str
+    model: str
+    agent_version: str
+    digest: str  # normalised content hash (dedup)
+    offset: int  # of the line in the spool
+    length: int
+    crc: int  # of the line as checked, verified when it is copied out of the spool
+    tokens: int
+    redactions: Counter[str] | None
+    cleaned: Counter[str] | None
+
+
 def build_dataset(
-    runs: Iterable[Run | Mapping[str, Any]],
+    runs: Iterable[Run | Mapping[str, Any] | str | bytes],
     *,
     out_root: Path,
     eval_hashes: set[str],
@@ -72,18 +91,53 @@ def build_dataset(
 ) -> DatasetVersion:
     """Write one dataset version under `out_root` and return it.
 
-    `runs` are Run objects or raw records (a record that does not parse is excluded as
-    `invalid_record`). With `decisions` (run_id → decision), only runs whose decision is in
-    INCLUDED_DECISIONS are used; without it every run given is taken as selected.
-    `manifest_extra` (catalog_hash, source_model, …) is merged into the manifest.
+    `runs` are Run objects, raw records, or records as JSON text (a record that does not
+    parse is excluded as `invalid_record`); they are read once, as a stream. With `decisions`
+    (run_id → decision), only runs whose decision is in INCLUDED_DECISIONS are used; without
+    it every run given is taken as selected. `manifest_extra` (catalog_hash, source_model, …)
+    is merged into the manifest.
+
+    Each example's line is validated and secret-scanned once, as the exact bytes that will be
+    written, then kept in an unlinked spool file beside the dataset, so memory holds a few
+    fields per example, not the examples.
     """
     config = settings.dataset
     compile_extra_patterns(config.extra_secret_patterns)  # a bad pattern is a config error
     counter = TokenCounter.load(config.tokenizer_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out_root, prefix=".spool-") as spool:
+        n_input, kept, exclusions = _examples(
+            runs, spool, counter, config, eval_hashes, eval_scenario_ids, decisions
+        )
+        return _write_version(
+            spool,
+            kept,
+            exclusions,
+            n_input=n_input,
+            out_root=out_root,
+            counter=counter,
+            eval_hashes=eval_hashes,
+            eval_scenario_ids=eval_scenario_ids,
+            settings=settings,
+            extra=manifest_extra or {},
+            now=now,
+        )
+
+
+def _examples(
+    runs: Iterable[Run | Mapping[str, Any] | str | bytes],
+    spool: IO[bytes],
+    counter: TokenCounter,
+    config: Any,
+    eval_hashes: set[str],
+    eval_scenario_ids: set[str],
+    decisions: Mapping[str, str] | None,
+) -> tuple[int, list[_Kept], list[Exclusion]]:
+    """Every run either becomes a checked line in the spool or an exclusion."""
+    extra = config.extra_secret_patterns
     exclusions: list[Exclusion] = []
-    examples: list[Example] = []
-    tokens: dict[str, int] = {}
-    redactions: dict[str, Counter[str]] = {}
+    kept: list[_Kept] = []
+    interned: dict[str, str] = {}  # category, model, … repeat: one string object each
     n_input = 0
     for raw in runs:
         n_input += 1
@@ -92,15 +146,17 @@ def build_dataset(
             exclusions.append(excluded)
             continue
         assert run is not None
-        result, redactor = _convert(run, config.max_tool_output_chars, config.extra_secret_patterns)
+        result, line, redactor = _convert(run, config.max_tool_output_chars, extra)
         if isinstance(result, Exclusion):
             exclusions.append(result)
             continue
-        problems = validate_record(result.record)
+        # The checks read the line that will be written, decoded once for both.
+        decoded = json.loads(line)
+        problems = validate_record(decoded)
         if problems:
             exclusions.append(Exclusion(run.run_id, "invalid_example", problems[0]))
             continue
-        residual = scan_line(_line(result.record), config.extra_secret_patterns)
+        residual = scan_decoded_line(line, decoded, extra)
         if residual:
             # The scrubber and the scanner disagree (a secret split across JSON structure,
             # say): drop the example rather than write what the scan would flag.
@@ -111,12 +167,51 @@ def build_dataset(
             detail = f"{count} tokens > {config.max_example_tokens} ({counter.method})"
             exclusions.append(Exclusion(run.run_id, "too_long", detail))
             continue
-        examples.append(result)
-        tokens[run.run_id] = count
-        redactions[run.run_id] = redactor.counts
+        data = line.encode("utf-8") + b"\n"
+        kept.append(
+            _Kept(
+                run_id=result.run_id,
+                split_key=result.split_key,
+                scenario_id=_intern(interned, result.scenario_id),
+                instance_hash=result.instance_hash,
+                category=_intern(interned, result.category),
+                model=_intern(interned, result.model),
+                agent_version=_intern(interned, result.agent_version),
+                digest=content_hash(result.record),
+                offset=spool.tell(),
+                length=len(data),
+                crc=zlib.crc32(data),
+                tokens=count,
+                redactions=redactor.counts or None,
+                cleaned=result.cleaned or None,
+            )
+        )
+        spool.write(data)
+    spool.flush()
+    return n_input, kept, exclusions
 
-    examples.sort(key=lambda e: (e.split_key, e.instance_hash or "", e.run_id))
-    examples, duplicates = deduplicate(examples)
+
+def _intern(seen: dict[str, str], value: str | None) -> Any:
+    return value if value is None else seen.setdefault(value, value)
+
+
+def _write_version(
+    spool: IO[bytes],
+    kept: list[_Kept],
+    exclusions: list[Exclusion],
+    *,
+    n_input: int,
+    out_root: Path,
+    counter: TokenCounter,
+    eval_hashes: set[str],
+    eval_scenario_ids: set[str],
+    settings: Settings,
+    extra: dict[str, Any],
+    now: datetime | None,
+) -> DatasetVersion:
+    config = settings.dataset
+    kept.sort(key=lambda e: (e.split_key, e.instance_hash or "", e.run_id))
+    examples, duplicates = _deduplicate(kept)
     exclusions += [
         Exclusion(e.run_id, "duplicate", f"same content as {first}") for e, first in duplicates
     ]
@@ -124,34 +219,34 @@ def build_dataset(
     exclusions += [Exclusion(e.run_id, "category_cap", e.category) for e in capped]
 
     split_of = assign_splits((e.split_key for e in examples), config.eval_ratio)
-    parts: dict[str, list[Example]] = {"train": [], "eval": []}
+    parts: dict[str, list[_Kept]] = {"train": [], "eval": []}
     for example in examples:
         parts[split_of[example.split_key]].append(example)
     leakage = _leakage(parts, eval_hashes, eval_scenario_ids)
 
-    out_root.mkdir(parents=True, exist_ok=True)
     version, final_dir = new_version_dir(out_root, now)
     staging = out_root / f".tmp-{version}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        for name, part in (("train", parts["train"]), ("eval", parts["eval"])):
-            _write_jsonl(staging / (TRAIN if name == "train" else EVAL), part, config.azure_bom)
+        written = {
+            TRAIN: _write_jsonl(staging / TRAIN, parts["train"], spool, config.azure_bom),
+            EVAL: _write_jsonl(staging / EVAL, parts["eval"], spool, config.azure_bom),
+        }
         manifest = _manifest(
             version=version,
             now=now,
             staging=staging,
+            written=written,
             parts=parts,
             split_of=split_of,
             n_input=n_input,
             exclusions=exclusions,
-            redactions=[redactions[e.run_id] for e in examples],
-            tokens={name: [tokens[e.run_id] for e in part] for name, part in parts.items()},
             counter=counter,
             leakage=leakage,
             settings=settings,
-            extra=manifest_extra or {},
+            extra=extra,
         )
         (staging / MANIFEST).write_text(
             json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
@@ -178,8 +273,22 @@ def build_dataset(
     )
 
 
+def _deduplicate(kept: list[_Kept]) -> tuple[list[_Kept], list[tuple[_Kept, str]]]:
+    """As dedup.deduplicate, on the content hashes computed while checking."""
+    seen: dict[str, str] = {}
+    unique: list[_Kept] = []
+    dropped: list[tuple[_Kept, str]] = []
+    for example in kept:
+        if example.digest in seen:
+            dropped.append((example, seen[example.digest]))
+        else:
+            seen[example.digest] = example.run_id
+            unique.append(example)
+    return unique, dropped
+
+
 def _admit(
-    raw: Run | Mapping[str, Any],
+    raw: Run | Mapping[str, Any] | str | bytes,
     position: int,
     eval_hashes: set[str],
     eval_scenario_ids: set[str],
@@ -190,9 +299,12 @@ def _admit(
         run = raw
     else:
         try:
-            run = Run.model_validate(raw)
+            if isinstance(raw, str | bytes):
+                run = Run.model_validate_json(raw)
+            else:
+                run = Run.model_validate(raw)
         except ValidationError as exc:
-            run_id = raw.get("run_id") if isinstance(raw, Mapping) else None
+            run_id = _run_id_of(raw)
             label = str(run_id) if run_id else f"<input #{position}>"
             return None, Exclusion(label, "invalid_record", str(exc).splitlines()[0])
     if decisions is not None:
@@ -208,32 +320,46 @@ def _admit(
     return run, None
 
 
+def _run_id_of(raw: Mapping[str, Any] | str | bytes) -> Any:
+    if isinstance(raw, Mapping):
+        return raw.get("run_id")
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return record.get("run_id") if isinstance(record, dict) else None
+
+
 def _convert(
     run: Run, max_chars: int, extra_patterns: list[str]
-) -> tuple[Example | Exclusion, Redactor]:
+) -> tuple[Example | Exclusion, str, Redactor]:
+    """The example and its JSONL line (without the newline), or why there is none."""
     redactor = Redactor(list(extra_patterns))
     try:
         result = run_to_example(run, max_chars, redactor)
-        if isinstance(result, Example):
-            # Proves the record can be written: anything unencodable is excluded here, not
-            # discovered halfway through a file.
-            json.dumps(result.record, ensure_ascii=False).encode("utf-8")
+        if isinstance(result, Exclusion):
+            return result, "", redactor
+        line = _line(result.record)
+        # Proves the record can be written: anything unencodable is excluded here, not
+        # discovered halfway through a file.
+        line.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return Exclusion(run.run_id, "invalid_unicode", str(exc)), redactor
+        return Exclusion(run.run_id, "invalid_unicode", str(exc)), "", redactor
     except Exception as exc:  # one strange run must not stop the build; it is counted
         log.warning("run %s could not be converted: %r", run.run_id, exc)
-        return Exclusion(run.run_id, "conversion_error", repr(exc)[:300]), redactor
-    return result, redactor
+        return Exclusion(run.run_id, "conversion_error", repr(exc)[:300]), "", redactor
+    return result, line, redactor
 
 
-def _cap_categories(
-    examples: list[Example], cap: int | None
-) -> tuple[list[Example], list[Example]]:
+_E = TypeVar("_E", _Kept, Example)
+
+
+def _cap_categories(examples: list[_E], cap: int | None) -> tuple[list[_E], list[_E]]:
     """At most `cap` examples per category, chosen by a hash of the run id so the choice is
     deterministic and spread across scenarios rather than the alphabetically first ones."""
     if cap is None:
         return examples, []
-    by_category: dict[str, list[Example]] = defaultdict(list)
+    by_category: dict[str, list[_E]] = defaultdict(list)
     for example in examples:
         by_category[example.category].append(example)
     keep: set[str] = set()
@@ -244,7 +370,7 @@ def _cap_categories(
 
 
 def _leakage(
-    parts: dict[str, list[Example]], eval_hashes: set[str], eval_scenario_ids: set[str]
+    parts: dict[str, list[_Kept]], eval_hashes: set[str], eval_scenario_ids: set[str]
 ) -> dict[str, int]:
     """Overlap between what is about to be written and evaluation; raises unless all zero."""
     every = [e for part in parts.values() for e in part]
@@ -269,14 +395,26 @@ def _line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
 
 
-def _write_jsonl(path: Path, examples: list[Example], bom: bool) -> None:
+def _write_jsonl(path: Path, examples: list[_Kept], spool: IO[bytes], bom: bool) -> str:
+    """Copy the examples' checked lines out of the spool; returns the sha256 of the bytes
+    written. A line that is not, byte for byte, the one that was checked stops the build."""
+    digest = hashlib.sha256()
+    fd = spool.fileno()
     with path.open("wb") as handle:
         if bom:
             handle.write(BOM)
+            digest.update(BOM)
         for example in examples:
-            handle.write(_line(example.record).encode("utf-8") + b"\n")
+            data = os.pread(fd, example.length, example.offset)
+            if len(data) != example.length or zlib.crc32(data) != example.crc:
+                raise RuntimeError(
+                    f"the spooled line of run {example.run_id} is not the one that was checked"
+                )
+            handle.write(data)
+            digest.update(data)
         handle.flush()
         os.fsync(handle.fileno())
+    return digest.hexdigest()
 
 
 def _manifest(
@@ -284,12 +422,11 @@ def _manifest(
     version: str,
     now: datetime | None,
     staging: Path,
-    parts: dict[str, list[Example]],
+    written: dict[str, str],
+    parts: dict[str, list[_Kept]],
     split_of: dict[str, str],
     n_input: int,
     exclusions: list[Exclusion],
-    redactions: list[Counter[str]],
-    tokens: dict[str, list[int]],
     counter: TokenCounter,
     leakage: dict[str, int],
     settings: Settings,
@@ -297,26 +434,27 @@ def _manifest(
 ) -> dict[str, Any]:
     config = settings.dataset
     files = {TRAIN: staging / TRAIN, EVAL: staging / EVAL}
-    validation = {}
-    secrets = {}
-    for name, path in files.items():
-        report = validate_file(path, max_tokens=None)
-        # An empty eval split is legal (one scenario); errors here are a builder bug.
-        validation[name] = {"ok": report.ok, "errors": report.errors[:20]}
-        secrets[name] = scan_for_secrets(path, config.extra_secret_patterns)
-    if any(not v["ok"] for v in validation.values()) or any(secrets.values()):
-        # Every example passed both checks before it was written: this is a builder bug.
+    # Every line was validated and secret-scanned, as the bytes written, before it went into
+    # the spool, and came out of it unchanged (its CRC): a file whose bytes, read back, are
+    # those lines is validated and scanned. The dataset checks scan the files again on their
+    # own (curation/checks.py).
+    digests = {name: file_digest(path) for name, path in files.items()}
+    mismatched = [name for name in files if digests[name]["sha256"] != written[name]]
+    if mismatched:
         raise RuntimeError(
-            f"dataset {version} failed its own checks: validation {validation}, "
-            f"secrets found {secrets}"
+            f"dataset {version} failed its own checks: {mismatched} read back differ from "
+            "the checked lines written"
         )
+    validation = {name: {"ok": True, "errors": []} for name in files}
+    tokens = {name: [e.tokens for e in part] for name, part in parts.items()}
     every = [e for part in parts.values() for e in part]
     total_redactions: Counter[str] = Counter()
-    for counts in redactions:
-        total_redactions.update(counts)
     cleaned: Counter[str] = Counter()
     for example in every:
-        cleaned.update(example.cleaned)
+        if example.redactions:
+            total_redactions.update(example.redactions)
+        if example.cleaned:
+            cleaned.update(example.cleaned)
     categories = sorted({e.category for e in every})
     by_category = {
         name: dict(sorted(Counter(e.category for e in part).items()))
@@ -375,9 +513,9 @@ def _manifest(
             for name, part in parts.items()
         },
         "run_ids": {name: [e.run_id for e in part] for name, part in parts.items()},
-        "files": {name: file_digest(path) for name, path in files.items()},
+        "files": digests,
         "validation": validation,
-        "secret_scan": {name: len(found) for name, found in secrets.items()},
+        "secret_scan": {name: 0 for name in files},
     }
     manifest.update(extra)
     return manifest

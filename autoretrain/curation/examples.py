@@ -66,6 +66,8 @@ class _Excluded(Exception):
 def _utf8_safe(text: str, cleaned: Counter[str]) -> str:
     """Text that cannot be written as UTF-8 (lone surrogates from a `\\ud800` JSON escape,
     say) gets U+FFFD in their place, so a write never fails halfway through a file."""
+    if text.isascii():  # a flag on the string: no copy, unlike the encode below
+        return text
     try:
         text.encode("utf-8")
         return text

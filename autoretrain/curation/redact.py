@@ -161,6 +161,7 @@ _GATE = tuple(
 # The non-ASCII letters that case-insensitive rules match as ASCII ones ("paſſword"): folded
 # before the trigger tests, which would otherwise skip a rule that matches.
 _FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+_FOLDED = ("\u0130", "\u0131", "\u017f", "\u212a")
 
 # Strings seen again (tool specs, system prompts, JSON keys repeat across thousands of runs) are
 # looked up instead of scanned; the memo is emptied when it holds _MEMO_CHARS characters, so
@@ -196,7 +197,9 @@ class _Engine:
     def _redact(self, text: str) -> tuple[str, tuple[str, ...]]:
         # A marker never matches a rule, so the lower-cased original is a safe guide for
         # the whole pass even as replacements change the text.
-        lower = text.lower() if text.isascii() else text.translate(_FOLD).lower()
+        lower = text.lower()
+        if not text.isascii() and any(c in text for c in _FOLDED):
+            lower = text.translate(_FOLD).lower()
         if not self.extra:
             for gate in _GATE:
                 if gate in lower:
@@ -307,28 +310,46 @@ class _Walk:
 
     def text(self, value: str) -> None:
         redacted, kinds = self.builtin.redact(value)
-        self.kinds.update(kinds)
+        if kinds:
+            self.kinds.update(kinds)
         if self.strings is not None:
             self.strings.append(redacted)
 
+    def string(self, value: str) -> None:
+        """A string value: scanned, or walked when it holds JSON."""
+        first = value[:1]
+        if first and (first in "{[" or first.isspace()):
+            decoded = _nested(value)
+            if not isinstance(decoded, str):
+                self.value(decoded)
+                return
+        self.text(value)
+
     def value(self, value: Any) -> None:
         if isinstance(value, str):
-            value = _nested(value)
-            if isinstance(value, str):
-                self.text(value)
-                return
-        if isinstance(value, list):
+            self.string(value)
+        elif isinstance(value, list):
             for item in value:
-                self.value(item)
+                if isinstance(item, str):
+                    self.string(item)
+                elif isinstance(item, list | dict):
+                    self.value(item)
         elif isinstance(value, dict):
             for key, item in value.items():
-                self.text(str(key))
+                self.text(key if isinstance(key, str) else str(key))
                 if isinstance(item, str):
-                    item = _nested(item)
-                    if isinstance(item, str) and _names_secret(str(key), item):
+                    first = item[:1]
+                    if first and (first in "{[" or first.isspace()):
+                        decoded = _nested(item)
+                        if not isinstance(decoded, str):
+                            self.value(decoded)
+                            continue
+                    if _names_secret(str(key), item):
                         self.kinds.add("named_secret")
-                        continue
-                self.value(item)
+                    else:
+                        self.text(item)
+                elif isinstance(item, list | dict):
+                    self.value(item)
 
     def finish(self) -> None:
         if self.strings:
