@@ -234,27 +234,26 @@ def model_for_version(settings: Settings, version: Any) -> Any:
 def build_training_dataset(settings: Settings) -> Any:
     """Promotable runs (human decisions over automatic ones) → a new dataset version."""
     from autoretrain.curation.builder import build_dataset
-    from autoretrain.runs.review import promotable_run_ids
+    from autoretrain.curation.source import promoted_records
     from autoretrain.scenarios import load_catalog
 
     catalog = load_catalog(settings.scenarios_dir)
-    with RunStore.from_settings(settings, read_only=True) as store:
-        run_ids = promotable_run_ids(store.con)
-        runs = list(store.records(run_ids=run_ids)) if run_ids else []
     incumbent = slot_version(settings, "primary")
-    return build_dataset(
-        runs,
-        out_root=settings.paths.datasets,
-        eval_hashes=catalog.evaluation_hashes(settings.evaluation.instances_per_scenario),
-        eval_scenario_ids={s.id for s in catalog.eval_scenarios},
-        settings=settings,
-        manifest_extra={
-            "catalog_hash": catalog.hash,
-            "source": f"run store {settings.paths.database}",
-            "source_model": incumbent.id if incumbent else None,
-            "agent_version": _agent_version(),
-        },
-    )
+    # Streamed: the records wait in a temporary file, not as Run objects in memory.
+    with promoted_records(settings) as (_, records):
+        return build_dataset(
+            records,
+            out_root=settings.paths.datasets,
+            eval_hashes=catalog.evaluation_hashes(settings.evaluation.instances_per_scenario),
+            eval_scenario_ids={s.id for s in catalog.eval_scenarios},
+            settings=settings,
+            manifest_extra={
+                "catalog_hash": catalog.hash,
+                "source": f"run store {settings.paths.database}",
+                "source_model": incumbent.id if incumbent else None,
+                "agent_version": _agent_version(),
+            },
+        )
 
 
 def _agent_version() -> str:
