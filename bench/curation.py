@@ -9,8 +9,9 @@ against polars doing only the raw part of the same job, in the same run.
   fields the filter needs decoded, kept lines written byte for byte; much faster on records
   this nested). The target is judged against the faster one;
 - project (a child process): `stages.score_days` + `stages.decide_days` over the day range, then
-  the export the `dataset build` command does: `promotable_run_ids` → `RunStore.records` →
-  `build_dataset` (train/eval JSONL, redaction, validation, manifest).
+  the export the `training_dataset` asset does: `curation.source.promoted_records` (the
+  promotable runs' records copied out of the run store) → `build_dataset` (train/eval JSONL,
+  redaction, validation, secret scan, manifest), streamed.
 
 Throughput counts the N landed runs (and their bytes) over each side's seconds; the target is
 project >= 0.5x the baseline. Peak RSS is each child's own.
@@ -138,8 +139,7 @@ def _top_functions(stats: Any, n: int) -> list[dict[str, Any]]:
 def _project(home: Path, days: list[str]) -> dict[str, Any]:
     from autoretrain import stages
     from autoretrain.curation.builder import build_dataset
-    from autoretrain.runs.review import promotable_run_ids
-    from autoretrain.runs.store import RunStore
+    from autoretrain.curation.source import promoted_records
 
     settings = _settings(home)
     start, end = days[0], days[-1]
@@ -150,22 +150,19 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
     t = time.perf_counter()
     decide = stages.decide_days(settings, start, end)
     steps["decide_days"] = time.perf_counter() - t
-    with RunStore.from_settings(settings, read_only=True) as store:
-        t = time.perf_counter()
-        ids = promotable_run_ids(store.con, start, end)
-        steps["promotable_run_ids"] = time.perf_counter() - t
-        t = time.perf_counter()
-        # As `autoretrain dataset build` does: the promoted runs as Run objects, then the build.
-        runs = list(store.records(run_ids=ids))
-        steps["records"] = time.perf_counter() - t
     t = time.perf_counter()
-    version = build_dataset(
-        runs,
-        out_root=settings.paths.datasets,
-        eval_hashes=set(),
-        eval_scenario_ids=set(),
-        settings=settings,
-    )
+    # As the training_dataset asset does (stages.build_training_dataset): the promotable runs'
+    # records copied out of the run store, then streamed through the build.
+    with promoted_records(settings, start, end) as (n_promotable, records):
+        steps["promotable_records"] = time.perf_counter() - t
+        t = time.perf_counter()
+        version = build_dataset(
+            records,
+            out_root=settings.paths.datasets,
+            eval_hashes=set(),
+            eval_scenario_ids=set(),
+            settings=settings,
+        )
     steps["build_dataset"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     written = sum((version.path / name).stat().st_size for name in ("train.jsonl", "eval.jsonl"))
@@ -174,7 +171,7 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
         "steps_s": {k: round(v, 3) for k, v in steps.items()},
         "scored": score.n_runs,
         "decisions": decide.by_decision,
-        "promotable": len(ids),
+        "promotable": n_promotable,
         "train": version.counts["train"],
         "eval": version.counts["eval"],
         "excluded": version.exclusions,
