@@ -77,12 +77,23 @@ class LoopRunner:
             tags=tags,
             raise_on_error=False,
         )
-        if not result.success:
+        if not result.success and not self.failed_gates(result):
             failures = [
                 e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"
             ]
             raise LoopError(f"Dagster run {result.run_id} failed: {failures[:2]}")
+        # A failed blocking check fails its step on purpose: the caller reads which gate said no.
         return result
+
+    @staticmethod
+    def failed_gates(result: Any) -> list[Any]:
+        import dagster as dg
+
+        return [
+            e
+            for e in result.get_asset_check_evaluations()
+            if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+        ]
 
     @staticmethod
     def _check(result: Any, name: str) -> Any:
@@ -149,11 +160,7 @@ class LoopRunner:
             return out
         version = str(mats[-1].metadata["version"].value)
         out.artifacts["dataset"] = str(self.settings.paths.datasets / version)
-        failed = [
-            e
-            for e in result.get_asset_check_evaluations()
-            if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
-        ]
+        failed = self.failed_gates(result)
         if failed:
             out.stopped_at = "training_dataset checks"
             out.reason = ", ".join(e.check_name for e in failed)

@@ -184,7 +184,9 @@ class SelfPlaySettings(_Section):
 class DatasetSettings(_Section):
     eval_ratio: float = 0.1
     min_examples_per_category: int = 5
-    max_examples_per_category: int | None = None
+    # REFERENCE.md's recipe caps each category, so the easy ones (declines, clarifying
+    # questions) do not drown the ones the model is still learning.
+    max_examples_per_category: int | None = 250
     min_new_promotable_runs: int = 200
     max_tool_output_chars: int = 4000
     extra_secret_patterns: list[str] = Field(default_factory=list)

@@ -38,7 +38,11 @@ def _examples(path: Path) -> list[dict[str, Any]]:
 
 def _prompt_hash(example: dict[str, Any]) -> str | None:
     messages = example.get("messages") or []
-    if len(messages) < 2 or messages[0].get("role") != "system" or messages[1].get("role") != "user":
+    if (
+        len(messages) < 2
+        or messages[0].get("role") != "system"
+        or messages[1].get("role") != "user"
+    ):
         return None
     return prompt_hash(messages[0].get("content") or "", messages[1].get("content") or "")
 
@@ -55,20 +59,26 @@ def check_dataset(
     files = {TRAIN: dataset_dir / TRAIN, EVAL: dataset_dir / EVAL}
     outcomes: list[CheckOutcome] = []
 
-    reports = {name: validate_file(path, tools_required=True) for name, path in files.items()}
+    # Tool-aware: every called tool must be declared in the example's `tools` (examples that
+    # answer without tools, e.g. a declined request, legitimately have none).
+    reports = {name: validate_file(path) for name, path in files.items()}
     outcomes.append(
         CheckOutcome(
             "dataset_validates",
             all(r.ok for r in reports.values()),
             "Every line is a valid, tool-aware OpenAI chat fine-tuning example.",
-            metadata={name: {"examples": r.n_examples, "errors": r.errors[:10]} for name, r in reports.items()},
+            metadata={
+                name: {"examples": r.n_examples, "errors": r.errors[:10]}
+                for name, r in reports.items()
+            },
         )
     )
 
     split = manifest.get("split", {})
     shared = sorted(set(split.get("train_scenarios", [])) & set(split.get("eval_scenarios", [])))
     eval_in_data = sorted(
-        (set(split.get("train_scenarios", [])) | set(split.get("eval_scenarios", []))) & eval_scenario_ids
+        (set(split.get("train_scenarios", [])) | set(split.get("eval_scenarios", [])))
+        & eval_scenario_ids
     )
     outcomes.append(
         CheckOutcome(
@@ -90,7 +100,10 @@ def check_dataset(
             "no_evaluation_instances",
             not leaked,
             "No example's prompt hashes to an evaluation instance (either tier).",
-            metadata={"evaluation_hashes": len(evaluation_hashes), "leaked_lines": {k: v[:20] for k, v in leaked.items()}},
+            metadata={
+                "evaluation_hashes": len(evaluation_hashes),
+                "leaked_lines": {k: v[:20] for k, v in leaked.items()},
+            },
         )
     )
 
@@ -100,7 +113,10 @@ def check_dataset(
             "no_secrets",
             not any(found.values()),
             "An independent scan of the written files finds no secret or e-mail address.",
-            metadata={name: [f"line {line}: {kind}" for line, kind in hits[:20]] for name, hits in found.items()},
+            metadata={
+                name: [f"line {line}: {kind}" for line, kind in hits[:20]]
+                for name, hits in found.items()
+            },
         )
     )
 
