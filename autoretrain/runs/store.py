@@ -66,6 +66,7 @@ RUN_COLUMNS = (
     "provider, model, slot, traffic, status, started_at, ended_at, latency_s, cost_usd, "
     "prompt_tokens, completion_tokens, n_messages, n_recoveries, n_escalations, verified, score"
 )
+JSON_TEXT = pa.json_(pa.large_string())
 WITH_TEXT = "FROM staged s JOIN batch_lines b USING (file_idx, line)"  # a staged line's text
 FILTERS = {
     "run_ids": "run_id",
@@ -122,8 +123,8 @@ class RunStore:
         max_record_bytes: int = 10 * 1024 * 1024,
         chunk_bytes: int = 32 * 1024 * 1024,
         memory_limit: str = "1GB",
-        merge_bytes: int = 128 * 1024 * 1024,
-        commit_bytes: int = 512 * 1024 * 1024,
+        merge_bytes: int = 64 * 1024 * 1024,
+        commit_bytes: int = 256 * 1024 * 1024,
         landing: Path | None = None,
     ):
         self.path = Path(path)
@@ -264,6 +265,16 @@ class RunStore:
         # The lines stay in Arrow (registered as `batch_lines`): `staged` holds the verdicts and
         # typed columns, not the text, because a temporary table dropped inside a transaction
         # keeps its memory until the commit.
+        # The text is typed JSON (Arrow's JSON extension) so that the lines checked valid go
+        # into the JSON `record` column without DuckDB parsing them once more.
+        text = lines.column("text")
+        lines = lines.set_column(
+            lines.schema.get_field_index("text"),
+            pa.field("text", JSON_TEXT),
+            pa.chunked_array(
+                [pa.ExtensionArray.from_storage(JSON_TEXT, c) for c in text.chunks], JSON_TEXT
+            ),
+        )
         con.register("batch_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=2048)))
         try:
             con.execute(f"CREATE OR REPLACE TEMP TABLE staged AS {fast_sql('batch_lines')}")
