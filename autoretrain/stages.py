@@ -282,6 +282,8 @@ def train_candidate(settings: Settings, dataset_dir: Any, version_id: str, **ove
     verified self-play plus the original demos), so the model keeps what it was taught."""
     from pathlib import Path
 
+    from autoretrain.providers.local import TINY_MODEL_PARAMS
+    from autoretrain.training.base_model import parameter_count
     from autoretrain.training.bootstrap import DEMOS_FILE
     from autoretrain.training.config import TrainConfig
     from autoretrain.training.lora import train
@@ -296,8 +298,13 @@ def train_candidate(settings: Settings, dataset_dir: Any, version_id: str, **ove
     demos = settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
     mix_in = [str(demos)] if demos.exists() else []
     # A merged model, never a bare adapter: the next round trains on top of this version.
+    # Tiny models train on one thread: their 128-wide matrices are too small for intra-op
+    # threads to pay off, and on a busy machine the threads' spin-waiting cost ~5x.
+    defaults: dict[str, Any] = {"merge_adapter": True}
+    if parameter_count(base_dir) < TINY_MODEL_PARAMS:
+        defaults["torch_threads"] = 1
     config = TrainConfig.from_settings(
-        settings.training, mix_in=mix_in, **{"merge_adapter": True, **overrides}
+        settings.training, mix_in=mix_in, **{**defaults, **overrides}
     )
     output_dir = settings.paths.models / EMBEDDED / version_id
     result = train(Path(dataset_dir), base_dir, output_dir, config)
