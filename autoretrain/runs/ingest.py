@@ -15,7 +15,9 @@ lax mode in a few places (numbers given as strings are quarantined, not coerced)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +76,52 @@ def read_chunks(path: Path, max_record_bytes: int, chunk_bytes: int) -> Iterator
             yield chunk
     if carry:
         yield _chunk(carry, line_no, last=True, max_record_bytes=max_record_bytes)
+
+
+def read_files(
+    paths: Sequence[Path], max_record_bytes: int, chunk_bytes: int, ahead: int = 2
+) -> Iterator[tuple[int, Chunk | None]]:
+    """(file index, chunk) for every chunk of every file, in order; None for an empty file.
+
+    A thread reads and splits up to `ahead` chunks ahead (file reads and Arrow kernels release
+    the GIL), so the next chunk is ready while DuckDB works on this one."""
+    out: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for idx, path in enumerate(paths):
+                if path.stat().st_size == 0:
+                    if not put((idx, None)):
+                        return
+                    continue
+                for chunk in read_chunks(path, max_record_bytes, chunk_bytes):
+                    if not put((idx, chunk)):
+                        return
+            put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="ingest-reader", daemon=True)
+    worker.start()
+    try:
+        while (item := out.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _skip_long_line(fh, head: bytes, line_no: int, chunk_bytes: int) -> tuple[Rejected, bytes]:  # type: ignore[no-untyped-def]
