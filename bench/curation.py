@@ -142,19 +142,26 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
     from autoretrain.curation.source import promoted_records
 
     settings = _settings(home)
+    # Every promoted run is written (no per-category cap), so the export is the whole job
+    # whatever the default cap is.
+    settings.dataset.max_examples_per_category = None
     start, end = days[0], days[-1]
     steps: dict[str, float] = {}
+    rss: dict[str, float] = {}
     t0 = time.perf_counter()
     score = stages.score_days(settings, start, end)
     steps["score_days"] = time.perf_counter() - t0
+    rss["score_days"] = _peak_rss_mb()
     t = time.perf_counter()
     decide = stages.decide_days(settings, start, end)
     steps["decide_days"] = time.perf_counter() - t
+    rss["decide_days"] = _peak_rss_mb()
     t = time.perf_counter()
     # As the training_dataset asset does (stages.build_training_dataset): the promotable runs'
     # records copied out of the run store, then streamed through the build.
     with promoted_records(settings, start, end) as (n_promotable, records):
         steps["promotable_records"] = time.perf_counter() - t
+        rss["promotable_records"] = _peak_rss_mb()
         t = time.perf_counter()
         version = build_dataset(
             records,
@@ -164,11 +171,13 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
             settings=settings,
         )
     steps["build_dataset"] = time.perf_counter() - t
+    rss["build_dataset"] = _peak_rss_mb()
     seconds = time.perf_counter() - t0
     written = sum((version.path / name).stat().st_size for name in ("train.jsonl", "eval.jsonl"))
     return {
         "seconds": round(seconds, 3),
         "steps_s": {k: round(v, 3) for k, v in steps.items()},
+        "peak_rss_after_step_mb": rss,
         "scored": score.n_runs,
         "decisions": decide.by_decision,
         "promotable": n_promotable,
@@ -177,6 +186,12 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
         "excluded": version.exclusions,
         "bytes_out": written,
     }
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _child(args: argparse.Namespace, phase: str, *extra: str) -> dict[str, Any]:
@@ -270,6 +285,7 @@ def markdown(r: dict[str, Any]) -> str:
          i["mb_per_s"], i["peak_rss_mb"], f"{i['inserted']:,} runs"],
     ]  # fmt: skip
     steps = ", ".join(f"{k} {v}s" for k, v in p["steps_s"].items())
+    rss = ", ".join(f"{k} {v}" for k, v in p.get("peak_rss_after_step_mb", {}).items())
     verdict = "meets" if r["meets_target"] else "misses"
     text = f"""# Curation throughput, {r["runs"]:,} runs
 
@@ -280,7 +296,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 {table(["step", "seconds", "runs/s", "MB/s", "peak RSS MB", "out"], rows)}
 
-Project steps: {steps}.
+Project steps: {steps}. Peak RSS (MB) of the project process after each step: {rss}.
 
 Ratio project/baseline throughput against the faster polars baseline:
 **{r["ratio_project_vs_baseline"]}x** (target >= {r["target"]}x: it {verdict} the target);
