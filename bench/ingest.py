@@ -206,10 +206,16 @@ def measure(kind: str, landing: Path, db: Path) -> dict:
     return result
 
 
-NOTES = """Where the time goes (CPU seconds, 200k runs, one profiled project run on this machine;
-raw `read_json_auto` used ~11 CPU-s for the same files):
+NOTES = """The raw side is `read_json_auto` with its defaults, which samples up to 32 files to detect
+the schema: at 200k runs (40 files) that re-reads most of the data (measured here: 10.8 CPU-s,
+or 4.5 with `maximum_sample_files=1`), at 1M runs (200 files) a sixth of it (27.9 CPU-s for 1M
+runs). So the 200k ratio flatters the project; the 1M ratio is the one to hold it to.
+
+Where the project's time goes at 1M runs (CPU seconds, one profiled run, 71.5 in all): checking
+and typing 33.5, commits 12.8, runs insert 9.4, events table 5.1, dedup and quarantine ~4.
+At 200k runs (13.7 in all):
 - Checking and typing (`fast_sql`: `json_valid`, then one `json_transform` of each line into the
-  shape of a run with JSON-text leaves, first-character kind checks, typed columns): ~6 of ~13.
+  shape of a run with JSON-text leaves, first-character kind checks, typed columns): ~6.
   Lines it cannot confirm (a null, a missing optional field, a bad line: here 0.1%) get the full
   per-field SQL checks, which give the reason.
 - Commits (write-ahead log and checkpoint; the `record` column is zstd-compressed, which took a

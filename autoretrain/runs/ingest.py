@@ -4,12 +4,14 @@ Python only cuts each file into bounded chunks of whole lines (bytes, so memory 
 with the size of a file or a day) and catches what DuckDB cannot be handed: bytes that are not
 UTF-8 and lines over `ingest.max_record_bytes`. Everything else — JSON validity, "is it an
 object", the type of every field of `Run`, enum values, timestamps, defaults, the columns of
-the `runs` table — is one SQL statement per chunk over an Arrow table of lines.
+the `runs` table — is SQL over an Arrow table of lines: `fast_sql` confirms the ordinary
+records with one parse each, and `checked_sql` judges the rest field by field and says why.
 
 The checks below mirror `autoretrain.runs.schema.Run` (the pydantic model is the definition).
-`autoretrain_tests/runs/test_ingest_schema.py` checks, over ~330 corrupted variants, that every record the store accepts loads
-as a `Run` and every record pydantic rejects is quarantined; the SQL is stricter than pydantic's
-lax mode in a few places (numbers given as strings are quarantined, not coerced).
+`autoretrain_tests/runs/test_ingest_schema.py` checks, over ~330 corrupted variants, that every
+record the store accepts loads as a `Run` and every record pydantic rejects is quarantined (the
+SQL is stricter than pydantic's lax mode in a few places: numbers given as strings are
+quarantined, not coerced), and that the fast path confirms only what the full checks accept.
 """
 
 from __future__ import annotations
