@@ -13,4 +13,9 @@ def settings(tmp_path, monkeypatch) -> Settings:
     monkeypatch.setenv("AUTORETRAIN_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     (home / "dagster").mkdir(parents=True)
-    return load_settings(config_file=tmp_path / "absent.yaml")
+    # An empty configuration file of the test's own, so a developer's ./autoretrain.yaml never
+    # leaks in, for code that loads settings itself (the CLI, the Dagster resource).
+    config = tmp_path / "autoretrain.yaml"
+    config.write_text("")
+    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(config))
+    return load_settings(config_file=config)

@@ -150,7 +150,6 @@ def test_removable_artifacts_never_include_anything_referenced(registry, tmp_pat
 
 
 def test_cli_promote_rollback_and_models(settings, tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(tmp_path / "absent.yaml"))
     settings.paths.root.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(settings.paths.database)) as con:
         registry = ModelRegistry(con, settings)
@@ -185,6 +184,5 @@ def test_cli_promote_rollback_and_models(settings, tmp_path, monkeypatch):
 
 
 def test_models_on_a_fresh_home_is_empty_not_an_error(settings, tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(tmp_path / "absent.yaml"))
     result = CliRunner().invoke(cli, ["models", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["versions"] == []

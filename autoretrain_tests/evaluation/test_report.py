@@ -16,7 +16,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_saved_comparison_has_row_files_and_shows_in_the_cli(settings, tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(tmp_path / "absent.yaml"))
     first = compare(
         evaluation(ind=(100, 100)), candidate="v1", incumbent="v0", bootstrap_samples=200
     )
@@ -54,7 +53,6 @@ def test_saved_comparison_has_row_files_and_shows_in_the_cli(settings, tmp_path,
 
 
 def test_eval_show_without_a_database_says_what_to_do(settings, tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(tmp_path / "absent.yaml"))
     result = CliRunner().invoke(cli, ["eval", "show"])
     assert result.exit_code == 1 and "no record of any evaluation" in result.output
 
