@@ -39,7 +39,7 @@ def candidate_model(
     context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
 ) -> dg.MaterializeResult:
     """A candidate fine-tuned from the incumbent on one dataset version (the partition names
-    it); full fine-tune for small models, LoRA for large ones (docs/training.md)."""
+    it); full fine-tune for small models, LoRA for large ones (docs/guides/own-model.md)."""
     settings = autoretrain.settings()
     key = context.partition_key
     dataset_dir = settings.paths.datasets / key.removeprefix("cand-")
