@@ -134,6 +134,11 @@ class EvaluationLifts(_Section):
     small_category_instances: int = 30
     # Canary analysis: runs each slot (canary, primary) needs in the window before a verdict.
     min_canary_runs: int = 200
+    # Canary non-inferiority margin on live traffic. The replay already proved the lift on paired
+    # instances; the canary guards against a collapse outside the catalog, and proving
+    # non-inferiority within 2 points on unpaired runs needs ~8,000 runs per slot, within 5
+    # points a few hundred.
+    canary_margin: float = 0.05
 
     @classmethod
     def resolve(cls, layers: dict[str, Any], provider: str, environment: str) -> EvaluationLifts:

@@ -7,7 +7,7 @@ instances, so nothing is paired: pass rates are compared as two independent prop
 - The difference in pass rate (canary - primary) gets a bootstrap interval (each slot resampled
   on its own; for pass/fail data that is a binomial draw per slot).
 - Non-inferiority is a one-sided Farrington-Manning score test of H0: diff <= -margin against
-  H1: diff > -margin, at `lifts.significance`. The margin is `max_heldout_regression` overall and
+  H1: diff > -margin, at `lifts.significance`. The margin is `canary_margin` overall and
   `max_category_regression` per category (categories are checked on the point estimate, as in
   the replay: per-category significance would need far more traffic than a canary gets).
 - Latency (p50) and cost (mean per run) are compared as ratios against the replay's budgets.
@@ -253,7 +253,7 @@ def canary_analysis(
         ALL,
         by_slot["canary"],
         by_slot["primary"],
-        lifts.max_heldout_regression,
+        lifts.canary_margin,
         bootstrap_samples,
         confidence,
         seed,
