@@ -11,7 +11,7 @@ from autoretrain.evaluation.compare import binomial_cdf_half, compare, mcnemar
 from autoretrain.settings import EvaluationLifts
 from autoretrain_tests.evaluation.synthetic import cell, evaluation
 
-LIFTS = EvaluationLifts()  # min_lift 0.03, significance 0.05, held-out 0.02, category 0.05
+LIFTS = EvaluationLifts(min_lift=0.03)  # significance 0.05, held-out 0.02, category 0.05
 
 
 def decide(rows, **kw):

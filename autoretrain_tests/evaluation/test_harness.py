@@ -110,7 +110,9 @@ def gate(comparison, name):
 def test_a_better_candidate_is_promoted_at_the_default_size(settings, catalog):
     incumbent = ReferenceModel(catalog, 0.5, "v1")
     candidate = ReferenceModel(catalog, 0.55, "v2")
-    comparison = evaluate(incumbent, candidate, catalog, settings, progress=False)
+    # Both models answer instantly: their latency ratio is the machine's load, not the model.
+    relaxed = settings.model_copy(update={"lifts": {"default": {"max_latency_ratio": 1000.0}}})
+    comparison = evaluate(incumbent, candidate, catalog, relaxed, progress=False)
     assert comparison.promoted, [(g.name, g.detail) for g in comparison.failed_gates]
     lift = gate(comparison, "in_distribution_lift")
     # The default size reaches significance for a ~5-point paired lift with room to spare.
