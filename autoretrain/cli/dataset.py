@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,11 +129,19 @@ def build(
     """Build a dataset version from promoted runs (the run store's effective decisions, human
     over automatic), or from --runs files. Evaluation instances and eval scenarios of the
     catalog are kept out of both splits."""
-    from autoretrain.curation.builder import build_dataset
-    from autoretrain.curation.redact import PatternError
     from autoretrain.settings import load_settings
 
     settings = load_settings()
+    # The store's promoted records stream from a temporary file that lives until the build ends.
+    with contextlib.ExitStack() as stack:
+        version, unreadable = _build(settings, stack, run_files, decisions, catalog)
+    _report(version, unreadable, as_json)
+
+
+def _build(settings, stack, run_files, decisions, catalog):  # type: ignore[no-untyped-def]
+    from autoretrain.curation.builder import build_dataset
+    from autoretrain.curation.redact import PatternError
+
     unreadable: list[str] = []
     chosen: dict[str, str] | None = None
     if run_files:
@@ -143,7 +152,7 @@ def build(
     else:
         if decisions is not None:
             raise click.ClickException("--decisions goes with --runs; the run store has its own")
-        runs = _promoted_from_store(settings)
+        runs = _promoted_from_store(settings, stack)
         source = f"run store {settings.paths.database}"
     cat = _catalog(catalog or settings.scenarios_dir)
     eval_hashes = cat.evaluation_hashes(settings.evaluation.instances_per_scenario)
@@ -161,6 +170,10 @@ def build(
         )
     except (PatternError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    return version, unreadable
+
+
+def _report(version, unreadable: list[str], as_json: bool) -> None:  # type: ignore[no-untyped-def]
     summary = {
         "version": version.version,
         "path": str(version.path),
@@ -228,19 +241,17 @@ def _read_decisions(path: Path) -> dict[str, str]:
     return data
 
 
-def _promoted_from_store(settings: Any) -> list[Any]:
-    from autoretrain.runs.review import promotable_run_ids
-    from autoretrain.runs.store import RunStore, StoreNotFound
+def _promoted_from_store(settings: Any, stack: contextlib.ExitStack) -> Any:
+    from autoretrain.curation.source import promoted_records
+    from autoretrain.runs.store import StoreNotFound
 
     try:
-        store = RunStore.from_settings(settings, read_only=True)
+        n, records = stack.enter_context(promoted_records(settings))
     except StoreNotFound as exc:
         raise click.ClickException(f"{exc}; or pass --runs FILE") from None
-    with store:
-        ids = promotable_run_ids(store.con)
-        if not ids:
-            raise click.ClickException(
-                f"no promoted runs in {settings.paths.database}: score and decide runs first "
-                "(`autoretrain review` settles the ones that need a human)"
-            )
-        return list(store.records(run_ids=ids))
+    if not n:
+        raise click.ClickException(
+            f"no promoted runs in {settings.paths.database}: score and decide runs first "
+            "(`autoretrain review` settles the ones that need a human)"
+        )
+    return records
