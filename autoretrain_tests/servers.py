@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,7 +183,8 @@ class DagsterWebserver:
     def start(self, timeout_s: float = 90.0) -> DagsterWebserver:
         import urllib.request
 
-        binary = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "dagster-webserver"
+        # Beside the running interpreter: `make test` calls .venv/bin/pytest without activating.
+        binary = Path(sys.executable).with_name("dagster-webserver")
         if not binary.exists():
             binary = Path(shutil.which("dagster-webserver") or "dagster-webserver")
         self.process = subprocess.Popen(
