@@ -28,7 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from autoretrain.evaluation.compare import ALL, Gate
+from autoretrain.evaluation.compare import (
+    ALL,
+    Gate,
+    _ratio,  # one definition of a budget ratio
+)
 from autoretrain.settings import EvaluationLifts
 
 SLOTS = ("canary", "primary")
@@ -552,12 +556,6 @@ def _cost_gate(by_slot: dict[str, list[SlotRun]], lifts: EvaluationLifts, notes:
         lifts.max_cost_ratio,
         f"mean cost per run ${mean['primary']:.6f} (primary) -> ${mean['canary']:.6f} (canary)",
     )
-
-
-def _ratio(canary: float, primary: float) -> float:
-    if primary > 0:
-        return canary / primary
-    return 1.0 if canary <= 0 else math.inf
 
 
 def _jsonable(value: Any) -> Any:
