@@ -1,0 +1,471 @@
+"""Efficacy of the retraining loop on the embedded default (issue 8, item 7).
+
+Arms, each evaluated against the bootstrap incumbent v0 with the regression-gate harness on
+both tiers (paired, same instances):
+
+- it1: one round of the product loop (self-play from v0 → judge → promotable runs → dataset →
+  fine-tune v0 with the reference demonstrations mixed back in);
+- compute_matched: v0 fine-tuned for the same number of optimizer steps on the reference
+  demonstrations only (does extra training on known data explain the lift?);
+- no_filter: v0 fine-tuned like it1 on a dataset of ALL iteration-1 self-play runs, unverified
+  (does the verification filter matter?);
+- it2: a second round from it1 (it1 promoted to primary, fresh self-play from it1), also gated
+  against it1 as the product's gate would.
+
+Arms are run in that order and the result files are rewritten after each, so a run stopped
+early still leaves every finished arm on disk (unfinished arms are named as not measured).
+
+    .venv/bin/python bench/loop.py [--selfplay-runs 2000] [--instances-per-scenario 70]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, WORK, command_line, machine_facts, table  # noqa: E402
+
+ARMS = ("it1", "compute_matched", "no_filter", "it2")
+TARGET_LIFT_POINTS = 10.0
+HELD_OUT_TOLERANCE_POINTS = 2.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--selfplay-runs", type=int, default=2000)
+    parser.add_argument("--instances-per-scenario", type=int, default=70)
+    parser.add_argument("--work", type=Path, default=WORK / "loop")
+    parser.add_argument(
+        "--reuse-base",
+        type=Path,
+        default=None,
+        help="copy this bootstrapped v0 folder instead of bootstrapping (saves ~2-3 min)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    Bench(args).run()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.result: dict[str, Any] = {
+            "benchmark": "loop efficacy: lift of loop iterations over the incumbent vs controls",
+            "command": command_line(),
+            "machine": machine_facts(),
+            "parameters": {
+                "selfplay_runs": args.selfplay_runs,
+                "instances_per_scenario": args.instances_per_scenario,
+            },
+            "target": {
+                "in_distribution_lift_points": TARGET_LIFT_POINTS,
+                "held_out_within_points": HELD_OUT_TOLERANCE_POINTS,
+                "beats_compute_matched": True,
+            },
+            "arms": {},
+            "not_measured": list(ARMS),
+            "notes": [],
+        }
+
+    # -- setup ----------------------------------------------------------------------------------
+    def settings(self) -> Any:
+        from autoretrain.settings import load_settings
+
+        home = self.args.work / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        config = self.args.work / "autoretrain.yaml"
+        config.write_text("")
+        os.environ["AUTORETRAIN_HOME"] = str(home)
+        os.environ["AUTORETRAIN_CONFIG"] = str(config)
+        os.environ["DAGSTER_HOME"] = str(home / ".dagster")
+        return load_settings(
+            home=str(home),
+            evaluation={"instances_per_scenario": self.args.instances_per_scenario},
+        )
+
+    def run(self) -> None:
+        from autoretrain import stages
+        from autoretrain.scenarios import load_catalog
+
+        if self.args.work.exists():
+            shutil.rmtree(self.args.work)
+        settings = self.settings()
+        self.catalog = load_catalog(settings.scenarios_dir)
+        t0 = time.perf_counter()
+        if self.args.reuse_base:
+            target = settings.paths.models / stages.EMBEDDED / stages.BASE_VERSION
+            shutil.copytree(self.args.reuse_base, target)
+            self.result["notes"].append(
+                f"v0 copied from {self.args.reuse_base} (bootstrapped by the same code)"
+            )
+        stages.ensure_base_model(settings)
+        self.result["base_model_seconds"] = round(time.perf_counter() - t0, 1)
+        self.dirs = {stages.BASE_VERSION: settings.paths.models / stages.EMBEDDED / "v0"}
+
+        it1 = self.iteration(settings, "it1")
+        self.save()
+        self.compute_matched(settings, it1["training"]["steps"])
+        self.save()
+        self.no_filter(settings)
+        self.save()
+        self.iteration(settings, "it2", previous="it1")
+        self.save()
+
+    # -- arms -----------------------------------------------------------------------------------
+    def iteration(self, settings: Any, name: str, previous: str | None = None) -> dict[str, Any]:
+        from autoretrain import stages
+        from autoretrain.runs.archive import RunArchive
+
+        if previous:
+            stages.deploy(settings, previous, "primary", "bench: next iteration")
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(step: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[step] = round(now - clock, 1)
+            clock = now
+
+        report = stages.selfplay(settings, self.args.selfplay_runs, progress=False)
+        lap("selfplay")
+        days = RunArchive(settings.paths.landing).days()
+        stages.ingest_days(settings, days)
+        stages.score_days(settings, days[0], days[-1])
+        stages.decide_days(settings, days[0], days[-1])
+        lap("ingest_score_decide")
+        dataset = stages.build_training_dataset(settings)
+        lap("dataset")
+        trained = stages.train_candidate(settings, dataset.path, name)
+        lap("training")
+        self.dirs[name] = Path(trained.model_dir)
+        arm = self.compare(settings, stages.BASE_VERSION, name)
+        lap("evaluation")
+        arm.update(
+            selfplay={
+                "runs": report.finished,
+                "pass_rate": round(report.pass_rate, 4),
+                "source_model": previous or "v0",
+            },
+            dataset=_dataset_facts(dataset),
+            training=_training_facts(trained.metrics),
+            seconds={**seconds, "total": round(sum(seconds.values()), 1)},
+        )
+        if previous:
+            # The product's gate compares a round with the model it would replace.
+            gate = self.compare(settings, stages.BASE_VERSION, name, incumbent_version=previous)
+            arm["gate_vs_previous"] = gate
+        self.record(name, arm)
+        return arm
+
+    def compute_matched(self, settings: Any, steps: int) -> None:
+        from autoretrain import stages
+        from autoretrain.training.bootstrap import DEMOS_FILE
+        from autoretrain.training.config import TrainConfig
+        from autoretrain.training.lora import train
+
+        base = settings.paths.models / stages.EMBEDDED / stages.BASE_VERSION
+        dataset = self.args.work / "datasets" / "demos-only"
+        dataset.mkdir(parents=True)
+        shutil.copyfile(base / DEMOS_FILE, dataset / "train.jsonl")
+        n_demos = sum(1 for line in (base / DEMOS_FILE).open() if line.strip())
+        defaults = TrainConfig.from_settings(settings.training)
+        # Same optimizer steps as it1: batch_size conversations per step.
+        epochs = steps * defaults.batch_size / n_demos
+        config = TrainConfig.from_settings(
+            settings.training, mix_in=[], merge_adapter=True, torch_threads=1, epochs=epochs
+        )
+        t0 = time.perf_counter()
+        out = settings.paths.models / stages.EMBEDDED / "compute_matched"
+        trained = train(dataset, base, out, config)
+        seconds = round(time.perf_counter() - t0, 1)
+        self.dirs["compute_matched"] = Path(trained.model_dir)
+        arm = self.compare(settings, stages.BASE_VERSION, "compute_matched")
+        arm.update(
+            dataset={"train_examples": n_demos, "source": "v0 reference demonstrations only"},
+            training={**_training_facts(trained.metrics), "epochs": round(epochs, 3)},
+            seconds={"training": seconds},
+            steps_target=steps,
+        )
+        self.record("compute_matched", arm)
+
+    def no_filter(self, settings: Any) -> None:
+        from autoretrain import stages
+        from autoretrain.curation.builder import build_dataset
+        from autoretrain.runs.store import RunStore
+
+        with RunStore.from_settings(settings, read_only=True) as store:
+            records = [
+                r[0]
+                for r in store.con.execute(
+                    "SELECT record::VARCHAR FROM runs WHERE traffic = 'selfplay' ORDER BY run_id"
+                ).fetchall()
+            ]
+        # decisions=None: every run given counts as selected (verified or not); the builder's
+        # other steps (evaluation-instance exclusion, dedup, category cap) apply as for it1.
+        dataset = build_dataset(
+            records,
+            out_root=self.args.work / "datasets" / "no-filter",
+            eval_hashes=self.catalog.evaluation_hashes(self.args.instances_per_scenario),
+            eval_scenario_ids={s.id for s in self.catalog.eval_scenarios},
+            settings=settings,
+            manifest_extra={"source": "all iteration-1 self-play runs, unverified"},
+        )
+        t0 = time.perf_counter()
+        trained = stages.train_candidate(settings, dataset.path, "no_filter")
+        seconds = round(time.perf_counter() - t0, 1)
+        self.dirs["no_filter"] = Path(trained.model_dir)
+        arm = self.compare(settings, stages.BASE_VERSION, "no_filter")
+        arm.update(
+            dataset={**_dataset_facts(dataset), "selfplay_runs_offered": len(records)},
+            training=_training_facts(trained.metrics),
+            seconds={"training": seconds},
+        )
+        self.record("no_filter", arm)
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def compare(
+        self, settings: Any, base: str, name: str, incumbent_version: str | None = None
+    ) -> dict[str, Any]:
+        from autoretrain.evaluation.compare import ALL
+        from autoretrain.evaluation.harness import evaluate
+        from autoretrain.providers.factory import chat_model_for
+
+        def load(version: str) -> Any:
+            model = chat_model_for(settings, model_dir=self.dirs[version])
+            model.name = version
+            return model
+
+        incumbent = incumbent_version or base
+        t0 = time.perf_counter()
+        comparison = evaluate(
+            load(incumbent),
+            load(name),
+            self.catalog,
+            settings,
+            incumbent_name=incumbent,
+            candidate_name=name,
+            progress=False,
+            instances_per_scenario=self.args.instances_per_scenario,
+        )
+        seconds = round(time.perf_counter() - t0, 1)
+        tiers = {}
+        for row in comparison.paired:
+            if row["category"] != ALL:
+                continue
+            tiers[row["tier"]] = {
+                "instances": row["instances"],
+                "incumbent_pass_rate": round(row["incumbent_pass_rate"], 4),
+                "candidate_pass_rate": round(row["candidate_pass_rate"], 4),
+                "diff_points": round(100 * row["pass_rate_diff"], 2),
+                "diff_ci_points": [round(100 * x, 2) for x in row["pass_rate_diff_ci"]],
+                "candidate_better": row["candidate_better"],
+                "incumbent_better": row["incumbent_better"],
+                "mcnemar_p": _p(row["p_value_exact"]),
+            }
+        return {
+            "incumbent": incumbent,
+            "tiers": tiers,
+            "gate": comparison.decision,
+            "failed_gates": [{"name": g.name, "detail": g.detail} for g in comparison.failed_gates],
+            "evaluation_seconds": seconds,
+        }
+
+    # -- results --------------------------------------------------------------------------------
+    def record(self, name: str, arm: dict[str, Any]) -> None:
+        self.result["arms"][name] = arm
+        self.result["not_measured"] = [a for a in ARMS if a not in self.result["arms"]]
+        print(f"{name}: {json.dumps(arm['tiers'])} gate={arm['gate']}", flush=True)
+
+    def save(self) -> None:
+        arms = self.result["arms"]
+        self.result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        if "it1" in arms:
+            self.result["iteration_wall_seconds"] = arms["it1"]["seconds"]["total"]
+        self.result["verdict"] = _verdict(arms)
+        self.result["ratio_to_target"] = self.result["verdict"].get("ratio_to_target")
+        name = "loop"
+        self.args.out.mkdir(parents=True, exist_ok=True)
+        (self.args.out / f"{name}.json").write_text(
+            json.dumps(self.result, indent=2, default=str) + "\n"
+        )
+        (self.args.out / f"{name}.md").write_text(_markdown(self.result).rstrip() + "\n")
+
+
+def _p(p: float) -> float:
+    return float(f"{p:.3g}") if p > 0 else 0.0
+
+
+def _dataset_facts(dataset: Any) -> dict[str, Any]:
+    manifest = json.loads((Path(dataset.path) / "manifest.json").read_text())
+    return {
+        "version": Path(dataset.path).name,
+        "counts": manifest.get("counts"),
+        "exclusions": manifest.get("exclusions"),
+    }
+
+
+def _training_facts(metrics: dict[str, Any]) -> dict[str, Any]:
+    keep = ("method", "steps", "train_examples", "final_loss", "eval_loss", "wall_seconds")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+def _verdict(arms: dict[str, Any]) -> dict[str, Any]:
+    def lift(name: str, tier: str) -> float | None:
+        arm = arms.get(name)
+        return arm["tiers"].get(tier, {}).get("diff_points") if arm else None
+
+    best = None
+    for name in ("it1", "it2"):
+        value = lift(name, "in_distribution")
+        if value is not None and (best is None or value > best[1]):
+            best = (name, value)
+    out: dict[str, Any] = {}
+    if best:
+        name, value = best
+        tier = arms[name]["tiers"]["in_distribution"]
+        out = {
+            "best_iteration": name,
+            "in_distribution_lift_points": value,
+            "significant": tier["mcnemar_p"] < 0.05 and tier["diff_ci_points"][0] > 0,
+            "ratio_to_target": round(value / TARGET_LIFT_POINTS, 3),
+            "meets_lift_target": value >= TARGET_LIFT_POINTS,
+        }
+        held = lift(name, "held_out")
+        if held is not None:
+            out["held_out_diff_points"] = held
+            out["held_out_within_tolerance"] = abs(held) <= HELD_OUT_TOLERANCE_POINTS
+        for control in ("compute_matched", "no_filter"):
+            c = lift(control, "in_distribution")
+            if c is not None:
+                out[f"beats_{control}_points"] = round(value - c, 2)
+    return out
+
+
+def _ci(t: dict[str, Any]) -> str:
+    lo, hi = t["diff_ci_points"]
+    return f"{t['diff_points']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    rows = []
+    for name, arm in r["arms"].items():
+        ind, held = arm["tiers"].get("in_distribution"), arm["tiers"].get("held_out")
+        training = arm.get("training", {})
+        rows.append(
+            [
+                f"{name} vs {arm['incumbent']}",
+                f"{100 * ind['incumbent_pass_rate']:.1f}% → {100 * ind['candidate_pass_rate']:.1f}%",
+                _ci(ind),
+                ind["mcnemar_p"],
+                f"{100 * held['incumbent_pass_rate']:.1f}% → {100 * held['candidate_pass_rate']:.1f}%",
+                _ci(held),
+                held["mcnemar_p"],
+                arm["gate"]
+                + (
+                    " (" + ", ".join(g["name"] for g in arm["failed_gates"]) + ")"
+                    if arm["failed_gates"]
+                    else ""
+                ),
+                training.get("steps", ""),
+                training.get("wall_seconds", ""),
+            ]
+        )
+        if "gate_vs_previous" in arm:
+            g = arm["gate_vs_previous"]
+            ind, held = g["tiers"]["in_distribution"], g["tiers"]["held_out"]
+            rows.append(
+                [
+                    f"{name} vs {g['incumbent']} (the product's gate)",
+                    f"{100 * ind['incumbent_pass_rate']:.1f}% → {100 * ind['candidate_pass_rate']:.1f}%",
+                    _ci(ind),
+                    ind["mcnemar_p"],
+                    f"{100 * held['incumbent_pass_rate']:.1f}% → {100 * held['candidate_pass_rate']:.1f}%",
+                    _ci(held),
+                    held["mcnemar_p"],
+                    g["gate"]
+                    + (
+                        " (" + ", ".join(x["name"] for x in g["failed_gates"]) + ")"
+                        if g["failed_gates"]
+                        else ""
+                    ),
+                    "",
+                    "",
+                ]
+            )
+    v = r["verdict"]
+    lines = [
+        "# Loop efficacy on the embedded default (issue 8, item 7)",
+        "",
+        table(
+            [
+                "arm",
+                "in-distribution",
+                "diff, points [95% CI]",
+                "McNemar p",
+                "held-out",
+                "diff, points [95% CI]",
+                "McNemar p",
+                "gate",
+                "train steps",
+                "train s",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    if v:
+        lines += [
+            f"Best iteration: **{v['best_iteration']}**, in-distribution "
+            f"**{v['in_distribution_lift_points']:+.2f} points** "
+            f"({'significant' if v['significant'] else 'not significant'}); "
+            f"ratio to the +{TARGET_LIFT_POINTS:.0f}-point target: **{v['ratio_to_target']}** "
+            f"({'met' if v['meets_lift_target'] else 'not met'}). "
+            + (
+                f"Held-out {v['held_out_diff_points']:+.2f} points "
+                f"({'within' if v['held_out_within_tolerance'] else 'outside'} "
+                f"±{HELD_OUT_TOLERANCE_POINTS:.0f}). "
+                if "held_out_diff_points" in v
+                else ""
+            )
+            + " ".join(
+                f"Margin over {c.replace('_', '-')}: {v[f'beats_{c}_points']:+.2f} points."
+                for c in ("compute_matched", "no_filter")
+                if f"beats_{c}_points" in v
+            ),
+            "",
+        ]
+    if "iteration_wall_seconds" in r:
+        s = r["arms"]["it1"]["seconds"]
+        lines += [
+            f"Wall time of one loop iteration (it1, {r['parameters']['selfplay_runs']} self-play "
+            f"runs): **{r['iteration_wall_seconds']} s** = "
+            + ", ".join(f"{k} {v_} s" for k, v_ in s.items() if k != "total")
+            + ".",
+            "",
+        ]
+    if r["not_measured"]:
+        lines += ["Not measured (out of time): " + ", ".join(r["not_measured"]) + ".", ""]
+    lines += [f"- {n}" for n in r["notes"]]
+    lines += [
+        "",
+        f"{m['cores']} cores, {m['memory_gb']} GB, shared with a CI run of the whole suite "
+        f"(load average {m['load_average_at_start']} at start, {m.get('load_average_at_end')} "
+        f"at end), {m['date']}. Evaluation: {r['parameters']['instances_per_scenario']} "
+        "instances per scenario per tier, greedy, paired; McNemar exact two-sided, CI by "
+        "paired bootstrap.",
+        f"Command: `{r['command']}`",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
