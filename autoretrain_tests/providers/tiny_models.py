@@ -13,18 +13,8 @@ from typing import Any
 
 import pytest
 
-CALCULATOR = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string"}},
-            "required": ["expression"],
-        },
-    },
-}
+from autoretrain_tests.curation.factories import CALCULATOR  # one tool spec for test models
+
 TOOLS = [CALCULATOR]
 QUESTION = [
     {"role": "system", "content": "You are a careful assistant."},

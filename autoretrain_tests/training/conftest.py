@@ -7,18 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CALCULATOR = {
-    "type": "function",
-    "function": {
-        "name": "calculator",
-        "description": "Evaluate an arithmetic expression.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string"}},
-            "required": ["expression"],
-        },
-    },
-}
+from autoretrain_tests.curation.factories import CALCULATOR  # one tool spec for test models
 
 
 def calculator_conversation(a: int, b: int) -> list[dict]:
