@@ -49,8 +49,23 @@ def main() -> None:
         help="copy this bootstrapped v0 folder instead of bootstrapping (saves ~2-3 min)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--head-to-head",
+        metavar="CANDIDATE:INCUMBENT",
+        action="append",
+        default=[],
+        help="after a full run: compare two of its arms directly (paired, same harness) and "
+        "add the result to the existing loop.json, e.g. it1:compute_matched",
+    )
+    parser.add_argument(
+        "--note", action="append", default=[], help="a reading to add (with --head-to-head)"
+    )
     args = parser.parse_args()
-    Bench(args).run()
+    bench = Bench(args)
+    if args.head_to_head:
+        bench.head_to_head([pair.split(":", 1) for pair in args.head_to_head])
+    else:
+        bench.run()
 
 
 class Bench:
@@ -117,6 +132,25 @@ class Bench:
         self.save()
         self.iteration(settings, "it2", previous="it1")
         self.save()
+
+    def head_to_head(self, pairs: list[list[str]]) -> None:
+        from autoretrain import stages
+        from autoretrain.scenarios import load_catalog
+
+        previous = json.loads((self.args.out / "loop.json").read_text())
+        command = self.result["command"]
+        self.result = previous
+        self.result.setdefault("head_to_head_commands", []).append(command)
+        self.result["notes"] += self.args.note
+        settings = self.settings()
+        self.catalog = load_catalog(settings.scenarios_dir)
+        models = settings.paths.models / stages.EMBEDDED
+        self.dirs = {p.name: p for p in models.iterdir() if (p / "config.json").exists()}
+        for candidate, incumbent in pairs:
+            found = self.compare(settings, incumbent, candidate, incumbent_version=incumbent)
+            self.result.setdefault("head_to_head", {})[f"{candidate} vs {incumbent}"] = found
+            print(f"{candidate} vs {incumbent}: {json.dumps(found['tiers'])}", flush=True)
+            self.save()
 
     # -- arms -----------------------------------------------------------------------------------
     def iteration(self, settings: Any, name: str, previous: str | None = None) -> dict[str, Any]:
@@ -401,6 +435,22 @@ def _markdown(r: dict[str, Any]) -> str:
                     "",
                 ]
             )
+    for label, g in r.get("head_to_head", {}).items():
+        ind, held = g["tiers"]["in_distribution"], g["tiers"]["held_out"]
+        rows.append(
+            [
+                f"{label} (head to head)",
+                f"{100 * ind['incumbent_pass_rate']:.1f}% → {100 * ind['candidate_pass_rate']:.1f}%",
+                _ci(ind),
+                ind["mcnemar_p"],
+                f"{100 * held['incumbent_pass_rate']:.1f}% → {100 * held['candidate_pass_rate']:.1f}%",
+                _ci(held),
+                held["mcnemar_p"],
+                g["gate"],
+                "",
+                "",
+            ]
+        )
     v = r["verdict"]
     lines = [
         "# Loop efficacy on the embedded default (issue 8, item 7)",
@@ -464,6 +514,7 @@ def _markdown(r: dict[str, Any]) -> str:
         "paired bootstrap.",
         f"Command: `{r['command']}`",
     ]
+    lines += [f"Head to head: `{c}`" for c in r.get("head_to_head_commands", [])]
     return "\n".join(lines)
 
 
