@@ -126,12 +126,16 @@ class Bench:
 
         it1 = self.iteration(settings, "it1")
         self.save()
-        self.compute_matched(settings, it1["training"]["steps"])
-        self.save()
-        self.no_filter(settings)
-        self.save()
-        self.iteration(settings, "it2", previous="it1")
-        self.save()
+        wanted = set(self.args.arms.split(","))
+        if "compute_matched" in wanted:
+            self.compute_matched(settings, it1["training"]["steps"])
+            self.save()
+        if "no_filter" in wanted:
+            self.no_filter(settings)
+            self.save()
+        if "it2" in wanted:
+            self.iteration(settings, "it2", previous="it1")
+            self.save()
 
     def head_to_head(self, pairs: list[list[str]]) -> None:
         from autoretrain import stages
@@ -503,7 +507,10 @@ def _markdown(r: dict[str, Any]) -> str:
             "",
         ]
     if r["not_measured"]:
-        lines += ["Not measured (out of time): " + ", ".join(r["not_measured"]) + ".", ""]
+        lines += [
+            "Not measured (not run, or out of time): " + ", ".join(r["not_measured"]) + ".",
+            "",
+        ]
     lines += [f"- {n}" for n in r["notes"]]
     lines += [
         "",
