@@ -58,11 +58,17 @@ def main() -> None:
         "add the result to the existing loop.json, e.g. it1:compute_matched",
     )
     parser.add_argument(
-        "--note", action="append", default=[], help="a reading to add (with --head-to-head)"
+        "--arms", default=",".join(ARMS), help="which arms to run (it1 always runs first)"
+    )
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a reading to add to an existing loop.json (runs no arm)",
     )
     args = parser.parse_args()
     bench = Bench(args)
-    if args.head_to_head:
+    if args.head_to_head or args.note:
         bench.head_to_head([pair.split(":", 1) for pair in args.head_to_head])
     else:
         bench.run()
@@ -144,8 +150,11 @@ class Bench:
         previous = json.loads((self.args.out / "loop.json").read_text())
         command = self.result["command"]
         self.result = previous
-        self.result.setdefault("head_to_head_commands", []).append(command)
         self.result["notes"] += self.args.note
+        if not pairs:
+            self.save(measured=False)
+            return
+        self.result.setdefault("head_to_head_commands", []).append(command)
         settings = self.settings()
         self.catalog = load_catalog(settings.scenarios_dir)
         models = settings.paths.models / stages.EMBEDDED
@@ -322,9 +331,10 @@ class Bench:
         self.result["not_measured"] = [a for a in ARMS if a not in self.result["arms"]]
         print(f"{name}: {json.dumps(arm['tiers'])} gate={arm['gate']}", flush=True)
 
-    def save(self) -> None:
+    def save(self, measured: bool = True) -> None:
         arms = self.result["arms"]
-        self.result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        if measured:
+            self.result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         if "it1" in arms:
             self.result["iteration_wall_seconds"] = arms["it1"]["seconds"]["total"]
         self.result["verdict"] = _verdict(arms)
