@@ -24,7 +24,11 @@ def test_unknown_fields_survive_a_round_trip():
                 "role": "assistant",
                 "content": None,
                 "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": {"a": 1}}}
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "calc", "arguments": {"a": 1}},
+                    }
                 ],
             },
         ],
