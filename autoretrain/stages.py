@@ -167,11 +167,18 @@ def ensure_base_model(settings: Settings, **bootstrap_options: Any) -> str | Non
         from autoretrain.training.bootstrap import bootstrap_base_model
 
         catalog = load_catalog(settings.scenarios_dir)
+        training = settings.training
+        options = {
+            "demos_per_scenario": training.bootstrap_demos_per_scenario,
+            "seed": training.seed,
+            "time_budget_s": training.bootstrap_time_budget_s,
+            **bootstrap_options,
+        }
         bootstrap_base_model(
             catalog,
             model_dir,
             evaluation_per_scenario=settings.evaluation.instances_per_scenario,
-            **bootstrap_options,
+            **options,
         )
     with RunStore.from_settings(settings) as store:
         registry = _registry(store, settings)
