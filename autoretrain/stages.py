@@ -144,10 +144,10 @@ EMBEDDED = "embedded"  # the models/<name>/ folder of the embedded default
 BASE_VERSION = "v0"
 
 
-def _registry(store: RunStore, settings: Settings) -> Any:
+def _registry(store: RunStore, settings: Settings, read_only: bool = False) -> Any:
     from autoretrain.deploy.registry import ModelRegistry
 
-    return ModelRegistry(store.con, settings)
+    return ModelRegistry(store.con, settings, read_only=read_only)
 
 
 def ensure_base_model(settings: Settings, **bootstrap_options: Any) -> str | None:
@@ -211,12 +211,10 @@ def _slot_model(settings: Settings, slot: str) -> Any:
 def slot_version(settings: Settings, slot: str = "primary") -> Any:
     """The registered version in a slot of the active profile, or None (read-only: callers
     outside the `duckdb` pool, such as self-play, must not take the writer lock)."""
-    from autoretrain.deploy.registry import ModelRegistry
-
     if not settings.paths.database.exists():
         return None
     with RunStore.from_settings(settings, read_only=True) as store:
-        registry = ModelRegistry(store.con, settings, read_only=True)
+        registry = _registry(store, settings, read_only=True)
         version_id = registry.slots().get(slot)
         return registry.get(version_id) if version_id else None
 
@@ -270,17 +268,6 @@ def _agent_version() -> str:
 
 
 # -- training ---------------------------------------------------------------------------------
-
-
-def next_version_id(settings: Settings) -> str:
-    from autoretrain.deploy.registry import ModelRegistry
-
-    with RunStore.from_settings(settings) as store:
-        taken = {v.id for v in ModelRegistry(store.con, settings).versions()}
-    n = 1
-    while f"v{n}" in taken or (settings.paths.models / EMBEDDED / f"v{n}").exists():
-        n += 1
-    return f"v{n}"
 
 
 def train_candidate(settings: Settings, dataset_dir: Any, version_id: str, **overrides: Any) -> Any:
@@ -337,14 +324,13 @@ def train_candidate(settings: Settings, dataset_dir: Any, version_id: str, **ove
 def evaluate_candidate(settings: Settings, version_id: str, progress: bool = True) -> Any:
     """Replay both evaluation tiers through the incumbent (primary) and the candidate; decide;
     save the comparison, its report and chart. Returns the Comparison (with evaluation_id)."""
-    from autoretrain.deploy.registry import ModelRegistry
     from autoretrain.evaluation.harness import evaluate
     from autoretrain.evaluation.report import save_comparison
     from autoretrain.scenarios import load_catalog
 
     catalog = load_catalog(settings.scenarios_dir)
     with RunStore.from_settings(settings) as store:
-        registry = ModelRegistry(store.con, settings)
+        registry = _registry(store, settings)
         incumbent = registry.get(registry.slots().get("primary") or "")
         candidate = registry.get(version_id)
     if incumbent is None or candidate is None:
@@ -405,7 +391,7 @@ def analyze_canary(settings: Settings, since: Any = None) -> Any:
     from autoretrain.evaluation.canary import canary_analysis
 
     with RunStore.from_settings(settings, read_only=True) as store:
-        slots = _registry_read(store, settings)
+        slots = _registry(store, settings, read_only=True).slots()
         return canary_analysis(
             store.con,
             lifts=settings.evaluation_lifts(),
@@ -414,12 +400,6 @@ def analyze_canary(settings: Settings, since: Any = None) -> Any:
             primary_model=slots.get("primary"),
             bootstrap_samples=settings.evaluation.bootstrap_samples,
         )
-
-
-def _registry_read(store: RunStore, settings: Settings) -> dict[str, str]:
-    from autoretrain.deploy.registry import ModelRegistry
-
-    return ModelRegistry(store.con, settings, read_only=True).slots()
 
 
 def _read_json(path: Any) -> dict[str, Any]:
