@@ -140,3 +140,48 @@ def test_many_changed_days_become_one_range_run(settings, resources):
     (request,) = result.run_requests
     assert request.tags["dagster/asset_partition_range_start"] == days[0]
     assert request.tags["dagster/asset_partition_range_end"] == days[-1]
+
+
+def test_a_90_day_rescore_backfill_is_one_run(settings, resources):
+    """Re-judging a quarter of history (issue 8): one Dagster run that re-scores and re-decides
+    every day of the range, whatever its length, with a materialization per day."""
+    archive = RunArchive(settings.paths.landing)
+    start = datetime(2026, 1, 1)
+    days = [(start + timedelta(days=i)).date().isoformat() for i in range(90)]
+    archive.write(
+        [make_run(f"{d}-ok", d) for d in days] + [make_run(f"{d}-bad", d, False) for d in days]
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    quarter = {
+        "dagster/asset_partition_range_start": days[0],
+        "dagster/asset_partition_range_end": days[-1],
+    }
+    ingest = dg.materialize(
+        [raw_runs, scored_runs, promotion_decisions],
+        selection=["raw_runs"],
+        resources=resources,
+        instance=instance,
+        tags=quarter,
+    )
+    assert ingest.success
+
+    rescore = dg.materialize(
+        [raw_runs, scored_runs, promotion_decisions],
+        selection=["scored_runs", "promotion_decisions"],
+        resources=resources,
+        instance=instance,
+        tags=quarter,
+    )
+    assert rescore.success
+    assert len(instance.get_runs()) == 2  # the ingest and the whole 90-day re-score
+    for key in ("scored_runs", "promotion_decisions"):
+        materialized = instance.get_materialized_partitions(dg.AssetKey(key))
+        assert sorted(materialized) == days
+    with duckdb.connect(str(settings.paths.database), read_only=True) as con:
+        scored_days = con.execute(
+            "SELECT count(DISTINCT CAST(started_at AS DATE)), count(*) FROM scored_runs "
+            "JOIN runs USING (run_id)"
+        ).fetchone()
+        rows = dict(con.execute("SELECT run_id, decision FROM promotion_decisions").fetchall())
+    assert scored_days == (90, 180)
+    assert rows == {f"{d}-ok": "promote" for d in days} | {f"{d}-bad": "reject" for d in days}
