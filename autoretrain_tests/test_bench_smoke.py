@@ -57,3 +57,27 @@ def test_incremental_bench(tmp_path):
         assert set(timings) == {"total", "raw_runs", "scored_runs", "promotion_decisions"}
         assert all(v > 0 for v in timings.values())
     assert result["ratio"] > 0 and result["target"] == 1.3
+
+
+@pytest.mark.integration
+def test_bootstrap_trials_bench(tmp_path):
+    """A tiny base model through the trial script: it builds, trains and reports pass rates."""
+    spec = {
+        "demos": 1,
+        "config": {"epochs": 0.5},
+        "size": {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2},
+        "per": 1,
+    }
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bootstrap_trials.py"), str(tmp_path / "m")]
+        + [json.dumps(spec), "--grouped-digits"],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["grouped_digits"] and result["steps"] >= 1
+    assert set(result) >= {"in_distribution", "held_out"}
+    assert all(0 <= result[t][0] <= 1 for t in ("in_distribution", "held_out"))
