@@ -15,6 +15,7 @@ vocabulary holds every group of up to three digits as one token (the `m_g*` tria
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -25,51 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def grouped_digit_tokenizer(corpus: list[str], vocab_size: int = 1024, max_length: int = 1024):
-    """Like base_model.build_tokenizer, but numbers split into groups of up to three digits,
+def grouped_digit_tokenizer(
+    build_tokenizer, corpus: list[str], vocab_size: int = 1024, max_length: int = 1024
+):
+    """`build_tokenizer` (base_model's), but numbers split into groups of up to three digits,
     every such group (0-999, 00-99, 000-099) in the vocabulary."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, pre_tokenizers
 
-    from autoretrain.training.chat_format import (
-        CHAT_TEMPLATE,
-        IM_END,
-        IM_START,
-        MARKER_TOKENS,
-        PAD,
-        SPECIAL_TOKENS,
-    )
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size + 1200,
-        min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     groups = [str(n) for n in range(1000)] + [f"{n:02d}" for n in range(100)]
     groups += [f"{n:03d}" for n in range(100)]
-    backend.train_from_iterator(list(corpus) + [" ".join(groups)] * 2, trainer=trainer)
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKER_TOKENS])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=IM_END,
-        pad_token=PAD,
-        additional_special_tokens=[IM_START],
-        model_max_length=max_length,
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
+    return build_tokenizer(
+        list(corpus) + [" ".join(groups)] * 2,  # twice: BPE merges need a frequency of 2
+        vocab_size + 1200,
+        max_length,
+        number_splitter=pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
     )
-    tokenizer.padding_side = "right"
-    return tokenizer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     from autoretrain.training.config import TrainConfig
 
     if args.grouped_digits:
-        base_model.build_tokenizer = grouped_digit_tokenizer
+        base_model.build_tokenizer = functools.partial(
+            grouped_digit_tokenizer, base_model.build_tokenizer
+        )
     logging.basicConfig(level=logging.INFO)
     catalog = load_catalog(ROOT / "scenarios")
     config = TrainConfig(

@@ -45,8 +45,13 @@ class ModelSize:
         return cls(**size)
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int = 1024, max_length: int = 1024):
-    """Train a byte-level BPE tokenizer on `corpus` and wrap it with the chat template."""
+def build_tokenizer(
+    corpus: list[str], vocab_size: int = 1024, max_length: int = 1024, number_splitter=None
+):
+    """Train a byte-level BPE tokenizer on `corpus` and wrap it with the chat template.
+
+    `number_splitter` (a `tokenizers` pre-tokenizer) decides how numbers are cut before BPE;
+    the default is one digit per token (bench/bootstrap_trials.py tries groups of three)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -55,7 +60,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 1024, max_length: int =
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Digits(individual_digits=True),
+            number_splitter or pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )
