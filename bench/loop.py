@@ -41,6 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--selfplay-runs", type=int, default=2000)
     parser.add_argument("--instances-per-scenario", type=int, default=70)
+    parser.add_argument(
+        "--selfplay-seed", type=int, default=0, help="self-play's sampling seed (its setting)"
+    )
     parser.add_argument("--work", type=Path, default=WORK / "loop")
     parser.add_argument(
         "--reuse-base",
@@ -84,6 +87,7 @@ class Bench:
             "parameters": {
                 "selfplay_runs": args.selfplay_runs,
                 "instances_per_scenario": args.instances_per_scenario,
+                "selfplay_seed": args.selfplay_seed,
             },
             "target": {
                 "in_distribution_lift_points": TARGET_LIFT_POINTS,
@@ -109,6 +113,7 @@ class Bench:
         return load_settings(
             home=str(home),
             evaluation={"instances_per_scenario": self.args.instances_per_scenario},
+            selfplay={"seed": self.args.selfplay_seed},
         )
 
     def run(self) -> None:

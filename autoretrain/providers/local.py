@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from autoretrain.providers.base import ChatResponse, Messages, ProviderError, Sampling, Tools
+from autoretrain.providers.engine import Decoder
+from autoretrain.providers.engine import supports as engine_supports
 from autoretrain.providers.toolcalls import (
     ContentStream,
     arguments_as_objects,
@@ -76,9 +78,11 @@ class LocalChatModel:
     """A model directory (+ optional adapter directory) loaded once, generating on `device`.
 
     `model_dir` may itself be an adapter directory: its base is read from adapter_config.json.
-    `max_batch_size` bounds how many conversations share one `generate` call: chunks are
-    sorted by length, and a small chunk waits less for its longest prompt and reply (16 ran
-    ~1.2x the runs/s of 64 on the embedded model, bench/results/selfplay.md).
+    `max_batch_size` bounds how many conversations are decoded together: chunks are sorted by
+    length, and a small chunk waits less for its longest prompt and reply (bench/results/
+    selfplay.md). Plain decoder families go through `engine.Decoder` (prefix cache, finished
+    rows dropped); `prefix_cache=False` turns its cache off, and any other model uses
+    `model.generate`.
     """
 
     # Conversations in one chat_batch share forward passes: the self-play runner and the
@@ -91,8 +95,9 @@ class LocalChatModel:
         adapter_dir: str | Path | None = None,
         name: str | None = None,
         device: str = "cpu",
-        max_batch_size: int = 16,
+        max_batch_size: int = 32,
         merge_adapter: bool = True,
+        prefix_cache: bool = True,
     ):
         model_dir = Path(model_dir)
         if adapter_dir is None and is_adapter_dir(model_dir):
@@ -104,6 +109,11 @@ class LocalChatModel:
         self.max_batch_size = max_batch_size
         self._lock = threading.Lock()  # generate is not re-entrant on one model
         self._load(merge_adapter)
+        self.decoder = (
+            Decoder(self.model, self.stop_ids, self.pad_id, prefix_cache=prefix_cache)
+            if engine_supports(self.model)
+            else None
+        )
 
     def __repr__(self) -> str:
         adapter = f", adapter_dir={str(self.adapter_dir)!r}" if self.adapter_dir else ""
@@ -160,6 +170,19 @@ class LocalChatModel:
             raise ProviderError(f"{self.model_dir}: no end-of-turn or eos token in the tokenizer")
         return ids
 
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prompt block (and the hit counts)."""
+        if self.decoder is not None and self.decoder.cache is not None:
+            with self._lock:
+                self.decoder.cache.clear()
+
+    def prefix_cache_hit_rate(self) -> float:
+        """Share of prompt tokens served from the prefix cache since it was last cleared."""
+        cache = self.decoder.cache if self.decoder is not None else None
+        if cache is None or not cache.hits + cache.misses:
+            return 0.0
+        return cache.hits / (cache.hits + cache.misses)
+
     # -- calls ----------------------------------------------------------------------------
 
     def chat(
@@ -176,7 +199,7 @@ class LocalChatModel:
         if len(conversations) != len(tools):
             raise ValueError(f"{len(conversations)} conversations but {len(tools)} tool lists")
         prompts = [self.render(m, t) for m, t in zip(conversations, tools, strict=True)]
-        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         results: list[ChatResponse | None] = [None] * len(prompts)
         fits: list[int] = []
         for i, ids in enumerate(encoded):
@@ -184,10 +207,13 @@ class LocalChatModel:
                 results[i] = self._overflow(len(ids))
             else:
                 fits.append(i)
-        # Similar lengths together: less padding, fewer wasted positions per forward pass.
-        fits.sort(key=lambda i: len(encoded[i]))
-        for start in range(0, len(fits), self.max_batch_size):
-            chunk = fits[start : start + self.max_batch_size]
+        if self.decoder is not None:
+            chunks = [fits] if fits else []  # the decoder groups by what its cache leaves to do
+        else:
+            fits.sort(key=lambda i: len(encoded[i]))  # similar lengths: less padding
+            size = self.max_batch_size
+            chunks = [fits[start : start + size] for start in range(0, len(fits), size)]
+        for chunk in chunks:
             t0 = time.perf_counter()
             try:
                 generated = self._generate([encoded[i] for i in chunk], sampling)
@@ -263,6 +289,18 @@ class LocalChatModel:
 
         width = max(len(r) for r in rows)
         max_new = max(1, min(sampling.max_tokens, self.context_length - width))
+        if self.decoder is not None:
+            with self._lock, _threads(1 if self.n_params < TINY_MODEL_PARAMS else None):
+                decoded = self.decoder.generate(
+                    rows,
+                    max_new,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    seed=sampling.seed,
+                    max_batch=self.max_batch_size,
+                    streamer=streamer,
+                )
+            return [(d.tokens, d.stopped) for d in decoded]
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         for j, row in enumerate(rows):

@@ -1,0 +1,365 @@
+"""A batched decoder for the local provider: what `model.generate` does, without its waste.
+
+Self-play prompts are long and replies short (about 140 prompt tokens per 12 generated on the
+embedded model), and every turn of a run re-sends the whole conversation. So this decoder:
+
+- reuses key/value states across calls with a **prefix cache** (the idea of vLLM's automatic
+  prefix caching): prompts are cut into blocks of `block_size` tokens, and a block whose tokens
+  and whole prefix were seen before is not computed again. A run's second turn recomputes only
+  what its first turn did not see; runs with the same system prompt and tools share those blocks;
+- grows the KV cache in place (a decode step writes one position instead of concatenating, i.e.
+  copying, the whole cache, as transformers' DynamicCache does);
+- drops finished rows from the batch once a quarter of it is idle, instead of running them to
+  the longest reply.
+
+Key/value states depend only on the tokens before them and their positions, so reusing them is
+exact up to float rounding; `autoretrain_tests/providers/test_engine.py` checks the outputs
+against `model.generate`. Only plain decoder families with full attention take this path
+(`supports`); any other model goes through `model.generate`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+# Families whose forward takes a cache, 2-D attention masks with holes and explicit position ids,
+# with one full-attention KV tensor per layer.
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def supports(model: Any) -> bool:
+    config = model.config
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    layer_types = getattr(config, "layer_types", None) or []
+    return all(t == "full_attention" for t in layer_types)
+
+
+class _GrowingLayer(DynamicLayer):
+    """One layer's keys and values in a buffer with spare room at the end."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self._len = 0
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if self._k is None or self._v is None or self._len + n > self._k.shape[-2]:
+            capacity = max(2 * (self._len + n), 64)
+            b, h, _, d = key_states.shape
+            k, v = (
+                key_states.new_empty((b, h, capacity, d)),
+                value_states.new_empty((b, h, capacity, d)),
+            )
+            if self._k is not None and self._v is not None:
+                k[:, :, : self._len] = self._k[:, :, : self._len]
+                v[:, :, : self._len] = self._v[:, :, : self._len]
+            self._k, self._v = k, v
+        self._k[:, :, self._len : self._len + n] = key_states
+        self._v[:, :, self._len : self._len + n] = value_states
+        self._len += n
+        self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._k is None or self._v is None:
+            return
+        room = self._len + 64
+        self._k, self._v = self._k[indices, :, :room], self._v[indices, :, :room]
+        self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+
+
+def _growing_cache() -> DynamicCache:
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _GrowingLayer
+    return cache
+
+
+class PrefixCache:
+    """Key/value states of token blocks, keyed by the block's tokens and its parent block.
+
+    A block is found only through its whole prefix, so a hit is the same tokens at the same
+    positions: exact reuse. Least recently used blocks go first once they take more than
+    `max_bytes` (256 MiB hold about 8,000 blocks of the embedded model, 680 of a 0.5B Qwen in float32).
+    """
+
+    def __init__(self, block_size: int = 16, max_bytes: int = 256 << 20):
+        self.block_size = block_size
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._blocks: OrderedDict[tuple[int, tuple[int, ...]], tuple[int, torch.Tensor]] = (
+            OrderedDict()
+        )
+        self._next_id = 1
+        self.hits = 0  # tokens served from the cache
+        self.misses = 0  # prompt tokens computed
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self.bytes = self.hits = self.misses = 0
+
+    def lookup(self, tokens: list[int], limit: int) -> tuple[list[int], list[torch.Tensor]]:
+        """The longest cached run of whole blocks at the start of `tokens`, at most `limit`
+        tokens: (block ids, per-block KV tensors [layers, 2, heads, block, dim])."""
+        size, parent = self.block_size, 0
+        ids: list[int] = []
+        kvs: list[torch.Tensor] = []
+        for start in range(0, limit - size + 1, size):
+            key = (parent, tuple(tokens[start : start + size]))
+            found = self._blocks.get(key)
+            if found is None:
+                break
+            self._blocks.move_to_end(key)
+            parent = found[0]
+            ids.append(parent)
+            kvs.append(found[1])
+        return ids, kvs
+
+    def insert(self, tokens: list[int], parent_ids: list[int], kv: torch.Tensor) -> None:
+        """Store the whole blocks of `tokens` after the `parent_ids` ones already cached; `kv`
+        [layers, 2, heads, n, dim] holds the states of tokens[len(parent_ids) * block:]."""
+        size = self.block_size
+        parent = parent_ids[-1] if parent_ids else 0
+        first = len(parent_ids) * size
+        for start in range(first, len(tokens) - size + 1, size):
+            key = (parent, tuple(tokens[start : start + size]))
+            found = self._blocks.get(key)
+            if found is None:
+                block = kv[:, :, :, start - first : start - first + size].clone()
+                found = (self._next_id, block)
+                self._next_id += 1
+                self._blocks[key] = found
+                self.bytes += block.nbytes
+                while self.bytes > self.max_bytes and len(self._blocks) > 1:
+                    self.bytes -= self._blocks.popitem(last=False)[1][1].nbytes
+            parent = found[0]
+
+
+@dataclass
+class Decoded:
+    tokens: list[int]  # new tokens, the stop token excluded
+    stopped: bool  # ended on a stop token (else it hit max_new)
+
+
+class Decoder:
+    """Greedy or sampled decoding of many prompts at once over one causal LM."""
+
+    def __init__(self, model: Any, stop_ids: list[int], pad_id: int, prefix_cache: bool = True):
+        self.model = model
+        self.stop_ids = set(stop_ids)
+        self.pad_id = pad_id
+        self.cache = PrefixCache() if prefix_cache else None
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        rows: list[list[int]],
+        max_new: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        max_batch: int = 32,
+        streamer: Any = None,
+    ) -> list[Decoded]:
+        """New tokens for each prompt, decoding up to `max_batch` prompts together. Prompts are
+        grouped by the length left to compute after their cached blocks (less padding)."""
+        if streamer is not None and len(rows) != 1:
+            raise ValueError("a streamer takes one prompt at a time")
+        # One generator per prompt: a seeded row samples the same tokens whatever the cache
+        # holds and whichever rows it shares a batch with.
+        generators = (
+            [torch.Generator().manual_seed(hash((seed, j)) & (2**63 - 1)) for j in range(len(rows))]
+            if seed is not None
+            else None
+        )
+        left = [len(row) - len(self._lookup([row])[0][0]) * self._block for row in rows]
+        order = sorted(range(len(rows)), key=lambda i: left[i])
+        results: list[Decoded | None] = [None] * len(rows)
+        for start in range(0, len(order), max_batch):
+            chunk = order[start : start + max_batch]
+            decoded = self._generate_chunk(
+                [rows[i] for i in chunk],
+                max_new,
+                temperature,
+                top_p,
+                [generators[i] for i in chunk] if generators else None,
+                streamer,
+            )
+            for i, d in zip(chunk, decoded, strict=True):
+                results[i] = d
+        return [d for d in results if d is not None]
+
+    @property
+    def _block(self) -> int:
+        return self.cache.block_size if self.cache is not None else 0
+
+    def _generate_chunk(
+        self,
+        rows: list[list[int]],
+        max_new: int,
+        temperature: float,
+        top_p: float,
+        generators: list[torch.Generator] | None,
+        streamer: Any,
+    ) -> list[Decoded]:
+        n_rows = len(rows)
+        cached_ids, cached_kv = self._lookup(rows, count=True)
+        cached = [len(ids) * self._block for ids in cached_ids]
+        width_cached = max(cached)
+        suffixes = [row[c:] for row, c in zip(rows, cached, strict=True)]
+        width = max(len(s) for s in suffixes)
+
+        # Layout per row: [holes][cached blocks][holes][suffix]; the mask hides the holes and
+        # position ids count only real tokens, so every token sits at its true position.
+        input_ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n_rows, width_cached + width), dtype=torch.long)
+        for j, (suffix, c) in enumerate(zip(suffixes, cached, strict=True)):
+            input_ids[j, width - len(suffix) :] = torch.tensor(suffix)
+            mask[j, width_cached - c : width_cached] = 1
+            mask[j, width_cached + width - len(suffix) :] = 1
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        kv_cache = _growing_cache()
+        if width_cached:
+            self._fill(kv_cache, cached_kv, cached, width_cached)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions[:, width_cached:],
+            cache=kv_cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if self.cache is not None:
+            self._store(rows, cached_ids, cached, kv_cache, mask, width_cached)
+        if streamer is not None:
+            streamer.put(torch.tensor(rows[0]))
+
+        next_pos = positions[:, -1] + 1
+        logits = out.logits[:, -1]
+        alive = list(range(n_rows))  # row index of each batch position
+        done = [False] * n_rows
+        generated: list[list[int]] = [[] for _ in range(n_rows)]
+        for step in range(max_new):
+            tokens = _pick(
+                logits, temperature, top_p, [generators[j] for j in alive] if generators else None
+            )
+            for j, token in zip(alive, tokens.tolist(), strict=True):
+                if done[j]:
+                    continue
+                if streamer is not None:
+                    streamer.put(torch.tensor([token]))
+                if token in self.stop_ids:
+                    done[j] = True
+                else:
+                    generated[j].append(token)
+            live = [k for k, j in enumerate(alive) if not done[j]]
+            if not live or step == max_new - 1:
+                break
+            # Dropping finished rows copies the cache: worth it once a quarter of them are idle.
+            if len(live) <= 0.75 * len(alive):
+                keep = torch.tensor(live)
+                alive = [alive[k] for k in live]
+                tokens, mask, next_pos = tokens[keep], mask[keep], next_pos[keep]
+                kv_cache.batch_select_indices(keep)
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=torch.long)], 1)
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                cache=kv_cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+        if streamer is not None:
+            streamer.end()
+        return [Decoded(g, d) for g, d in zip(generated, done, strict=True)]
+
+    def _lookup(
+        self, rows: list[list[int]], count: bool = False
+    ) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
+        if self.cache is None:
+            return [[] for _ in rows], [[] for _ in rows]
+        found = [self.cache.lookup(row, len(row) - 1) for row in rows]  # >= 1 token to prefill
+        for (ids, _), row in zip(found, rows, strict=True):
+            if count:
+                hit = len(ids) * self.cache.block_size
+                self.cache.hits += hit
+                self.cache.misses += len(row) - hit
+        return [ids for ids, _ in found], [kvs for _, kvs in found]
+
+    @staticmethod
+    def _fill(
+        kv_cache: DynamicCache, blocks: list[list[torch.Tensor]], cached: list[int], width: int
+    ) -> None:
+        sample = next(b[0] for b in blocks if b)
+        n_layers, _, heads, _, dim = sample.shape
+        past = sample.new_zeros((n_layers, 2, len(blocks), heads, width, dim))
+        for j, (row_blocks, c) in enumerate(zip(blocks, cached, strict=True)):
+            if row_blocks:
+                past[:, :, j, :, width - c :] = torch.cat(row_blocks, dim=3)
+        for layer in range(n_layers):
+            kv_cache.update(past[layer, 0], past[layer, 1], layer)
+
+    def _store(
+        self,
+        rows: list[list[int]],
+        cached_ids: list[list[int]],
+        cached: list[int],
+        kv_cache: DynamicCache,
+        mask: torch.Tensor,
+        width_cached: int,
+    ) -> None:
+        assert self.cache is not None
+        size = self.cache.block_size
+        layers = [(layer.keys, layer.values) for layer in kv_cache.layers]
+        for j, (row, ids, c) in enumerate(zip(rows, cached_ids, cached, strict=True)):
+            whole = len(row) // size * size
+            if whole <= c:
+                continue
+            # The row's real positions after its cached blocks, up to its last whole block.
+            where = mask[j, width_cached:].nonzero().squeeze(1)[: whole - c] + width_cached
+            kv = torch.stack([torch.stack([k[j][:, where], v[j][:, where]]) for k, v in layers])
+            self.cache.insert(row[:whole], ids, kv)
+
+
+def _pick(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    generators: list[torch.Generator] | None,
+) -> torch.Tensor:
+    """Next token per row: argmax, or a sample at `temperature` from the top-p nucleus."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    scores = logits.float() / temperature
+    if top_p < 1.0:
+        ordered, order = scores.sort(dim=-1, descending=True)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        # Drop a token once the tokens before it already cover top_p (the first always stays).
+        drop = (cumulative - ordered.softmax(-1)) >= top_p
+        ordered = ordered.masked_fill(drop, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
+    probs = scores.softmax(-1)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(1)
+    return torch.cat(
+        [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
+    )
