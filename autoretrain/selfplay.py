@@ -64,8 +64,8 @@ class ConcurrentModel:
         sampling: Sampling = Sampling(),
     ) -> list[ChatResponse | Exception]:
         futures = [
-            self._pool.submit(self.model.chat, m, t, sampling)
-            for m, t in zip(conversations, tools, strict=True)
+            self._pool.submit(self.model.chat, m, t, sampling.derived(i))
+            for i, (m, t) in enumerate(zip(conversations, tools, strict=True))
         ]
         out: list[ChatResponse | Exception] = []
         for future in futures:

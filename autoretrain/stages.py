@@ -117,6 +117,7 @@ def selfplay(
         canary = SlotTarget(
             "canary", canary_model or _slot_model(settings, "canary"), settings.provider
         )
+    seed = cfg.seed if seed is None else seed
     runner = SelfPlayRunner(
         catalog,
         catalog.registry,
@@ -126,16 +127,15 @@ def selfplay(
         canary=canary,
         canary_share=share,
         prices=PriceTable.from_settings(settings),
+        # Seeded sampling too: the same seed, model and concurrency give the same runs.
         workflow=WorkflowConfig(
-            sampling=Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+            sampling=Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed)
         ),
         concurrency=concurrency or cfg.concurrency,
         progress=progress,
         exclude=catalog.evaluation_hashes(settings.evaluation.instances_per_scenario),
     )
-    return runner.run(
-        n, seed=cfg.seed if seed is None else seed, weights=cfg.category_weights or None
-    )
+    return runner.run(n, seed=seed, weights=cfg.category_weights or None)
 
 
 # -- models -----------------------------------------------------------------------------------

@@ -133,3 +133,45 @@ def test_stop_keeps_finished_runs(settings, catalog):
         for f in RunArchive(settings.paths.landing).files(d)
     )
     assert landed == report.finished
+
+
+def test_sampled_self_play_is_reproducible_for_a_seed(settings, catalog, tmp_path_factory):
+    """Temperature > 0 on a real local model: the same seed gives the same transcripts,
+    whatever the process did before; another seed gives others."""
+    import json
+
+    import torch
+
+    from autoretrain.agents.workflow import WorkflowConfig
+    from autoretrain.providers.base import Sampling
+    from autoretrain.providers.local import LocalChatModel
+    from autoretrain_tests.providers.tiny_models import cached_untrained_model
+
+    model = LocalChatModel(cached_untrained_model(tmp_path_factory))
+    instances = catalog.selfplay_instances(12, seed=3)
+
+    def transcripts(seed: int, landing, global_seed: int) -> list[str]:
+        torch.manual_seed(global_seed)  # torch's global stream must not matter
+        SelfPlayRunner(
+            catalog,
+            catalog.registry,
+            VerifierAgent(),
+            RunArchive(landing),
+            SlotTarget("primary", model, "local"),
+            workflow=WorkflowConfig(sampling=Sampling(temperature=1.0, max_tokens=8, seed=seed)),
+            concurrency=4,
+            progress=False,
+        ).run(12, seed=3, instances=instances)
+        archive = RunArchive(landing)
+        records = [
+            json.loads(line)
+            for day in archive.days()
+            for f in archive.files(day)
+            for line in f.read_text().splitlines()
+        ]
+        assert len(records) == 12
+        return sorted(json.dumps([r["instance_hash"], r["messages"]]) for r in records)
+
+    first = transcripts(5, tmp_path_factory.mktemp("a"), global_seed=1)
+    assert first == transcripts(5, tmp_path_factory.mktemp("b"), global_seed=2)
+    assert first != transcripts(6, tmp_path_factory.mktemp("c"), global_seed=1)

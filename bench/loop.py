@@ -44,6 +44,12 @@ def main() -> None:
     parser.add_argument(
         "--selfplay-seed", type=int, default=0, help="self-play's sampling seed (its setting)"
     )
+    parser.add_argument(
+        "--settings",
+        type=json.loads,
+        default={},
+        help='settings over the defaults as JSON, e.g. \'{"training": {"learning_rate": 3e-4}}\'',
+    )
     parser.add_argument("--work", type=Path, default=WORK / "loop")
     parser.add_argument(
         "--reuse-base",
@@ -88,6 +94,7 @@ class Bench:
                 "selfplay_runs": args.selfplay_runs,
                 "instances_per_scenario": args.instances_per_scenario,
                 "selfplay_seed": args.selfplay_seed,
+                "settings": args.settings,
             },
             "target": {
                 "in_distribution_lift_points": TARGET_LIFT_POINTS,
@@ -110,10 +117,17 @@ class Bench:
         os.environ["AUTORETRAIN_HOME"] = str(home)
         os.environ["AUTORETRAIN_CONFIG"] = str(config)
         os.environ["DAGSTER_HOME"] = str(home / ".dagster")
+        overrides = dict(self.args.settings)
         return load_settings(
             home=str(home),
-            evaluation={"instances_per_scenario": self.args.instances_per_scenario},
-            selfplay={"seed": self.args.selfplay_seed},
+            **{
+                **overrides,
+                "evaluation": {
+                    **overrides.get("evaluation", {}),
+                    "instances_per_scenario": self.args.instances_per_scenario,
+                },
+                "selfplay": {**overrides.get("selfplay", {}), "seed": self.args.selfplay_seed},
+            },
         )
 
     def run(self) -> None:

@@ -226,10 +226,12 @@ def run_one(agent: AgentRun, model: ChatModel, sampling: Sampling = Sampling()) 
     """Drive one agent run to the end, one model call at a time."""
     try:
         request = next(agent)
+        turn = 0
         while True:
+            turn += 1
             try:
                 reply: ChatResponse | Exception = model.chat(
-                    request.messages, request.tools, sampling
+                    request.messages, request.tools, sampling.derived(turn)
                 )
             except Exception as exc:  # a provider failure is recorded in the run, not raised
                 reply = exc
@@ -266,11 +268,15 @@ def run_many(
                 yield _finished(done.value, on_done)
 
     yield from start_more()
+    calls = 0
     while active:
+        calls += 1
         try:
             replies: list[ChatResponse | Exception] = list(
                 model.chat_batch(
-                    [req.messages for _, req in active], [req.tools for _, req in active], sampling
+                    [req.messages for _, req in active],
+                    [req.tools for _, req in active],
+                    sampling.derived(calls),  # a seeded batch: a fresh stream per call
                 )
             )
         except Exception as exc:

@@ -9,7 +9,7 @@ the default loops over `chat`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 Messages = list[dict[str, Any]]
@@ -26,6 +26,16 @@ class Sampling:
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
+
+    def derived(self, *salt: int) -> Sampling:
+        """The same settings with a seed of its own for `salt` (a call, a row): seeded callers
+        give each call and each conversation an independent, reproducible stream."""
+        return self if self.seed is None else replace(self, seed=derive_seed(self.seed, *salt))
+
+
+def derive_seed(seed: int, *salt: int) -> int:
+    # Tuples of ints hash the same in every process (PYTHONHASHSEED only salts str and bytes).
+    return hash((seed, *salt)) & (2**63 - 1)
 
 
 @dataclass

@@ -28,6 +28,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from autoretrain.providers.base import derive_seed
+
 # Families whose forward takes a cache, 2-D attention masks with holes and explicit position ids,
 # with one full-attention KV tensor per layer.
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -185,7 +187,7 @@ class Decoder:
         # One generator per prompt: a seeded row samples the same tokens whatever the cache
         # holds and whichever rows it shares a batch with.
         generators = (
-            [torch.Generator().manual_seed(hash((seed, j)) & (2**63 - 1)) for j in range(len(rows))]
+            [torch.Generator().manual_seed(derive_seed(seed, j)) for j in range(len(rows))]
             if seed is not None
             else None
         )
