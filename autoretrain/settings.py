@@ -179,7 +179,8 @@ class SelfPlaySettings(_Section):
     runs_per_iteration: int = 2000
     temperature: float = 0.8
     # Runs in flight: the batch size of a local model (bigger batches amortise each decode
-    # step: 128 ran ~1.7x the runs/s of 64 on the embedded model), parallel requests otherwise.
+    # step: 128 ran ~1.1x the runs/s of 64 on the embedded model, 256 ~1.2x; bench/results/
+    # selfplay.md), parallel requests otherwise.
     concurrency: int = Field(default=128, ge=1)
     # Per model turn. A batch decodes until its longest member stops, so the cap sets self-play
     # speed; the catalog's longest reference turn is 40 tokens of the embedded tokenizer.

@@ -168,6 +168,7 @@ class Decoder:
         self.stop_ids = set(stop_ids)
         self.pad_id = pad_id
         self.cache = PrefixCache() if prefix_cache else None
+        self.device = next(model.parameters()).device
 
     @torch.inference_mode()
     def generate(
@@ -187,7 +188,10 @@ class Decoder:
         # One generator per prompt: a seeded row samples the same tokens whatever the cache
         # holds and whichever rows it shares a batch with.
         generators = (
-            [torch.Generator().manual_seed(derive_seed(seed, j)) for j in range(len(rows))]
+            [
+                torch.Generator(device=self.device).manual_seed(derive_seed(seed, j))
+                for j in range(len(rows))
+            ]
             if seed is not None
             else None
         )
@@ -236,6 +240,7 @@ class Decoder:
             input_ids[j, width - len(suffix) :] = torch.tensor(suffix)
             mask[j, width_cached - c : width_cached] = 1
             mask[j, width_cached + width - len(suffix) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         kv_cache = _growing_cache()
         if width_cached:
@@ -276,11 +281,11 @@ class Decoder:
                 break
             # Dropping finished rows copies the cache: worth it once a quarter of them are idle.
             if len(live) <= 0.75 * len(alive):
-                keep = torch.tensor(live)
+                keep = torch.tensor(live, device=self.device)
                 alive = [alive[k] for k in live]
                 tokens, mask, next_pos = tokens[keep], mask[keep], next_pos[keep]
                 kv_cache.batch_select_indices(keep)
-            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=torch.long)], 1)
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], 1)
             out = self.model(
                 input_ids=tokens[:, None],
                 attention_mask=mask,
