@@ -242,7 +242,12 @@ class SelfPlayRunner:
         )
         try:
             for run in run_many(
-                agents, model, sampling, batch_size=self.concurrency, should_stop=self._stop.is_set
+                agents,
+                model,
+                sampling,
+                batch_size=self.concurrency,
+                should_stop=self._stop.is_set,
+                seed_per_call=True,
             ):
                 report.finished += 1
                 report.by_status[run.status] += 1

@@ -226,12 +226,10 @@ def run_one(agent: AgentRun, model: ChatModel, sampling: Sampling = Sampling()) 
     """Drive one agent run to the end, one model call at a time."""
     try:
         request = next(agent)
-        turn = 0
         while True:
-            turn += 1
             try:
                 reply: ChatResponse | Exception = model.chat(
-                    request.messages, request.tools, sampling.derived(turn)
+                    request.messages, request.tools, sampling
                 )
             except Exception as exc:  # a provider failure is recorded in the run, not raised
                 reply = exc
@@ -247,12 +245,15 @@ def run_many(
     batch_size: int = 64,
     on_done: Callable[[Run], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    seed_per_call: bool = False,
 ) -> Iterator[Run]:
     """Drive many agent runs, answering up to `batch_size` pending requests per batched call.
 
     Yields runs as they finish. New runs start as others finish, so the batch stays full.
     `should_stop` is polled between batches (Ctrl-C handling in self-play): no new runs start,
-    and runs in flight are finished.
+    and runs in flight are finished. With `seed_per_call`, a seeded `sampling` gets a seed of
+    its own for every call (self-play: independent streams, still reproducible); without it,
+    every call gets the caller's seed (evaluation: one seed per sample, for both models).
     """
     source = iter(agents)
     active: list[tuple[AgentRun, ModelRequest]] = []
@@ -276,7 +277,7 @@ def run_many(
                 model.chat_batch(
                     [req.messages for _, req in active],
                     [req.tools for _, req in active],
-                    sampling.derived(calls),  # a seeded batch: a fresh stream per call
+                    sampling.derived(calls) if seed_per_call else sampling,
                 )
             )
         except Exception as exc:
