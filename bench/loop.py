@@ -543,9 +543,9 @@ def _markdown(r: dict[str, Any]) -> str:
     lines += [f"- {n}" for n in r["notes"]]
     lines += [
         "",
-        f"{m['cores']} cores, {m['memory_gb']} GB, shared with a CI run of the whole suite "
-        f"(load average {m['load_average_at_start']} at start, {m.get('load_average_at_end')} "
-        f"at end), {m['date']}. Evaluation: {r['parameters']['instances_per_scenario']} "
+        f"{m['cores']} cores, {m['memory_gb']} GB (load average {m['load_average_at_start']} at "
+        f"start, {m.get('load_average_at_end')} at end: about 1 is the bench alone, more means "
+        f"other work shared the machine), {m['date']}. Evaluation: {r['parameters']['instances_per_scenario']} "
         "instances per scenario per tier, greedy, paired; McNemar exact two-sided, CI by "
         "paired bootstrap.",
         f"Command: `{r['command']}`",
