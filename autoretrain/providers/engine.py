@@ -253,8 +253,6 @@ class Decoder:
             use_cache=True,
             logits_to_keep=1,
         )
-        if self.cache is not None:
-            self._store(rows, cached_ids, cached, kv_cache, mask, width_cached)
         if streamer is not None:
             streamer.put(torch.tensor(rows[0]))
 
@@ -263,6 +261,20 @@ class Decoder:
         alive = list(range(n_rows))  # row index of each batch position
         done = [False] * n_rows
         generated: list[list[int]] = [[] for _ in range(n_rows)]
+
+        def store(positions: list[int]) -> None:
+            """Cache the blocks of rows leaving the batch: prompt and reply, so that the next
+            turn, which repeats both, starts after them. A stopped row's every token went
+            through a forward pass; a capped row's last one did not."""
+            if self.cache is None:
+                return
+            for k in positions:
+                j = alive[k]
+                fed = generated[j] if done[j] else generated[j][:-1]
+                self._store(
+                    rows[j] + fed, cached_ids[j], cached[j], kv_cache, mask, k, width_cached
+                )
+
         for step in range(max_new):
             tokens = _pick(
                 logits, temperature, top_p, [generators[j] for j in alive] if generators else None
@@ -281,6 +293,7 @@ class Decoder:
                 break
             # Dropping finished rows copies the cache: worth it once a quarter of them are idle.
             if len(live) <= 0.75 * len(alive):
+                store([k for k in range(len(alive)) if done[alive[k]]])
                 keep = torch.tensor(live, device=self.device)
                 alive = [alive[k] for k in live]
                 tokens, mask, next_pos = tokens[keep], mask[keep], next_pos[keep]
@@ -295,6 +308,7 @@ class Decoder:
             )
             logits = out.logits[:, -1]
             next_pos = next_pos + 1
+        store(list(range(len(alive))))
         if streamer is not None:
             streamer.end()
         return [Decoded(g, d) for g, d in zip(generated, done, strict=True)]
@@ -327,24 +341,28 @@ class Decoder:
 
     def _store(
         self,
-        rows: list[list[int]],
-        cached_ids: list[list[int]],
-        cached: list[int],
+        tokens: list[int],
+        cached_ids: list[int],
+        cached: int,
         kv_cache: DynamicCache,
         mask: torch.Tensor,
+        k: int,
         width_cached: int,
     ) -> None:
+        """Insert the whole blocks of `tokens` (batch row `k`) after its `cached` tokens."""
         assert self.cache is not None
-        size = self.cache.block_size
-        layers = [(layer.keys, layer.values) for layer in kv_cache.layers]
-        for j, (row, ids, c) in enumerate(zip(rows, cached_ids, cached, strict=True)):
-            whole = len(row) // size * size
-            if whole <= c:
-                continue
-            # The row's real positions after its cached blocks, up to its last whole block.
-            where = mask[j, width_cached:].nonzero().squeeze(1)[: whole - c] + width_cached
-            kv = torch.stack([torch.stack([k[j][:, where], v[j][:, where]]) for k, v in layers])
-            self.cache.insert(row[:whole], ids, kv)
+        whole = len(tokens) // self.cache.block_size * self.cache.block_size
+        if whole <= cached:
+            return
+        # The row's real positions after its cached blocks, up to its last whole block.
+        where = mask[k, width_cached:].nonzero().squeeze(1)[: whole - cached] + width_cached
+        kv = torch.stack(
+            [
+                torch.stack([layer.keys[k][:, where], layer.values[k][:, where]])
+                for layer in kv_cache.layers
+            ]
+        )
+        self.cache.insert(tokens[:whole], cached_ids, kv)
 
 
 def _pick(
