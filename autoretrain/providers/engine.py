@@ -195,7 +195,12 @@ class Decoder:
             if seed is not None
             else None
         )
-        left = [len(row) - len(self._lookup([row])[0][0]) * self._block for row in rows]
+        # Order by what the cache leaves to compute now; each chunk looks its rows up again when
+        # it starts, and so also finds the blocks the chunks before it stored.
+        cached_ids, _ = self._lookup(rows)
+        left = [
+            len(row) - len(ids) * self._block for row, ids in zip(rows, cached_ids, strict=True)
+        ]
         order = sorted(range(len(rows)), key=lambda i: left[i])
         results: list[Decoded | None] = [None] * len(rows)
         for start in range(0, len(order), max_batch):
@@ -262,13 +267,13 @@ class Decoder:
         done = [False] * n_rows
         generated: list[list[int]] = [[] for _ in range(n_rows)]
 
-        def store(positions: list[int]) -> None:
+        def store(batch_rows: list[int]) -> None:
             """Cache the blocks of rows leaving the batch: prompt and reply, so that the next
             turn, which repeats both, starts after them. A stopped row's every token went
             through a forward pass; a capped row's last one did not."""
             if self.cache is None:
                 return
-            for k in positions:
+            for k in batch_rows:
                 j = alive[k]
                 fed = generated[j] if done[j] else generated[j][:-1]
                 self._store(
@@ -319,8 +324,8 @@ class Decoder:
         if self.cache is None:
             return [[] for _ in rows], [[] for _ in rows]
         found = [self.cache.lookup(row, len(row) - 1) for row in rows]  # >= 1 token to prefill
-        for (ids, _), row in zip(found, rows, strict=True):
-            if count:
+        if count:
+            for (ids, _), row in zip(found, rows, strict=True):
                 hit = len(ids) * self.cache.block_size
                 self.cache.hits += hit
                 self.cache.misses += len(row) - hit
@@ -377,9 +382,9 @@ def _pick(
     scores = logits.float() / temperature
     if top_p < 1.0:
         ordered, order = scores.sort(dim=-1, descending=True)
-        cumulative = ordered.softmax(-1).cumsum(-1)
+        ordered_probs = ordered.softmax(-1)
         # Drop a token once the tokens before it already cover top_p (the first always stays).
-        drop = (cumulative - ordered.softmax(-1)) >= top_p
+        drop = (ordered_probs.cumsum(-1) - ordered_probs) >= top_p
         ordered = ordered.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
     probs = scores.softmax(-1)

@@ -78,11 +78,11 @@ class LocalChatModel:
     """A model directory (+ optional adapter directory) loaded once, generating on `device`.
 
     `model_dir` may itself be an adapter directory: its base is read from adapter_config.json.
-    `max_batch_size` bounds how many conversations are decoded together: chunks are sorted by
-    length, and a small chunk waits less for its longest prompt and reply (bench/results/
+    `max_batch_size` bounds how many conversations are decoded together (bench/results/
     selfplay.md). Plain decoder families go through `engine.Decoder` (prefix cache, finished
-    rows dropped); `prefix_cache=False` turns its cache off, and any other model uses
-    `model.generate`.
+    rows dropped), which groups them by the prompt length its cache leaves to compute;
+    `prefix_cache=False` turns its cache off. Any other model uses `model.generate` on chunks
+    sorted by prompt length.
     """
 
     # Conversations in one chat_batch share forward passes: the self-play runner and the
@@ -289,8 +289,9 @@ class LocalChatModel:
 
         width = max(len(r) for r in rows)
         max_new = max(1, min(sampling.max_tokens, self.context_length - width))
+        threads = 1 if self.n_params < TINY_MODEL_PARAMS else None
         if self.decoder is not None:
-            with self._lock, _threads(1 if self.n_params < TINY_MODEL_PARAMS else None):
+            with self._lock, _threads(threads):
                 decoded = self.decoder.generate(
                     rows,
                     max_new,
@@ -329,7 +330,7 @@ class LocalChatModel:
             self._lock,
             torch.inference_mode(),
             torch.random.fork_rng(devices=[]),
-            _threads(1 if self.n_params < TINY_MODEL_PARAMS else None),
+            _threads(threads),
         ):
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
