@@ -93,6 +93,7 @@ def selfplay(
     *,
     slot: str = "primary",
     concurrency: int | None = None,
+    workers: int | None = None,
     seed: int | None = None,
     canary_share: float | None = None,
     progress: bool = True,
@@ -132,6 +133,7 @@ def selfplay(
             sampling=Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed)
         ),
         concurrency=concurrency or cfg.concurrency,
+        workers=workers or cfg.workers,
         progress=progress,
         exclude=catalog.evaluation_hashes(settings.evaluation.instances_per_scenario),
     )

@@ -17,7 +17,7 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
     model = cached_untrained_model(tmp_path_factory)
     out = tmp_path / "results"
     args = ["--n-single", "3", "--n-batched", "6", "--batch-sizes", "4", "--chunked", "4:2",
-            "--http-concurrency", "1,2", "--rounds", "2", "--max-tokens", "8"]  # fmt: skip
+            "--workers", "4:2", "--n-workers", "12", "--http-concurrency", "1,2", "--rounds", "2", "--max-tokens", "8"]  # fmt: skip
     subprocess.run(
         [sys.executable, "bench/selfplay.py", "--model", str(model), "--out", str(out), *args],
         check=True,
@@ -29,8 +29,8 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
     assert (out / "selfplay.md").read_text().startswith("# Self-play throughput")
     modes = result["modes"]
     assert list(modes) == [
-        "local_one_at_a_time", "local_batched_4", "local_batched_4_chunk_2", "http_concurrency_1",
-        "http_concurrency_2",
+        "local_one_at_a_time", "local_batched_4", "local_batched_4_chunk_2",
+        "local_batched_4_workers_2", "http_concurrency_1", "http_concurrency_2",
     ]  # fmt: skip
     for name, mode in modes.items():
         assert [r["runs"] for r in mode["rounds"]] == [mode["runs_per_round"]] * 2, name
@@ -43,13 +43,18 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
     assert modes["local_one_at_a_time"]["rows_per_call"] == 1.0
     assert 1.0 < modes["local_batched_4"]["rows_per_call"] <= 4
     assert modes["local_batched_4_chunk_2"]["generate_chunk"] == 2
+    # Two processes played 12 runs a round; the worker's calls are not counted.
+    assert modes["local_batched_4_workers_2"]["workers"] == 2
+    assert modes["local_batched_4_workers_2"]["runs_per_round"] == 12
+    assert modes["local_batched_4_workers_2"]["rows_per_call"] is None
     # Every mode starts with an empty prefix cache; later turns of a run reuse their first.
     assert 0 < modes["local_batched_4"]["prefix_cache_hit_rate"] < 1
     assert modes["http_concurrency_1"]["rounds"][0]["by_status"].get("error", 0) == 0
     assert set(result["ratios"]) == {
         "local_batched_4_over_one_at_a_time", "local_batched_4_chunk_2_over_one_at_a_time",
-        "http_concurrency_2_over_http_concurrency_1",
+        "local_batched_4_workers_2_over_one_at_a_time", "http_concurrency_2_over_http_concurrency_1",
     }  # fmt: skip
+    assert result["target"]["best_with_workers_over_one_at_a_time"] > 0
     assert result["cores"] and result["torch_threads"] == 1
     assert len(result["load_average_before"]) == 3
     assert result["command"].startswith(".venv/bin/python bench/selfplay.py --model ")

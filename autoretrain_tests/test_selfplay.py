@@ -175,3 +175,155 @@ def test_sampled_self_play_is_reproducible_for_a_seed(settings, catalog, tmp_pat
     first = transcripts(5, tmp_path_factory.mktemp("a"), global_seed=1)
     assert first == transcripts(5, tmp_path_factory.mktemp("b"), global_seed=2)
     assert first != transcripts(6, tmp_path_factory.mktemp("c"), global_seed=1)
+
+
+def _landed(landing) -> list[dict]:
+    import json
+
+    archive = RunArchive(landing)
+    return [
+        json.loads(line)
+        for day in archive.days()
+        for f in archive.files(day)
+        for line in f.read_text().splitlines()
+    ]
+
+
+def test_a_local_model_plays_in_worker_processes(settings, catalog, tmp_path_factory):
+    """workers > 1: spawned processes load their own copy of the model and take chunks of the
+    runs as they come free (here the parent may well play them all before a worker has
+    started). Every run lands once, and a seed gives the same sampled runs with 2 or 3
+    workers, whichever process played a chunk. (Whether greedy runs match one process's is the
+    bench's question, on a trained model: an untrained one's near-ties flip with batch shape.)"""
+    import json
+
+    from autoretrain.agents.workflow import WorkflowConfig
+    from autoretrain.providers.base import Sampling
+    from autoretrain.providers.local import LocalChatModel
+    from autoretrain_tests.providers.tiny_models import cached_untrained_model
+
+    model = LocalChatModel(cached_untrained_model(tmp_path_factory))
+    instances = catalog.selfplay_instances(24, seed=3)
+
+    def play(workers: int) -> list[str]:
+        landing = tmp_path_factory.mktemp("landing")
+        report = SelfPlayRunner(
+            catalog,
+            catalog.registry,
+            VerifierAgent(),
+            RunArchive(landing),
+            SlotTarget("primary", model, "local"),
+            workflow=WorkflowConfig(sampling=Sampling(temperature=1.0, max_tokens=8, seed=5)),
+            concurrency=4,
+            workers=workers,
+            progress=False,
+        ).run(24, seed=3, instances=instances)
+        records = _landed(landing)
+        assert report.finished == len(records) == 24
+        assert sorted(r["instance_hash"] for r in records) == sorted(
+            i.instance_hash for i in instances
+        )
+        assert sum(report.by_status.values()) == 24 and report.by_slot == {"primary": 24}
+        return sorted(json.dumps([r["instance_hash"], r["messages"]]) for r in records)
+
+    assert play(workers=2) == play(workers=3)
+
+
+def test_a_worker_plays_the_chunks_left_with_its_own_model_copy(
+    settings, catalog, tmp_path_factory
+):
+    """The worker's side, in this process: the job pickles (the model as its recipe) and the
+    worker takes every chunk left after the first, reports each run and the files it wrote,
+    and says it is done."""
+    import multiprocessing
+    import pickle
+    import queue
+    import signal
+
+    from autoretrain.agents.workflow import WorkflowConfig
+    from autoretrain.providers.base import Sampling
+    from autoretrain.providers.local import LocalChatModel
+    from autoretrain.selfplay import _Job, _worker_main
+    from autoretrain_tests.providers.tiny_models import cached_untrained_model
+
+    model = LocalChatModel(cached_untrained_model(tmp_path_factory), max_batch_size=3)
+    instances = catalog.selfplay_instances(9, seed=2)
+    job = _Job(
+        catalog_root=catalog.root,
+        catalog_hash=catalog.hash,
+        verifier=VerifierAgent(),
+        landing=settings.paths.landing,
+        slot="primary",
+        provider="local",
+        model=model.recipe(),
+        chunks=[instances[:3], instances[3:6], instances[6:]],
+        prices=None,
+        workflow=WorkflowConfig(sampling=Sampling(temperature=0.0, max_tokens=6)),
+        concurrency=3,
+        traffic="selfplay",
+    )
+    copy = pickle.loads(pickle.dumps(job))
+    assert copy.model().max_batch_size == 3  # the recipe loads an equal copy
+    events: queue.Queue = queue.Queue()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        _worker_main(1, copy, multiprocessing.Value("i", 1), events, threading.Event())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    got = [events.get_nowait() for _ in range(events.qsize())]
+    assert [k for k, *_ in got].count("run") == 6 and got[-1] == ("done",)
+    (files,) = [payload[0] for kind, *payload in got if kind == "files"]
+    landed = _landed(settings.paths.landing)
+    assert len(landed) == 6 and files
+    assert {r["instance_hash"] for r in landed} == {i.instance_hash for i in instances[3:]}
+
+
+def test_workers_fall_back_to_one_process_for_other_providers(settings, catalog, caplog):
+    instances = catalog.selfplay_instances(20, seed=6)
+    model = ReferencePlayer(catalog)
+    model.by_prompt = {i.user_prompt: i for i in instances}
+    report = runner_for(settings, catalog, model, concurrency=4, workers=2).run(
+        20, seed=6, instances=instances
+    )
+    assert report.finished == 20 and len(_landed(settings.paths.landing)) == 20
+    assert "only a local model plays in several processes" in caplog.text
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        runner_for(settings, catalog, model, workers=0)
+
+
+def test_a_failing_worker_reports_what_broke(settings, catalog, tmp_path):
+    """A worker whose catalog folder is gone says so (and that it is done) instead of hanging
+    its parent."""
+    import multiprocessing
+    import queue
+    import signal
+
+    from autoretrain.agents.workflow import WorkflowConfig
+    from autoretrain.selfplay import _Job, _worker_main
+
+    events: queue.Queue = queue.Queue()
+    job = _Job(
+        catalog_root=tmp_path / "no-such-catalog",
+        catalog_hash=catalog.hash,
+        verifier=VerifierAgent(),
+        landing=tmp_path / "landing",
+        slot="primary",
+        provider="test",
+        model=lambda: ReferencePlayer(catalog),
+        chunks=[catalog.selfplay_instances(2, seed=1)],
+        prices=None,
+        workflow=WorkflowConfig(),
+        concurrency=2,
+        traffic="selfplay",
+    )
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        _worker_main(1, job, multiprocessing.Value("i", 0), events, threading.Event())
+        # A worker leaves Ctrl-C to its parent.
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    kinds = [events.get_nowait() for _ in range(events.qsize())]
+    assert kinds[-1] == ("done",)
+    (error,) = [payload for kind, *payload in kinds if kind == "error"]
+    assert "worker 1" in error[0] and "no-such-catalog" in error[0]

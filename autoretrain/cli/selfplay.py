@@ -15,9 +15,17 @@ from autoretrain.settings import SettingsError, load_settings
 @click.option("--slot", default="primary", show_default=True, help="Model slot to play.")
 @click.option(
     "--concurrency",
-    default=64,
-    show_default=True,
-    help="Runs in flight (batch size for local models, parallel requests for HTTP ones).",
+    type=int,
+    default=None,
+    help="Runs in flight (batch size for local models, parallel requests for HTTP ones; "
+    "default: settings.selfplay.concurrency).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Processes a local model plays in, each with its own copy "
+    "(default: settings.selfplay.workers).",
 )
 @click.option(
     "--seed", type=int, default=None, help="Sampling seed (default: settings.selfplay.seed)."
@@ -25,7 +33,13 @@ from autoretrain.settings import SettingsError, load_settings
 @click.option("--canary-share", type=float, default=None, help="Share of runs for the canary slot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def selfplay(
-    n: int, slot: str, concurrency: int, seed: int | None, canary_share: float | None, as_json: bool
+    n: int,
+    slot: str,
+    concurrency: int | None,
+    workers: int | None,
+    seed: int | None,
+    canary_share: float | None,
+    as_json: bool,
 ) -> None:
     """Run the agent on sampled train scenarios; every run lands in the landing zone.
 
@@ -38,6 +52,7 @@ def selfplay(
             n,
             slot=slot,
             concurrency=concurrency,
+            workers=workers,
             seed=seed,
             canary_share=canary_share,
             progress=not as_json,

@@ -11,6 +11,7 @@ through the same code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -107,12 +108,28 @@ class LocalChatModel:
         self.name = name or (self.adapter_dir or self.model_dir).name
         self.device = device
         self.max_batch_size = max_batch_size
+        self.merge_adapter = merge_adapter
+        self.prefix_cache = prefix_cache
         self._lock = threading.Lock()  # generate is not re-entrant on one model
         self._load(merge_adapter)
         self.decoder = (
             Decoder(self.model, self.stop_ids, self.pad_id, prefix_cache=prefix_cache)
             if engine_supports(self.model)
             else None
+        )
+
+    def recipe(self) -> functools.partial:
+        """How to load this model again: a picklable call that builds an equal copy (its
+        directories and options, not its weights), for self-play worker processes."""
+        return functools.partial(
+            type(self),
+            self.model_dir,
+            self.adapter_dir,
+            name=self.name,
+            device=self.device,
+            max_batch_size=self.max_batch_size,
+            merge_adapter=self.merge_adapter,
+            prefix_cache=self.prefix_cache,
         )
 
     def __repr__(self) -> str:

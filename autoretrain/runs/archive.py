@@ -36,7 +36,7 @@ class RunArchive:
     """Writes finished runs into the landing zone and lists what is there."""
 
     def __init__(self, landing: Path):
-        self.landing = landing
+        self.landing = Path(landing)
 
     def day_dir(self, day: str) -> Path:
         return self.landing / f"date={day}"
