@@ -226,8 +226,8 @@ class TrainingSettings(_Section):
     time_budget_s: float | None = None
     # The embedded base model (`autoretrain bootstrap`): demonstrations per train scenario, and
     # a safety cap on its training time (the schedule itself is fixed, so a build is reproducible).
-    bootstrap_demos_per_scenario: int = 12
-    bootstrap_time_budget_s: float = 150.0
+    bootstrap_demos_per_scenario: int = 96
+    bootstrap_time_budget_s: float = 240.0
 
 
 class EvaluationSettings(_Section):

@@ -70,7 +70,7 @@ def test_bootstrap_trials_bench(tmp_path):
     }
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bootstrap_trials.py"), str(tmp_path / "m")]
-        + [json.dumps(spec), "--grouped-digits"],
+        + [json.dumps(spec), "--single-digits"],
         check=True,
         cwd=ROOT,
         capture_output=True,
@@ -78,6 +78,6 @@ def test_bootstrap_trials_bench(tmp_path):
         timeout=300,
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["grouped_digits"] and result["steps"] >= 1
+    assert not result["grouped_digits"] and result["steps"] >= 1
     assert set(result) >= {"in_distribution", "held_out"}
     assert all(0 <= result[t][0] <= 1 for t in ("in_distribution", "held_out"))

@@ -6,10 +6,11 @@ the build's steps, seconds and losses, and its greedy pass rates per tier and ca
     .venv/bin/python bench/bootstrap_trials.py OUT_DIR \
         '{"demos": 96, "config": {"epochs": 6, "batch_size": 4, "max_seq_len": 512}}'
 
-Spec keys: `demos` (per train scenario, default 12), `config` (TrainConfig fields over the shipped
+Spec keys: `demos` (per train scenario, default 96), `config` (TrainConfig fields over the shipped
 BOOTSTRAP_DEFAULTS), `size` (ModelSize fields), `budget` (seconds, default 600), `per`
-(evaluation instances per scenario, default 20). `--grouped-digits` builds a tokenizer whose
-vocabulary holds every group of up to three digits as one token (the `m_g*` trials).
+(evaluation instances per scenario, default 20). `--single-digits` builds the tokenizer with one
+digit per token, as every trial row except the `m_g*` ones did (the default before 2026-11-27);
+without it numbers are cut into groups of up to three digits, each one token.
 """
 
 from __future__ import annotations
@@ -26,28 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def grouped_digit_tokenizer(
-    build_tokenizer, corpus: list[str], vocab_size: int = 1024, max_length: int = 1024
-):
-    """`build_tokenizer` (base_model's), but numbers split into groups of up to three digits,
-    every such group (0-999, 00-99, 000-099) in the vocabulary."""
-    from tokenizers import Regex, pre_tokenizers
-
-    groups = [str(n) for n in range(1000)] + [f"{n:02d}" for n in range(100)]
-    groups += [f"{n:03d}" for n in range(100)]
-    return build_tokenizer(
-        list(corpus) + [" ".join(groups)] * 2,  # twice: BPE merges need a frequency of 2
-        vocab_size + 1200,
-        max_length,
-        number_splitter=pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
-    )
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="where the model goes (reused if it exists)")
     p.add_argument("spec", nargs="?", default="{}", help="JSON overrides, see the module doc")
-    p.add_argument("--grouped-digits", action="store_true")
+    p.add_argument("--single-digits", action="store_true")
     args = p.parse_args(argv)
     spec = json.loads(args.spec)
 
@@ -59,10 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     from autoretrain.training.bootstrap import BOOTSTRAP_DEFAULTS, bootstrap_base_model
     from autoretrain.training.config import TrainConfig
 
-    if args.grouped_digits:
-        base_model.build_tokenizer = functools.partial(
-            grouped_digit_tokenizer, base_model.build_tokenizer
-        )
+    if args.single_digits:
+        base_model.build_tokenizer = functools.partial(base_model.build_tokenizer, digits="single")
     logging.basicConfig(level=logging.INFO)
     catalog = load_catalog(ROOT / "scenarios")
     config = TrainConfig(
@@ -73,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         bootstrap_base_model(
             catalog,
             args.out,
-            demos_per_scenario=spec.get("demos", 12),
+            demos_per_scenario=spec.get("demos", 96),
             time_budget_s=spec.get("budget", 600),
             size=spec.get("size"),
             config=config,
@@ -83,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     rates = pass_rates(load_settings(), LocalChatModel(args.out), per_scenario=spec.get("per", 20))
     result = {
         "spec": spec,
-        "grouped_digits": args.grouped_digits,
+        "grouped_digits": not args.single_digits,
         "build_s": round(build_s, 1),
         "steps": metrics["steps"],
         "stopped": metrics["stopped_by"],

@@ -4,8 +4,11 @@ The tokenizer is byte-level BPE trained on the catalog's rendered conversations.
 merges every word of the corpus is one token (sequences about half as long as characters, which
 a trial found trains and generalizes better), while an unseen word falls back to pieces and, at
 worst, to single bytes: any text encodes and decodes exactly, and nothing becomes an unknown
-token. Digits are always split one per token, so numbers the model never saw are still made of
-tokens it knows.
+token. Numbers are cut into groups of up to three digits and every such group is in the
+vocabulary, so a number the model never saw is still made of tokens it knows, and copying a
+number from the prompt moves one or two tokens instead of one per digit (trials in
+bench/results/trials/bootstrap.md: with one digit per token the model did not learn to copy
+within its budget).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from autoretrain.training.chat_format import (
 
 @dataclass(frozen=True)
 class ModelSize:
-    """Shape of the tiny Llama; the defaults give about 0.8M parameters with a 1k vocabulary."""
+    """Shape of the tiny Llama; the defaults give about 1.1M parameters with a 2.2k vocabulary."""
 
-    vocab_size: int = 1024  # upper bound for the BPE vocabulary (fewer if the corpus is small)
+    # Upper bound for the BPE vocabulary (fewer if the corpus is small), digit groups not counted.
+    vocab_size: int = 1024
     hidden_size: int = 128
     intermediate_size: int = 320
     num_hidden_layers: int = 4
@@ -45,24 +49,39 @@ class ModelSize:
         return cls(**size)
 
 
+# Every group a number can be cut into: 0-999, and the zero-padded 00-99 and 000-099 inside
+# longer numbers ("1005" is "100" "5", "2007" is "200" "7", "10050" is "100" "50").
+DIGIT_GROUPS = (
+    [str(n) for n in range(1000)]
+    + [f"{n:02d}" for n in range(100)]
+    + [f"{n:03d}" for n in range(100)]
+)
+
+
 def build_tokenizer(
-    corpus: list[str], vocab_size: int = 1024, max_length: int = 1024, number_splitter=None
+    corpus: list[str], vocab_size: int = 1024, max_length: int = 1024, digits: str = "groups"
 ):
     """Train a byte-level BPE tokenizer on `corpus` and wrap it with the chat template.
 
-    `number_splitter` (a `tokenizers` pre-tokenizer) decides how numbers are cut before BPE;
-    the default is one digit per token (bench/bootstrap_trials.py tries groups of three)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    `digits="groups"` cuts numbers into groups of up to three digits, every group a token;
+    `"single"` (the default before 2026-11-27) splits them one digit per token."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     if not corpus:
         raise ValueError("cannot build a tokenizer from an empty corpus")
+    if digits == "groups":
+        splitter = pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated")
+        # Twice: a BPE merge needs a pair seen at least twice (min_frequency).
+        corpus = list(corpus) + [" ".join(DIGIT_GROUPS)] * 2
+        vocab_size += len(DIGIT_GROUPS)
+    elif digits == "single":
+        splitter = pre_tokenizers.Digits(individual_digits=True)
+    else:
+        raise ValueError(f"digits must be 'groups' or 'single', not {digits!r}")
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            number_splitter or pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
+        [splitter, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

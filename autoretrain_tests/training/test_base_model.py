@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from autoretrain.training.base_model import build_untrained_model
 from autoretrain.training.chat_format import IM_END
 
@@ -42,7 +44,7 @@ def test_untrained_model_loads_with_auto_classes_and_renders_tool_calls(tiny_mod
     assert tokenizer.decode(trained).endswith("The answer is 84.<|im_end|>")
 
 
-def test_tokenizer_encodes_any_text_exactly_and_digits_one_by_one(tiny_model):
+def test_tokenizer_encodes_any_text_exactly_and_digits_in_groups_of_three(tiny_model):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -51,7 +53,23 @@ def test_tokenizer_encodes_any_text_exactly_and_digits_one_by_one(tiny_model):
     assert tokenizer.unk_token_id is None or tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids) == text
     assert tokenizer.decode(ids, skip_special_tokens=True) == text  # tool-call markers survive
+
+    def pieces(number: str) -> list[str]:
+        return [tokenizer.decode([i]) for i in tokenizer(number)["input_ids"]]
+
+    # Every group is one token, even those the corpus never contained.
+    assert pieces("9871") == ["987", "1"]
+    assert pieces("100050") == ["100", "050"]
+    assert pieces("3.07") == ["3", ".", "07"]
+
+
+def test_single_digit_tokenizer_splits_numbers_one_digit_per_token(corpus):
+    from autoretrain.training.base_model import build_tokenizer
+
+    tokenizer = build_tokenizer(corpus, digits="single")
     assert [tokenizer.decode([i]) for i in tokenizer("9871")["input_ids"]] == ["9", "8", "7", "1"]
+    with pytest.raises(ValueError, match="digits must be"):
+        build_tokenizer(corpus, digits="pairs")
 
 
 def test_same_corpus_and_seed_give_the_same_weights(tmp_path, corpus):
