@@ -269,14 +269,15 @@ def pack_rows(examples: Sequence[Encoded], max_seq_len: int) -> list[list[Encode
     rows: list[list[Encoded]] = []
     room: list[int] = []
     for example in sorted(examples, key=len, reverse=True):
+        n = len(example)  # once: the scan below runs over every open row (an epoch re-packs)
         for i, free in enumerate(room):
-            if len(example) <= free:
+            if n <= free:
                 rows[i].append(example)
-                room[i] -= len(example)
+                room[i] -= n
                 break
         else:
             rows.append([example])
-            room.append(max_seq_len - len(example))
+            room.append(max_seq_len - n)
     return rows
 
 

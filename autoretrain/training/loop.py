@@ -88,7 +88,8 @@ def train_loop(
         per_rank = max(1, len(every) // world)
         return [every[(i * world + rank) % len(every)] for i in range(per_rank)]
 
-    steps_per_epoch = len(batches(0))
+    first_epoch = batches(0)
+    steps_per_epoch = len(first_epoch)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
     state = LoopState()
@@ -103,7 +104,7 @@ def train_loop(
     device = accelerator.device
     progress = _progress(config, total_steps, state.step, accelerator.is_main_process)
     stopped_by = "completed"
-    cached_epoch, epoch_list = -1, []
+    cached_epoch, epoch_list = 0, first_epoch  # packing an epoch takes a moment: once
     last_checkpoint = time.monotonic()
     started = time.monotonic() - state.train_seconds
     model.train()
