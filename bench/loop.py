@@ -419,11 +419,10 @@ def _verdict(arms: dict[str, Any]) -> dict[str, Any]:
             c = lift(control, "in_distribution")
             if c is not None:
                 out[f"beats_{control}_points"] = round(value - c, 2)
-        # The control with the same extra steps as the best iteration.
+        # The control with the same extra steps as the best iteration (its margin is above).
         matched = "compute_matched_2" if name == "it2" else "compute_matched"
-        if lift(matched, "in_distribution") is not None:
+        if f"beats_{matched}_points" in out:
             out["matched_control"] = matched
-            out["beats_matched_control_points"] = out[f"beats_{matched}_points"]
     return out
 
 
@@ -532,14 +531,11 @@ def _markdown(r: dict[str, Any]) -> str:
             )
             + " ".join(
                 f"Margin over {c.replace('_', '-')}: {v[f'beats_{c}_points']:+.2f} points."
+                if c != v.get("matched_control")
+                else f"Margin over {c.replace('_', '-')}, the control with the same extra "
+                f"steps: **{v[f'beats_{c}_points']:+.2f} points**."
                 for c in ("compute_matched", "no_filter", "compute_matched_2")
                 if f"beats_{c}_points" in v
-            )
-            + (
-                f" The control with the same extra steps ({v['matched_control']}): "
-                f"**{v['beats_matched_control_points']:+.2f} points** in-distribution."
-                if "matched_control" in v
-                else ""
             ),
             "",
         ]
