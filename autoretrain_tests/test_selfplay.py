@@ -135,6 +135,18 @@ def test_stop_keeps_finished_runs(settings, catalog):
     assert landed == report.finished
 
 
+def _landed(landing) -> list[dict]:
+    import json
+
+    archive = RunArchive(landing)
+    return [
+        json.loads(line)
+        for day in archive.days()
+        for f in archive.files(day)
+        for line in f.read_text().splitlines()
+    ]
+
+
 def test_sampled_self_play_is_reproducible_for_a_seed(settings, catalog, tmp_path_factory):
     """Temperature > 0 on a real local model: the same seed gives the same transcripts,
     whatever the process did before; another seed gives others."""
@@ -162,31 +174,13 @@ def test_sampled_self_play_is_reproducible_for_a_seed(settings, catalog, tmp_pat
             concurrency=4,
             progress=False,
         ).run(12, seed=3, instances=instances)
-        archive = RunArchive(landing)
-        records = [
-            json.loads(line)
-            for day in archive.days()
-            for f in archive.files(day)
-            for line in f.read_text().splitlines()
-        ]
+        records = _landed(landing)
         assert len(records) == 12
         return sorted(json.dumps([r["instance_hash"], r["messages"]]) for r in records)
 
     first = transcripts(5, tmp_path_factory.mktemp("a"), global_seed=1)
     assert first == transcripts(5, tmp_path_factory.mktemp("b"), global_seed=2)
     assert first != transcripts(6, tmp_path_factory.mktemp("c"), global_seed=1)
-
-
-def _landed(landing) -> list[dict]:
-    import json
-
-    archive = RunArchive(landing)
-    return [
-        json.loads(line)
-        for day in archive.days()
-        for f in archive.files(day)
-        for line in f.read_text().splitlines()
-    ]
 
 
 def test_a_local_model_plays_in_worker_processes(settings, catalog, tmp_path_factory):
