@@ -10,7 +10,9 @@ embedded model), and every turn of a run re-sends the whole conversation. So thi
 - grows the KV cache in place (a decode step writes one position instead of concatenating, i.e.
   copying, the whole cache, as transformers' DynamicCache does);
 - drops finished rows from the batch once a quarter of it is idle, instead of running them to
-  the longest reply.
+  the longest reply;
+- runs the model's forward pass through `fast_forward.LlamaForward` where the model allows it:
+  the same ops without transformers' per-call machinery, which is most of a small model's step.
 
 Key/value states depend only on the tokens before them and their positions, so reusing them is
 exact up to float rounding; `autoretrain_tests/providers/test_engine.py` checks the outputs
@@ -29,6 +31,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from autoretrain.providers.base import derive_seed
+from autoretrain.providers.fast_forward import LlamaForward
 
 # Families whose forward takes a cache, 2-D attention masks with holes and explicit position ids,
 # with one full-attention KV tensor per layer.
@@ -163,8 +166,17 @@ class Decoded:
 class Decoder:
     """Greedy or sampled decoding of many prompts at once over one causal LM."""
 
-    def __init__(self, model: Any, stop_ids: list[int], pad_id: int, prefix_cache: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        stop_ids: list[int],
+        pad_id: int,
+        prefix_cache: bool = True,
+        fast_forward: bool = True,
+    ):
         self.model = model
+        # The same logits without transformers' per-call overhead, where the model allows it.
+        self.fast = LlamaForward(model) if fast_forward and LlamaForward.supports(model) else None
         self.stop_ids = set(stop_ids)
         self.pad_id = pad_id
         self.cache = PrefixCache() if prefix_cache else None
@@ -250,19 +262,11 @@ class Decoder:
         kv_cache = _growing_cache()
         if width_cached:
             self._fill(kv_cache, cached_kv, cached, width_cached)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions[:, width_cached:],
-            cache=kv_cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        logits = self._logits(input_ids, mask, positions[:, width_cached:], kv_cache)
         if streamer is not None:
             streamer.put(torch.tensor(rows[0]))
 
         next_pos = positions[:, -1] + 1
-        logits = out.logits[:, -1]
         alive = list(range(n_rows))  # row index of each batch position
         done = [False] * n_rows
         generated: list[list[int]] = [[] for _ in range(n_rows)]
@@ -304,19 +308,33 @@ class Decoder:
                 tokens, mask, next_pos = tokens[keep], mask[keep], next_pos[keep]
                 kv_cache.batch_select_indices(keep)
             mask = torch.cat([mask, mask.new_ones((len(alive), 1))], 1)
-            out = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                cache=kv_cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1]
+            logits = self._logits(tokens[:, None], mask, next_pos[:, None], kv_cache)
             next_pos = next_pos + 1
         store(list(range(len(alive))))
         if streamer is not None:
             streamer.end()
         return [Decoded(g, d) for g, d in zip(generated, done, strict=True)]
+
+    def _logits(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: DynamicCache,
+    ) -> torch.Tensor:
+        """The next-token logits of each row's last position; new keys and values go to
+        `kv_cache`."""
+        if self.fast is not None:
+            return self.fast(input_ids, mask, positions, kv_cache)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=kv_cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
 
     def _lookup(
         self, rows: list[list[int]], count: bool = False
