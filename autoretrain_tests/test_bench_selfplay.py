@@ -29,8 +29,9 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
     assert (out / "selfplay.md").read_text().startswith("# Self-play throughput")
     modes = result["modes"]
     assert list(modes) == [
-        "local_one_at_a_time", "local_batched_4", "local_batched_4_chunk_2",
-        "local_batched_4_workers_2", "http_concurrency_1", "http_concurrency_2",
+        "local_one_at_a_time", "transformers_one_at_a_time", "local_batched_4",
+        "local_batched_4_chunk_2", "local_batched_4_workers_2", "http_concurrency_1",
+        "http_concurrency_2",
     ]  # fmt: skip
     for name, mode in modes.items():
         assert [r["runs"] for r in mode["rounds"]] == [mode["runs_per_round"]] * 2, name
@@ -41,6 +42,15 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
         assert mode["same_outcome_as_one_at_a_time"].endswith("/3")
     assert modes["local_batched_4"]["runs_per_round"] == 6
     assert modes["local_one_at_a_time"]["rows_per_call"] == 1.0
+    # The decoder's time split adds up within the round's own seconds.
+    first = modes["local_batched_4"]["rounds"][0]
+    decoder = first["seconds_prefill"] + first["seconds_decode"]
+    assert 0 < decoder <= first["seconds_generate"] <= first["seconds_in_model_calls"]
+    assert first["seconds_in_model_calls"] <= first["seconds"]
+    # The raw-engine mode goes through model.generate: no prefix cache to hit.
+    assert modes["transformers_one_at_a_time"]["rows_per_call"] == 1.0
+    assert modes["transformers_one_at_a_time"]["prefix_cache_hit_rate"] == 0
+    assert "seconds_generate" not in modes["transformers_one_at_a_time"]["rounds"][0]
     assert 1.0 < modes["local_batched_4"]["rows_per_call"] <= 4
     assert modes["local_batched_4_chunk_2"]["generate_chunk"] == 2
     # Two processes played 12 runs a round; the worker's calls are not counted.
@@ -53,7 +63,12 @@ def test_selfplay_bench(tmp_path, tmp_path_factory):
     assert set(result["ratios"]) == {
         "local_batched_4_over_one_at_a_time", "local_batched_4_chunk_2_over_one_at_a_time",
         "local_batched_4_workers_2_over_one_at_a_time", "http_concurrency_2_over_http_concurrency_1",
+        "local_one_at_a_time_over_transformers_one_at_a_time",
+        "local_batched_4_over_transformers_one_at_a_time",
+        "local_batched_4_chunk_2_over_transformers_one_at_a_time",
+        "local_batched_4_workers_2_over_transformers_one_at_a_time",
     }  # fmt: skip
+    assert result["target"]["best_batched_over_transformers_one_at_a_time"] > 0
     assert result["target"]["best_with_workers_over_one_at_a_time"] > 0
     assert result["cores"] and result["torch_threads"] == 1
     assert len(result["load_average_before"]) == 3

@@ -22,6 +22,7 @@ against `model.generate`. Only plain decoder families with full attention take t
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,9 @@ class Decoder:
         self.stop_ids = set(stop_ids)
         self.pad_id = pad_id
         self.cache = PrefixCache() if prefix_cache else None
+        # Where generate's time goes (bench/selfplay.py reports it): forward passes over
+        # prompts, decode steps, and all of generate (the rest is this class's bookkeeping).
+        self.seconds = dict.fromkeys(("prefill", "decode", "generate"), 0.0)
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
@@ -197,6 +201,7 @@ class Decoder:
         grouped by the length left to compute after their cached blocks (less padding)."""
         if streamer is not None and len(rows) != 1:
             raise ValueError("a streamer takes one prompt at a time")
+        started = time.perf_counter()
         # One generator per prompt: a seeded row samples the same tokens whatever the cache
         # holds and whichever rows it shares a batch with.
         generators = (
@@ -227,6 +232,7 @@ class Decoder:
             )
             for i, d in zip(chunk, decoded, strict=True):
                 results[i] = d
+        self.seconds["generate"] += time.perf_counter() - started
         return [d for d in results if d is not None]
 
     @property
@@ -324,17 +330,22 @@ class Decoder:
     ) -> torch.Tensor:
         """The next-token logits of each row's last position; new keys and values go to
         `kv_cache`."""
+        started = time.perf_counter()
         if self.fast is not None:
-            return self.fast(input_ids, mask, positions, kv_cache)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=kv_cache,
-            use_cache=True,
-            logits_to_keep=1,
+            logits = self.fast(input_ids, mask, positions, kv_cache)
+        else:
+            logits = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=kv_cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        self.seconds["prefill" if input_ids.shape[1] > 1 else "decode"] += (
+            time.perf_counter() - started
         )
-        return out.logits[:, -1]
+        return logits
 
     def _lookup(
         self, rows: list[list[int]], count: bool = False

@@ -82,8 +82,8 @@ class LocalChatModel:
     `max_batch_size` bounds how many conversations are decoded together (bench/results/
     selfplay.md). Plain decoder families go through `engine.Decoder` (prefix cache, finished
     rows dropped), which groups them by the prompt length its cache leaves to compute;
-    `prefix_cache=False` turns its cache off. Any other model uses `model.generate` on chunks
-    sorted by prompt length.
+    `prefix_cache=False` turns its cache off. Any other model, or any model with
+    `engine=False`, uses transformers' `model.generate` on chunks sorted by prompt length.
     """
 
     # Conversations in one chat_batch share forward passes: the self-play runner and the
@@ -99,6 +99,7 @@ class LocalChatModel:
         max_batch_size: int = 32,
         merge_adapter: bool = True,
         prefix_cache: bool = True,
+        engine: bool = True,
     ):
         model_dir = Path(model_dir)
         if adapter_dir is None and is_adapter_dir(model_dir):
@@ -110,11 +111,12 @@ class LocalChatModel:
         self.max_batch_size = max_batch_size
         self.merge_adapter = merge_adapter
         self.prefix_cache = prefix_cache
+        self.engine = engine
         self._lock = threading.Lock()  # generate is not re-entrant on one model
         self._load(merge_adapter)
         self.decoder = (
             Decoder(self.model, self.stop_ids, self.pad_id, prefix_cache=prefix_cache)
-            if engine_supports(self.model)
+            if engine and engine_supports(self.model)
             else None
         )
 
@@ -130,6 +132,7 @@ class LocalChatModel:
             max_batch_size=self.max_batch_size,
             merge_adapter=self.merge_adapter,
             prefix_cache=self.prefix_cache,
+            engine=self.engine,
         )
 
     def __repr__(self) -> str:
@@ -192,6 +195,11 @@ class LocalChatModel:
         if self.decoder is not None and self.decoder.cache is not None:
             with self._lock:
                 self.decoder.cache.clear()
+
+    def decoder_seconds(self) -> dict[str, float]:
+        """Seconds the decoder spent since it was loaded: prefill forward passes, decode steps,
+        and all of its generate calls (empty without the decoder)."""
+        return dict(self.decoder.seconds) if self.decoder is not None else {}
 
     def prefix_cache_hit_rate(self) -> float:
         """Share of prompt tokens served from the prefix cache since it was last cleared."""
