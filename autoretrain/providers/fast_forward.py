@@ -81,10 +81,10 @@ class LlamaForward:
         x = F.embedding(input_ids, self.embed)
         cos, sin = self._rope(position_ids, x.dtype)
         mask = _attention_mask(attention_mask, new)
+        shape = (batch, new, -1, self.head_dim)  # per head
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             h = _rms_norm(x, layer.input_layernorm)
-            shape = (batch, new, -1, self.head_dim)
             q = _project(h, attention.q_proj).view(shape)
             k = _project(h, attention.k_proj).view(shape)
             v = _project(h, attention.v_proj).view(shape).transpose(1, 2)
