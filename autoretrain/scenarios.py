@@ -257,6 +257,7 @@ class Scenario:
     planner: bool
     file: str
     description: str = ""
+    selfplay_weight: float = 1.0
 
     def space_size(self, tables: dict[str, list[str]]) -> int:
         size = 1
@@ -491,8 +492,9 @@ class Catalog:
         exclude: Collection[str] = (),
     ) -> list[ScenarioInstance]:
         """`n` instances of train scenarios from the self-play seed range. `weights` maps a
-        scenario id or a category to a relative weight (unnamed scenarios weigh 1; an id wins
-        over its category). Instances whose hash is in `exclude` are redrawn."""
+        scenario id or a category to a relative weight (an id wins over its category; unnamed
+        scenarios weigh their catalog `selfplay_weight`, 1 unless set). Instances whose hash is
+        in `exclude` are redrawn."""
         scenarios = self.train_scenarios
         chosen_weights = self._weights(scenarios, weights or {})
         if not scenarios or sum(chosen_weights) <= 0:
@@ -518,7 +520,9 @@ class Catalog:
                 f"self-play weights name unknown scenarios or categories: {unknown}; "
                 f"categories are {self.categories()}"
             )
-        return [float(weights.get(s.id, weights.get(s.category, 1.0))) for s in scenarios]
+        return [
+            float(weights.get(s.id, weights.get(s.category, s.selfplay_weight))) for s in scenarios
+        ]
 
     def eval_instances(
         self, tier: Literal["in_distribution", "held_out"], per_scenario: int
@@ -560,6 +564,7 @@ class Catalog:
                 "calls": len(s.reference_calls),
                 "expected": s.expected.get("kind"),
                 "planner": s.planner,
+                "selfplay_weight": s.selfplay_weight,
                 "file": s.file,
             }
             for s in self.scenarios
@@ -606,6 +611,7 @@ CATALOG_SCHEMA: dict[str, Any] = {
                 "tools": _STRINGS,
                 "budgets": {"$ref": "#/$defs/budgets"},
                 "planner": {"type": "boolean"},
+                "selfplay_weight": {"$ref": "#/$defs/selfplay_weight"},
             },
         },
         "scenarios": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/scenario"}},
@@ -759,7 +765,14 @@ CATALOG_SCHEMA: dict[str, Any] = {
                 "expected": {"$ref": "#/$defs/expected"},
                 "budgets": {"$ref": "#/$defs/budgets"},
                 "planner": {"type": "boolean"},
+                "selfplay_weight": {"$ref": "#/$defs/selfplay_weight"},
             },
+        },
+        "selfplay_weight": {
+            "description": "How often self-play draws this scenario, relative to the others "
+            "(default 1; 0 never). `selfplay.category_weights` in the settings overrides it.",
+            "type": "number",
+            "minimum": 0,
         },
     },
 }
@@ -959,6 +972,7 @@ class _Loader:
             planner=bool(raw.get("planner", False)),
             file=str(path),
             description=raw.get("description", ""),
+            selfplay_weight=float(raw.get("selfplay_weight", 1.0)),
         )
 
     def _check_placeholders(

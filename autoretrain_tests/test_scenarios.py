@@ -171,6 +171,27 @@ def test_selfplay_weights(catalog):
         catalog.selfplay_instances(5, seed=0, weights={"astrology": 1.0})
 
 
+def test_a_catalog_weighs_its_own_scenarios_for_selfplay(tmp_path):
+    # File defaults and a scenario's own field; the settings' weights still win over both.
+    text = GOOD.replace("  split: train\n", "  split: train\n  selfplay_weight: 0\n", 1).replace(
+        "  - id: boxes\n", "  - id: boxes\n    selfplay_weight: 2.5\n", 1
+    )
+    catalog = load_catalog(write_catalog(tmp_path / "cat", text))
+    assert {s.id: s.selfplay_weight for s in catalog.train_scenarios} == {
+        "fruit_color": 0.0,
+        "boxes": 2.5,
+        "as_json": 0.0,
+    }
+    assert {i.scenario_id for i in catalog.selfplay_instances(40, seed=0)} == {"boxes"}
+    both = catalog.selfplay_instances(400, seed=0, weights={"lookup": 2.5})
+    assert {i.scenario_id for i in both} == {"boxes", "fruit_color"}
+    assert 120 < sum(i.scenario_id == "boxes" for i in both) < 280
+    message = broken(
+        tmp_path, "    category: lookup\n", "    category: lookup\n    selfplay_weight: -1\n"
+    )
+    assert "selfplay_weight" in message
+
+
 def test_docs_schema_matches_the_loader():
     documented = json.loads((REPO / "docs" / "scenario.schema.json").read_text())
     assert documented == CATALOG_SCHEMA
