@@ -301,7 +301,8 @@ class SelfPlayRunner:
         elif self.tools is not getattr(self.catalog, "registry", None):
             why_not = "worker processes rebuild tools from the catalog; these are not its own"
         if why_not:
-            log.warning(
+            # Documented (settings: other providers ignore it), so not worth a warning each run.
+            log.info(
                 "self-play: workers=%d ignored (%s); playing in this process",
                 self.workers,
                 why_not,

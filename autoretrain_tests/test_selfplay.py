@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 
@@ -273,6 +274,7 @@ def test_a_worker_plays_the_chunks_left_with_its_own_model_copy(
 
 
 def test_workers_fall_back_to_one_process_for_other_providers(settings, catalog, caplog):
+    caplog.set_level(logging.INFO, logger="autoretrain.selfplay")  # documented: info, not warning
     instances = catalog.selfplay_instances(20, seed=6)
     model = ReferencePlayer(catalog)
     model.by_prompt = {i.user_prompt: i for i in instances}

@@ -15,7 +15,7 @@ both tiers (paired, same instances):
 Arms are run in that order and the result files are rewritten after each, so a run stopped
 early still leaves every finished arm on disk (unfinished arms are named as not measured).
 
-    .venv/bin/python bench/loop.py [--selfplay-runs 2000] [--instances-per-scenario 70]
+    .venv/bin/python bench/loop.py [--selfplay-runs N] [--instances-per-scenario 70]
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ HELD_OUT_TOLERANCE_POINTS = 2.0
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--selfplay-runs", type=int, default=2000)
+    parser.add_argument(
+        "--selfplay-runs",
+        type=int,
+        default=None,
+        help="self-play runs per round (default: the settings' selfplay.runs_per_iteration)",
+    )
     parser.add_argument("--instances-per-scenario", type=int, default=70)
     parser.add_argument(
         "--selfplay-seed", type=int, default=0, help="self-play's sampling seed (its setting)"
@@ -77,6 +82,10 @@ def main() -> None:
         help="a reading to add to an existing loop.json (runs no arm)",
     )
     args = parser.parse_args()
+    if args.selfplay_runs is None:
+        from autoretrain.settings import SelfPlaySettings
+
+        args.selfplay_runs = SelfPlaySettings().runs_per_iteration
     bench = Bench(args)
     if args.head_to_head or args.note:
         bench.head_to_head([pair.split(":", 1) for pair in args.head_to_head])
