@@ -190,12 +190,31 @@ def model_dir(args: argparse.Namespace) -> Path:
         scenarios_dir=str(ROOT / "scenarios"),
         training={"bootstrap_time_budget_s": BOOTSTRAP_BUDGET_S},
     )
-    existing = training_facts(embedded_model_dir(settings)).get("training", {})
-    rebuild = existing.get("stopped_by") == "time_budget"
+    target = embedded_model_dir(settings)
+    existing = training_facts(target).get("training", {})
+    rebuild = existing.get("stopped_by") == "time_budget" or (
+        target.exists() and not built_by_current_recipe(target, settings)
+    )
     started = time.perf_counter()
     path = ensure_base_model(settings, rebuild=rebuild)
     print(f"embedded model: {path} ({time.perf_counter() - started:.0f} s to build or find)")
     return path
+
+
+def built_by_current_recipe(path: Path, settings: Any) -> bool:
+    """Whether the `v0` left in the work folder by an earlier run is what bootstrap builds
+    today: the bench measures the shipped base, not whichever one an older checkout built."""
+    from autoretrain.training.bootstrap import BOOTSTRAP_DEFAULTS
+
+    recorded = path / "train_config.json"
+    if not recorded.is_file():
+        return False
+    built = json.loads(recorded.read_text())
+    ignore = {"seed", "time_budget_s", "progress"}
+    expected = {k: v for k, v in BOOTSTRAP_DEFAULTS.to_dict().items() if k not in ignore}
+    config = {k: v for k, v in built.get("config", {}).items() if k not in ignore}
+    demos = built.get("bootstrap", {}).get("demos_per_scenario")
+    return config == expected and demos == settings.training.bootstrap_demos_per_scenario
 
 
 def training_facts(path: Path) -> dict[str, Any]:
