@@ -177,8 +177,8 @@ class MirrorSettings(_Section):
 
 class SelfPlaySettings(_Section):
     # A loop round learns from the verified runs among these; on the embedded model the lift of
-    # two rounds grew with them: 8,000 runs +7.8 points, 16,000 +9.2 to +9.4, 24,000 +10.4
-    # (bench/results/trials/loop_recipe.md). 24,000 runs take about 2.5 minutes on two cores.
+    # two rounds grew with them: 8,000 runs +7.1 to +7.8 points, 16,000 +9.2 to +9.4, 24,000
+    # +9.95 to +10.85 (bench/results/trials/loop_recipe.md). 24,000 take ~2 minutes on 2 cores.
     runs_per_iteration: int = 24000
     temperature: float = 0.8
     # Runs in flight: the batch size of a local model (bigger batches amortise each decode
@@ -187,7 +187,7 @@ class SelfPlaySettings(_Section):
     concurrency: int = Field(default=128, ge=1)
     # Processes a local model plays in, each with its own copy, taking chunks of runs as it
     # comes free. One batched decoder keeps one core busy: on 2 cores, 2 played the embedded
-    # model's runs at 129/s against 79 for one process (2,400 runs at 256 in flight, start-up
+    # model's runs at 204/s against 160 for one process (2,400 runs at 256 in flight, start-up
     # included; bench/results/selfplay.md). Sampled runs are the same for a seed with any
     # number above 1; 1 refills its batch as runs finish instead (another sample). Other
     # providers ignore it (they run `concurrency` requests at once).
