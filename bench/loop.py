@@ -82,10 +82,12 @@ def main() -> None:
         help="a reading to add to an existing loop.json (runs no arm)",
     )
     args = parser.parse_args()
-    if args.selfplay_runs is None:
+    if args.selfplay_runs is None:  # the settings' value, with --settings' selfplay over it
         from autoretrain.settings import SelfPlaySettings
 
-        args.selfplay_runs = SelfPlaySettings().runs_per_iteration
+        args.selfplay_runs = SelfPlaySettings(
+            **args.settings.get("selfplay", {})
+        ).runs_per_iteration
     bench = Bench(args)
     if args.head_to_head or args.note:
         bench.head_to_head([pair.split(":", 1) for pair in args.head_to_head])
