@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from autoretrain.settings import TrainingSettings
 from autoretrain.training.base_model import ModelSize, build_untrained_model
 from autoretrain.training.chat_format import render
 from autoretrain.training.config import TrainConfig
@@ -59,6 +60,10 @@ BOOTSTRAP_DEFAULTS = TrainConfig(
 )
 
 
+# A call without settings builds what `autoretrain bootstrap` builds: one place for those defaults.
+_SHIPPED = TrainingSettings()
+
+
 def demonstration_records(
     catalog: Any, per_scenario: int, validation_per_scenario: int, exclude: set[str]
 ) -> tuple[list[dict], list[dict]]:
@@ -86,9 +91,9 @@ def demonstration_records(
 def bootstrap_base_model(
     catalog: Any,
     output_dir: Path,
-    demos_per_scenario: int = 48,
+    demos_per_scenario: int = _SHIPPED.bootstrap_demos_per_scenario,
     seed: int = 0,
-    time_budget_s: float | None = 240.0,
+    time_budget_s: float | None = _SHIPPED.bootstrap_time_budget_s,
     *,
     validation_per_scenario: int = 2,
     evaluation_per_scenario: int = 70,
