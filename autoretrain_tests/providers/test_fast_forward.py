@@ -16,6 +16,7 @@ from transformers import (
     Qwen3Config,
 )
 
+from autoretrain.providers import fast_forward
 from autoretrain.providers.engine import Decoder, _growing_cache
 from autoretrain.providers.fast_forward import LlamaForward
 
@@ -120,6 +121,19 @@ def test_logits_match_transformers_through_prefill_and_decode(family):
         assert torch.equal(got, expected)  # the same ops in the same order
     else:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_a_big_model_keeps_one_product_per_projection_and_still_matches(family, monkeypatch):
+    """Above FUSE_MAX_PARAMETERS the weights are not copied into q/k/v and gate/up blocks."""
+    monkeypatch.setattr(fast_forward, "FUSE_MAX_PARAMETERS", 0)
+    model = build(family)
+    fast = LlamaForward(model)
+    assert all(layer.qkv_weight is None and layer.gate_up_weight is None for layer in fast.layers)
+    ids, mask, positions = ragged_batch()
+    expected, got = both(model, ids, mask, positions, cached=7)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
