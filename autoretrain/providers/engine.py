@@ -22,6 +22,7 @@ against `model.generate`. Only plain decoder families with full attention take t
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,7 +51,20 @@ def supports(model: Any) -> bool:
 
 
 class _GrowingLayer(DynamicLayer):
-    """One layer's keys and values in a buffer with spare room at the end."""
+    """One layer's keys and values in a buffer with spare room at the end, `capacity`
+    positions from the start when the caller knows how long its rows will get (no copy to grow).
+    """
+
+    def __init__(self, capacity: int = 0):
+        super().__init__()
+        self._capacity = capacity
+
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Take `keys`/`values` [batch, heads, capacity, dim], whose first `length` positions
+        are filled, as this layer's buffers."""
+        self.lazy_initialization(keys[:, :, :0], values[:, :, :0])
+        self._k, self._v, self._len = keys, values, length
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -65,7 +79,7 @@ class _GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
         if self._k is None or self._v is None or self._len + n > self._k.shape[-2]:
-            capacity = max(2 * (self._len + n), 64)
+            capacity = max(2 * (self._len + n), 64, self._capacity)
             b, h, _, d = key_states.shape
             k, v = (
                 key_states.new_empty((b, h, capacity, d)),
@@ -89,9 +103,9 @@ class _GrowingLayer(DynamicLayer):
         self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
 
 
-def _growing_cache() -> DynamicCache:
+def _growing_cache(capacity: int = 0) -> DynamicCache:
     cache = DynamicCache()
-    cache.layer_class_to_replicate = _GrowingLayer
+    cache.layer_class_to_replicate = functools.partial(_GrowingLayer, capacity)
     return cache
 
 
@@ -265,9 +279,10 @@ class Decoder:
             mask[j, width_cached + width - len(suffix) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        kv_cache = _growing_cache()
+        # Room for the prompt and the longest reply: the buffers never grow during the chunk.
+        kv_cache = _growing_cache(width_cached + width + max_new)
         if width_cached:
-            self._fill(kv_cache, cached_kv, cached, width_cached)
+            self._fill(kv_cache, cached_kv, cached, width_cached, width + max_new)
         logits = self._logits(input_ids, mask, positions[:, width_cached:], kv_cache)
         if streamer is not None:
             streamer.put(torch.tensor(rows[0]))
@@ -362,16 +377,25 @@ class Decoder:
 
     @staticmethod
     def _fill(
-        kv_cache: DynamicCache, blocks: list[list[torch.Tensor]], cached: list[int], width: int
+        kv_cache: DynamicCache,
+        blocks: list[list[torch.Tensor]],
+        cached: list[int],
+        width: int,
+        room: int,
     ) -> None:
+        """Lay the rows' cached blocks out right-aligned in `width` positions, straight into
+        each layer's buffers (with `room` more positions for what follows)."""
         sample = next(b[0] for b in blocks if b)
         n_layers, _, heads, _, dim = sample.shape
-        past = sample.new_zeros((n_layers, 2, len(blocks), heads, width, dim))
+        past = sample.new_empty((n_layers, 2, len(blocks), heads, width + room, dim))
+        # Holes are masked, but must hold finite numbers: 0 x NaN is NaN in attention.
+        past[:, :, :, :, :width] = 0
         for j, (row_blocks, c) in enumerate(zip(blocks, cached, strict=True)):
             if row_blocks:
-                past[:, :, j, :, width - c :] = torch.cat(row_blocks, dim=3)
+                past[:, :, j, :, width - c : width] = torch.cat(row_blocks, dim=3)
         for layer in range(n_layers):
-            kv_cache.update(past[layer, 0], past[layer, 1], layer)
+            kv_cache.layers.append(kv_cache.layer_class_to_replicate())
+            kv_cache.layers[layer].adopt(past[layer, 0], past[layer, 1], width)
 
     def _store(
         self,
