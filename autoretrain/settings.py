@@ -187,7 +187,7 @@ class SelfPlaySettings(_Section):
     concurrency: int = Field(default=128, ge=1)
     # Processes a local model plays in, each with its own copy, taking chunks of runs as it
     # comes free. One batched decoder keeps one core busy: on 2 cores, 2 played the embedded
-    # model's runs at 286/s against 162 for one process (24,000 runs at 256 in flight, start-up
+    # model's runs at 295/s against 158 for one process (24,000 runs at 256 in flight, start-up
     # included; bench/results/selfplay.md). Sampled runs are the same for a seed with any
     # number above 1; 1 refills its batch as runs finish instead (another sample). Other
     # providers ignore it (they run `concurrency` requests at once).
