@@ -561,6 +561,9 @@ def markdown(r: dict[str, Any]) -> str:
         else f"Modes that differ on some shared instances: {differing} (batched greedy decoding "
         "pads prompts, and padded attention can flip a near-tie between two tokens)."
     )
+    workers_runs = next(
+        (m["runs_per_round"] for m in r["modes"].values() if m.get("workers", 1) > 1), "?"
+    )
     return f"""# Self-play throughput: batched vs one at a time, HTTP concurrency
 
 `{r["command"]}` on {r["date"]}: {r["cores"]} cores, {r["memory_gb"]} GiB, torch {r["torch"]}
@@ -607,16 +610,16 @@ chat template, the tools, verification and run records.
 The `_workers_N` modes play in N processes (`selfplay.workers`): the runs are cut into chunks of
 one batch, and each process, with its own copy of the model, takes the next chunk when it is
 free; their runs/s include starting the workers (Python, torch and the model, while the first
-process already plays), over {r["modes"].get(next((k for k in r["modes"] if "workers" in k), ""), {}).get("runs_per_round", "?")} runs a round: one loop iteration's self-play
-(`selfplay.runs_per_iteration`). One batched decoder keeps one core busy, so on two cores this is
-the way to use the second one.
+process already plays), over {workers_runs} runs a round (`--n-workers`; by default one loop
+iteration's self-play, `selfplay.runs_per_iteration`). One batched decoder keeps one core busy,
+so on two cores this is the way to use the second one.
 
 Target: batched ≥ ×{target["batched_over_one_at_a_time"]:g} one at a time on 2 cores, against the raw engine
 (`model.generate` one run at a time, the baseline of every bench here and of the trial the issue
 cites). One process, default chunk: ×{target["best_batched_over_transformers_one_at_a_time"]} — {"met" if target["met"] else "NOT met"}; with
 `selfplay.workers` processes (worker start-up included): ×{target["best_with_workers_over_transformers_one_at_a_time"]} — {"met" if target["met_with_workers"] else "NOT met"}.
 Over autoretrain's own one-at-a-time path (the same decoder, one row): batched
-×{target["best_batched_over_one_at_a_time"]} (length-sorted chunks ×{target["best_with_length_chunks_over_one_at_a_time"]}), with workers
+×{target["best_batched_over_one_at_a_time"]} (best chunk size ×{target["best_with_length_chunks_over_one_at_a_time"]}), with workers
 ×{target["best_with_workers_over_one_at_a_time"]}.
 """
 
