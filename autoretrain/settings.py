@@ -257,6 +257,21 @@ class LoopSettings(_Section):
     iterations: int = Field(default=1, ge=1)
 
 
+class ServeSettings(_Section):
+    """`autoretrain serve`: what one request may cost the server (413 / 408 above it)."""
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)  # counted while reading
+    max_message_bytes: int = Field(default=1024 * 1024, gt=0)  # one message's content
+    # Prompt tokens one request may bring (400 context_length_exceeded above); None: the
+    # model's own context length.
+    max_prompt_tokens: int | None = Field(default=None, gt=0)
+    # Requests with a body at least this big are answered alone, taking turns with batches of
+    # the small ones, so a big request never holds a small one for more than its own turn.
+    large_request_bytes: int = Field(default=64 * 1024, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)  # the request line and headers
+    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body, from its first byte
+
+
 class Settings(_Section):
     home: Path = Path("data")
     environment: str = "local"
@@ -274,6 +289,7 @@ class Settings(_Section):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     loop: LoopSettings = Field(default_factory=LoopSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     scenarios_dir: Path = Path("scenarios")
 
     model_config = ConfigDict(extra="forbid", ignored_types=(cached_property,))
