@@ -11,12 +11,20 @@ override, then the active environment's override (see `PromotionGates.resolve`).
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_FILE = "autoretrain.yaml"
 
@@ -27,7 +35,17 @@ class SettingsError(ValueError):
 
 class _Section(BaseModel):
     # Unknown keys in a section are a typo in the user's YAML: say so instead of ignoring it.
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity pass no range check honestly (nan >= 0 is false, inf <= 1 false, but
+    # `max_*: .inf` would disable a gate without saying so): refuse them everywhere.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# The ranges settings are checked against at load, so a value that would silently disable a gate
+# (a negative lift, a significance of 5) or break a stage (a negative size) fails with its name.
+Share = Annotated[float, Field(ge=0, le=1)]  # a probability, a rate, a share of runs
+Positive = Annotated[float, Field(gt=0)]  # a budget, a timeout, a ratio
+PositiveInt = Annotated[int, Field(ge=1)]  # a size or a count that must be at least one
+Count = Annotated[int, Field(ge=0)]  # a count where 0 means "none"
 
 
 class Paths:
@@ -67,8 +85,8 @@ class Paths:
 class Price(_Section):
     """USD per million tokens."""
 
-    input_per_mtok: float = 0.0
-    output_per_mtok: float = 0.0
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
 
 
 class ProviderProfile(_Section):
@@ -81,8 +99,8 @@ class ProviderProfile(_Section):
     azure_endpoint: str | None = None
     api_version: str = "2024-10-21"
     slots: dict[str, str] = Field(default_factory=dict)
-    timeout_s: float = 60.0
-    max_retries: int = 3
+    timeout_s: Positive = 60.0
+    max_retries: Count = 3
     device: str = "cpu"
     # Azure OpenAI deployments are created through the management (ARM) API, which names the
     # resource by subscription, resource group and account rather than by endpoint.
@@ -97,19 +115,19 @@ class ProviderProfile(_Section):
 class PromotionGates(_Section):
     """What a run must clear to become training data (PromotionGuardAgent)."""
 
-    min_score: float = 1.0
-    max_escalations: int = 0
-    max_recoveries: int = 2
-    max_runtime_s: float = 120.0
-    max_total_tokens: int = 8192
+    min_score: Share = 1.0  # verifier scores are in [0, 1]
+    max_escalations: Count = 0
+    max_recoveries: Count = 2
+    max_runtime_s: Positive = 120.0
+    max_total_tokens: PositiveInt = 8192
     categories: list[str] | None = None  # None: every category
     # The verifier's score says "right"; the quality score (verifier plus an optional LLM
     # judge, averaged over the last attempt) says "good enough to learn from".
-    min_quality_score: float = 0.0
+    min_quality_score: Share = 0.0
     # Borderline runs clear every gate but only just: the optional LLM reviewer looks at
     # them. A score below min_score + margin, or at least this many recoveries (0: never).
-    borderline_score_margin: float = 0.05
-    borderline_recoveries: int = 1
+    borderline_score_margin: Share = 0.05
+    borderline_recoveries: Count = 1
     # What a borderline run gets when no reviewer is configured.
     borderline_without_reviewer: Literal["promote", "needs_human"] = "promote"
 
@@ -124,24 +142,25 @@ class EvaluationLifts(_Section):
     # One round on the embedded model lifts in-distribution by about 8 points (paired McNemar
     # over 1,889 instances; bench/results/loop.md). The default asks for half a point on top of
     # significance, which guards against noise. Raise it where a retrain must buy more.
-    min_lift: float = 0.005
-    significance: float = 0.05
-    max_heldout_regression: float = 0.02
-    max_category_regression: float = 0.05
-    max_latency_ratio: float = 1.5
-    max_cost_ratio: float = 1.5
+    min_lift: Share = 0.005  # a pass-rate difference: a negative one would pass a worse model
+    # A level above 0.5 calls a coin flip significant.
+    significance: float = Field(default=0.05, gt=0, le=0.5)
+    max_heldout_regression: Share = 0.02
+    max_category_regression: Share = 0.05
+    max_latency_ratio: Positive = 1.5
+    max_cost_ratio: Positive = 1.5
     # mid-p rarely exceeds the nominal level and has more power than the exact test
     # (Fagerland, Lydersen & Laake 2013); "exact" is the conservative choice.
     significance_test: Literal["mid_p", "exact"] = "mid_p"
     # Category cells with fewer distinct instances are flagged as noisy in the comparison notes.
-    small_category_instances: int = 30
+    small_category_instances: Count = 30
     # Canary analysis: runs each slot (canary, primary) needs in the window before a verdict.
-    min_canary_runs: int = 200
+    min_canary_runs: PositiveInt = 200
     # Canary non-inferiority margin on live traffic. The replay already proved the lift on paired
     # instances; the canary guards against a collapse outside the catalog, and proving
     # non-inferiority within 2 points on unpaired runs needs ~8,000 runs per slot, within 5
     # points a few hundred.
-    canary_margin: float = 0.05
+    canary_margin: Share = 0.05
 
     @classmethod
     def resolve(cls, layers: dict[str, Any], provider: str, environment: str) -> EvaluationLifts:
@@ -156,8 +175,8 @@ def _layered(layers: dict[str, Any], provider: str, environment: str) -> dict[st
 
 
 class IngestSettings(_Section):
-    max_quarantine_rate: float = 0.05
-    max_record_bytes: int = 10 * 1024 * 1024
+    max_quarantine_rate: Share = 0.05
+    max_record_bytes: PositiveInt = 10 * 1024 * 1024
 
 
 class MirrorSettings(_Section):
@@ -179,8 +198,8 @@ class SelfPlaySettings(_Section):
     # A loop round learns from the verified runs among these; on the embedded model the lift of
     # two rounds grew with them: 8,000 runs +7.1 to +7.8 points, 16,000 +9.2 to +9.4, 24,000
     # +9.95 to +10.85 (bench/results/trials/loop_recipe.md). 24,000 take ~2 minutes on 2 cores.
-    runs_per_iteration: int = 24000
-    temperature: float = 0.8
+    runs_per_iteration: PositiveInt = 24000
+    temperature: float = Field(default=0.8, ge=0)
     # Runs in flight: the batch size of a local model (bigger batches amortise each decode
     # step: 128 ran ~1.1x the runs/s of 64 on the embedded model, 256 ~1.2x; bench/results/
     # selfplay.md), parallel requests otherwise.
@@ -194,53 +213,68 @@ class SelfPlaySettings(_Section):
     workers: int = Field(default=2, ge=1)
     # Per model turn. A batch decodes until its longest member stops, so the cap sets self-play
     # speed; the catalog's longest reference turn is 40 tokens of the embedded tokenizer.
-    max_tokens: int = 48
-    canary_share: float = 0.0
-    category_weights: dict[str, float] = Field(default_factory=dict)
+    max_tokens: PositiveInt = 48
+    canary_share: Share = 0.0
+    category_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     seed: int = 0
 
 
 class DatasetSettings(_Section):
-    eval_ratio: float = 0.1
-    min_examples_per_category: int = 5
+    # Below 1: a ratio of 1 would leave nothing to train on.
+    eval_ratio: float = Field(default=0.1, ge=0, lt=1)
+    min_examples_per_category: Count = 5
     # REFERENCE.md's recipe caps each category, so the easy ones (declines, clarifying
     # questions) do not drown the ones the model is still learning. The catalog's self-play
     # weights already send few runs to those; at 250 the cap threw away most of the verified
     # runs of the categories being learned, and lifted a round by half as much
     # (bench/results/trials/loop_recipe.md).
-    max_examples_per_category: int | None = 3000
-    min_new_promotable_runs: int = 200
-    max_tool_output_chars: int = 4000
+    max_examples_per_category: PositiveInt | None = 3000
+    min_new_promotable_runs: Count = 200
+    max_tool_output_chars: PositiveInt = 4000
     extra_secret_patterns: list[str] = Field(default_factory=list)
     azure_bom: bool = False
     # The target model's tokenizer (a save_pretrained folder); without one, token counts are a
     # whitespace estimate and the manifest says so.
     tokenizer_dir: Path | None = None
-    max_example_tokens: int | None = None  # target context; longer examples are excluded
+    max_example_tokens: PositiveInt | None = None  # target context; longer ones are excluded
+
+    @field_validator("extra_secret_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        # The redactor compiles them with `re` too; a broken one must fail at load, not mid-build.
+        for index, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"dataset.extra_secret_patterns[{index}] = {pattern!r}: not a regular "
+                    f"expression ({exc})"
+                ) from None
+        return patterns
 
 
 class TrainingSettings(_Section):
     method: Literal["auto", "full", "lora", "qlora"] = "auto"
-    epochs: int = 3
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    max_seq_len: int = 512
-    lora_r: int = 16
-    lora_alpha: int = 32
+    epochs: PositiveInt = 3
+    learning_rate: Positive = 1e-3
+    batch_size: PositiveInt = 16
+    max_seq_len: PositiveInt = 512
+    lora_r: PositiveInt = 16
+    lora_alpha: PositiveInt = 32
     seed: int = 0
-    early_stopping_patience: int | None = 3
+    early_stopping_patience: PositiveInt | None = 3
     merge_adapter: bool = False
-    time_budget_s: float | None = None
+    time_budget_s: Positive | None = None
     # The embedded base model (`autoretrain bootstrap`): demonstrations per train scenario, and
     # a safety cap on its training time (the schedule itself is fixed, so a build is reproducible).
-    bootstrap_demos_per_scenario: int = 48
-    bootstrap_time_budget_s: float = 240.0
+    bootstrap_demos_per_scenario: PositiveInt = 48
+    bootstrap_time_budget_s: Positive = 240.0
 
 
 class EvaluationSettings(_Section):
-    instances_per_scenario: int = 70
-    samples_per_instance: int = 1
-    bootstrap_samples: int = 2000
+    instances_per_scenario: PositiveInt = 70
+    samples_per_instance: PositiveInt = 1
+    bootstrap_samples: PositiveInt = 2000
     # One greedy sample per instance by default; with several, this temperature and per-sample
     # seeds shared by both models.
     temperature: float = Field(default=0.8, ge=0)
@@ -308,29 +342,42 @@ class Settings(_Section):
                 f"known profiles: {sorted(self.providers)}"
             ) from None
 
+    @field_validator("gates", "lifts")
+    @classmethod
+    def _layers_are_valid(cls, layers: dict[str, Any], info: Any) -> dict[str, Any]:
+        # A typo or a value out of range in a gate or lift must fail at load time, naming where
+        # it is, not surface later inside a scoring run (or be silently ignored). A field
+        # validator, so its errors are reported together with every other section's.
+        name = info.field_name
+        model = PromotionGates if name == "gates" else EvaluationLifts
+        unknown = sorted(set(layers) - {"default", "providers", "environments"})
+        if unknown:
+            raise ValueError(
+                f"{name}: unknown keys {unknown}; put values under {name}.default, "
+                f"{name}.providers.<profile> or {name}.environments.<environment>"
+            )
+        places = [("default", _or_empty(layers.get("default")))]
+        for kind in ("providers", "environments"):
+            named = _or_empty(layers.get(kind))
+            if not isinstance(named, dict):
+                raise ValueError(f"{name}.{kind} = {_shown(named)}: expected a mapping of names")
+            places += [(f"{kind}.{k}", _or_empty(v)) for k, v in named.items()]
+        for where, values in places:
+            if not isinstance(values, dict):
+                raise ValueError(f"{name}.{where} = {_shown(values)}: expected a mapping")
+            try:
+                model(**values)
+            except ValidationError as exc:
+                raise ValueError(_problems(exc, prefix=f"{name}.{where}.")) from None
+        return layers
+
     @model_validator(mode="after")
-    def _layers_are_valid(self) -> Settings:
-        # A typo in a gate or lift must fail at load time, naming where it is, not surface
-        # later inside a scoring run (or be silently ignored).
-        for name, model in (("gates", PromotionGates), ("lifts", EvaluationLifts)):
-            layers = getattr(self, name)
-            unknown = sorted(set(layers) - {"default", "providers", "environments"})
-            if unknown:
-                raise ValueError(
-                    f"{name}: unknown keys {unknown}; put values under {name}.default, "
-                    f"{name}.providers.<profile> or {name}.environments.<environment>"
-                )
-            places = [("default", layers.get("default") or {})]
-            for kind in ("providers", "environments"):
-                places += [(f"{kind}.{k}", v or {}) for k, v in (layers.get(kind) or {}).items()]
-            for where, values in places:
-                try:
-                    model(**values)
-                except ValidationError as exc:
-                    problems = "; ".join(
-                        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-                    )
-                    raise ValueError(f"{name}.{where}: {problems}") from None
+    def _provider_is_defined(self) -> Settings:
+        if self.provider not in self.providers:
+            raise ValueError(
+                f"provider = {self.provider!r}: no such profile; known profiles: "
+                f"{sorted(self.providers)} (define it under providers.{self.provider})"
+            )
         return self
 
     def promotion_gates(self) -> PromotionGates:
@@ -363,15 +410,44 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise SettingsError(f"{path}: expected a mapping at the top level")
+    from_env = {}
     for env, field in _ENV_OVERRIDES.items():
         if os.environ.get(env):
             data[field] = os.environ[env]
+            from_env[field] = env
     data.update(overrides)
+    for field in overrides:
+        from_env.pop(field, None)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        where = path if path.exists() else "settings"
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        where = path if path.exists() else "settings (no configuration file)"
+        # Name the variable when the bad value came from the environment, not the file.
+        env_note = "".join(
+            f" ({field} comes from ${env})"
+            for field, env in from_env.items()
+            if any(e["loc"][:1] == (field,) or field in str(e["msg"]) for e in exc.errors())
         )
-        raise SettingsError(f"{where}: {problems}") from exc
+        raise SettingsError(f"{where}: {_problems(exc)}{env_note}") from exc
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> str:
+    """Every error as `setting = bad value: what is wrong`, joined by `; `."""
+    out = []
+    for err in exc.errors():
+        if err["type"] == "value_error":
+            # Raised by our validators, whose message names the setting and its value.
+            out.append(str(err["ctx"]["error"]))
+            continue
+        name = prefix + ".".join(str(p) for p in err["loc"])
+        out.append(f"{name} = {_shown(err['input'])}: {err['msg']}")
+    return "; ".join(out)
+
+
+def _or_empty(value: Any) -> Any:
+    return {} if value is None else value  # `default:` with nothing under it is no layer
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
