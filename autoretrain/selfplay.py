@@ -17,7 +17,6 @@ import logging
 import multiprocessing
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -497,14 +496,9 @@ def _batches_natively(model: Any) -> bool:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+    from autoretrain.progress import progress_bar
 
-    # A bar on a terminal; on a pipe or in a log, tqdm's occasional lines are enough.
-    return tqdm(
-        total=total, desc="self-play", unit="run", disable=None, file=sys.stderr, mininterval=1.0
-    )
+    return progress_bar(total, "self-play", "run", enabled)
 
 
 def _install_sigint(stop: Any) -> Any:

@@ -20,7 +20,6 @@ candidate.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -453,18 +452,9 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _progress(total: int, enabled: bool, evaluation_id: str) -> Any:
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
+    from autoretrain.progress import progress_bar
 
-    return tqdm(
-        total=total,
-        desc=f"evaluation {evaluation_id}",
-        unit="run",
-        disable=None,
-        file=sys.stderr,
-        mininterval=1.0,
-    )
+    return progress_bar(total, f"evaluation {evaluation_id}", "run", enabled)
 
 
 __all__ = ["RESULT_COLUMNS", "Replay", "evaluate", "provider_failure", "replay", "result_row"]
