@@ -1,20 +1,21 @@
 """`autoretrain loop`: one full cycle of the retraining loop, run in-process through Dagster.
 
-Every step is a materialization (or job run) on the project's Dagster instance under
+Every step is a run of one of the project's named Dagster jobs on the instance under
 DAGSTER_HOME, so the UI shows afterwards exactly what the loop did — runs, materializations,
-check results and the gate's decision:
+check results and the gate's decision — and the same jobs are what automation runs:
 
-    base model (if missing) → self-play → ingest → score → decide → dataset → train →
-    evaluate (regression gate) → canary → canary traffic → canary analysis → primary
+    bootstrap → selfplay → ingest → dataset → retrain (train, regression gate) →
+    canary (deploy, live traffic, canary analysis) → promote (primary)
 
-A failed blocking check stops the cycle where Dagster stops it (the downstream asset never
-runs), and the loop reports which gate said no.
+A gate that says no ends the cycle there (its check fails; the run itself succeeds), and the
+loop reports which gate said no.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+# In-process runs log to the console at this level (Dagster's default is DEBUG: every event).
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass
@@ -47,42 +50,53 @@ class IterationResult:
 
 
 class LoopRunner:
-    def __init__(self, settings: Settings, progress: bool = True):
+    """Runs the loop's Dagster jobs in process. `say` receives one line per finished stage."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        progress: bool = True,
+        say: Callable[[str], None] | None = None,
+        verbose: bool = False,
+    ):
         import dagster as dg
 
-        from autoretrain.definitions import defs
+        from autoretrain.definitions import build_defs
         from autoretrain.defs.resources import AutoretrainConfig
 
         self.settings = settings
         self.progress = progress
+        self.say = say or log.info
+        self.run_config: dict[str, Any] = {} if verbose else QUIET_RUN_CONFIG
         self.home = ensure_dagster_home(settings)
         self.instance = dg.DagsterInstance.get()
-        self.defs = defs
-        self.resources = {"autoretrain": AutoretrainConfig(home=str(settings.paths.root))}
-        # Asset checks defined on their own (canary_analysis) travel with the assets.
-        self._assets = [*defs.assets, *(defs.asset_checks or [])]  # type: ignore[misc]
+        self.defs = build_defs(AutoretrainConfig(home=str(settings.paths.root)))
 
-    # -- one Dagster step -------------------------------------------------------------------
-    def _materialize(
-        self, selection: Any, *, partition_key: str | None = None, tags: dict | None = None
+    # -- one Dagster run ---------------------------------------------------------------------
+    def run(
+        self,
+        job: str,
+        *,
+        partition_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> Any:
-        import dagster as dg
-
-        result = dg.materialize(
-            self._assets,
-            selection=selection,
-            partition_key=partition_key,
+        """Run a named job; a failed check is an answer, a failed step is an error."""
+        result = self.defs.resolve_job_def(job).execute_in_process(
             instance=self.instance,
-            resources=self.resources,
+            partition_key=partition_key,
             tags=tags,
+            run_config={**self.run_config, **(config or {})},
             raise_on_error=False,
         )
-        if not result.success and not self.failed_gates(result):
+        if not result.success:
+            # A blocking dataset check fails its step on purpose: the caller reads which.
+            if self.failed_gates(result):
+                return result
             failures = [
                 e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"
             ]
-            raise LoopError(f"Dagster run {result.run_id} failed: {failures[:2]}")
-        # A failed blocking check fails its step on purpose: the caller reads which gate said no.
+            raise LoopError(f"Dagster run {result.run_id} ({job}) failed: {failures[:2]}")
         return result
 
     @staticmethod
@@ -96,7 +110,7 @@ class LoopRunner:
         ]
 
     @staticmethod
-    def _check(result: Any, name: str) -> Any:
+    def check(result: Any, name: str) -> Any:
         for evaluation in result.get_asset_check_evaluations():
             if evaluation.check_name == name:
                 return evaluation
@@ -104,32 +118,31 @@ class LoopRunner:
 
     # -- the cycle --------------------------------------------------------------------------
     def base_model(self) -> None:
-        import dagster as dg
-
-        self._materialize(dg.AssetSelection.assets("base_model"))
-
-    def judge_new_runs(self, since_days: list[str] | None = None) -> None:
-        """Ingest, score and decide every landing day not yet processed — one Dagster run."""
-        import dagster as dg
-
-        from autoretrain.runs.archive import RunArchive
-
-        days = since_days or RunArchive(self.settings.paths.landing).days()
-        if not days:
-            return
-        self._materialize(
-            dg.AssetSelection.assets("raw_runs", "scored_runs", "promotion_decisions"),
-            tags={RANGE_START: days[0], RANGE_END: days[-1]},
-        )
-
-    def selfplay(self, n: int, canary_share: float = 0.0) -> Any:
         from autoretrain import stages
 
-        return stages.selfplay(self.settings, n, canary_share=canary_share, progress=self.progress)
+        started = time.perf_counter()
+        self.run("bootstrap")
+        held = stages.slot_version(self.settings, "primary")
+        self.say(
+            _line(
+                "base model", f"primary is {held.id if held else self.settings.provider}", started
+            )
+        )
+
+    def judge_new_runs(self) -> None:
+        """Ingest, score and decide every landing day — one `ingest` run over the range."""
+        from autoretrain.runs.archive import RunArchive
+
+        days = RunArchive(self.settings.paths.landing).days()
+        if days:
+            self.run("ingest", tags={RANGE_START: days[0], RANGE_END: days[-1]})
+
+    def selfplay(self, n: int) -> dict[str, Any]:
+        """Self-play as a `selfplay` run; returns its report (SelfPlayReport.to_dict)."""
+        config = {"ops": {"play": {"config": {"runs": n, "progress": self.progress}}}}
+        return self.run("selfplay", config=config).output_for_node("play")
 
     def iteration(self, number: int, selfplay_runs: int) -> IterationResult:
-        import dagster as dg
-
         from autoretrain import stages
         from autoretrain.defs.automation import candidate_key
         from autoretrain.defs.partitions import candidate_partitions
@@ -137,28 +150,31 @@ class LoopRunner:
         out = IterationResult(iteration=number)
         clock = time.perf_counter()
 
-        def lap(name: str) -> None:
+        def lap(name: str, detail: str) -> None:
             nonlocal clock
             now = time.perf_counter()
             out.seconds[name] = round(now - clock, 1)
+            self.say(_line(name.replace("_", " "), detail, clock))
             clock = now
 
         incumbent = stages.slot_version(self.settings, "primary")
         out.incumbent = incumbent.id if incumbent else None
+        self.say(f"iteration {number}: incumbent {out.incumbent}")
 
         report = self.selfplay(selfplay_runs)
-        log.info("self-play: %d runs, pass rate %.1f%%", report.finished, 100 * report.pass_rate)
-        lap("selfplay")
+        lap("selfplay", _selfplay_detail(report))
         self.judge_new_runs()
-        lap("ingest_score_decide")
+        lap("ingest_score_decide", _judged(self.settings))
 
-        result = self._materialize(dg.AssetSelection.assets("training_dataset"))
-        lap("dataset")
+        result = self.run("dataset")
         mats = result.asset_materializations_for_node("training_dataset")
         if not mats:
+            lap("dataset", "not built: not enough new promotable runs")
             out.stopped_at, out.reason = "training_dataset", "not enough new promotable runs"
             return out
-        version = str(mats[-1].metadata["version"].value)
+        meta = mats[-1].metadata
+        version = str(meta["version"].value)
+        lap("dataset", f"{version}: {meta['train_examples'].value} train examples")
         out.artifacts["dataset"] = str(self.settings.paths.datasets / version)
         failed = self.failed_gates(result)
         if failed:
@@ -169,59 +185,66 @@ class LoopRunner:
         candidate = candidate_key(version)
         out.candidate = candidate
         self.instance.add_dynamic_partitions(candidate_partitions.name, [candidate])
-        result = self._materialize(
-            dg.AssetSelection.assets("candidate_model", "candidate_evaluation", "canary_deployment")
-            - dg.AssetSelection.checks(
-                dg.AssetCheckKey(dg.AssetKey("canary_deployment"), "canary_analysis")
-            ),
-            partition_key=candidate,
-        )
-        lap("train_and_evaluate")
+        result = self.run("retrain", partition_key=candidate)
         out.artifacts["candidate"] = str(self.settings.paths.models / stages.EMBEDDED / candidate)
-        gate = self._check(result, "regression_gate")
+        gate = self.check(result, "regression_gate")
         evaluation = result.asset_materializations_for_node("candidate_evaluation")
         if evaluation:
             out.evaluation_id = str(evaluation[-1].metadata["evaluation_id"].value)
             out.artifacts["evaluation"] = str(self.settings.paths.reports / out.evaluation_id)
             out.comparison = _load_comparison(self.settings, out.evaluation_id)
         out.decision = "promote" if gate is not None and gate.passed else "reject"
+        lap("train_and_evaluate", f"{candidate}: regression gate says {out.decision}")
         if gate is None or not gate.passed:
             out.stopped_at = "regression_gate"
             out.reason = gate.description if gate is not None else "no gate result"
             return out
 
-        # Canary: live (self-play) traffic split between canary and primary, then analysed.
-        share = self.settings.selfplay.canary_share or 0.5
-        min_runs = self.settings.evaluation_lifts().min_canary_runs
-        canary_runs = max(selfplay_runs // 2, int(2.5 * min_runs / min(share, 1 - share)))
-        self.selfplay(canary_runs, canary_share=share)
-        lap("canary_traffic")
-        self.judge_new_runs()
-        result = self._materialize(
-            dg.AssetSelection.checks(
-                dg.AssetCheckKey(dg.AssetKey("canary_deployment"), "canary_analysis")
-            )
-            | dg.AssetSelection.assets("primary_deployment"),
-            partition_key=candidate,
-        )
-        lap("canary_analysis_and_primary")
-        canary = self._check(result, "canary_analysis")
+        # Canary: deploy, live (self-play) traffic split between the slots, canary analysis.
+        result = self.run("canary", partition_key=candidate)
+        canary = self.check(result, "canary_analysis")
         out.canary = {
             "passed": bool(canary and canary.passed),
             "summary": canary.description if canary else None,
         }
+        lap("canary", out.canary["summary"] or "no analysis")
+        # The canary's runs go through the same judging as any other runs.
+        self.judge_new_runs()
         if canary is None or not canary.passed:
-            out.stopped_at, out.reason = (
-                "canary_analysis",
-                canary.description if canary else "no result",
-            )
+            out.stopped_at = "canary_analysis"
+            out.reason = canary.description if canary else "no result"
             return out
+        self.run("promote", partition_key=candidate)
+        lap("primary", f"primary is now {candidate}")
         out.primary = candidate
         return out
 
 
 class LoopError(RuntimeError):
     pass
+
+
+def _line(stage: str, detail: str, started: float) -> str:
+    return f"  {stage:<20} {detail:<64} {time.perf_counter() - started:7.1f} s"
+
+
+def _selfplay_detail(report: dict[str, Any]) -> str:
+    return (
+        f"{report['finished']:,} runs, {report['pass_rate']:.1%} verified, "
+        f"{report['runs_per_second']:.0f} runs/s"
+    )
+
+
+def _judged(settings: Settings) -> str:
+    from autoretrain.runs.store import RunStore
+
+    with RunStore.from_settings(settings, read_only=True) as store:
+        rows = dict(
+            store.con.execute(
+                "SELECT decision, count(*) FROM promotion_decisions GROUP BY 1"
+            ).fetchall()
+        )
+    return ", ".join(f"{rows.get(k, 0):,} {k}" for k in ("promote", "reject", "needs_human"))
 
 
 def _load_comparison(settings: Settings, evaluation_id: str) -> dict[str, Any] | None:
@@ -235,12 +258,15 @@ def _load_comparison(settings: Settings, evaluation_id: str) -> dict[str, Any] |
 
 
 def run_loop(
-    settings: Settings, iterations: int = 1, selfplay_runs: int | None = None, progress: bool = True
+    settings: Settings,
+    iterations: int = 1,
+    selfplay_runs: int | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] | None = None,
+    verbose: bool = False,
 ) -> list[IterationResult]:
-    runner = LoopRunner(settings, progress=progress)
-    t0 = time.perf_counter()
+    runner = LoopRunner(settings, progress=progress, say=say, verbose=verbose)
     runner.base_model()
-    log.info("base model ready in %.1f s", time.perf_counter() - t0)
     results = []
     for number in range(1, iterations + 1):
         results.append(

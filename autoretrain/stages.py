@@ -373,6 +373,123 @@ def deploy(
         return entry
 
 
+def deploy_candidate(settings: Settings, candidate: str, slot: str) -> Any:
+    """Automation's deployment: re-read the candidate's own recorded decisions (its evaluation,
+    and for primary its canary analysis) and move the slot only if they clear it; the ledger
+    cites the evaluation that did. Raises ClearanceRefused, changing nothing, otherwise."""
+    from autoretrain.deploy.clearance import clear
+    from autoretrain.deploy.targets import deploy_to_slot, slot_target
+
+    with RunStore.from_settings(settings) as store:
+        registry = _registry(store, settings)
+        clearance = clear(store.con, registry, candidate, slot)
+        entry, _ = deploy_to_slot(
+            registry,
+            slot_target(settings),
+            candidate,
+            slot,
+            reason=clearance.reason,
+            evaluation_id=clearance.evaluation_id,
+            actor="autoretrain",
+        )
+        return entry
+
+
+@dataclass
+class CanaryTraffic:
+    """What the canary stage played and what the analysis said."""
+
+    candidate: str
+    runs_played: int
+    rounds: int
+    analysis: Any  # CanaryAnalysis
+
+
+def canary_runs_needed(settings: Settings, share: float) -> int:
+    """Self-play runs for one canary round: enough that each slot clears the analysis's
+    minimum with room (2.5x), and at least half an iteration's self-play, so the
+    non-inferiority test has the power the loop's figures were measured with."""
+    min_runs = settings.evaluation_lifts().min_canary_runs
+    return max(
+        settings.selfplay.runs_per_iteration // 2, int(2.5 * min_runs / min(share, 1 - share))
+    )
+
+
+def canary_traffic(
+    settings: Settings, candidate: str, progress: bool = False, max_rounds: int = 3
+) -> CanaryTraffic:
+    """Canary traffic for a candidate in the canary slot: self-play split between canary and
+    primary, ingested, then analysed (canary vs the current primary) and recorded. Plays
+    another round while the analysis lacks traffic, up to `max_rounds`; a candidate that no
+    longer holds canary gets a failed analysis without traffic."""
+    from autoretrain.deploy.clearance import save_canary_analysis
+    from autoretrain.runs.archive import RunArchive
+
+    share = settings.selfplay.canary_share or 0.5
+    played = rounds = 0
+    while True:
+        analysis, primary = _canary_analysis(settings, candidate)
+        holds = primary is not None and analysis.window.get("canary_model") == candidate
+        if analysis.passed or not holds or rounds >= max_rounds:
+            break
+        if not _insufficient(analysis):
+            break
+        before = set(RunArchive(settings.paths.landing).days())
+        report = selfplay(
+            settings, canary_runs_needed(settings, share), canary_share=share, progress=progress
+        )
+        played += report.finished
+        rounds += 1
+        days = sorted(set(RunArchive(settings.paths.landing).days()) - before | _today(settings))
+        ingest_days(settings, days)
+    with RunStore.from_settings(settings) as store:
+        save_canary_analysis(store.con, candidate, primary, analysis)
+    return CanaryTraffic(candidate, played, rounds, analysis)
+
+
+def _insufficient(analysis: Any) -> bool:
+    from autoretrain.evaluation.canary import INSUFFICIENT
+
+    return any(INSUFFICIENT in (g.detail or "") for g in analysis.failed_gates)
+
+
+def _today(settings: Settings) -> set[str]:
+    """Landing days self-play may just have written (UTC today; yesterday across midnight)."""
+    from datetime import UTC, datetime, timedelta
+
+    from autoretrain.runs.archive import RunArchive
+
+    now = datetime.now(UTC)
+    days = {f"{now:%Y-%m-%d}", f"{now - timedelta(days=1):%Y-%m-%d}"}
+    return days & set(RunArchive(settings.paths.landing).days())
+
+
+def _canary_analysis(settings: Settings, candidate: str) -> tuple[Any, str | None]:
+    """The candidate's canary analysis against the current primary; a candidate that does not
+    hold the canary slot fails it without looking at traffic."""
+    from autoretrain.evaluation.canary import CanaryAnalysis, canary_analysis
+    from autoretrain.evaluation.compare import Gate
+
+    with RunStore.from_settings(settings, read_only=True) as store:
+        slots = _registry(store, settings, read_only=True).slots()
+        primary = slots.get("primary")
+        if slots.get("canary") != candidate:
+            held = slots.get("canary")
+            gate = Gate(
+                "canary_slot", False, None, None, f"{candidate} does not hold canary ({held})"
+            )
+            window = {"canary_model": slots.get("canary"), "primary_model": primary}
+            return CanaryAnalysis(passed=False, reasons=[gate], window=window), primary
+        analysis = canary_analysis(
+            store.con,
+            lifts=settings.evaluation_lifts(),
+            canary_model=candidate,
+            primary_model=primary,
+            bootstrap_samples=settings.evaluation.bootstrap_samples,
+        )
+        return analysis, primary
+
+
 def rollback(settings: Settings, slot: str = "primary", reason: str = "rollback") -> Any:
     """Serve the slot's previously promoted version again and record the rollback."""
     from autoretrain.deploy.targets import rollback_slot, slot_target

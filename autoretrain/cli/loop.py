@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 
 import click
 
@@ -30,13 +30,20 @@ def loop(iterations: int | None, selfplay_runs: int | None, as_json: bool) -> No
     canary analysis → primary. Open `autoretrain ui` afterwards to see it in Dagster."""
     from autoretrain.loop import LoopError, run_loop
 
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    if not verbose:
+        quiet_libraries()
     try:
         settings = load_settings()
+        say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+        say(f"autoretrain loop: data under {settings.paths.root}")
         results = run_loop(
             settings,
             iterations or settings.loop.iterations,
             selfplay_runs,
-            progress=sys.stderr.isatty() and not as_json,
+            progress=not as_json,
+            say=say,
+            verbose=verbose,
         )
     except (SettingsError, LoopError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -48,6 +55,17 @@ def loop(iterations: int | None, selfplay_runs: int | None, as_json: bool) -> No
     click.echo(
         f"\nDagster instance: {settings.paths.dagster_home} — `autoretrain ui` shows the lineage."
     )
+
+
+def quiet_libraries() -> None:
+    """One line per stage: the instance's migrations (alembic), Dagster's per-event log and
+    the weight-loading bars stay out of the output unless `-v` is given."""
+    for name in ("alembic", "dagster", "httpx", "filelock"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def render(result) -> str:  # type: ignore[no-untyped-def]

@@ -66,6 +66,12 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
         from autoretrain.providers.local import LocalChatModel
 
         summary["pass_rates"] = stages.pass_rates(settings, LocalChatModel(target, name="v0"))
+    if output is None:
+        # The default location is the project's base model: register it as v0 and fill primary
+        # (once: a primary already held by a later version is left alone), so `selfplay` works.
+        from autoretrain import stages
+
+        summary["registered"] = stages.ensure_base_model(settings)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -78,6 +84,11 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
         per = ", ".join(f"{c} {r:.0%}" for c, r in rates["by_category"].items())
         click.echo(
             f"  {tier}: pass rate {rates['pass_rate']:.1%} over {rates['instances']} instances ({per})"
+        )
+    if summary.get("registered"):
+        click.echo(
+            f"primary slot: {summary['registered']}. Next: `autoretrain selfplay --n 200`, or "
+            "`autoretrain loop` for the whole cycle."
         )
 
 

@@ -7,6 +7,7 @@ import os
 
 import dagster as dg
 
+from autoretrain.defs.automation import ingest_job
 from autoretrain.defs.partitions import daily_partitions
 from autoretrain.defs.resources import AutoretrainConfig
 from autoretrain.stages import ingest_days
@@ -99,24 +100,54 @@ def landing_state(landing: os.PathLike[str] | str) -> dict[str, list[int]]:
     return state
 
 
+def latest_run_starts(
+    instance: dg.DagsterInstance, asset: str, days: list[str]
+) -> dict[str, float]:
+    """Per day: the start time of the run behind the asset's latest materialization of that
+    partition (a landing file written before that start is in it)."""
+    out: dict[str, float] = {}
+    for day in days:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[day]), limit=1
+        ).records
+        if records:
+            run = instance.get_run_record_by_id(records[0].run_id)
+            out[day] = run.start_time if run and run.start_time else records[0].timestamp
+    return out
+
+
 @dg.sensor(
-    asset_selection=dg.AssetSelection.assets(raw_runs),
+    job=ingest_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def landing_zone_sensor(context: dg.SensorEvaluationContext, autoretrain: AutoretrainConfig):
-    """Requests exactly the `raw_runs` partitions whose landing folders received new files."""
+    """Requests the `ingest` job (raw_runs -> scored_runs -> promotion_decisions) for exactly
+    the days whose landing folders received new files. Without a cursor (a new sensor, or the
+    UI opened after `autoretrain loop`), a day already ingested after its newest file is not
+    requested again."""
     seen = json.loads(context.cursor) if context.cursor else {}
     now = landing_state(autoretrain.settings().paths.landing)
     valid = set(daily_partitions.get_partition_keys(dynamic_partitions_store=context.instance))
+    unseen = [day for day in now if day not in seen and day in valid]
+    ingested = latest_run_starts(context.instance, "raw_runs", unseen)
+    for day, start in ingested.items():
+        if now[day][1] / 1e9 < start:
+            seen[day] = now[day]
     changed = sorted(day for day, mark in now.items() if seen.get(day) != mark and day in valid)
     skipped = sorted(set(now) - valid)
     if skipped:
         context.log.warning(
-            f"landing folders outside the partition range are ignored: {skipped[:5]}"
+            f"landing folders outside the partition range are ignored: {skipped[:5]} "
+            f"(the partitions start at {daily_partitions.start:%Y-%m-%d}; set "
+            "AUTORETRAIN_HISTORY_START to an earlier day and reload the code location)"
         )
     if not changed:
-        return dg.SkipReason("no new landing files")
+        if not ingested:
+            return dg.SkipReason("no new landing files")
+        # Days found already ingested go into the cursor, so they are not looked up again.
+        cursor = json.dumps(seen, sort_keys=True)
+        return dg.SensorResult(skip_reason="no new landing files", cursor=cursor)
     stamp = "-".join(f"{now[d][0]}.{now[d][1]}" for d in changed)
     if len(changed) > RANGE_RUN_THRESHOLD:
         requests = [

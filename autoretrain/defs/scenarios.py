@@ -7,7 +7,15 @@ from autoretrain.defs.resources import AutoretrainConfig
 
 
 @dg.observable_source_asset(
-    group_name="scenarios", description="The scenario catalog (YAML under scenarios/)."
+    group_name="scenarios",
+    description="The scenario catalog (YAML under scenarios/).",
+    # Observed on its own: at the first tick, then every 15 minutes, so the UI never shows it
+    # "never observed" and a changed catalog shows up in the lineage without a person.
+    automation_condition=(
+        dg.AutomationCondition.newly_missing()
+        | dg.AutomationCondition.cron_tick_passed("*/15 * * * *")
+    )
+    & ~dg.AutomationCondition.in_progress(),
 )
 def scenario_catalog(
     context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig

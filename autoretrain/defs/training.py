@@ -1,7 +1,5 @@
 """Dagster wiring for models: the embedded `base_model` and `candidate_model[candidate]`."""
 
-import json
-
 import dagster as dg
 
 from autoretrain import stages
@@ -49,7 +47,6 @@ def candidate_model(
         )
     result = stages.train_candidate(settings, dataset_dir, key)
     m = result.metrics
-    curve = m.get("eval_curve") or m.get("eval_losses") or []
     return dg.MaterializeResult(
         metadata={
             "version": key,
@@ -62,11 +59,27 @@ def candidate_model(
             "final_train_loss": float(m.get("final_train_loss") or 0.0),
             "best_eval_loss": float(m.get("best_eval_loss") or 0.0),
             "train_seconds": float(m.get("train_seconds") or 0.0),
-            "loss_curve": dg.MetadataValue.json(
-                json.loads(
-                    json.dumps(m.get("train_curve") or m.get("loss_curve") or [], default=str)
-                )
-            ),
-            "eval_curve": dg.MetadataValue.json(json.loads(json.dumps(curve, default=str))),
+            "steps": int(m.get("steps") or 0),
+            "loss_curve": dg.MetadataValue.md(loss_curves_markdown(m)),
         }
     )
+
+
+def loss_curves_markdown(metrics: dict, points: int = 12) -> str:
+    """Train loss at evenly spaced steps and every validation loss, as a table the UI renders
+    (the full curves are in the model folder's training_metrics.json)."""
+    train = [(int(s), float(v)) for s, v in metrics.get("train_loss") or []]
+    validation = [(int(s), float(v)) for s, v in metrics.get("eval_loss") or []]
+    if not train and not validation:
+        return "(no loss recorded)"
+    picked = train[:: max(1, len(train) // points)]
+    if train and picked[-1] != train[-1]:
+        picked.append(train[-1])
+    merged: dict[int, list[str]] = {}
+    for step, loss in picked:
+        merged.setdefault(step, ["", ""])[0] = f"{loss:.4f}"
+    for step, loss in validation:
+        merged.setdefault(step, ["", ""])[1] = f"{loss:.4f}"
+    rows = ["| step | train loss | validation loss |", "|---:|---:|---:|"]
+    rows += [f"| {step} | {t} | {v} |" for step, (t, v) in sorted(merged.items())]
+    return "\n".join(rows)

@@ -105,6 +105,18 @@ def write_report(comparison: Comparison, folder: Path) -> tuple[Path, Path | Non
 # ---------------------------------------------------------------- markdown
 
 
+def gates_markdown(gates: list[Any]) -> str:
+    """The gates as a markdown table (the report's, the regression gate's and canary
+    analysis's metadata in the Dagster UI)."""
+    lines = ["| gate | result | value | threshold | detail |", "|---|---|---|---|---|"]
+    for g in gates:
+        result = {True: "pass", False: "**FAIL**", None: "skipped"}[g.passed]
+        lines.append(
+            f"| {g.name} | {result} | {_num(g.value)} | {_num(g.threshold)} | {_cell(g.detail)} |"
+        )
+    return "\n".join(lines)
+
+
 def render_markdown(comparison: Comparison, chart_name: str | None = None) -> str:
     c = comparison
     lines = [
@@ -114,14 +126,8 @@ def render_markdown(comparison: Comparison, chart_name: str | None = None) -> st
         "",
         "## Gates",
         "",
-        "| gate | result | value | threshold | detail |",
-        "|---|---|---|---|---|",
+        gates_markdown(c.reasons),
     ]
-    for g in c.reasons:
-        result = {True: "pass", False: "**FAIL**", None: "skipped"}[g.passed]
-        lines.append(
-            f"| {g.name} | {result} | {_num(g.value)} | {_num(g.threshold)} | {_cell(g.detail)} |"
-        )
     whole = [p for p in c.paired if p["category"] == ALL]
     if whole:
         lines += ["", "## Paired pass-rate differences", ""]
@@ -182,8 +188,9 @@ def _cell(text: str) -> str:
 # ---------------------------------------------------------------- chart
 
 
-def render_chart(comparison: Comparison) -> bytes:
-    """PNG bytes: pass rate per tier/category for both models, with bootstrap intervals."""
+def render_chart(comparison: Comparison, dpi: int = 100) -> bytes:
+    """PNG bytes: pass rate per tier/category for both models, with bootstrap intervals
+    (a lower `dpi` gives the small copy the Dagster UI shows inline)."""
     import io
 
     import matplotlib
@@ -194,7 +201,7 @@ def render_chart(comparison: Comparison) -> bytes:
     cells = [p for p in comparison.paired if p["category"] != ALL] or comparison.paired
     labels = [f"{p['tier']}\n{p['category']}" for p in cells]
     width = 0.38
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cells) + 2), 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cells) + 2), 4.5), dpi=dpi)
     try:
         for offset, role, color in (
             (-width / 2, "incumbent", "#8a8a8a"),
