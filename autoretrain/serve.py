@@ -8,9 +8,19 @@ It binds 127.0.0.1 unless told otherwise; with an API key configured every `/v1`
 `Authorization: Bearer <key>`.
 
 Concurrent requests to one model share forward passes: each model has a worker thread that
-takes every request waiting for it and answers them with one `chat_batch`. A streaming request
-to a local model is generated on its own, token by token: content goes out as it is generated,
-while tool-call text is held back and sent as parsed `tool_calls` deltas at the end.
+takes every request waiting for it and answers them with one `chat_batch`; requests with a large
+body go to a second lane of their own, one at a time, so they never hold up the small ones. A
+streaming request to a local model is generated on its own, token by token: content goes out as
+it is generated, while tool-call text is held back and sent as parsed `tool_calls` deltas at
+the end.
+
+What a client sends is checked before a model sees it (`serve_requests`: every client error is
+a 4xx with an OpenAI-shaped body naming the field); what one request may cost is bounded
+(`serve_limits`, settings' `serve` block): body and message size (413), prompt tokens (400
+`context_length_exceeded`), and deadlines for the headers and the body (408). A tool call the
+client cannot use (a function it did not offer, arguments that are not a JSON object) comes back
+as the text the model wrote, with `finish_reason: stop`. `/v1/models` names models and versions,
+never paths.
 
 ## serving.json
 
@@ -45,17 +55,34 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autoretrain.providers.base import ChatModel, ChatResponse, Messages, Sampling, Tools
+from autoretrain.providers.base import (
+    ChatModel,
+    ChatResponse,
+    Messages,
+    ProviderError,
+    Sampling,
+    Tools,
+)
+from autoretrain.serve_limits import header_deadline_protocol, read_body
+from autoretrain.serve_requests import (
+    ChatRequest,
+    RequestError,
+    decode_json,
+    offered_names,
+    parse_chat_request,
+)
+
+if TYPE_CHECKING:
+    from autoretrain.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 SERVING_FILE = "serving.json"
 DEFAULT_PORT = 8000
-DEFAULT_MAX_TOKENS = 512
 
 
 # -- the mapping name -> model --------------------------------------------------------------
@@ -183,6 +210,28 @@ class BatchingWorker:
             g[3].set_result(reply)
 
 
+class ModelLanes:
+    """One model's two queues, each with its own worker thread: small requests are batched
+    together; a large one (by body size) is answered alone in its own lane, so it is never
+    batched with small ones (a batch lasts as long as its longest prompt) and its preparation
+    (rendering, tokenizing: ~2 s per MB on the embedded model) never holds them. A local model
+    still generates one batch at a time (its own lock); the prompt-token cap bounds that turn."""
+
+    def __init__(self, model: ChatModel, max_batch_size: int = 64):
+        self.model = model
+        self.small = BatchingWorker(model, max_batch_size)
+        self.large = BatchingWorker(model, 1)
+
+    def submit(
+        self, messages: Messages, tools: Tools | None, sampling: Sampling, large: bool = False
+    ) -> Future:
+        return (self.large if large else self.small).submit(messages, tools, sampling)
+
+    def close(self) -> None:
+        self.small.close()
+        self.large.close()
+
+
 class ModelPool:
     """Served models by name: fixed ones (`static`) plus those in a watched serving.json."""
 
@@ -200,7 +249,7 @@ class ModelPool:
         self.config_error: str | None = None
         self._from_file: dict[str, ServingEntry] = {}
         self._stamp: tuple[int, int] | None = None
-        self._workers: dict[str, tuple[Any, BatchingWorker]] = {}
+        self._workers: dict[str, tuple[Any, ModelLanes]] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -252,8 +301,8 @@ class ModelPool:
                 worker.close()
                 del self._workers[name]
 
-    def worker(self, name: str) -> BatchingWorker:
-        """The named model's worker, loading the model on first use. KeyError if not served."""
+    def worker(self, name: str) -> ModelLanes:
+        """The named model's lanes, loading the model on first use. KeyError if not served."""
         spec = self.specs()[name]
         with self._lock:
             current = self._workers.get(name)
@@ -268,7 +317,7 @@ class ModelPool:
                 if current is not None and current[0] == spec:
                     return current[1]
             model = spec if not isinstance(spec, ServingEntry) else self.loader(name, spec)
-            worker = BatchingWorker(model, self.max_batch_size)
+            worker = ModelLanes(model, self.max_batch_size)
             with self._lock:
                 self._workers[name] = (spec, worker)
         if current is not None:
@@ -291,83 +340,106 @@ class ModelPool:
 # -- HTTP -------------------------------------------------------------------------------------
 
 
-class RequestError(Exception):
-    def __init__(
-        self, status: int, message: str, code: str | None = None, param: str | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-
-
 def _error(status: int, message: str, code: str | None = None, param: str | None = None):
     from starlette.responses import JSONResponse
 
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    # A 408 or 413 leaves part of the body unread on the connection: close it.
+    headers = {"connection": "close"} if status in (408, 413) else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _parse_request(body: Any, pool: ModelPool) -> tuple[str, Messages, Tools | None, Sampling]:
-    if not isinstance(body, dict):
-        raise RequestError(400, "the request body must be a JSON object")
-    name = body.get("model") or pool.default_name()
-    served = pool.names()
-    if name is None:
-        raise RequestError(400, f"say which model: one of {served}", param="model")
-    if name not in served:
-        raise RequestError(
-            404, f"model {name!r} is not served; served: {served}", "model_not_found", "model"
-        )
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(400, "messages must be a non-empty list", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise RequestError(400, f"messages[{i}] needs a role", param=f"messages[{i}]")
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise RequestError(400, "tools must be a list", param="tools")
-    if body.get("tool_choice") == "none":
-        tools = None
-    if (body.get("n") or 1) != 1:
-        raise RequestError(400, "only n=1 is supported", param="n")
-    sampling = Sampling(
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        max_tokens=int(
-            _number(
-                body,
-                "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
-                DEFAULT_MAX_TOKENS,
-                1,
-                1 << 20,
-            )
-        ),
-        seed=int(_number(body, "seed", None, -(1 << 63), 1 << 63))
-        if body.get("seed") is not None
-        else None,
-    )
-    return name, messages, tools or None, sampling
-
-
-def _number(body: dict, key: str, default: Any, low: float, high: float) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise RequestError(400, f"{key} must be a number in [{low}, {high}]", param=key)
-    return value
-
-
-def _submit(
-    pool: ModelPool, name: str, messages: Messages, tools: Tools | None, sampling: Sampling
-) -> Future:
+def _submit(pool: ModelPool, request: ChatRequest, large: bool) -> Future:
     for _ in range(3):
         try:
-            return pool.worker(name).submit(messages, tools, sampling)
+            lanes = pool.worker(request.model)
+            return lanes.submit(request.messages, request.tools, request.sampling, large)
         except WorkerClosed:
             continue  # replaced by a reload just now: the next lookup finds the new one
-    raise RuntimeError(f"model {name!r} is being reloaded repeatedly; retry")
+    raise RuntimeError(f"model {request.model!r} is being reloaded repeatedly; retry")
+
+
+# Past the prompt-token cap, a prompt is only tokenized this far (characters per allowed token):
+# enough to prove it too long. No tokenizer here makes tokens longer than 32 characters on
+# average, and a 4 MB prompt took ~8 s to tokenize whole on the embedded model.
+CHARS_PER_TOKEN_BOUND = 32
+# A cut can change the last few tokens before it; only a count this far over the cap is proof.
+CUT_MARGIN = 16
+
+
+def check_prompt_tokens(model: Any, request: ChatRequest, cap: int | None) -> int | None:
+    """Refuse (400 `context_length_exceeded`, as OpenAI does) a prompt longer than `cap` or the
+    model's context, counted in the request's own thread, so an oversized prompt never reaches
+    the model's queue. Models with no chat template here (remote, scripted) are not counted."""
+    render = getattr(model, "render", None)
+    tokenizer = getattr(getattr(model, "tokenizer", None), "backend_tokenizer", None)
+    context = getattr(model, "context_length", None)
+    if render is None or tokenizer is None:
+        return None
+    limit = min(cap or 1 << 62, context - 1 if context else 1 << 62)  # room for one new token
+    try:
+        prompt = render(request.messages, request.tools)
+    except ProviderError as exc:  # the template's own checks: the conversation is the problem
+        raise RequestError(400, str(exc), "invalid_conversation", "messages") from None
+    window = (limit + CUT_MARGIN) * CHARS_PER_TOKEN_BOUND
+    count = len(tokenizer.encode(prompt[:window], add_special_tokens=False).ids)
+    cut = len(prompt) > window
+    if cut and count <= limit + CUT_MARGIN:  # not proven too long by its start: count it all
+        count, cut = len(tokenizer.encode(prompt, add_special_tokens=False).ids), False
+    if cut or count > limit:
+        size = f"more than {count - CUT_MARGIN}" if cut else str(count)
+        raise RequestError(
+            400,
+            f"this model takes at most {limit} prompt tokens; the messages come to {size}",
+            "context_length_exceeded",
+            "messages",
+        )
+    return count
+
+
+def usable_reply(reply: ChatResponse, tools: Tools | None) -> ChatResponse:
+    """The reply as a client can act on it: each tool call names a function the request offered
+    and carries a JSON object as its `arguments` string. A call that does not (a function that
+    was not offered, arguments that are not a JSON object) goes back as the text the model
+    wrote, in the content; with no usable call left, `finish_reason` is `stop` (or `length`)."""
+    calls = reply.message.get("tool_calls") or []
+    if not calls:
+        return reply
+    offered = offered_names(tools)
+    usable, as_text = [], []
+    for call in calls:
+        function = call.get("function") or {}
+        name, arguments = function.get("name"), _json_object(function.get("arguments"))
+        if name in offered and arguments is not None:
+            args = json.dumps(arguments, ensure_ascii=False)
+            usable.append({**call, "function": {"name": name, "arguments": args}})
+        else:
+            raw = arguments if arguments is not None else function.get("arguments")
+            written = json.dumps({"name": name, "arguments": raw}, ensure_ascii=False)
+            as_text.append(f"<tool_call>\n{written}\n</tool_call>")
+    if not as_text:
+        return replace(reply, message={**reply.message, "tool_calls": usable})
+    content = "\n".join(p for p in (reply.message.get("content"), *as_text) if p)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if usable:
+        message["tool_calls"] = usable
+    finish = reply.finish_reason
+    if not usable and finish == "tool_calls":
+        finish = "stop"
+    return replace(reply, message=message, finish_reason=finish)
+
+
+def _json_object(arguments: Any) -> dict | None:
+    if isinstance(arguments, dict):
+        return arguments
+    if not isinstance(arguments, str):
+        return None
+    try:
+        value = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _completion(reply: ChatResponse, name: str) -> dict[str, Any]:
@@ -430,36 +502,42 @@ async def _stream(reply: ChatResponse, name: str, include_usage: bool) -> AsyncI
         yield chunk
 
 
-async def _live_stream(
-    model: Any, messages: Messages, tools: Tools | None, sampling: Sampling, name: str, usage: bool
-) -> AsyncIterator[bytes]:
+async def _live_stream(model: Any, request: ChatRequest) -> AsyncIterator[bytes]:
     """Content deltas as the model generates them, then the parsed ending. A failure after the
     headers went out is sent as an `error` event, which the openai client raises."""
     from starlette.concurrency import iterate_in_threadpool
 
-    event = _chunker(name)
+    event = _chunker(request.model)
     yield event({"role": "assistant", "content": ""})
     sent = ""
     try:
-        async for item in iterate_in_threadpool(model.stream(messages, tools, sampling)):
+        pieces = model.stream(request.messages, request.tools, request.sampling)
+        async for item in iterate_in_threadpool(pieces):
             if isinstance(item, ChatResponse):
-                for chunk in _ending(event, item, sent, usage):
+                reply = usable_reply(item, request.tools)
+                for chunk in _ending(event, reply, sent, request.include_usage):
                     yield chunk
                 return
             sent += item
             yield event({"content": item})
     except Exception as exc:
-        log.exception("streaming generation failed for %s", name)
+        log.exception("streaming generation failed for %s", request.model)
         error = {"message": f"generation failed: {exc}", "type": "server_error"}
         yield f"data: {json.dumps({'error': error})}\n\n".encode()
 
 
-def create_app(pool: ModelPool, api_key: str | None = None):
-    """The Starlette application. `api_key`: when set, `/v1` requests need it as a Bearer token."""
+def create_app(pool: ModelPool, api_key: str | None = None, limits: ServeSettings | None = None):
+    """The Starlette application. `api_key`: when set, `/v1` requests need it as a Bearer token.
+    `limits`: body and message sizes, the prompt-token cap and the body deadline (settings'
+    `serve` block; its defaults when not given)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
+
+    from autoretrain.settings import ServeSettings
+
+    limits = limits or ServeSettings()
 
     def authorized(request: Request) -> bool:
         if not api_key:
@@ -473,38 +551,41 @@ def create_app(pool: ModelPool, api_key: str | None = None):
                 401, "missing or wrong API key (Authorization: Bearer ...)", "unauthorized"
             )
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "the request body is not JSON")
-        try:
-            name, messages, tools, sampling = _parse_request(body, pool)
+            raw = await read_body(
+                request.receive, request.headers, limits.max_body_bytes, limits.body_timeout_s
+            )
+            chat = parse_chat_request(
+                decode_json(raw), pool.names(), pool.default_name(), limits.max_message_bytes
+            )
         except RequestError as exc:
             return _error(exc.status, exc.message, exc.code, exc.param)
-        stream = bool(body.get("stream"))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        name = chat.model
+        large = len(raw) >= limits.large_request_bytes
         try:
-            if stream:
-                worker = await asyncio.to_thread(pool.worker, name)
-                if hasattr(worker.model, "stream"):
-                    # Token by token, outside the batcher: an interactive client waits on it.
-                    events = _live_stream(
-                        worker.model, messages, tools, sampling, name, include_usage
-                    )
-                    return StreamingResponse(events, media_type="text/event-stream")
-            future = await asyncio.to_thread(_submit, pool, name, messages, tools, sampling)
+            lanes = await asyncio.to_thread(pool.worker, name)
+            await asyncio.to_thread(
+                check_prompt_tokens, lanes.model, chat, limits.max_prompt_tokens
+            )
+            if chat.stream and hasattr(lanes.model, "stream"):
+                # Token by token, outside the batcher: an interactive client waits on it.
+                events = _live_stream(lanes.model, chat)
+                return StreamingResponse(events, media_type="text/event-stream")
+            future = await asyncio.to_thread(_submit, pool, chat, large)
+        except RequestError as exc:
+            return _error(exc.status, exc.message, exc.code, exc.param)
         except KeyError:
             return _error(404, f"model {name!r} is no longer served", "model_not_found", "model")
         except Exception as exc:  # loading the model failed: say so, keep serving the others
             log.exception("cannot load model %s", name)
             return _error(500, f"cannot load model {name!r}: {exc}", "model_load_failed")
         try:
-            reply = await asyncio.wrap_future(future)
+            reply = usable_reply(await asyncio.wrap_future(future), chat.tools)
         except Exception as exc:
             log.exception("generation failed for %s", name)
             return _error(500, f"generation failed: {exc}", "generation_failed")
-        if stream:
+        if chat.stream:
             return StreamingResponse(
-                _stream(reply, name, include_usage), media_type="text/event-stream"
+                _stream(reply, name, chat.include_usage), media_type="text/event-stream"
             )
         return JSONResponse(_completion(reply, name))
 
@@ -513,19 +594,10 @@ def create_app(pool: ModelPool, api_key: str | None = None):
             return _error(
                 401, "missing or wrong API key (Authorization: Bearer ...)", "unauthorized"
             )
-        data = []
-        for name, spec in sorted(pool.specs().items()):
-            item: dict[str, Any] = {
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "autoretrain",
-            }
-            if isinstance(spec, ServingEntry):
-                item["root"] = str(spec.model_dir)
-                if spec.adapter_dir:
-                    item["adapter"] = str(spec.adapter_dir)
-            data.append(item)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "autoretrain", "root": root}
+            for name, root in sorted(model_roots(pool.specs()).items())
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     async def health(request: Request):
@@ -536,9 +608,15 @@ def create_app(pool: ModelPool, api_key: str | None = None):
                 "status": status,
                 "models": names,
                 "loaded": pool.loaded(),
-                "config_error": pool.config_error,
+                # The file's name only: a client has no business with the server's paths.
+                "config_error": _without_paths(pool.config_error, pool.config_path),
             }
         )
+
+    async def not_found(request: Request, exc: Exception):
+        status = getattr(exc, "status_code", 404)
+        detail = getattr(exc, "detail", "not found")
+        return _error(status, f"{request.method} {request.url.path}: {detail}", "not_found")
 
     return Starlette(
         routes=[
@@ -546,8 +624,27 @@ def create_app(pool: ModelPool, api_key: str | None = None):
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],
+        exception_handlers={404: not_found, 405: not_found},
         lifespan=_closing(pool),
     )
+
+
+def model_roots(specs: dict[str, ServingEntry | ChatModel]) -> dict[str, str]:
+    """Each served name and what it serves, with no filesystem path: a slot (primary, canary)
+    shows the version id listed beside it with the same directories; anything else its name."""
+    from autoretrain.deploy.registry import SLOTS
+
+    roots = {}
+    for name, spec in specs.items():
+        versions = sorted(other for other, s in specs.items() if s == spec and other not in SLOTS)
+        roots[name] = name if name not in SLOTS or not versions else versions[0]
+    return roots
+
+
+def _without_paths(message: str | None, path: Path | None) -> str | None:
+    if message is None or path is None:
+        return message
+    return message.replace(str(path), path.name)
 
 
 def _closing(pool: ModelPool):
@@ -571,7 +668,9 @@ class ServerThread:
     in-process evaluation against the OpenAI-compatible path.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, header_timeout_s: float = 10.0
+    ):
         import uvicorn
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -579,7 +678,11 @@ class ServerThread:
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+            app,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+            http=_http_protocol(header_timeout_s),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
@@ -605,9 +708,29 @@ class ServerThread:
         self.sock.close()
 
 
+def _http_protocol(header_timeout_s: float) -> type:
+    """uvicorn's own HTTP protocol (httptools when installed), with the header deadline."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return header_deadline_protocol(AutoHTTPProtocol, header_timeout_s)
+
+
 def serve_forever(
-    pool: ModelPool, host: str = "127.0.0.1", port: int = DEFAULT_PORT, api_key: str | None = None
+    pool: ModelPool,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    api_key: str | None = None,
+    limits: ServeSettings | None = None,
 ) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(pool, api_key), host=host, port=port, log_level="info")
+    from autoretrain.settings import ServeSettings
+
+    limits = limits or ServeSettings()
+    uvicorn.run(
+        create_app(pool, api_key, limits),
+        host=host,
+        port=port,
+        log_level="info",
+        http=_http_protocol(limits.header_timeout_s),
+    )

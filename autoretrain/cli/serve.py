@@ -100,4 +100,4 @@ def serve(
         for name in pool.names():
             pool.worker(name)
     click.echo(f"serving {pool.names()} on http://{host}:{port}/v1", err=True)
-    serve_forever(pool, host, port, api_key)
+    serve_forever(pool, host, port, api_key, settings.serve)
