@@ -39,13 +39,23 @@ def write_connection(settings: Settings) -> Iterator[Any]:
 def _connect(settings: Settings, *, read_only: bool) -> Any:
     import duckdb
 
+    from autoretrain.cli.errors import LOCK_TEXT, lock_message
+
     try:
         return duckdb.connect(str(settings.paths.database), read_only=read_only)
     except duckdb.IOException as exc:
+        if LOCK_TEXT in str(exc):
+            raise click.ClickException(lock_message(exc, exc)) from exc
+        raise click.ClickException(f"cannot open {settings.paths.database}: {exc}") from exc
+
+
+def _check_profile(settings: Settings, profile: str | None) -> None:
+    """`--profile` must name a defined profile (say which exist, rather than a KeyError)."""
+    if profile is not None and profile not in settings.providers:
         raise click.ClickException(
-            f"cannot open {settings.paths.database}: {exc}. Another process (a Dagster run?) "
-            "may be writing it; retry when it has finished"
-        ) from exc
+            f"--profile {profile!r} is not a provider profile; known profiles: "
+            f"{', '.join(sorted(settings.providers))} (defined under providers: in the settings)"
+        )
 
 
 @click.command("models")
@@ -53,27 +63,35 @@ def _connect(settings: Settings, *, read_only: bool) -> Any:
 @click.option("--limit", default=10, show_default=True, help="Ledger entries to show.")
 def models(as_json: bool, limit: int) -> None:
     """List model versions, the slots of every provider profile, and recent slot changes."""
-    from autoretrain.deploy.registry import ModelRegistry
+    from autoretrain.deploy.registry import ModelRegistry, RegistryError
 
     settings = load_settings()
+    dangling: list[dict[str, Any]] = []
     with read_connection(settings) as con:
         if con is None:
             versions, slots, ledger = [], [], []
         else:
             registry = ModelRegistry(con, settings, read_only=True)
-            versions = [v.to_dict() for v in registry.versions()]
-            slots = registry.all_slots()
-            ledger = [e.to_dict() for e in registry.ledger(limit=limit)]
+            try:
+                versions = [v.to_dict() for v in registry.versions()]
+                slots = registry.all_slots()
+                ledger = [e.to_dict() for e in registry.ledger(limit=limit)]
+                dangling = registry.dangling_slots()
+            except RegistryError as exc:  # a damaged registry is not an empty one
+                raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps({"versions": versions, "slots": slots, "ledger": ledger}, indent=2))
+        _fail_on_dangling(dangling)
         return
     click.echo(f"versions ({len(versions)}):")
     for v in versions:
         where = v["hosted_model_id"] or v["adapter_dir"] or v["model_dir"]
         click.echo(f"  {v['id']}  {v['kind']:6}  base={v['base_model']}  {where}")
     click.echo("slots:" if slots else "slots: all empty (`autoretrain promote VERSION --slot ...`)")
+    missing = {(d["provider_profile"], d["slot"]) for d in dangling}
     for s in slots:
-        click.echo(f"  {s['provider_profile']}/{s['slot']}: {s['version_id']}")
+        flag = "  (NOT REGISTERED)" if (s["provider_profile"], s["slot"]) in missing else ""
+        click.echo(f"  {s['provider_profile']}/{s['slot']}: {s['version_id']}{flag}")
     click.echo(f"ledger (latest {limit}):")
     for e in ledger:
         why = f"  reason: {e['reason']}" if e["reason"] else ""
@@ -81,6 +99,19 @@ def models(as_json: bool, limit: int) -> None:
         click.echo(
             f"  #{e['seq']} {e['at']} {e['action']:8} {e['provider_profile']}/{e['slot']}: "
             f"{e['from_version'] or '(empty)'} -> {e['to_version']} by {e['actor']}{why}{ev}"
+        )
+    _fail_on_dangling(dangling)
+
+
+def _fail_on_dangling(dangling: list[dict[str, Any]]) -> None:
+    if dangling:
+        names = ", ".join(
+            f"{d['provider_profile']}/{d['slot']} -> {d['version_id']}" for d in dangling
+        )
+        raise click.ClickException(
+            f"the registry is inconsistent: slot(s) {names} name versions that are not "
+            "registered (deleted?). Re-register them, or promote a registered version into "
+            "those slots"
         )
 
 
@@ -98,9 +129,12 @@ def promote(
     from autoretrain.deploy.targets import DeploymentError, deploy_to_slot, slot_target
 
     settings = load_settings()
+    _check_profile(settings, profile)
     with write_connection(settings) as con:
-        registry = ModelRegistry(con, settings)
         try:
+            registry = ModelRegistry(con, settings)
+            # Everything the registry would refuse, refused before the serving side moves.
+            registry.check_promotable(version, slot, profile)
             # The serving side moves first (Azure deployment, serving.json, LM Studio id);
             # the registry records it only once that succeeded.
             entry, result = deploy_to_slot(
@@ -137,9 +171,13 @@ def rollback(slot: str, reason: str | None, profile: str | None) -> None:
     from autoretrain.deploy.targets import DeploymentError, rollback_slot, slot_target
 
     settings = load_settings()
+    _check_profile(settings, profile)
     with write_connection(settings) as con:
-        registry = ModelRegistry(con, settings)
         try:
+            registry = ModelRegistry(con, settings)
+            previous = registry.rollback_target(slot, profile)
+            if previous is not None:
+                registry.check_promotable(previous, slot, profile)
             entry, result = rollback_slot(
                 registry, slot_target(settings, profile), slot, reason=reason, profile=profile
             )

@@ -12,6 +12,11 @@ written in the same transaction.
 
 For a profile of kind `local`, every slot change rewrites `<root>/serving.json` (atomically),
 which `autoretrain serve` reloads by mtime: names are the slot names and the version ids.
+
+The registry never lies: a slot moves only to a version whose files load (`deploy/artifacts.py`);
+a slot naming a version that is no longer registered is an error, not a slot quietly left out of
+serving.json; and a registry missing one of its tables is damaged, never read as empty or
+recreated empty (that would lose the history rollback walks).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from autoretrain.deploy.artifacts import load_problems
 from autoretrain.settings import Settings
 
 SLOTS = ("primary", "canary")
@@ -122,13 +128,17 @@ def default_actor() -> str:
 
 class ModelRegistry:
     """The registry over one DuckDB connection. Pass `read_only=True` for a read-only connection:
-    nothing is created, and missing tables read as empty."""
+    nothing is created, and a database without the registry reads as empty. A registry with
+    some of its tables and not others is damaged: every operation says so."""
 
     def __init__(self, con: Any, settings: Settings, *, read_only: bool = False):
         self.con = con
         self.settings = settings
         self.read_only = read_only
         if not read_only:
+            # Refuse before creating anything: CREATE IF NOT EXISTS would recreate a lost
+            # ledger empty, and rollback would then say there is nothing to roll back to.
+            self._check_whole()
             for ddl in _DDL:
                 con.execute(ddl)
 
@@ -253,6 +263,21 @@ class ModelRegistry:
         """Put a version into a slot. Returns the ledger entry, or None when the slot already
         holds that version (nothing changes, nothing is recorded)."""
         profile = self._profile(profile)
+        self.check_promotable(version_id, slot, profile)
+        current = self.slots(profile).get(slot)
+        if current == version_id:
+            return None
+        return self._move(
+            slot, profile, current, version_id, "promote", actor, reason, evaluation_id
+        )
+
+    def check_promotable(
+        self, version_id: str, slot: str, profile: str | None = None
+    ) -> ModelVersion:
+        """Everything `promote` checks before a slot moves, without moving it: the slot name,
+        the version is registered and of a kind the profile serves, and its files load. Call it
+        before changing anything outside the registry (a deployment) too."""
+        profile = self._profile(profile)
         _check_slot(slot)
         version = self.get(version_id)
         if version is None:
@@ -260,12 +285,24 @@ class ModelRegistry:
                 f"version {version_id!r} is not registered; `autoretrain models` lists versions"
             )
         self._check_servable(version, profile)
-        current = self.slots(profile).get(slot)
-        if current == version_id:
+        self._check_loads(version)
+        return version
+
+    def resolve_slot(self, slot: str, profile: str | None = None) -> ModelVersion | None:
+        """The version in a slot, None when the slot is empty; an error when the slot names a
+        version that is not registered (it was deleted), instead of reading as empty."""
+        profile = self._profile(profile)
+        version_id = self.slots(profile).get(slot)
+        if version_id is None:
             return None
-        return self._move(
-            slot, profile, current, version_id, "promote", actor, reason, evaluation_id
-        )
+        version = self.get(version_id)
+        if version is None:
+            raise RegistryError(_dangling(profile, slot, version_id))
+        return version
+
+    def dangling_slots(self) -> list[dict[str, Any]]:
+        """Slots (of every profile) that name a version no longer registered."""
+        return [s for s in self.all_slots() if self.get(s["version_id"]) is None]
 
     def rollback_target(self, slot: str = "primary", profile: str | None = None) -> str | None:
         """The version a rollback of this slot would restore, or None."""
@@ -291,6 +328,13 @@ class ModelRegistry:
                 f"nothing to roll back to: slot {slot!r} of profile {profile!r} {held} and no "
                 "earlier promoted version remains in its ledger"
             )
+        previous = self.get(stack[-2])
+        if previous is None:
+            raise RegistryError(
+                f"cannot roll slot {slot!r} of profile {profile!r} back to {stack[-2]!r}: that "
+                "version is no longer registered. Promote a registered version instead"
+            )
+        self._check_loads(previous)
         return self._move(slot, profile, current, stack[-2], "rollback", actor, reason, None)
 
     def _promotion_stack(self, slot: str, profile: str) -> list[str]:
@@ -315,6 +359,12 @@ class ModelRegistry:
     ) -> LedgerEntry:
         if self.read_only:
             raise RegistryError("the registry was opened read-only")
+        # serving.json is rewritten from every slot of the profile: one naming a deleted version
+        # would drop out of it (and stop being served) unnoticed. Refuse before anything moves;
+        # the slot being moved is being repaired, so it may dangle.
+        for other, version_id in self.slots(profile).items():
+            if other != slot and self.get(version_id) is None:
+                raise RegistryError(_dangling(profile, other, version_id))
         now = datetime.now(UTC)
         self.con.execute("BEGIN TRANSACTION")
         try:
@@ -350,9 +400,12 @@ class ModelRegistry:
     def serving_config(self, profile: str | None = None) -> dict[str, dict[str, str | None]]:
         """Model name -> directories, for every slot of a local profile and the versions in them."""
         config: dict[str, dict[str, str | None]] = {}
-        for slot, version_id in self.slots(self._profile(profile)).items():
+        profile = self._profile(profile)
+        for slot, version_id in self.slots(profile).items():
             version = self.get(version_id)
-            if version is None or version.kind != "local":
+            if version is None:
+                raise RegistryError(_dangling(profile, slot, version_id))
+            if version.kind != "local":
                 continue
             dirs = {"model_dir": version.model_dir, "adapter_dir": version.adapter_dir}
             config[slot] = dirs
@@ -440,16 +493,47 @@ class ModelRegistry:
                 f"version {version.id!r} is a local model; profile {profile!r} is Azure OpenAI"
             )
 
+    def _check_loads(self, version: ModelVersion) -> None:
+        if version.kind != "local":
+            return  # a hosted model's files are the provider's; its deployment is checked there
+        problems = load_problems(version.model_dir, version.adapter_dir)
+        if problems:
+            raise RegistryError(
+                f"version {version.id!r} would not load: {'; '.join(problems)}. No slot was "
+                "changed; restore its files, or register and promote a complete model"
+            )
+
     def _select(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
-        if self.read_only and not self._tables_exist():
-            return []
+        if self.read_only and not self._check_whole():
+            return []  # a database the registry has never been created in: nothing yet
         return self.con.execute(sql, params or []).fetchall()
 
-    def _tables_exist(self) -> bool:
-        found = self.con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name IN (?, ?, ?)", list(_TABLES)
-        ).fetchone()[0]
-        return found == len(_TABLES)
+    def _check_whole(self) -> bool:
+        """True when every registry table exists, False when none does; an error otherwise."""
+        found = {
+            row[0]
+            for row in self.con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE table_name IN (?, ?, ?)",
+                list(_TABLES),
+            ).fetchall()
+        }
+        if found and len(found) < len(_TABLES):
+            missing = [t for t in _TABLES if t not in found]
+            raise RegistryError(
+                f"the model registry in {self.settings.paths.database} is damaged: table(s) "
+                f"{', '.join(missing)} missing (found {', '.join(sorted(found))}). Nothing was "
+                "read or changed. Restore the database from a backup or the mirror; recreating "
+                "the table empty would lose the versions or the promotion history rollback uses"
+            )
+        return bool(found)
+
+
+def _dangling(profile: str, slot: str, version_id: str) -> str:
+    return (
+        f"slot {slot!r} of profile {profile!r} names version {version_id!r}, which is not "
+        "registered (deleted?). Re-register it, or promote a registered version into that slot "
+        "first: until then serving.json cannot be written truthfully"
+    )
 
 
 def _check_slot(slot: str) -> None:

@@ -12,6 +12,15 @@ from click.testing import CliRunner
 from autoretrain.cli import cli
 from autoretrain.deploy.registry import ModelRegistry, RegistryError
 from autoretrain.settings import ProviderProfile
+from autoretrain_tests.deploy.model_files import copy_model, tiny_adapter, tiny_model
+
+MODEL = None  # the tiny model's folder, built once for the module (see `_tiny_model`)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_model(tmp_path_factory):
+    global MODEL
+    MODEL = tiny_model(tmp_path_factory)
 
 
 @pytest.fixture
@@ -23,7 +32,8 @@ def registry(settings):
 
 
 def local(registry, name, tmp_path, **kw):
-    (tmp_path / name).mkdir(exist_ok=True)  # the local slot target refuses missing files
+    # A real model folder: the registry refuses to promote one that would not load.
+    copy_model(MODEL, tmp_path / name)
     return registry.register(
         base_model="tiny", kind="local", model_dir=tmp_path / name, version_id=name, **kw
     )
@@ -82,8 +92,11 @@ def test_slots_are_per_slot_and_profile(registry, tmp_path, settings):
     assert len(registry.ledger()) == 2
 
 
-def test_serving_json_maps_slots_and_versions_for_the_local_profile(registry, tmp_path, settings):
+def test_serving_json_maps_slots_and_versions_for_the_local_profile(
+    registry, tmp_path, settings, tmp_path_factory
+):
     local(registry, "v1", tmp_path)
+    copy_model(tiny_adapter(tmp_path_factory), tmp_path / "v2-adapter")
     registry.register(
         base_model="tiny",
         kind="local",
@@ -114,9 +127,12 @@ def test_hosted_profile_slots_do_not_touch_serving_json(settings, tmp_path):
     assert not (settings.paths.root / "serving.json").exists()
 
 
-def test_removable_artifacts_never_include_anything_referenced(registry, tmp_path, settings):
+def test_removable_artifacts_never_include_anything_referenced(
+    registry, tmp_path, settings, tmp_path_factory
+):
     for name in ("base", "old", "used-by-dataset", "rolled-back", "in-slot", "fresh"):
         local(registry, name, tmp_path)
+    copy_model(tiny_adapter(tmp_path_factory), tmp_path / "child")
     registry.register(
         base_model="tiny",
         kind="local",
@@ -186,3 +202,121 @@ def test_cli_promote_rollback_and_models(settings, tmp_path, monkeypatch):
 def test_models_on_a_fresh_home_is_empty_not_an_error(settings, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["models", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["versions"] == []
+
+
+def test_promote_refuses_a_model_that_would_not_load_and_moves_nothing(
+    registry, tmp_path, settings
+):
+    local(registry, "good", tmp_path)
+    registry.promote("good", "primary")
+    serving = (settings.paths.root / "serving.json").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    registry.register(base_model="tiny", kind="local", model_dir=empty, version_id="empty")
+    cut = local(registry, "cut", tmp_path)
+    weights = tmp_path / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(RegistryError, match=r"'empty' would not load: .*config.json is missing"):
+        registry.promote("empty", "primary")
+    with pytest.raises(RegistryError, match=r"'cut' would not load: .*truncated"):
+        registry.promote(cut.id, "canary")
+    assert registry.slots() == {"primary": "good"} and len(registry.ledger()) == 1
+    assert (settings.paths.root / "serving.json").read_text() == serving
+
+    # The command says the same, before the serving side is touched.
+    refused = CliRunner().invoke(cli, ["promote", "cut", "--slot", "primary"])
+    assert refused.exit_code == 1 and "would not load" in refused.output
+    assert "Traceback" not in refused.output and registry.slots() == {"primary": "good"}
+
+
+def test_rollback_to_a_version_whose_files_broke_is_refused(registry, tmp_path):
+    local(registry, "v1", tmp_path)
+    local(registry, "v2", tmp_path)
+    registry.promote("v1", "primary")
+    registry.promote("v2", "primary")
+    (tmp_path / "v1" / "config.json").unlink()
+    with pytest.raises(RegistryError, match=r"'v1' would not load"):
+        registry.rollback("primary")
+    assert registry.slots() == {"primary": "v2"}
+
+
+def test_a_slot_naming_a_deleted_version_is_an_error_not_a_quiet_gap(registry, tmp_path, settings):
+    for name in ("v1", "v2", "v3"):
+        local(registry, name, tmp_path)
+    registry.promote("v1", "primary")
+    registry.promote("v2", "canary")
+    serving = settings.paths.root / "serving.json"
+    before = serving.read_text()
+    registry.con.execute("DELETE FROM model_versions WHERE id = 'v1'")
+
+    # The next promotion would rewrite serving.json without primary: refused, nothing moved.
+    with pytest.raises(RegistryError, match=r"slot 'primary' of profile 'local' names .*'v1'"):
+        registry.promote("v3", "canary")
+    assert registry.slots() == {"canary": "v2", "primary": "v1"}
+    assert serving.read_text() == before and "primary" in json.loads(before)["models"]
+    with pytest.raises(RegistryError, match="not registered"):
+        registry.resolve_slot("primary")
+    with pytest.raises(RegistryError, match="not registered"):
+        registry.serving_config()
+    assert registry.resolve_slot("canary").id == "v2"
+
+    registry.con.close()  # `models` opens the database read-only
+    shown = CliRunner().invoke(cli, ["models"])
+    assert shown.exit_code == 1 and "local/primary: v1  (NOT REGISTERED)" in shown.output
+    assert "local/primary -> v1" in shown.output
+
+    # Promoting a registered version into the broken slot repairs it.
+    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    registry.promote("v3", "primary")
+    assert registry.dangling_slots() == []
+    assert set(json.loads(serving.read_text())["models"]) == {"primary", "v3", "canary", "v2"}
+    registry.con.close()
+
+
+@pytest.mark.parametrize("table", ["promotion_ledger", "model_slots", "model_versions"])
+def test_a_missing_registry_table_is_a_damaged_registry(settings, tmp_path, table):
+    settings.paths.root.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(settings.paths.database)) as con:
+        registry = ModelRegistry(con, settings)
+        local(registry, "v1", tmp_path)
+        local(registry, "v2", tmp_path)
+        registry.promote("v1", "primary")
+        registry.promote("v2", "primary")
+        con.execute(f"DROP TABLE {table}")
+    runner = CliRunner()
+    for args in (
+        ["models"],
+        ["models", "--json"],
+        ["rollback"],
+        ["promote", "v1", "--slot", "canary"],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert f"is damaged: table(s) {table} missing" in result.output, args
+    with duckdb.connect(str(settings.paths.database)) as con:
+        # Nothing recreated it empty (rollback would have found no history to walk).
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        assert table not in tables
+        with pytest.raises(RegistryError, match="is damaged"):
+            ModelRegistry(con, settings)
+
+
+def test_a_registry_never_created_reads_as_empty(settings):
+    settings.paths.root.mkdir(parents=True, exist_ok=True)
+    duckdb.connect(str(settings.paths.database)).close()  # e.g. ingest made the database
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["slots"] == []
+
+
+def test_an_unknown_profile_names_the_profiles_there_are(registry, tmp_path):
+    local(registry, "v1", tmp_path)
+    runner = CliRunner()
+    for args in (
+        ["promote", "v1", "--slot", "primary", "--profile", "nope"],
+        ["rollback", "--profile", "nope"],
+    ):
+        result = runner.invoke(cli, args)
+        assert (
+            result.exit_code == 1 and "--profile 'nope' is not a provider profile" in result.output
+        )
+        assert "known profiles: local" in result.output and "Traceback" not in result.output

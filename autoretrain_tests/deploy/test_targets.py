@@ -20,6 +20,7 @@ from autoretrain.serve import read_serving_config
 from autoretrain.settings import load_settings
 from autoretrain.training.backend import Backoff
 from autoretrain_tests.azure_double import AzureDouble
+from autoretrain_tests.deploy.model_files import copy_model, tiny_adapter, tiny_model
 
 FAST = Backoff(initial_s=0.005, max_s=0.02, factor=2)
 MODEL_A = "gpt-4o-mini-2024-07-18.ft-aaaa"
@@ -120,19 +121,18 @@ def test_azure_target_refuses_what_it_cannot_deploy(azure, tmp_path, double):
     assert registry.slots() == {} and double.deployments == {}
 
 
-def local_versions(settings, tmp_path):
+def local_versions(settings, tmp_path, factory):
     registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
-    base = tmp_path / "base"
-    adapter = tmp_path / "cand" / "adapter"
-    base.mkdir()
-    adapter.mkdir(parents=True)
+    # Real model folders: the registry refuses to promote one that would not load.
+    base = copy_model(tiny_model(factory), tmp_path / "base")
+    adapter = copy_model(tiny_adapter(factory), tmp_path / "cand" / "adapter")
     v0 = registry.register(base_model="base", kind="local", model_dir=base).id
     v1 = registry.register(base_model="base", kind="local", model_dir=base, adapter_dir=adapter).id
     return registry, base, adapter, v0, v1
 
 
-def test_local_serve_target_rewrites_serving_json(settings, tmp_path):
-    registry, base, adapter, v0, v1 = local_versions(settings, tmp_path)
+def test_local_serve_target_rewrites_serving_json(settings, tmp_path, tmp_path_factory):
+    registry, base, adapter, v0, v1 = local_versions(settings, tmp_path, tmp_path_factory)
     target = slot_target(settings)
     assert isinstance(target, LocalServeTarget)
     serving = settings.paths.root / "serving.json"
@@ -145,8 +145,8 @@ def test_local_serve_target_rewrites_serving_json(settings, tmp_path):
     assert registry.slots() == {"primary": v1}
 
 
-def test_the_server_reads_what_a_local_promotion_writes(settings, tmp_path):
-    registry, base, adapter, v0, v1 = local_versions(settings, tmp_path)
+def test_the_server_reads_what_a_local_promotion_writes(settings, tmp_path, tmp_path_factory):
+    registry, base, adapter, v0, v1 = local_versions(settings, tmp_path, tmp_path_factory)
     deploy_to_slot(registry, LocalServeTarget(settings), v1, "primary")
     entries = read_serving_config(settings.paths.root / "serving.json")
     assert entries["primary"].adapter_dir == adapter.resolve()
@@ -161,17 +161,18 @@ def test_local_target_refuses_missing_files(settings, tmp_path):
     assert registry.slots() == {}
 
 
-def test_lm_studio_target_gives_the_directory_and_id_to_load(tmp_path, settings):
+def test_lm_studio_target_gives_the_directory_and_id_to_load(tmp_path, settings, tmp_path_factory):
     settings = settings_with(tmp_path, kind="openai_compatible", slots={"primary": "agent-model"})
     registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
     target = slot_target(settings)
     assert isinstance(target, LMStudioTarget)
     merged = tmp_path / "cand" / "merged"
     merged.mkdir(parents=True)
-    (tmp_path / "cand" / "adapter").mkdir()
+    base = copy_model(tiny_model(tmp_path_factory), tmp_path / "base")
+    copy_model(tiny_adapter(tmp_path_factory), tmp_path / "cand" / "adapter")
     (merged / "model.gguf").write_bytes(b"GGUF")
     version = registry.register(
-        base_model="b", kind="local", model_dir=tmp_path, adapter_dir=tmp_path / "cand" / "adapter"
+        base_model="b", kind="local", model_dir=base, adapter_dir=tmp_path / "cand" / "adapter"
     ).id
     entry, result = deploy_to_slot(registry, target, version, "primary")
     assert entry.to_version == version
@@ -181,14 +182,12 @@ def test_lm_studio_target_gives_the_directory_and_id_to_load(tmp_path, settings)
         f"lms load {merged} --identifier agent-model",
     ]
     # A slot without a configured id loads under the version id; HF weights need converting.
-    plain = tmp_path / "full"
-    plain.mkdir()
+    plain = copy_model(tiny_model(tmp_path_factory), tmp_path / "full")
     full = registry.register(base_model="b", kind="local", model_dir=plain).id
     _, result = deploy_to_slot(registry, target, full, "canary")
     assert result.model_id == full and "GGUF" in result.instructions[0]
 
-    adapter_only = tmp_path / "lonely" / "adapter"
-    adapter_only.mkdir(parents=True)
+    adapter_only = copy_model(tiny_adapter(tmp_path_factory), tmp_path / "lonely" / "adapter")
     lonely = registry.register(
         base_model="b", kind="local", model_dir=plain, adapter_dir=adapter_only
     ).id
