@@ -67,7 +67,7 @@ from autoretrain.providers.base import (
     Sampling,
     Tools,
 )
-from autoretrain.serve_limits import header_deadline_protocol, read_body
+from autoretrain.serve_limits import MAX_HEADER_BYTES, header_limits_protocol, read_body
 from autoretrain.serve_requests import (
     ChatRequest,
     RequestError,
@@ -340,13 +340,20 @@ class ModelPool:
 # -- HTTP -------------------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, code: str | None = None, param: str | None = None):
+def _error(
+    status: int,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    close: bool = False,
+):
     from starlette.responses import JSONResponse
 
     kind = "invalid_request_error" if status < 500 else "server_error"
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    # A 408 or 413 leaves part of the body unread on the connection: close it.
-    headers = {"connection": "close"} if status in (408, 413) else None
+    # Answered before the whole body was read (`close`, a 408, a 413): what is left of it on
+    # the connection is not a next request, so the connection closes.
+    headers = {"connection": "close"} if close or status in (408, 413) else None
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -548,7 +555,10 @@ def create_app(pool: ModelPool, api_key: str | None = None, limits: ServeSetting
     async def chat_completions(request: Request):
         if not authorized(request):
             return _error(
-                401, "missing or wrong API key (Authorization: Bearer ...)", "unauthorized"
+                401,
+                "missing or wrong API key (Authorization: Bearer ...)",
+                "unauthorized",
+                close=True,
             )
         try:
             raw = await read_body(
@@ -592,7 +602,10 @@ def create_app(pool: ModelPool, api_key: str | None = None, limits: ServeSetting
     async def models(request: Request):
         if not authorized(request):
             return _error(
-                401, "missing or wrong API key (Authorization: Bearer ...)", "unauthorized"
+                401,
+                "missing or wrong API key (Authorization: Bearer ...)",
+                "unauthorized",
+                close=True,
             )
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "autoretrain", "root": root}
@@ -616,7 +629,8 @@ def create_app(pool: ModelPool, api_key: str | None = None, limits: ServeSetting
     async def not_found(request: Request, exc: Exception):
         status = getattr(exc, "status_code", 404)
         detail = getattr(exc, "detail", "not found")
-        return _error(status, f"{request.method} {request.url.path}: {detail}", "not_found")
+        message = f"{request.method} {request.url.path}: {detail}"
+        return _error(status, message, "not_found", close=True)
 
     return Starlette(
         routes=[
@@ -709,10 +723,10 @@ class ServerThread:
 
 
 def _http_protocol(header_timeout_s: float) -> type:
-    """uvicorn's own HTTP protocol (httptools when installed), with the header deadline."""
+    """uvicorn's own HTTP protocol (httptools when installed), with the header limits."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    return header_deadline_protocol(AutoHTTPProtocol, header_timeout_s)
+    return header_limits_protocol(AutoHTTPProtocol, header_timeout_s, MAX_HEADER_BYTES)
 
 
 def serve_forever(

@@ -302,6 +302,30 @@ def test_half_sent_headers_on_a_kept_alive_connection_are_dropped(served):
         assert time.monotonic() - t0 < LIMITS.header_timeout_s + 2
 
 
+def test_headers_over_the_limit_get_431(served):
+    with socket.create_connection((served.host, served.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nX-Junk: " + b"a" * 100_000)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431") and b"headers_too_large" in answer
+
+
+def test_a_header_flood_is_cut_off_and_memory_stays_flat(served):
+    process = psutil.Process()
+    before = process.memory_info().rss
+    line = b"X-Junk: " + b"a" * 8000 + b"\r\n"
+    with socket.create_connection((served.host, served.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        sent = 0
+        try:
+            while sent < 64 << 20:
+                sock.sendall(line * 64)
+                sent += len(line) * 64
+        except OSError:
+            pass  # closed on us, as it should be
+    assert sent < 16 << 20, f"{sent >> 20} MB of headers accepted"
+    assert process.memory_info().rss - before < 16 << 20
+
+
 def test_a_slow_body_gets_408_at_its_deadline(served):
     with socket.create_connection((served.host, served.port), timeout=10) as sock:
         sock.sendall(
