@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -25,3 +27,59 @@ def settings(tmp_path, monkeypatch) -> Settings:
     config.write_text("")
     monkeypatch.setenv("AUTORETRAIN_CONFIG", str(config))
     return load_settings(config_file=config)
+
+
+# --- The end-to-end loop, run once per session -------------------------------------------------
+# The loop (bootstrap, self-play, training, evaluation, canary) takes minutes: every end-to-end
+# module (test_loop_e2e.py, test_ui_browser.py) reads the same run instead of looping again.
+
+LOOP_CONFIG = Path(__file__).parent / "loop.yaml"
+
+
+def _point_env_at(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    monkeypatch.setenv("AUTORETRAIN_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(LOOP_CONFIG))
+
+
+@dataclass(frozen=True)
+class LoopRun:
+    home: Path  # the run's AUTORETRAIN_HOME; its Dagster instance is under home/dagster
+    settings: Settings
+    results: list
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def config(self) -> Path:
+        return LOOP_CONFIG
+
+
+@pytest.fixture(scope="session")
+def loop_run(tmp_path_factory) -> LoopRun:
+    """One full loop on the embedded default, into a data root of its own. The environment
+    points at it only while the loop runs; a test that needs it asks for `loop_env`."""
+    from autoretrain.loop import run_loop  # imported here: only end-to-end tests pay for it
+
+    home = tmp_path_factory.mktemp("loop") / "data"
+    with pytest.MonkeyPatch.context() as mp:
+        _point_env_at(mp, home)
+        settings = load_settings()
+        results = run_loop(settings, iterations=settings.loop.iterations, progress=False)
+    return LoopRun(home, settings, results)
+
+
+@pytest.fixture
+def loop_env(loop_run, monkeypatch) -> Path:
+    """The shared loop run's AUTORETRAIN_HOME, DAGSTER_HOME and AUTORETRAIN_CONFIG, for one
+    test."""
+    _point_env_at(monkeypatch, loop_run.home)
+    return loop_run.home
+
+
+@pytest.fixture
+def looped(loop_run, loop_env):
+    """(settings, results) of the shared loop run, with the environment pointing at it."""
+    return loop_run.settings, loop_run.results

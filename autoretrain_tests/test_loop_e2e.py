@@ -1,15 +1,15 @@
 """The closed loop on the embedded default, end to end, through Dagster.
 
-One module-scoped loop run (bootstrap → self-play → ingest → score → decide → dataset → train →
-evaluate → canary → canary analysis → primary) feeds every test here: it must lift the
-in-distribution pass rate significantly, hold the held-out tier, promote, show up in the
-Dagster UI, refuse a poisoned candidate without touching any slot, and roll back.
+One loop run (bootstrap → self-play → ingest → score → decide → dataset → train → evaluate →
+canary → canary analysis → primary; conftest's `loop_run`, shared with test_ui_browser.py)
+feeds every test here: it must lift the in-distribution pass rate significantly, hold the
+held-out tier, promote, show up in the Dagster UI, refuse a poisoned candidate without touching
+any slot, and roll back.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -18,40 +18,14 @@ import dagster as dg
 import pytest
 
 from autoretrain import stages
-from autoretrain.loop import LoopRunner, run_loop
+from autoretrain.loop import LoopRunner
 from autoretrain.runs.store import RunStore
-from autoretrain.settings import load_settings
 
-# The module-scoped loop (bootstrap, self-play, training, evaluation) runs inside the first
+# The shared loop (bootstrap, self-play, training, evaluation) runs inside the first end-to-end
 # test's time: give the module room on a slow CI machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
 
 PROJECT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """AUTORETRAIN_HOME and DAGSTER_HOME for the whole module (the loop runs once)."""
-    home = tmp_path_factory.mktemp("loop") / "data"
-    saved = {
-        k: os.environ.get(k) for k in ("AUTORETRAIN_HOME", "DAGSTER_HOME", "AUTORETRAIN_CONFIG")
-    }
-    os.environ["AUTORETRAIN_HOME"] = str(home)
-    os.environ["DAGSTER_HOME"] = str(home / "dagster")
-    os.environ["AUTORETRAIN_CONFIG"] = str(PROJECT / "autoretrain_tests" / "loop.yaml")
-    yield home
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
-def looped(env):
-    settings = load_settings()
-    results = run_loop(settings, iterations=settings.loop.iterations, progress=False)
-    return settings, results
 
 
 def test_the_loop_lifts_in_distribution_significantly_and_promotes(looped):
@@ -133,7 +107,7 @@ def test_a_poisoned_dataset_is_stopped_by_the_gate(looped):
     } == slots_before
 
 
-def test_the_ui_shows_the_lineage_and_the_gate(looped, env):
+def test_the_ui_shows_the_lineage_and_the_gate(looped, loop_env):
     from autoretrain_tests.servers import DagsterWebserver
 
     query = """{ assetNodes { assetKey { path } dependencyKeys { path }
@@ -141,7 +115,7 @@ def test_the_ui_shows_the_lineage_and_the_gate(looped, env):
       assetChecksOrError { ... on AssetChecks { checks { name blocking
         executionForLatestMaterialization { status } } } } } }"""
     server = DagsterWebserver(
-        PROJECT, {"AUTORETRAIN_HOME": str(env), "DAGSTER_HOME": str(env / "dagster")}
+        PROJECT, {"AUTORETRAIN_HOME": str(loop_env), "DAGSTER_HOME": str(loop_env / "dagster")}
     )
     try:
         data = server.start().graphql(query)
