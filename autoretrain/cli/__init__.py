@@ -53,6 +53,23 @@ class LazyGroup(click.Group):
                 return None  # that stage is not built yet
             raise
 
+    def invoke(self, ctx: click.Context) -> object:
+        # Every command, in one place: an error a person can fix (bad settings, a database
+        # another process holds, a missing credential) is one message and exit 1, not a
+        # traceback. Anything else is a bug and keeps its traceback.
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            from autoretrain.cli.errors import user_message
+
+            message = user_message(exc)
+            if message is None:
+                raise
+            logging.getLogger("autoretrain.cli").debug("the error in full", exc_info=exc)
+            raise click.ClickException(message) from exc
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text comes from the table above, so listing commands imports nothing heavy.
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
