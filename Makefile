@@ -10,7 +10,7 @@ AZURITE := autoretrain_tests/azurite
 export AUTORETRAIN_HOME ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(AUTORETRAIN_HOME)/dagster
 
-.PHONY: venv demo test test-fast lint format azurite ui validate bench clean
+.PHONY: venv demo test test-fast lint format azurite chromium ui validate bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,18 @@ azurite:
 	@if [ -f $(AZURITE)/package.json ] && [ ! -d $(AZURITE)/node_modules ]; then \
 		npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error; fi
 
-test: venv azurite
+# Debian's Chromium for the browser test of the UI (Playwright drives it; it downloads no
+# browser). Installed when missing and we are root (CI, on a fresh machine); otherwise it says how.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+		else \
+			echo "chromium not found: the UI browser test needs it (apt-get install chromium)" >&2; \
+		fi; \
+	fi
+
+test: venv azurite chromium
 	$(BIN)/pytest -q
 
 test-fast: venv
@@ -43,10 +54,11 @@ format: venv
 	$(BIN)/ruff format autoretrain autoretrain_tests bench
 	$(BIN)/ruff check --fix autoretrain autoretrain_tests bench
 
+# `dg check defs` (what `dagster definitions validate` now points to) reads pyproject's [tool.dg].
 validate: venv
-	$(BIN)/dagster definitions validate -w workspace.yaml
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 
-# The Dagster UI over the same instance `autoretrain loop` records into.
+# The Dagster UI (`dg dev`, with the daemon) over the same instance `autoretrain loop` records into.
 ui: venv
 	$(BIN)/autoretrain ui
 
