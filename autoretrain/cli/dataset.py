@@ -54,26 +54,50 @@ def validate(
 
 
 @dataset.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def scan(file: Path, as_json: bool) -> None:
-    """Scan FILE for secrets and personal data (the patterns the builder redacts, plus
-    `dataset.extra_secret_patterns`). Exits 1 if anything is found."""
-    from autoretrain.curation.redact import PatternError, scan_for_secrets
+def scan(path: Path, as_json: bool) -> None:
+    """Scan PATH for secrets and personal data: a JSONL or JSON file, or a dataset version
+    folder (its train.jsonl, eval.jsonl and manifest.json). The scan is independent of the
+    builder's scrubbing (detect-secrets, python-stdnum, phonenumbers, plus
+    `dataset.extra_secret_patterns`). Prints file, line and kind, never the secret; exits 1
+    if anything is found."""
+    from autoretrain.curation.redact import PatternError
+    from autoretrain.curation.scan import DATASET_FILES, scan_dataset, scan_file
     from autoretrain.settings import load_settings
 
+    extra = load_settings().dataset.extra_secret_patterns
     try:
-        found = scan_for_secrets(file, load_settings().dataset.extra_secret_patterns)
+        if path.is_dir():
+            if not any((path / name).is_file() for name in DATASET_FILES):
+                raise click.ClickException(
+                    f"{path} is a folder without {', '.join(DATASET_FILES)}: pass a dataset "
+                    "version folder or a file"
+                )
+            by_file = {path / name: hits for name, hits in scan_dataset(path, extra).items()}
+        else:
+            by_file = {path: scan_file(path, extra)}
     except PatternError as exc:
         raise click.ClickException(str(exc)) from None
+    findings = [(file, line, kind) for file, hits in by_file.items() for line, kind in hits]
     if as_json:
-        rows = [{"line": line, "kind": kind} for line, kind in found]
-        click.echo(json.dumps({"path": str(file), "ok": not found, "findings": rows}, indent=2))
+        rows = [{"file": str(f), "line": line, "kind": kind} for f, line, kind in findings]
+        if not path.is_dir():
+            rows = [{"line": r["line"], "kind": r["kind"]} for r in rows]
+        scanned = [str(f) for f in by_file]
+        click.echo(
+            json.dumps(
+                {"path": str(path), "files": scanned, "ok": not findings, "findings": rows},
+                indent=2,
+            )
+        )
     else:
-        for line, kind in found:
+        for file, line, kind in findings:
             click.echo(f"{file}:{line}: {kind}")
-        click.echo(f"{file}: {len(found)} finding(s)", err=bool(found))
-    if found:
+        click.echo(
+            f"{path}: {len(findings)} finding(s) in {len(by_file)} file(s)", err=bool(findings)
+        )
+    if findings:
         raise SystemExit(1)
 
 

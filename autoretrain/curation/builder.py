@@ -39,7 +39,8 @@ from autoretrain.curation.manifest import (
     git_commit,
     new_version_dir,
 )
-from autoretrain.curation.redact import Redactor, compile_extra_patterns, scan_decoded_line
+from autoretrain.curation.redact import MARKER, Redactor, compile_extra_patterns
+from autoretrain.curation.scan import scan_decoded_line, scan_text, scan_value
 from autoretrain.curation.split import assign_splits
 from autoretrain.curation.tokens import TokenCounter
 from autoretrain.curation.validate import validate_record
@@ -461,14 +462,14 @@ def _manifest(
         for name, part in parts.items()
     }
     all_tokens = [t for part in tokens.values() for t in part]
-    scrub = Redactor(list(config.extra_secret_patterns))
+    safe = _ManifestText(config.extra_secret_patterns)
     manifest: dict[str, Any] = {
         "format": "openai-chat-jsonl",
         "version": version,
         "created_at": (now or datetime.now(UTC)).astimezone(UTC).isoformat(),
         "encoding": "utf-8-sig" if config.azure_bom else "utf-8",
-        "source_models": sorted({e.model for e in every}),
-        "agent_versions": sorted({e.agent_version for e in every}),
+        "source_models": sorted({safe(e.model) for e in every}),
+        "agent_versions": sorted({safe(e.agent_version) for e in every}),
         "git_commit": git_commit(),
         "catalog_hash": "unknown",
         "gates": settings.promotion_gates().model_dump(mode="json"),
@@ -478,9 +479,12 @@ def _manifest(
             "train": len(parts["train"]),
             "eval": len(parts["eval"]),
             "excluded": len(exclusions),
-            "by_category": by_category,
+            "by_category": {
+                name: {safe(c): n for c, n in counts.items()}
+                for name, counts in by_category.items()
+            },
             "categories_below_minimum": [
-                c
+                safe(c)
                 for c in categories
                 if sum(by_category[p].get(c, 0) for p in by_category)
                 < config.min_examples_per_category
@@ -489,7 +493,7 @@ def _manifest(
         "exclusions": dict(sorted(Counter(x.reason for x in exclusions).items())),
         # Details quote the run (a tool name, an error message): scrubbed like the examples.
         "excluded_runs": [
-            {"run_id": x.run_id, "reason": x.reason, "detail": scrub.redact(x.detail)}
+            {"run_id": safe(x.run_id), "reason": x.reason, "detail": safe(x.detail)}
             for x in sorted(exclusions, key=lambda x: (x.reason, x.run_id))
         ],
         "redactions": dict(sorted(total_redactions.items())),
@@ -504,18 +508,57 @@ def _manifest(
         "split": {
             "by": "scenario",
             "eval_ratio": config.eval_ratio,
-            "train_scenarios": sorted(k for k, s in split_of.items() if s == "train"),
-            "eval_scenarios": sorted(k for k, s in split_of.items() if s == "eval"),
+            "train_scenarios": sorted(safe(k) for k, s in split_of.items() if s == "train"),
+            "eval_scenarios": sorted(safe(k) for k, s in split_of.items() if s == "eval"),
         },
         "leakage": leakage,
         "instance_hashes": {
-            name: sorted({e.instance_hash for e in part if e.instance_hash})
+            name: sorted({safe(e.instance_hash) for e in part if e.instance_hash})
             for name, part in parts.items()
         },
-        "run_ids": {name: [e.run_id for e in part] for name, part in parts.items()},
+        "run_ids": {name: [safe(e.run_id) for e in part] for name, part in parts.items()},
         "files": digests,
         "validation": validation,
+        # Every line written was scanned (above); a line the scan flagged after scrubbing was
+        # excluded as `residual_secret`, so the files hold none.
         "secret_scan": {name: 0 for name in files},
     }
-    manifest.update(extra)
+    manifest.update(safe.value(extra))
+    # The manifest's own scan: what a run supplied went through `safe`; anything still found
+    # (a path, a setting) is counted here and fails the `no_secrets` check.
+    manifest["secret_scan"]["manifest"] = len(scan_value(manifest, config.extra_secret_patterns))
     return manifest
+
+
+class _ManifestText:
+    """Strings a run supplied (run id, model, agent version, scenario, category, exclusion
+    details) on their way into the manifest: scrubbed like the examples, and, where the
+    independent scan still finds something, replaced whole by a marker. So a secret in a run's
+    `model` or `run_id` is never copied into manifest.json."""
+
+    def __init__(self, extra_patterns: list[str]):
+        self.redactor = Redactor(list(extra_patterns))
+        self.extra = tuple(extra_patterns)
+        self.seen: dict[str, str] = {}
+
+    def __call__(self, text: str) -> str:
+        if not isinstance(text, str):
+            return text
+        done = self.seen.get(text)
+        if done is None:
+            done = self.redactor.redact(text)
+            found = scan_text(done, self.extra)
+            if found:
+                done = MARKER.format(kind=min(found))
+            if len(self.seen) < 1_000_000:
+                self.seen[text] = done
+        return done
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        return value

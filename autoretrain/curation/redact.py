@@ -1,23 +1,28 @@
-"""Secret and PII scrubbing for training data, and an independent scan of written files.
+"""Secret and PII scrubbing for training data.
 
 A secret that reaches a training file is memorised by the model and can be sampled back out, so
 the builder replaces each match with a visible marker (`[REDACTED:<kind>]`) and counts it per
 kind. Patterns run in order, most specific first: a connection string is redacted whole before
 the e-mail pattern could take its `password@host` tail, and a key caught by its shape is not
-caught again by name. Markers contain no quote, backslash or `@`, so redacting inside a JSON
-string keeps it valid JSON and no later pattern matches a marker.
+caught again by name. Markers contain no quote, backslash or `@`, so redacting inside a
+JSON string keeps it valid JSON and no later pattern matches a marker.
+
+Personal data and bare keys (card numbers, phone numbers, SSNs, IBANs, an AWS secret access key
+on its own) have no literal to look for: a pattern finds candidates and a validator in
+curation/pii.py keeps only real ones. The independent scan of what was written is another
+module with other code (curation/scan.py), so one's miss is the other's catch.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
+
+from autoretrain.curation import pii
 
 MARKER = "[REDACTED:{kind}]"
 
@@ -30,56 +35,136 @@ _SECRET_NAMES = (
     r"|password|passwd|pwd|secret|token|credentials?|sas[_-]?token|account[_-]?key"
 )
 
-# (kind, pattern, triggers) in the order they are applied. Triggers are lower-case literals,
-# one of which every match contains: a substring test (C speed) skips the regex, which costs
-# about a microsecond per character in Python's engine, on the text most strings are.
-BUILTIN_PATTERNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    (
+# Spans of 7 or more digits (with separators): the only text the personal-data rules (cards,
+# phone numbers, SSNs, IBANs) can match, found by one cheap search before any of them runs.
+_DIGITS = re.compile(r"\d(?:[^0-9A-Za-z]{0,3}\d){6}")
+DIGITS = "digits"  # the gate of a rule that needs such a span
+# A token this long is the least the random-token rule looks at (below it, no string is tried).
+_MIN_TOKEN = 32
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One builtin rule. `triggers` are lower-case literals, one of which every match contains:
+    a substring test (C speed) skips the regex, which costs about a microsecond per character
+    in Python's engine, on the text most strings are. `group` is the part replaced (0: the
+    whole match); `validate` keeps only the matches it accepts."""
+
+    kind: str
+    pattern: str
+    triggers: tuple[str, ...] = ()
+    group: int = 0
+    validate: Callable[[re.Match[str]], bool] | None = None
+    gate: str | None = None  # DIGITS: run only where a digit span is; None: by triggers
+
+
+def _whole(check: Callable[[str], bool]) -> Callable[[re.Match[str]], bool]:
+    return lambda m: check(m.group(0))
+
+
+# In the order they are applied.
+BUILTIN_PATTERNS: tuple[Pattern, ...] = (
+    Pattern(
         "private_key",
         r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?"
         r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|(?=[\"'])|$)",
         ("private key",),
     ),
     # Azure Storage / Service Bus style: redact the whole string, it names the account too.
-    (
+    Pattern(
         "connection_string",
         r"(?i)\b(?:DefaultEndpointsProtocol|Endpoint)=[^\s\"'\\]*?"
         r"(?:AccountKey|SharedAccessKey|SharedAccessSignature)=[^\s\"'\\;]+;?",
         ("accountkey", "sharedaccess"),
     ),
     # scheme://user:password@host — databases, brokers, HTTP basic auth in a URL.
-    (
+    Pattern(
         "connection_string",
         r"(?i)\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"'\\]+:[^\s@/\"'\\]+@[^\s/\"'\\?#]+",
         ("://",),
     ),
-    ("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", ("eyj",)),
-    ("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{16,}", ("bearer",)),
-    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", ("sk-ant-",)),
-    ("openai_key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", ("sk-",)),
-    ("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", ("akia", "asia")),
-    (
+    # A shared access signature (Azure SAS URL or token): the signature is the secret.
+    Pattern("azure_sas", r"(?i)(?:^|[?&;\s])sig=([A-Za-z0-9%+/=_-]{10,})", ("sig=",), group=1),
+    Pattern("jwt", r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", ("eyj",)),
+    Pattern("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{16,}", ("bearer",)),
+    Pattern("anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", ("sk-ant-",)),
+    Pattern("openai_key", r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", ("sk-",)),
+    Pattern("aws_access_key", r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b", ("akia", "asia")),
+    Pattern(
         "github_token",
         r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})",
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
-    ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}", ("aiza",)),
-    ("slack_token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}", ("xox",)),
-    ("stripe_key", r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}", ("_live_", "_test_")),
-    ("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}", ("hf_",)),
+    Pattern("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}", ("aiza",)),
+    Pattern("slack_token", r"\bxox[abposr]-[A-Za-z0-9-]{10,}", ("xox",)),
+    Pattern("stripe_key", r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}", ("_live_", "_test_")),
+    Pattern("huggingface_token", r"\bhf_[A-Za-z0-9]{30,}", ("hf_",)),
     # By name: `api_key=…`, `"password": "…"`, `OPENAI_API_KEY=…`, `AccountKey=…`; also inside
     # JSON that is itself a JSON string (tool-call arguments), where quotes arrive escaped.
-    (
+    Pattern(
         "named_secret",
         r"(?i)(?<![A-Za-z0-9])(?:[A-Za-z0-9]+[_.-])*(?:" + _SECRET_NAMES + r")"
         r"(?:[_.-][A-Za-z0-9]+)*\\?[\"']?\s*[:=]\s*\\?[\"']?"
         r"(?!\[REDACTED)(?=" + _VALUE + r"*[A-Za-z])(" + _VALUE + r"{8,})",
         ("key", "secret", "token", "passw", "pwd", "credential"),
+        group=1,
     ),
-    (
+    Pattern(
         "email",
         r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
         ("@",),
+    ),
+    Pattern(
+        "iban",
+        r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+        gate=DIGITS,
+        validate=_whole(pii.is_iban),
+    ),
+    # Written as cards are: four groups of four (a fifth of up to three), Amex's 4-6-5, or
+    # 13 to 19 digits in one piece; never a window of a longer number.
+    Pattern(
+        "card_number",
+        r"(?<![\d.])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5}"
+        r"|\d{13,19})(?![\d]|[.,]\d)",
+        gate=DIGITS,
+        validate=_whole(pii.is_card),
+    ),
+    Pattern(
+        "us_ssn",
+        r"(?<![\d.])(\d{3})([- ])(\d{2})\2(\d{4})(?![\d]|[.,-]\d)",
+        gate=DIGITS,
+        validate=lambda m: pii.is_ssn(m.group(1), m.group(3), m.group(4)),
+    ),
+    # Nine bare digits are an SSN only when named so.
+    Pattern(
+        "us_ssn",
+        r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\W{0,5}((\d{3})(\d{2})(\d{4}))\b",
+        ("ssn", "social security"),
+        group=1,
+        validate=lambda m: pii.is_ssn(m.group(2), m.group(3), m.group(4)),
+    ),
+    Pattern(
+        "phone_number",
+        # +international; (415) 555-2671 / 415-555-2671 / 415.555.2671; a bare 10 or 11 digits
+        # (accepted only after a word like "phone", see pii.is_phone).
+        r"(?<![\w+])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,5}"
+        r"|(?:1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}|1?\d{10})(?![\w]|[.,-]\d)",
+        gate=DIGITS,
+        validate=pii.is_phone,
+    ),
+    # Long random tokens: a bare AWS secret access key (40 characters) or another key with no
+    # telling prefix. Last, so every key with a known shape already carries its own kind.
+    Pattern(
+        "aws_secret_key",
+        r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{40}(?![A-Za-z0-9+/=])",
+        validate=_whole(pii.is_random_token),
+        gate="token",
+    ),
+    Pattern(
+        "high_entropy_string",
+        rf"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/=]{{{_MIN_TOKEN},}}(?![A-Za-z0-9+/=])",
+        validate=_whole(pii.is_random_token),
+        gate="token",
     ),
 )
 
@@ -115,16 +200,17 @@ class PatternError(ValueError):
 class _Rule:
     kind: str
     regex: re.Pattern[str]
-    value_group: int  # 0: the whole match is the secret; 1: only the value after a name
-    triggers: tuple[str, ...] = ()  # none: always run (user patterns)
+    value_group: int  # 0: the whole match is the secret; n: only group n (a value after a name)
+    triggers: tuple[str, ...] = ()  # none and no gate: always run (user patterns)
+    validate: Callable[[re.Match[str]], bool] | None = None
+    gate: str | None = None
 
 
-def _compile(patterns: Iterable[tuple[str, str, tuple[str, ...]]]) -> list[_Rule]:
-    rules = []
-    for kind, pattern, triggers in patterns:
-        regex = re.compile(pattern)
-        rules.append(_Rule(kind, regex, 1 if regex.groups else 0, triggers))
-    return rules
+def _compile(patterns: Iterable[Pattern]) -> list[_Rule]:
+    return [
+        _Rule(p.kind, re.compile(p.pattern), p.group, p.triggers, p.validate, p.gate)
+        for p in patterns
+    ]
 
 
 _BUILTIN_RULES = _compile(BUILTIN_PATTERNS)
@@ -155,6 +241,7 @@ _GATE = tuple(
             for rule in _BUILTIN_RULES
             for t in rule.triggers
             if not any(o != t and o in t for r in _BUILTIN_RULES for o in r.triggers)
+            and rule.gate is None
         }
     )
 )
@@ -200,7 +287,9 @@ class _Engine:
         lower = text.lower()
         if not text.isascii() and any(c in text for c in _FOLDED):
             lower = text.translate(_FOLD).lower()
-        if not self.extra:
+        digits = _DIGITS.search(text) is not None
+        long_enough = len(text) >= _MIN_TOKEN
+        if not self.extra and not digits and not long_enough:
             for gate in _GATE:
                 if gate in lower:
                     break
@@ -208,20 +297,30 @@ class _Engine:
                 return text, ()
         kinds: list[str] = []
         for rule in self.rules:
-            if rule.triggers and not any(t in lower for t in rule.triggers):
+            if rule.gate == DIGITS:
+                if not digits:
+                    continue
+            elif rule.gate is not None:
+                if not long_enough:
+                    continue
+            elif rule.triggers and not any(t in lower for t in rule.triggers):
                 continue
             text = rule.regex.sub(lambda m, rule=rule: _replace(rule, m, kinds), text)
         return text, tuple(kinds)
 
 
 def _replace(rule: _Rule, match: re.Match[str], kinds: list[str]) -> str:
+    if rule.validate is not None and not rule.validate(match):
+        return match.group(0)
     if rule.value_group:
         value = match.group(rule.value_group)
         if value.lower() in _NOT_SECRETS:
             return match.group(0)
         kinds.append(rule.kind)
         start = match.start(rule.value_group) - match.start(0)
-        return match.group(0)[:start] + MARKER.format(kind=rule.kind)
+        end = match.end(rule.value_group) - match.start(0)
+        whole = match.group(0)
+        return whole[:start] + MARKER.format(kind=rule.kind) + whole[end:]
     kinds.append(rule.kind)
     return MARKER.format(kind=rule.kind)
 
@@ -270,129 +369,3 @@ class Redactor:
                 for k, v in value.items()
             }
         return value
-
-
-def find_secrets(text: str, extra_patterns: Iterable[str] = ()) -> list[str]:
-    """Kinds of the secrets in `text` (one entry per match), without changing it."""
-    probe = Redactor(list(extra_patterns))
-    probe.redact(text)
-    return sorted(probe.counts.elements())
-
-
-_SEPARATOR = '\n"\n'  # between scanned strings: no pattern matches across a quote and newline
-
-
-def _nested(value: str) -> Any:
-    """A string that holds JSON (tool-call arguments), decoded so its keys count as keys;
-    otherwise the string itself."""
-    stripped = value.strip()
-    if stripped[:1] in ("{", "["):
-        try:
-            return json.loads(stripped)
-        except ValueError:
-            pass
-    return value
-
-
-class _Walk:
-    """Scans every string of a decoded line, keys included, and the key-named pairs.
-
-    Builtin rules cannot match across the separator that joins the strings for a scan (each
-    stops at quotes or whitespace), so each string is scanned on its own, through the memo:
-    the same kinds are found as in one scan of the joined strings. User patterns can match
-    anything, so they still scan the joined (builtin-redacted) strings."""
-
-    def __init__(self, extra_patterns: tuple[str, ...], kinds: set[str]):
-        self.builtin = _engine(())
-        self.extra = _engine(extra_patterns).extra
-        self.kinds = kinds
-        self.strings: list[str] | None = [] if self.extra else None
-
-    def text(self, value: str) -> None:
-        redacted, kinds = self.builtin.redact(value)
-        if kinds:
-            self.kinds.update(kinds)
-        if self.strings is not None:
-            self.strings.append(redacted)
-
-    def string(self, value: str) -> None:
-        """A string value: scanned, or walked when it holds JSON."""
-        first = value[:1]
-        if first and (first in "{[" or first.isspace()):
-            decoded = _nested(value)
-            if not isinstance(decoded, str):
-                self.value(decoded)
-                return
-        self.text(value)
-
-    def value(self, value: Any) -> None:
-        if isinstance(value, str):
-            self.string(value)
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, str):
-                    self.string(item)
-                elif isinstance(item, list | dict):
-                    self.value(item)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                self.text(key if isinstance(key, str) else str(key))
-                if isinstance(item, str):
-                    first = item[:1]
-                    if first and (first in "{[" or first.isspace()):
-                        decoded = _nested(item)
-                        if not isinstance(decoded, str):
-                            self.value(decoded)
-                            continue
-                    if _names_secret(str(key), item):
-                        self.kinds.add("named_secret")
-                    else:
-                        self.text(item)
-                elif isinstance(item, list | dict):
-                    self.value(item)
-
-    def finish(self) -> None:
-        if self.strings:
-            kinds: list[str] = []
-            joined = _SEPARATOR.join(self.strings)
-            for rule in self.extra:
-                joined = rule.regex.sub(lambda m, rule=rule: _replace(rule, m, kinds), joined)
-            self.kinds.update(kinds)
-
-
-def scan_line(text: str, extra_patterns: Iterable[str] = ()) -> list[str]:
-    """Kinds of secret on one JSONL line (each once), scanned as raw text and as decoded JSON
-    (key-aware, with JSON held in strings decoded too): an escape such as `\\u0073k-` hides a
-    key from the raw scan, and a `{"password": ...}` pair is only a pair once decoded."""
-    try:
-        decoded = json.loads(text)
-    except ValueError:  # not JSON: the raw scan is all there is
-        extra = tuple(extra_patterns)
-        return sorted(set(_engine(extra).redact(text, memo=False)[1]))
-    return scan_decoded_line(text, decoded, extra_patterns)
-
-
-def scan_decoded_line(text: str, decoded: Any, extra_patterns: Iterable[str] = ()) -> list[str]:
-    """`scan_line` for a caller that has already decoded the line (`decoded` is
-    `json.loads(text)`), so it is not decoded twice."""
-    extra = tuple(extra_patterns)
-    kinds = set(_engine(extra).redact(text, memo=False)[1])
-    walk = _Walk(extra, kinds)
-    walk.value(decoded)
-    walk.finish()
-    return sorted(kinds)
-
-
-def scan_for_secrets(path: Path, extra_patterns: Iterable[str] = ()) -> list[tuple[int, str]]:
-    """Independent scan of a written JSONL file: (line number, kind) for every kind of secret
-    found on a line. A byte-order mark is accepted; undecodable bytes are scanned as U+FFFD."""
-    extra = list(extra_patterns)
-    compile_extra_patterns(extra)  # fail early, naming the bad pattern
-    found: list[tuple[int, str]] = []
-    with Path(path).open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            text = raw.decode("utf-8", errors="replace")
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            found.extend((number, kind) for kind in scan_line(text, extra))
-    return found

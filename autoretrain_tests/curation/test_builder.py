@@ -9,7 +9,7 @@ import pytest
 
 from autoretrain.curation.builder import build_dataset
 from autoretrain.curation.manifest import list_versions
-from autoretrain.curation.redact import scan_for_secrets
+from autoretrain.curation.scan import scan_file
 from autoretrain.curation.validate import validate_file
 
 from .factories import make_run, recovered, solved
@@ -102,7 +102,7 @@ def test_mixed_runs_give_a_clean_split_valid_dataset(settings, tmp_path):
     for name in ("train.jsonl", "eval.jsonl"):
         report = validate_file(version.path / name, tools_required=True)
         assert report.ok, report.errors
-        assert scan_for_secrets(version.path / name) == []
+        assert scan_file(version.path / name) == []
         assert (
             manifest["files"][name]["sha256"]
             == hashlib.sha256((version.path / name).read_bytes()).hexdigest()

@@ -4,13 +4,7 @@ import json
 
 import pytest
 
-from autoretrain.curation.redact import (
-    PatternError,
-    Redactor,
-    find_secrets,
-    scan_for_secrets,
-    scan_line,
-)
+from autoretrain.curation.redact import PatternError, Redactor
 
 # Each planted secret, the kind it must be counted as, and a fragment that must not survive.
 PLANTED = [
@@ -40,6 +34,22 @@ PLANTED = [
     ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_token", "abcdefghijklmnopq"),
     ("AIzaSyA-1234567890abcdefghijklmnopqrstu", "google_api_key", "1234567890abcdef"),
     ("hf_abcdefghijklmnopqrstuvwxyzABCDEFGH", "huggingface_token", "abcdefghijklmnop"),
+    (
+        "https://acct.blob.core.windows.net/c/b.txt?sv=2022-11-02&sp=r&sig=Zm9vYmFy%2BcXV4%3D",
+        "azure_sas",
+        "Zm9vYmFy",
+    ),
+    ("aws_secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_key", "wJalrXUtn"),
+    ("token Q2hhcmxpZTpyYW5kb20K9xT4mZ7pL0vB3nR8sWkYa1Zq", "high_entropy_string", "Q2hhcmxp"),
+    ("pay with 4111 1111 1111 1111 today", "card_number", "1111 1111"),
+    ("card 5500-0000-0000-0004", "card_number", "0000-0004"),
+    ("ring (415) 555-2671 after six", "phone_number", "555-2671"),
+    ("or +44 20 7946 0958 in London", "phone_number", "7946 0958"),
+    ("call me on 4155552671", "phone_number", "4155552671"),
+    ("her SSN is 536-90-4399", "us_ssn", "536-90-4399"),
+    ("ssn: 536904399", "us_ssn", "536904399"),
+    ("IBAN DE89 3704 0044 0532 0130 00 please", "iban", "3704 0044"),
+    ("GB82WEST12345698765432", "iban", "WEST1234"),
 ]
 
 
@@ -52,11 +62,20 @@ def test_each_kind_is_redacted_and_counted(text, kind, fragment):
     assert redactor.counts[kind] == 1
 
 
-def test_ordinary_agent_text_is_left_alone():
-    benign = (
-        '{"max_tokens": 512, "prompt_tokens": 12345678} The password is required. '
-        "Use the calculator: 822 + 463 = 1285. task-abcdefghijklmnopqrstuvwxyz"
-    )
+BENIGN = [
+    '{"max_tokens": 512, "prompt_tokens": 12345678} The password is required. '
+    "Use the calculator: 822 + 463 = 1285. task-abcdefghijklmnopqrstuvwxyz",
+    # Numbers that are not personal data: a sum, a population, a date, an order id, a
+    # Luhn-invalid 16 digits, a 9-digit count, an invalid SSN area, ids and hashes.
+    "6502530000 + 1 = 6502530001; Tokyo has 37400068 people; due 2024-01-15 12:30",
+    "order 12345678901, 1234 5678 9012 3456 units, 123456789 rows, 900-12-3456",
+    "run 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 in /usr/lib/python3",
+    "ThisIsAVeryLongCamelCaseIdentifierName and internationalization_of_everything",
+]
+
+
+@pytest.mark.parametrize("benign", BENIGN)
+def test_ordinary_agent_text_is_left_alone(benign):
     redactor = Redactor()
     assert redactor.redact(benign) == benign
     assert not redactor.counts
@@ -77,27 +96,11 @@ def test_redaction_inside_escaped_json_keeps_it_valid():
     assert json.loads(json.loads(cleaned)["arguments"])["x"] == 1
 
 
-def test_scan_finds_secrets_by_line_with_bom_and_json_escapes(tmp_path):
-    path = tmp_path / "data.jsonl"
-    lines = [
-        json.dumps({"messages": [{"role": "user", "content": "hello"}]}),
-        # \u0073 is "s": only the decoded scan sees this key.
-        '{"messages": [{"role": "tool", "content": "\\u0073k-abcdefghijklmnopqrstuvwxyz"}]}',
-        json.dumps({"args": json.dumps({"password": "hunter22"})}),
-        json.dumps({"content": "[REDACTED:openai_key] and api_key=[REDACTED:named_secret]"}),
-    ]
-    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
-    assert scan_for_secrets(path) == [(2, "openai_key"), (3, "named_secret")]
-    assert find_secrets("nothing to see") == []
-
-
 def test_letters_that_match_ascii_case_insensitively_do_not_skip_a_rule():
     # The rules are case-insensitive, so "ſ" (long s) matches "s": the quick trigger test
     # that precedes them must see it as one too.
     redactor = Redactor()
     assert redactor.redact("paſſword=hunter2hunter2") == "paſſword=[REDACTED:named_secret]"
-    # Through a JSON escape, which only the decoded scan of a line sees.
-    assert scan_line('{"k": "\\u017fecret=abcdefgh12345"}') == ["named_secret"]
 
 
 def test_a_string_seen_again_is_counted_again():
