@@ -7,6 +7,10 @@
 - `azure_openai`: the slot names the deployment at `azure_endpoint`.
 
 `model_dir` bypasses the profile: a candidate on disk is always evaluated in-process.
+
+A remote model's credential (the API-key variable, or an Entra ID token for Azure) is checked
+when the model is built, so a missing one stops a command before its first run, instead of
+every run landing as a provider error.
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ def chat_model_for(
             OpenAICompatibleChatModel,
         )
 
-        return OpenAICompatibleChatModel(
-            target, profile.base_url or LM_STUDIO_URL, profile.api_key_env, **common
+        return _with_credentials(
+            OpenAICompatibleChatModel(
+                target, profile.base_url or LM_STUDIO_URL, profile.api_key_env, **common
+            ),
+            settings,
         )
     from autoretrain.providers.azure_openai import AzureOpenAIChatModel
 
@@ -48,9 +55,25 @@ def chat_model_for(
             f"provider profile {settings.provider!r} (azure_openai) has no azure_endpoint; "
             f"set providers.{settings.provider}.azure_endpoint to https://<resource>.openai.azure.com"
         )
-    return AzureOpenAIChatModel(
-        target, profile.azure_endpoint, profile.api_version, profile.api_key_env, **common
+    return _with_credentials(
+        AzureOpenAIChatModel(
+            target, profile.azure_endpoint, profile.api_version, profile.api_key_env, **common
+        ),
+        settings,
     )
+
+
+def _with_credentials(model: ChatModel, settings: Settings) -> ChatModel:
+    """Build the model's client now: that is where a missing key variable or an Entra ID that
+    gives no token is found (the client would be built at the first call anyway). Sends no
+    request to the endpoint."""
+    try:
+        model.client()  # type: ignore[attr-defined]
+    except ProviderError as exc:
+        raise ProviderError(
+            f"provider profile {settings.provider!r} cannot authenticate, so nothing was run: {exc}"
+        ) from exc
+    return model
 
 
 def _slot_target(settings: Settings, slot: str, profile: ProviderProfile) -> str:

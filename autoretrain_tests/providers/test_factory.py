@@ -66,7 +66,9 @@ def test_openai_compatible_profile_calls_its_endpoint(tmp_path):
         chat_model_for(settings, "shadow")
 
 
-def test_azure_profile_uses_the_slot_deployment(tmp_path):
+def test_azure_profile_uses_the_slot_deployment(tmp_path, monkeypatch):
+    # The factory checks the credential when it builds the model (no Entra ID here: the key).
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "test-key")
     settings = settings_with(
         tmp_path,
         kind="azure_openai",
