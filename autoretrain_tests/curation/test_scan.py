@@ -1,0 +1,153 @@
+"""The independent scan (curation/scan.py): what it finds, what it leaves, and that it catches
+what the scrubber misses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoretrain.curation import scan
+from autoretrain.curation.builder import build_dataset
+from autoretrain.curation.redact import PatternError, Redactor
+from autoretrain.curation.scan import scan_dataset, scan_file, scan_text
+from autoretrain_tests.curation.factories import make_run, solved
+from autoretrain_tests.curation.planted import EXTRA_PATTERN, PLANTED
+from autoretrain_tests.curation.test_redact import BENIGN
+
+# The kind the scan reports for each planted value.
+SCAN_KIND = {
+    "openai_key": "openai_key",
+    "azure_account_key": "connection_string",
+    "azure_sas_url": "azure_sas",
+    "jwt": "jwt",
+    "aws_access_key_id": "aws_access_key",
+    "aws_secret_access_key": "aws_secret_key",
+    "github_token": "github_token",
+    "private_key": "private_key",
+    "email": "email",
+    "db_url_password": "connection_string",
+    "card_number": "card_number",
+    "phone_number": "phone_number",
+    "us_ssn": "us_ssn",
+    "iban": "iban",
+    "named_password": "named_secret",
+    "extra_pattern": "custom_0",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PLANTED))
+def test_each_planted_kind_is_found_in_prose(kind):
+    text = f"Here you go: {PLANTED[kind]} (as requested)."
+    assert SCAN_KIND[kind] in scan_text(text, [EXTRA_PATTERN])
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("call me on 4155552671", "phone_number"),
+        ("+44 20 7946 0958", "phone_number"),
+        ("SSN: 536904399", "us_ssn"),
+        ("card 5500-0000-0000-0004 exp 12/27", "card_number"),
+        ("ref 10-4868 6752 5539 9018", "card_number"),
+        ("GB82WEST12345698765432", "iban"),
+        (
+            "https://hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/abcdefghijklmnopqrstuvwx",
+            "slack_token",
+        ),
+        ("xoxb-1234567890-abcdefghijkl", "slack_token"),
+        ("sk_live_" + "a1B2c3D4e5F6g7H8i9J0k1L2", "stripe_key"),
+    ],
+)
+def test_other_shapes_are_found(text, kind):
+    assert kind in scan_text(text)
+
+
+@pytest.mark.parametrize("benign", BENIGN)
+def test_ordinary_text_is_not_flagged(benign):
+    assert scan_text(benign) == set()
+
+
+def test_markers_are_not_flagged():
+    text = "sig=[REDACTED:azure_sas] password: [REDACTED:named_secret] [REDACTED:card_number]"
+    assert scan_text(text) == set()
+
+
+def test_file_lines_bom_json_escapes_and_nested_arguments(tmp_path):
+    path = tmp_path / "data.jsonl"
+    token = PLANTED["github_token"]
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": "hello"}]}),
+        # \u0040 is "@": only the decoded string holds an e-mail address.
+        '{"content": "write to dana\\u0040contoso.com"}',
+        # JSON held in a string (tool-call arguments), its key naming the secret.
+        json.dumps({"arguments": json.dumps({"password": "Zx8-correct-horse"})}),
+        # Split from its prefix, a token is no GitHub token, but still a random one.
+        json.dumps({"content": f"token {token[:4]}\n{token[4:]}"}),
+        json.dumps({"content": f"token {token}"}),
+    ]
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    assert scan_file(path) == [
+        (2, "email"),
+        (3, "named_secret"),
+        (4, "high_entropy_string"),
+        (5, "github_token"),
+    ]
+
+
+def test_an_indented_manifest_is_scanned_line_by_line(tmp_path):
+    path = tmp_path / "manifest.json"
+    manifest = {
+        "source_models": ["tiny-1", f"ft:{PLANTED['openai_key']}"],
+        "run_ids": {"train": ["r1", f"run-{PLANTED['us_ssn']}"]},
+        "files": {
+            "train.jsonl": {"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d"}
+        },
+        "password": "Zx8-correct-horse",
+    }
+    path.write_text(json.dumps(manifest, indent=2))
+    found = scan_file(path)
+    text = path.read_text().splitlines()
+    assert {kind for _, kind in found} == {"openai_key", "us_ssn", "named_secret"}
+    for line, kind in found:
+        assert {"openai_key": "ft:", "us_ssn": "run-", "named_secret": "password"}[kind] in text[
+            line - 1
+        ]
+
+
+def test_extra_patterns_and_a_bad_one(tmp_path):
+    assert scan_text("ticket EMP-4451-7781", [EXTRA_PATTERN]) == {"custom_0"}
+    assert scan_text("ticket EMP-4451-7781") == set()
+    path = tmp_path / "x.jsonl"
+    path.write_text("{}\n")
+    with pytest.raises(PatternError, match=r"extra_secret_patterns\[0\]"):
+        scan_file(path, ["(unclosed"])
+
+
+def test_the_scan_shares_no_detector_with_the_scrubber():
+    # Independence is structural: the scan module does not use the scrubber's rules.
+    source = Path(scan.__file__).read_text(encoding="utf-8")
+    assert "BUILTIN_PATTERNS" not in source and "Redactor" not in source
+    assert "import detect_secrets" in source or "from detect_secrets" in source
+
+
+def test_what_the_scrubber_misses_the_scan_catches_and_the_builder_drops(settings, tmp_path):
+    # A Slack webhook has no rule in the scrubber; detect-secrets knows it.
+    hook = "https://hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/abcdefghijklmnopqrstuvwx"
+    assert Redactor().redact(hook) == hook
+    runs = [make_run(f"ok{i}", solved(i, 1), scenario_id=f"s{i}") for i in range(3)]
+    runs.append(make_run("hooked", solved(5, 5, tool_output=f"10, posted to {hook}")))
+    version = build_dataset(
+        runs,
+        out_root=tmp_path / "datasets",
+        eval_hashes=set(),
+        eval_scenario_ids=set(),
+        settings=settings,
+    )
+    assert version.exclusions == {"residual_secret": 1}
+    excluded = version.manifest["excluded_runs"]
+    assert excluded == [{"run_id": "hooked", "reason": "residual_secret", "detail": "slack_token"}]
+    assert scan_dataset(version.path) == {"train.jsonl": [], "eval.jsonl": [], "manifest.json": []}
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert "hooks.slack.com" not in (version.path / name).read_text()
