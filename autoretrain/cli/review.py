@@ -13,9 +13,7 @@ import click
 
 @contextmanager
 def _connect(read_only: bool) -> Iterator[Any]:
-    import duckdb
-
-    from autoretrain.runs.store import RunStore
+    from autoretrain.runs.store import RunStore, StoreLocked
     from autoretrain.settings import load_settings
 
     settings = load_settings()
@@ -26,11 +24,8 @@ def _connect(read_only: bool) -> Iterator[Any]:
         )
     try:
         store = RunStore.from_settings(settings, read_only=read_only)
-    except duckdb.IOException as exc:
-        raise click.ClickException(
-            f"cannot open {path}: {exc}. Another process (a Dagster run?) holds the write lock; "
-            "retry when it finishes"
-        ) from None
+    except StoreLocked as exc:  # it waited; the message names the holder
+        raise click.ClickException(str(exc)) from None
     try:
         yield store.con
     finally:

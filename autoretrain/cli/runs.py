@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -20,6 +22,19 @@ def _day(value: str | None, flag: str) -> str | None:
         raise click.ClickException(f"{flag} {value!r} is not a date: use YYYY-MM-DD") from None
 
 
+@contextmanager
+def _open(settings, read_only: bool) -> Iterator:
+    """The run store, or one line saying who holds its lock (after a bounded wait)."""
+    from autoretrain.runs.store import RunStore, StoreLocked
+
+    try:
+        store = RunStore.from_settings(settings, read_only=read_only)
+    except StoreLocked as exc:
+        raise click.ClickException(str(exc)) from None
+    with store:
+        yield store
+
+
 @click.command()
 @click.option("--date", "day", help="Ingest one landing day (YYYY-MM-DD).")
 @click.option("--from", "start", help="First day of a range (inclusive).")
@@ -28,7 +43,6 @@ def _day(value: str | None, flag: str) -> str | None:
 def ingest(day: str | None, start: str | None, end: str | None, as_json: bool) -> None:
     """Ingest landing-zone days into the run store (default: every day there is)."""
     from autoretrain.runs.archive import RunArchive
-    from autoretrain.runs.store import RunStore
 
     if day and (start or end):
         raise click.ClickException("give either --date or --from/--to, not both")
@@ -47,7 +61,7 @@ def ingest(day: str | None, start: str | None, end: str | None, as_json: bool) -
         )
     reports = []
     limit = settings.ingest.max_quarantine_rate
-    with RunStore.from_settings(settings) as store:
+    with _open(settings, read_only=False) as store:
         for d in days:
             report = store.ingest_day(d, archive.files(d))
             reports.append(report)
@@ -60,6 +74,8 @@ def ingest(day: str | None, start: str | None, end: str | None, as_json: bool) -
                     f"{report.unchanged} unchanged, {report.quarantined} quarantined "
                     f"({report.seconds:.1f} s){flag}"
                 )
+                for entry in report.skipped:
+                    click.echo(f"  skipped {entry['file']}: {entry['reason']}", err=True)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
     elif not days:
@@ -70,11 +86,11 @@ def ingest(day: str | None, start: str | None, end: str | None, as_json: bool) -
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def runs(as_json: bool) -> None:
     """Counts of stored runs by day, category, model and slot; quarantine count and reasons."""
-    from autoretrain.runs.store import RunStore, StoreNotFound
+    from autoretrain.runs.store import StoreNotFound
 
     settings = load_settings()
     try:
-        with RunStore.from_settings(settings, read_only=True) as store:
+        with _open(settings, read_only=True) as store:
             summary = store.summary()
     except StoreNotFound as exc:
         raise click.ClickException(str(exc)) from None
@@ -113,20 +129,25 @@ def import_(file: Path, as_json: bool) -> None:
         click.echo(
             json.dumps(
                 {
+                    "lines": report.lines,
                     "imported": report.imported,
                     "from_transcripts": report.from_transcripts,
+                    "not_imported": len(report.errors),
+                    "blank_lines": report.blank_lines,
                     "written": [str(p) for p in report.written],
                     "errors": [e.__dict__ for e in report.errors],
                 },
                 indent=2,
+                ensure_ascii=False,
             )
         )
     else:
         for error in report.errors:
             click.echo(str(error), err=True)
         click.echo(
-            f"imported {report.imported} runs ({report.from_transcripts} from chat transcripts) "
-            f"into {settings.paths.landing}; run `autoretrain ingest` to load them"
+            f"{report.lines} lines: imported {report.imported} runs ({report.from_transcripts} "
+            f"from chat transcripts) into {settings.paths.landing}, {len(report.errors)} not "
+            f"imported, {report.blank_lines} blank; run `autoretrain ingest` to load them"
         )
     if report.errors:
         raise click.ClickException(

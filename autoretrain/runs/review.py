@@ -174,7 +174,18 @@ def load_run(con: duckdb.DuckDBPyConnection, run_id: str) -> Run:
         raise ReviewError(
             f"run {run_id!r} is not in the run store; check the id (`autoretrain review`)"
         )
-    return Run.model_validate_json(found[0])
+    from autoretrain.runs.validate import judge
+
+    run, why = judge(found[0])
+    if run is None:
+        # Ingest stores only what the schema accepts; a store built by an older version may
+        # hold records it refuses. Say so, and how to mend it, instead of a traceback.
+        raise ReviewError(
+            f"the stored record of run {run_id!r} does not load: {why}. It was stored by an "
+            "older autoretrain; ingest its day again to quarantine it (`autoretrain ingest "
+            "--date DAY`)"
+        )
+    return run
 
 
 # -- the transcript, for a person at a terminal ---------------------------------------------

@@ -12,16 +12,42 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = frozenset({1})
 
+# The times a run can hold: a record from before the Unix epoch or from the far future is a
+# broken clock or a hostile writer, and the upper bound keeps every UTC conversion (`Run.day`)
+# inside Python's datetime range.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _in_range(value: datetime) -> datetime:
+    """A naive time is UTC (as DuckDB reads it); the result is always aware and in range."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"timestamp out of range: {EARLIEST.date()} to {LATEST.date()} (UTC)")
+    return value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_in_range)]
+# Counts, durations and money are never negative, and never infinite or NaN; a count fits the
+# store's BIGINT columns.
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class _Record(BaseModel):
@@ -56,8 +82,8 @@ class Message(_Record):
 
 
 class Usage(_Record):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
 
     @property
     def total_tokens(self) -> int:
@@ -85,29 +111,29 @@ class EventType(StrEnum):
 class WorkflowEvent(_Record):
     type: str  # an EventType value; other apps may add their own types
     agent: str = "executor"
-    at: datetime = Field(default_factory=utcnow)
-    duration_s: float | None = None
+    at: Timestamp = Field(default_factory=utcnow)
+    duration_s: Amount | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
 class Verification(_Record):
     verifier: str
     passed: bool
-    score: float = Field(ge=0.0, le=1.0)
+    score: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
     feedback: str = ""
-    attempt: int = 0
+    attempt: Count = 0
 
 
 class RecoveryAction(_Record):
-    attempt: int
+    attempt: Count
     reason: str
     action: str = "retry_with_feedback"
-    at: datetime = Field(default_factory=utcnow)
+    at: Timestamp = Field(default_factory=utcnow)
 
 
 class Escalation(_Record):
     reason: str
-    at: datetime = Field(default_factory=utcnow)
+    at: Timestamp = Field(default_factory=utcnow)
 
 
 RunStatus = Literal["succeeded", "failed", "escalated", "error", "running"]
@@ -117,8 +143,8 @@ Traffic = Literal["selfplay", "evaluation", "production", "import", "demo"]
 class Run(_Record):
     """One agent run, from the first prompt to the final verdict."""
 
-    schema_version: int = SCHEMA_VERSION
-    run_id: str
+    schema_version: Literal[tuple(sorted(KNOWN_SCHEMA_VERSIONS))] = SCHEMA_VERSION  # type: ignore[valid-type]
+    run_id: Annotated[str, Field(pattern=r"\S")]  # not empty, not only blanks
     scenario_id: str | None = None
     instance_hash: str | None = None  # hash of the rendered prompt (see scenarios.py)
     instance_seed: int | None = None
@@ -130,8 +156,8 @@ class Run(_Record):
     slot: str | None = None
     traffic: Traffic = "production"
     status: RunStatus = "running"
-    started_at: datetime = Field(default_factory=utcnow)
-    ended_at: datetime | None = None
+    started_at: Timestamp = Field(default_factory=utcnow)
+    ended_at: Timestamp | None = None
     messages: list[Message] = Field(default_factory=list)
     tools: list[dict[str, Any]] = Field(default_factory=list)
     events: list[WorkflowEvent] = Field(default_factory=list)
@@ -140,9 +166,16 @@ class Run(_Record):
     escalations: list[Escalation] = Field(default_factory=list)
     final_answer: str | None = None
     usage: Usage = Field(default_factory=Usage)
-    latency_s: float | None = None
-    cost_usd: float | None = None
+    latency_s: Amount | None = None
+    cost_usd: Amount | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ends_after_it_starts(self) -> Run:
+        # Runtime budgets read ended_at - started_at; a negative runtime would pass any budget.
+        if self.ended_at is not None and self.ended_at < self.started_at:
+            raise ValueError("ended_at is before started_at")
+        return self
 
     @property
     def day(self) -> str:

@@ -8,13 +8,20 @@ Ingest is idempotent on `run_id`: the same files again change nothing, and of tw
 one run_id the newer wins — later `ended_at` (else `started_at`), ties broken by file (landing
 files sort by day, then name) and line. Because that order is total, ingesting days in any order
 gives the same store. A malformed line never fails a day: it lands in `quarantine` with its file,
-line and reason. One writer process at a time (DuckDB); readers pass `read_only=True`.
+line and reason; so does an entry that is not a readable file. What the fast path cannot
+confirm is judged by the schema itself (`autoretrain.runs.validate`), so a stored record always
+loads as a `Run`.
+
+One writer process at a time (DuckDB), and readers (`read_only=True`) cannot open the file while
+a writer holds it: opening waits a bounded time for the lock (`LOCK_WAIT_S`), then raises
+`StoreLocked`, whose message names the holder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,19 +32,10 @@ from typing import Any, Literal
 import duckdb
 import pyarrow as pa
 
-from autoretrain.runs.ingest import (
-    MACROS,
-    NEEDS_DETAIL,
-    RAW_CHARS,
-    UNSURE,
-    Rejected,
-    checked_sql,
-    detail_sql,
-    fast_sql,
-    json_error,
-    read_files,
-)
+from autoretrain.runs.ingest import RAW_CHARS, Rejected, read_files
+from autoretrain.runs.rules import UNSURE, fast_sql
 from autoretrain.runs.schema import Run
+from autoretrain.runs.validate import judge
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +77,46 @@ FILTERS = {
     "provider": "provider",
     "agent_version": "agent_version",
 }
-DETAILED_JSON_ERRORS = 1000  # per day; past that, "invalid JSON" without the position
+# How long opening the store waits for another process's lock before it gives up, in seconds.
+# A reader (`autoretrain runs`, `review`) waits briefly; a second writer waits for a short
+# ingest to finish. Both then say who holds the store, in one line.
+LOCK_WAIT_S = {"read": 5.0, "write": 30.0}
 
 
 class StoreNotFound(FileNotFoundError):
     pass
+
+
+class StoreLocked(RuntimeError):
+    """Another process holds the run store's lock and did not let go within the wait."""
+
+
+def _holder(message: str) -> str:
+    # DuckDB: "... Conflicting lock is held in /usr/bin/python3 (PID 1234) by user x. ..."
+    found = re.search(r"held in (\S+) \(PID (\d+)\)", message)
+    return f" (PID {found.group(2)}, {Path(found.group(1)).name})" if found else ""
+
+
+def connect(path: Path, read_only: bool, config: dict, wait_s: float) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect that waits up to wait_s for a lock held by another process."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                role = "read" if read_only else "write to"
+                raise StoreLocked(
+                    f"cannot {role} the run store {path}: another process{_holder(str(exc))} "
+                    f"holds its lock (waited {wait_s:g} s). A writer (an ingest, a Dagster "
+                    "run) keeps it until it finishes: try again then"
+                ) from None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 1.0)
 
 
 @dataclass
@@ -101,6 +134,7 @@ class IngestReport:
     unchanged: int = 0
     superseded: int = 0  # an older copy of a run_id that a newer line of the same day replaced
     quarantined: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)  # entries that are not files
     schema_versions: dict[int, int] = field(default_factory=dict)  # of the records stored
     unknown_schema_versions: dict[int, int] = field(default_factory=dict)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)  # reason kind -> count
@@ -126,6 +160,7 @@ class RunStore:
         merge_bytes: int = 64 * 1024 * 1024,
         commit_bytes: int = 256 * 1024 * 1024,
         landing: Path | None = None,
+        lock_wait_s: float | None = None,
     ):
         self.path = Path(path)
         self.read_only = read_only
@@ -144,11 +179,11 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A bounded buffer pool keeps a big ingest's memory flat: DuckDB spills, not grows.
         config = {"memory_limit": memory_limit}
-        self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        wait = LOCK_WAIT_S["read" if read_only else "write"] if lock_wait_s is None else lock_wait_s
+        self.con = connect(self.path, read_only, config, wait)
         if not read_only:
             self.con.execute(DDL)
         self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute(MACROS)
 
     @classmethod
     def from_settings(cls, settings: Any, read_only: bool = False) -> RunStore:
@@ -182,7 +217,6 @@ class RunStore:
         # The ingest's own timestamp marks the rows it wrote, which tells "replaced a row from
         # an earlier ingest" from "superseded a copy seen earlier in this one".
         self._stamp = datetime.now(UTC)
-        self._detailed = 0
         con.register("files", pa.table({"file_idx": range(len(names)), "file": names}))
         batch: list[pa.Table] = []
         batch_bytes = pending = 0
@@ -193,9 +227,13 @@ class RunStore:
                 [day, names],
             )
             for idx, chunk in read_files(files, self.max_record_bytes, self.chunk_bytes):
-                if chunk is None:
-                    self._insert_rejected(day, idx, [Rejected(0, "empty file: no records", "")])
+                if chunk is None or isinstance(chunk, str):
+                    why = chunk or "empty file: no records"
+                    self._insert_rejected(day, idx, [Rejected(0, why, "")])
                     report.read += 1
+                    if chunk:  # not a file: skipped, and said so
+                        report.skipped.append({"file": names[idx], "reason": chunk})
+                        log.warning("ingest %s: skipped %s: %s", day, names[idx], chunk)
                     continue
                 report.bytes += chunk.nbytes
                 report.read += len(chunk.rejected)
@@ -232,12 +270,15 @@ class RunStore:
         return report
 
     def _name(self, path: Path) -> str:
+        # The entry's own name in its resolved folder: a part file that is a symlink (perhaps
+        # a dangling one, or a loop) is named as it appears in the landing zone.
+        path = path.parent.resolve() / path.name
         if self.landing is not None:
             try:
-                return path.resolve().relative_to(self.landing.resolve()).as_posix()
+                return path.relative_to(self.landing.resolve()).as_posix()
             except ValueError:
                 pass
-        return str(path.resolve())
+        return str(path)
 
     def _insert_rejected(self, day: str, idx: int, rejected: list[Rejected]) -> None:
         if not rejected:
@@ -277,6 +318,7 @@ class RunStore:
         con.register("batch_lines", pa.Table.from_batches(lines.to_batches(max_chunksize=2048)))
         try:
             con.execute(f"CREATE OR REPLACE TEMP TABLE staged AS {fast_sql('batch_lines')}")
+            self._judge_unsure()
             self._ingest_staged(day, len(lines), report)
         finally:
             with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses it
@@ -284,7 +326,6 @@ class RunStore:
 
     def _ingest_staged(self, day: str, n_lines: int, report: IngestReport) -> None:
         con = self.con
-        self._recheck_unsure()
         staged = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
         report.read += staged
         report.blank_lines += n_lines - staged
@@ -303,50 +344,54 @@ class RunStore:
         self._merge(day, report)
         con.execute("DROP TABLE staged")
 
-    def _recheck_unsure(self) -> None:
-        """The lines the fast path could not confirm get the full checks (and their reasons)."""
+    def _judge_unsure(self) -> None:
+        """The lines the fast path could not confirm are judged by the schema itself: a good
+        one is typed from pydantic's own serialisation of it (its stored record stays the line
+        as written), a bad one gets pydantic's reason."""
         con = self.con
-        unsure = f"(SELECT file_idx, line, b.text, b.last {WITH_TEXT} WHERE s.problem = '{UNSURE}')"
-        if not con.execute(f"SELECT count(*) FROM {unsure}").fetchall()[0][0]:
+        rows = con.execute(
+            f"SELECT s.file_idx, s.line, b.text, b.last, json_valid(b.text) {WITH_TEXT} "
+            f"WHERE s.problem = '{UNSURE}' ORDER BY 1, 2"
+        ).fetchall()
+        if not rows:
             return
-        con.execute(f"CREATE OR REPLACE TEMP TABLE rechecked AS {checked_sql(unsure)}")
-        con.execute(f"DELETE FROM staged WHERE problem = '{UNSURE}'")
-        con.execute("INSERT INTO staged SELECT * FROM rechecked")
-        con.execute("DROP TABLE rechecked")
+        good: dict[str, list] = {"file_idx": [], "line": [], "text": [], "last": []}
+        bad: dict[str, list] = {"file_idx": [], "line": [], "problem": []}
+        for file_idx, line, text, last, valid in rows:
+            run, why = judge(text)
+            if run is not None and not valid:  # never seen; kept so the JSON column stays valid
+                run, why = None, "invalid JSON: DuckDB's JSON reader refuses this line"
+            if run is None:
+                bad["file_idx"].append(file_idx)
+                bad["line"].append(line)
+                bad["problem"].append(why)
+            else:
+                good["file_idx"].append(file_idx)
+                good["line"].append(line)
+                good["text"].append(run.model_dump_json())
+                good["last"].append(last)
+        if bad["line"]:
+            con.register("judged", pa.table(bad))
+            con.execute(
+                "UPDATE staged SET problem = j.problem FROM judged j "
+                "WHERE staged.file_idx = j.file_idx AND staged.line = j.line"
+            )
+            con.unregister("judged")
+        if good["line"]:
+            table = pa.table(
+                {**good, "file_idx": pa.array(good["file_idx"], pa.int32())}
+            ).append_column("plain", pa.array([True] * len(good["line"])))
+            con.register("normalized", table)
+            con.execute(
+                "DELETE FROM staged WHERE (file_idx, line) IN "
+                "(SELECT (file_idx, line) FROM normalized)"
+            )
+            con.execute(f"INSERT INTO staged {fast_sql('normalized', trusted=True)}")
+            con.unregister("normalized")
 
     def _explain_problems(self, day: str) -> None:
-        """Word the reasons of this batch's failed lines, then quarantine them."""
+        """Quarantine this batch's failed lines with their reasons."""
         con = self.con
-        needs_detail = con.execute(
-            f"SELECT count(*) FROM staged WHERE problem = '{NEEDS_DETAIL}'"
-        ).fetchall()[0][0]
-        if needs_detail:
-            con.execute(
-                f"""UPDATE staged SET problem = d.problem
-            FROM ({detail_sql(f"(SELECT file_idx, line, b.text {WITH_TEXT} WHERE s.problem = '{NEEDS_DETAIL}')")}) d
-            WHERE staged.file_idx = d.file_idx AND staged.line = d.line"""
-            )
-        # DuckDB says only that a line is not JSON; Python's parser says where, for the first few.
-        budget = DETAILED_JSON_ERRORS - self._detailed
-        bad_json = con.execute(
-            f"SELECT file_idx, line, b.text {WITH_TEXT} WHERE s.problem = 'invalid JSON' "
-            f"ORDER BY file_idx, line LIMIT {max(budget, 0)}"
-        ).fetchall()
-        if bad_json:
-            self._detailed += len(bad_json)
-            detail = pa.table(
-                {
-                    "file_idx": [r[0] for r in bad_json],
-                    "line": [r[1] for r in bad_json],
-                    "detail": [json_error(r[2]) for r in bad_json],
-                }
-            )
-            con.register("json_detail", detail)
-            con.execute(
-                "UPDATE staged SET problem = 'invalid JSON: ' || d.detail FROM json_detail d "
-                "WHERE staged.file_idx = d.file_idx AND staged.line = d.line"
-            )
-            con.unregister("json_detail")
         con.execute(
             "UPDATE staged SET problem = problem || ' (truncated last line: no newline at end "
             "of file)' WHERE last AND starts_with(problem, 'invalid JSON')"
@@ -462,8 +507,8 @@ class RunStore:
         )
         con.execute(
             f"""INSERT INTO events
-            SELECT run_id, seq::INTEGER, ev.type ->> '$', coalesce(ev.agent, 'executor'),
-                   TRY_CAST(ev.at AS TIMESTAMPTZ), TRY_CAST(ev.duration_s AS DOUBLE),
+            SELECT run_id, seq::INTEGER, ev.type ->> '$', coalesce(ev.agent ->> '$', 'executor'),
+                   TRY_CAST(ev.at ->> '$' AS TIMESTAMPTZ), TRY_CAST(ev.duration_s AS DOUBLE),
                    coalesce(ev.payload, '{{}}'::JSON)
             FROM (
               SELECT s.run_id, unnest(s.events) AS ev, generate_subscripts(s.events, 1) - 1 AS seq

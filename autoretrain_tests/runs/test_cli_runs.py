@@ -24,7 +24,9 @@ def test_import_ingest_runs(settings, tmp_path):
 
     other = settings.paths.landing_day("2026-03-05")
     other.mkdir(parents=True)
-    (other / "part-x.jsonl").write_bytes(line("c", started_at="2026-03-05T01:00:00Z") + b"[]\n")
+    (other / "part-x.jsonl").write_bytes(
+        line("c", started_at="2026-03-05T01:00:00Z", ended_at="2026-03-05T01:00:02Z") + b"[]\n"
+    )
 
     result = run("ingest", "--date", DAY)
     assert result.exit_code == 0, result.output

@@ -126,7 +126,7 @@ def test_missing_or_non_string_run_id(store, settings):
     report, q = ingest_one(store, settings, data + line("good2"))
     assert only_reason(q, 1) == "missing run_id"
     assert only_reason(q, 2).startswith("wrong type: run_id is integer, expected string")
-    assert only_reason(q, 3) == "invalid value: run_id is empty"
+    assert only_reason(q, 3) == "invalid value: run_id is empty or blank"
     assert report.inserted == 1
 
 
@@ -136,20 +136,20 @@ def test_missing_or_non_string_run_id(store, settings):
         ({"latency_s": "fast"}, "wrong type: latency_s is string, expected number"),
         ({"messages": "hello"}, "wrong type: messages is string, expected array"),
         ({"usage": {"prompt_tokens": 1.5}}, "wrong type: usage.prompt_tokens is number"),
-        ({"started_at": "yesterday"}, "invalid value: started_at"),
-        ({"traffic": "batch"}, "invalid value: traffic"),
-        ({"model": None}, "wrong type: model is null"),
-        ({"messages": [{"role": "robot", "content": "x"}]}, "invalid value: a message"),
-        ({"messages": [{"role": "user", "content": [1]}]}, "wrong type: a message content"),
+        ({"started_at": "yesterday"}, "invalid value: started_at 'yesterday' is not a timestamp"),
+        ({"traffic": "batch"}, "invalid value: traffic: Input should be"),
+        ({"model": None}, "wrong type: model is null, expected string"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "invalid value: messages[0].role"),
+        ({"messages": [{"role": "user", "content": [1]}]}, "wrong type: messages[0].content"),
         (
-            {"verifications": [{"verifier": "v", "passed": "yes", "score": 1}]},
-            "wrong type: a verification",
+            {"verifications": [{"verifier": "v", "passed": "maybe", "score": 1}]},
+            "wrong type: verifications[0].passed is string, expected boolean",
         ),
         (
             {"verifications": [{"verifier": "v", "passed": True, "score": 2}]},
-            "invalid value: a verification score",
+            "invalid value: verifications[0].score: Input should be less than or equal to 1",
         ),
-        ({"events": [{"agent": "x"}]}, "wrong type: an event lacks a string type"),
+        ({"events": [{"agent": "x"}]}, "missing events[0].type"),
     ],
 )
 def test_wrong_types(store, settings, fields, expected):

@@ -148,9 +148,10 @@ def test_events_table(settings, landing):
         rows = store.con.execute(
             'SELECT seq, type, agent, "at" IS NOT NULL, duration_s, payload FROM events ORDER BY seq'
         ).fetchall()
+    # An event without `at` is read as the schema reads it (its default: the time it is read).
     assert rows == [
         (0, "run_started", "tracker", True, None, "{}"),
-        (1, "model_call", "executor", False, 0.5, '{"model":"m"}'),
+        (1, "model_call", "executor", True, 0.5, '{"model":"m"}'),
     ]
 
 
