@@ -5,22 +5,29 @@ transcript (`{"messages": [...], "tools": [...]}`, the fine-tuning shape), which
 with traffic="import". A transcript's run_id is a hash of its line, so importing the same file
 twice lands the same run_ids and ingest keeps one copy. A bad line is reported with file, line
 and reason; the good lines are still imported.
+
+Lines are read and judged one at a time by the same parser and schema as ingest
+(`autoretrain.runs.validate`), and what is written is checked to read back as it will at
+ingest, so an imported run is never one that ingest then quarantines, and no line — lone
+surrogates, 10,000-deep nesting, bytes that are not UTF-8 — stops the import.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 from pydantic import ValidationError
 
 from autoretrain.runs.archive import RunArchive
-from autoretrain.runs.schema import KNOWN_SCHEMA_VERSIONS, Run
+from autoretrain.runs.ingest import BOM
+from autoretrain.runs.schema import Run
+from autoretrain.runs.validate import json_kind, judge, reason
 
 BATCH = 5000  # runs per landing file written
 
@@ -37,9 +44,13 @@ class LineError:
 
 @dataclass
 class ImportReport:
+    """lines == imported + len(errors) + blank_lines."""
+
+    lines: int = 0
     imported: int = 0
     from_transcripts: int = 0
-    errors: list[LineError] = field(default_factory=list)
+    blank_lines: int = 0
+    errors: list[LineError] = field(default_factory=list)  # the lines not imported, and why
     written: list[Path] = field(default_factory=list)
 
 
@@ -69,8 +80,18 @@ def transcript_to_run(obj: dict[str, Any], raw: bytes, source: str, line: int) -
 def _timestamp(value: Any) -> datetime | None:
     # OpenAI objects carry `created` as unix seconds.
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"created {value!r} is not a time (unix seconds)") from None
     return None
+
+
+def _json_problem(exc: ValueError) -> str:
+    detail = str(exc)
+    if "recursion limit" in detail:
+        return f"nested too deeply: {detail} (pydantic reads at most 201 levels)"
+    return f"invalid JSON: {detail}"
 
 
 def parse_line(raw: bytes, source: str, line: int) -> tuple[Run | None, str | None]:
@@ -78,27 +99,33 @@ def parse_line(raw: bytes, source: str, line: int) -> tuple[Run | None, str | No
     if not raw.strip():
         return None, None
     try:
-        obj = json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, f"invalid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
-    if not isinstance(obj, dict):
-        return None, f"not an object: the line is a JSON {type(obj).__name__}"
     try:
-        if "run_id" in obj:
-            version = obj.get("schema_version", 1)
-            if version not in KNOWN_SCHEMA_VERSIONS:
-                return None, f"unknown schema_version: {version!r}"
-            return Run.model_validate(obj), None
-        if isinstance(obj.get("messages"), list):
-            return transcript_to_run(obj, raw, source, line), None
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
-        )
-        return None, f"invalid record: {problems}"
-    return None, "neither a run record (no run_id) nor a chat transcript (no messages list)"
+        obj = pydantic_core.from_json(text)  # the parser ingest judges with
+    except ValueError as exc:
+        return None, _json_problem(exc)
+    if not isinstance(obj, dict):
+        return None, f"not an object: the line is a JSON {json_kind(obj)}"
+    if "run_id" in obj:
+        run, why = judge(text)
+    elif isinstance(obj.get("messages"), list):
+        try:
+            run, why = transcript_to_run(obj, raw, source, line), None
+        except ValidationError as exc:
+            run, why = None, reason(exc)
+        except (ValueError, TypeError, RecursionError) as exc:
+            run, why = None, f"invalid value: {exc}"
+    else:
+        return None, "neither a run record (no run_id) nor a chat transcript (no messages list)"
+    if run is None:
+        return None, why
+    # What lands is what ingest will read: check it reads back (it always should).
+    _, again = judge(run.to_json())
+    if again is not None:
+        return None, f"{again} (after conversion to a run record)"
+    return run, None
 
 
 def import_file(path: Path, archive: RunArchive) -> ImportReport:
@@ -109,10 +136,14 @@ def import_file(path: Path, archive: RunArchive) -> ImportReport:
     n_pending = 0
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
-            run, reason = parse_line(raw, source, number)
-            if reason is not None:
-                report.errors.append(LineError(source, number, reason))
+            if number == 1:
+                raw = raw.removeprefix(BOM)
+            report.lines += 1
+            run, why = parse_line(raw, source, number)
+            if why is not None:
+                report.errors.append(LineError(source, number, why))
             if run is None:
+                report.blank_lines += why is None
                 continue
             pending[run.day].append(run.to_json())
             n_pending += 1
