@@ -71,6 +71,9 @@ _DIGIT_RUN = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 _SSN = re.compile(r"(?<![0-9])([0-9]{3})[- ]([0-9]{2})[- ]([0-9]{4})(?!-?[0-9])")
 _SSN_NAMED = re.compile(r"(?i)(?:ssn|social security)\D{0,12}([0-9]{9})(?![0-9])")
 _IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}")
+# libphonenumber parses every number-like candidate (~0.3 ms each): a string of thousands of
+# numbers is cut off there, where the scrubber's own phone rule has already looked.
+_PHONE_TRIES = 2000
 _PHONE_WORDS = re.compile(r"(?i)(?:phone|tel|call|mobile|cell|sms|fax|whatsapp|contact|dial)")
 
 
@@ -152,7 +155,10 @@ def _personal(text: str, found: set[str]) -> None:
         if any(iban.is_valid(c) for c in _iban_candidates(match.group(0))):
             found.add("iban")
             break
-    for match in phonenumbers.PhoneNumberMatcher(text, "US", phonenumbers.Leniency.VALID):
+    matcher = phonenumbers.PhoneNumberMatcher(
+        text, "US", phonenumbers.Leniency.VALID, max_tries=_PHONE_TRIES
+    )
+    for match in matcher:
         raw = match.raw_string
         formatted = raw.startswith("+") or re.search(r"[0-9][\s().-]+[0-9]", raw)
         if formatted or _PHONE_WORDS.search(text[max(0, match.start - 40) : match.start]):
@@ -172,7 +178,7 @@ def _has_card(run: str) -> bool:
     groups = re.split(r"[ -]", run)
     for first in range(len(groups)):
         digits = ""
-        for group in groups[first:]:
+        for group in groups[first : first + 5]:  # 19 digits are at most 5 groups of 4+
             digits += group
             if len(digits) > 19:
                 break
