@@ -473,7 +473,7 @@ def _manifest(
         "git_commit": git_commit(),
         "catalog_hash": "unknown",
         "gates": settings.promotion_gates().model_dump(mode="json"),
-        "dataset_settings": config.model_dump(mode="json"),
+        "dataset_settings": _settings_record(config),
         "counts": {
             "input_runs": n_input,
             "train": len(parts["train"]),
@@ -528,6 +528,18 @@ def _manifest(
     # (a path, a setting) is counted here and fails the `no_secrets` check.
     manifest["secret_scan"]["manifest"] = len(scan_value(manifest, config.extra_secret_patterns))
     return manifest
+
+
+def _settings_record(config: Any) -> dict[str, Any]:
+    """The dataset settings as the manifest records them. Extra secret patterns are recorded
+    by digest: a pattern can be a literal (a customer's id) that would match itself, and the
+    scan reads the manifest too."""
+    record = config.model_dump(mode="json")
+    record["extra_secret_patterns"] = [
+        "sha256:" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:16]
+        for p in config.extra_secret_patterns
+    ]
+    return record
 
 
 class _ManifestText:

@@ -12,6 +12,7 @@ from autoretrain.curation import scan
 from autoretrain.curation.builder import build_dataset
 from autoretrain.curation.redact import PatternError, Redactor
 from autoretrain.curation.scan import scan_dataset, scan_file, scan_text
+from autoretrain.settings import load_settings
 from autoretrain_tests.curation.factories import make_run, solved
 from autoretrain_tests.curation.planted import EXTRA_PATTERN, PLANTED
 from autoretrain_tests.curation.test_redact import BENIGN
@@ -151,3 +152,22 @@ def test_what_the_scrubber_misses_the_scan_catches_and_the_builder_drops(setting
     assert scan_dataset(version.path) == {"train.jsonl": [], "eval.jsonl": [], "manifest.json": []}
     for name in ("train.jsonl", "eval.jsonl"):
         assert "hooks.slack.com" not in (version.path / name).read_text()
+
+
+def test_a_pattern_that_matches_itself_does_not_flag_the_manifest(settings, tmp_path):
+    # The manifest records the dataset settings; a literal pattern would match its own text.
+    config = tmp_path / "autoretrain.yaml"
+    config.write_text("dataset:\n  extra_secret_patterns: ['contoso-internal-only']\n")
+    configured = load_settings(config_file=config)
+    runs = [make_run(f"ok{i}", solved(i, 1), scenario_id=f"s{i}") for i in range(3)]
+    version = build_dataset(
+        runs,
+        out_root=tmp_path / "datasets",
+        eval_hashes=set(),
+        eval_scenario_ids=set(),
+        settings=configured,
+    )
+    patterns = version.manifest["dataset_settings"]["extra_secret_patterns"]
+    assert len(patterns) == 1 and patterns[0].startswith("sha256:")
+    assert version.manifest["secret_scan"]["manifest"] == 0
+    assert scan_dataset(version.path, ["contoso-internal-only"])["manifest.json"] == []
