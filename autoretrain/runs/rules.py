@@ -8,6 +8,11 @@ pydantic (a number given as a string, a missing field that has a default, an unu
 format are not proven here), and every line it cannot confirm is judged by pydantic itself
 (`autoretrain.runs.validate`), which also words the reason. So the two can differ only in speed.
 
+Known gap: a JSON object that repeats a key. DuckDB reads the first value, pydantic the last,
+and no cheap check finds repeats at every level; such a line is confirmed on its first values
+(so the typed columns the gates read are checked ones) and `RunStore.records()` skips it if
+pydantic refuses its last values.
+
 Anything in the schema this walker does not know — a new type, a constraint, a validator — is
 an error at import time, not a silent gap: teach it here (or list a validator that only widens
 what is accepted) in the same change. `autoretrain_tests/runs/test_ingest_schema.py` checks

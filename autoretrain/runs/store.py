@@ -9,8 +9,9 @@ one run_id the newer wins — later `ended_at` (else `started_at`), ties broken 
 files sort by day, then name) and line. Because that order is total, ingesting days in any order
 gives the same store. A malformed line never fails a day: it lands in `quarantine` with its file,
 line and reason; so does an entry that is not a readable file. What the fast path cannot
-confirm is judged by the schema itself (`autoretrain.runs.validate`), so a stored record always
-loads as a `Run`.
+confirm is judged by the schema itself (`autoretrain.runs.validate`), so a stored record loads
+as a `Run` (one exception: a JSON object that repeats a key, which DuckDB reads by its first
+value and pydantic by its last; `records()` skips such a record if pydantic refuses it).
 
 One writer process at a time (DuckDB), and readers (`read_only=True`) cannot open the file while
 a writer holds it: opening waits a bounded time for the lock (`LOCK_WAIT_S`), then raises
@@ -575,13 +576,26 @@ class RunStore:
         batch_size: int = 1000,
         **filters: Any,
     ) -> Iterator[Run]:
-        """Stored runs as `Run` models, streamed in batches (unknown fields kept)."""
+        """Stored runs as `Run` models, streamed in batches (unknown fields kept).
+
+        A stored record the schema refuses (written by an older version, or one whose JSON
+        repeats a key, where DuckDB reads the first value and pydantic the last) is skipped
+        with a warning naming it, so one such record never stops a dataset build."""
         where, params = self._where(start, end, {**filters, "run_ids": run_ids})
         cur = self.con.cursor()
-        cur.execute(f"SELECT record FROM runs{where} ORDER BY started_at, run_id", params)
+        cur.execute(f"SELECT run_id, record FROM runs{where} ORDER BY started_at, run_id", params)
         while rows := cur.fetchmany(batch_size):
-            for (record,) in rows:
-                yield Run.model_validate_json(record)
+            for run_id, record in rows:
+                run, why = judge(record)
+                if run is None:
+                    log.warning(
+                        "run %s: its stored record does not load (%s); skipped. Ingest its day "
+                        "again to quarantine it",
+                        run_id,
+                        why,
+                    )
+                    continue
+                yield run
         cur.close()
 
     def quarantine(

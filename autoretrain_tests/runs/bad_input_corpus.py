@@ -20,10 +20,14 @@ AT = f"{DAY}T10:00:00Z"
 
 
 def record(run_id: str, **fields) -> dict:
-    """A complete, valid run as an agent app would log it."""
+    """A complete, valid run as the tracker writes it (every field with a default present, so
+    an unflawed record takes ingest's fast path and a flawed one is caught there first)."""
     base = {
         "schema_version": 1,
         "run_id": run_id,
+        "workflow": "executor",
+        "agent_version": "1.0",
+        "provider": "local",
         "scenario_id": "calc-add",
         "category": "arithmetic",
         "model": "tiny",
@@ -50,8 +54,12 @@ def record(run_id: str, **fields) -> dict:
         ],
         "tools": [{"type": "function", "function": {"name": "calc"}}],
         "events": [{"type": "run_started", "agent": "tracker", "at": AT, "payload": {}}],
-        "verifications": [{"verifier": "exact", "passed": True, "score": 1.0}],
-        "recoveries": [{"attempt": 1, "reason": "retry", "at": AT}],
+        "verifications": [
+            {"verifier": "exact", "passed": True, "score": 1.0, "feedback": "", "attempt": 0}
+        ],
+        "recoveries": [
+            {"attempt": 1, "reason": "retry", "action": "retry_with_feedback", "at": AT}
+        ],
         "escalations": [{"reason": "stuck", "at": AT}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 2},
         "latency_s": 1.0,

@@ -13,7 +13,13 @@ from autoretrain.runs.archive import RunArchive
 from autoretrain.runs.review import load_run, render_transcript
 from autoretrain.runs.store import RunStore
 from autoretrain.runs.validate import judge
-from autoretrain_tests.runs.bad_input_corpus import CORPUS, DAY, NOT_FILES, write_landing_day
+from autoretrain_tests.runs.bad_input_corpus import (
+    CORPUS,
+    DAY,
+    NOT_FILES,
+    record,
+    write_landing_day,
+)
 
 REASON_KINDS = (
     "invalid JSON",
@@ -148,3 +154,26 @@ def test_review_show_on_a_record_stored_by_an_older_version(settings):
     assert shown.exit_code == 1
     assert "Traceback" not in shown.output
     assert "after-bom" in shown.output and "started_at" in shown.output
+
+
+def test_a_repeated_key_is_the_known_gap_and_stops_nothing(settings, caplog):
+    """A JSON object that repeats a key: DuckDB reads the first value, pydantic the last. The
+    columns (what the gates read) hold the checked first value; the record, refused by
+    pydantic, is skipped by records() with a warning and `review show` explains it."""
+    from autoretrain.cli import cli
+
+    text = json.dumps(record("dup-key")).replace(
+        '"latency_s": 1.0', '"latency_s": 1.0, "latency_s": -1'
+    )
+    day = settings.paths.landing_day(DAY)
+    day.mkdir(parents=True)
+    (day / "part-a.jsonl").write_text(text + "\n" + json.dumps(record("fine")) + "\n")
+    with RunStore.from_settings(settings) as store:
+        store.ingest_day(DAY, RunArchive(settings.paths.landing).files(DAY))
+        assert store.runs().sort("run_id")["latency_s"].to_list() == [1.0, 1.0]
+        with caplog.at_level("WARNING"):
+            assert [r.run_id for r in store.records()] == ["fine"]
+    assert "run dup-key: its stored record does not load" in caplog.text
+    shown = CliRunner().invoke(cli, ["review", "show", "dup-key"])
+    assert shown.exit_code == 1 and "Traceback" not in shown.output
+    assert "latency_s" in shown.output
