@@ -212,6 +212,40 @@ def planted_record(kind: str, index: int = 0) -> dict[str, Any]:
     }
 
 
+def planted_in(kind: str, place: str) -> dict[str, Any]:
+    """A record with `kind` planted in one place only, clean everywhere else."""
+    clean = planted_record("email")
+    clean_value = PLANTED["email"]
+    text = json.dumps(clean, ensure_ascii=False).replace(clean_value, "someone")
+    record = json.loads(text.replace("@", " at "))
+    dirty = planted_record(kind)
+    value = PLANTED[kind]
+    where = {
+        "system": lambda r: r["messages"][0],
+        "user": lambda r: r["messages"][1],
+        "assistant": lambda r: r["messages"][4],
+        "tool": lambda r: r["messages"][3],
+    }
+    if place in where:
+        where[place](record)["content"] = where[place](dirty)["content"]
+    elif place == "tool_call_arguments":
+        record["messages"][2]["tool_calls"] = dirty["messages"][2]["tool_calls"]
+    elif place == "tool_spec":
+        record["tools"] = dirty["tools"]
+    elif place == "event_payload":
+        record["events"] = dirty["events"]
+    elif place == "verification_feedback":
+        record["verifications"] = dirty["verifications"]
+    elif place == "recovery_reason":
+        record["recoveries"] = dirty["recoveries"]
+    elif place == "escalation_reason":
+        record["escalations"] = dirty["escalations"]
+    else:  # final_answer, model, run_id, agent_version, category, scenario_id, tags, metadata
+        record[place] = dirty[place]
+    assert value.split("\n")[0][:12] in json.dumps(record, ensure_ascii=False).replace("\\n", "\n")
+    return record
+
+
 def planted_run(kind: str, index: int = 0) -> Run:
     return Run.model_validate(planted_record(kind, index))
 

@@ -29,6 +29,7 @@ from autoretrain_tests.curation.planted import (
     PLACES,
     PLANTED,
     leaks,
+    planted_in,
     planted_record,
     planted_run,
 )
@@ -119,45 +120,11 @@ def test_with_scrubbing_off_the_scan_catches_every_kind(kind, tmp_path):
     assert scan_file(manifest, [EXTRA_PATTERN]), f"{kind} in manifest.json not caught"
 
 
-def _only_in(kind: str, place: str) -> dict:
-    """A clean record with `kind` planted in one place only."""
-    clean = planted_record("email")
-    clean_value = PLANTED["email"]
-    text = json.dumps(clean, ensure_ascii=False).replace(clean_value, "someone")
-    record = json.loads(text.replace("@", " at "))
-    dirty = planted_record(kind)
-    value = PLANTED[kind]
-    where = {
-        "system": lambda r: r["messages"][0],
-        "user": lambda r: r["messages"][1],
-        "assistant": lambda r: r["messages"][4],
-        "tool": lambda r: r["messages"][3],
-    }
-    if place in where:
-        where[place](record)["content"] = where[place](dirty)["content"]
-    elif place == "tool_call_arguments":
-        record["messages"][2]["tool_calls"] = dirty["messages"][2]["tool_calls"]
-    elif place == "tool_spec":
-        record["tools"] = dirty["tools"]
-    elif place == "event_payload":
-        record["events"] = dirty["events"]
-    elif place == "verification_feedback":
-        record["verifications"] = dirty["verifications"]
-    elif place == "recovery_reason":
-        record["recoveries"] = dirty["recoveries"]
-    elif place == "escalation_reason":
-        record["escalations"] = dirty["escalations"]
-    else:  # final_answer, model, run_id, agent_version, category, scenario_id, tags, metadata
-        record[place] = dirty[place]
-    assert value.split("\n")[0][:12] in json.dumps(record, ensure_ascii=False).replace("\\n", "\n")
-    return record
-
-
 @pytest.mark.parametrize("place", PLACES)
 def test_the_scan_catches_every_kind_in_every_place_of_a_record(place):
     # The raw record, as a landing-zone or import line: the scan reads every field of it.
     for kind in PLANTED:
-        line = json.dumps(_only_in(kind, place), ensure_ascii=False)
+        line = json.dumps(planted_in(kind, place), ensure_ascii=False)
         assert scan_line(line, [EXTRA_PATTERN]), f"{kind} in {place} not caught"
-    clean = json.dumps(_only_in("email", "tags") | {"tags": {}}, ensure_ascii=False)
+    clean = json.dumps(planted_in("email", "tags") | {"tags": {}}, ensure_ascii=False)
     assert scan_line(clean, [EXTRA_PATTERN]) == []
