@@ -1,4 +1,4 @@
-"""`autoretrain ui`: the Dagster UI over the project's own instance."""
+"""`autoretrain ui`: the Dagster UI (with its daemon) over the project's own instance."""
 
 from __future__ import annotations
 
@@ -12,15 +12,34 @@ from autoretrain.instance import ensure_dagster_home
 from autoretrain.settings import load_settings
 
 
+def dev_command(host: str, port: int, project: Path) -> list[str]:
+    """`dg dev`, where `dagster dev` now points: it finds the definitions through pyproject's
+    `[tool.dg]`. `dg` comes with the dev extras; without it, `dagster dev` on workspace.yaml
+    serves the same definitions."""
+    bin_dir = Path(sys.executable).parent
+    dg = bin_dir / "dg"
+    if dg.exists():
+        return [str(dg), "dev", "-h", host, "-p", str(port)]
+    dagster = bin_dir / "dagster"
+    return [str(dagster), "dev", "-w", str(project / "workspace.yaml"), "-h", host, "-p", str(port)]
+
+
 @click.command()
 @click.option("--port", default=3000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 def ui(port: int, host: str) -> None:
-    """Open the Dagster UI (dagster dev) on the instance `autoretrain loop` records into."""
+    """Open the Dagster UI (dg dev, daemon included) on the instance `autoretrain loop` records
+    into."""
     home = ensure_dagster_home(load_settings())
-    workspace = Path("workspace.yaml")
-    if not workspace.exists():
-        raise click.ClickException("workspace.yaml not found: run this from the project folder")
+    project = Path.cwd()
+    missing = [n for n in ("pyproject.toml", "workspace.yaml") if not (project / n).exists()]
+    if missing:
+        raise click.ClickException(
+            f"{' and '.join(missing)} not found in {project}: run this from the project folder"
+        )
     click.echo(f"DAGSTER_HOME={home}", err=True)
-    dagster = Path(sys.executable).with_name("dagster")
-    os.execv(dagster, [str(dagster), "dev", "-w", str(workspace), "-h", host, "-p", str(port)])
+    # dg warns on every start when the project's virtualenv is not the active one; running
+    # .venv/bin/autoretrain (as `make ui` does) is using it, so say so.
+    os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
+    command = dev_command(host, port, project)
+    os.execv(command[0], command)
