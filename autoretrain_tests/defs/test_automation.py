@@ -57,6 +57,14 @@ def materialize(instance, key: dg.AssetKey, partition: str | None = None) -> Non
 
 
 def check(instance, key: dg.AssetKey, name: str, partition: str, passed: bool) -> None:
+    """A check result for the partition's latest materialization, as a run records it."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    record = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records[0]
     instance.report_runless_asset_event(
         dg.AssetCheckEvaluation(
             asset_key=key,
@@ -64,6 +72,9 @@ def check(instance, key: dg.AssetKey, name: str, partition: str, passed: bool) -
             passed=passed,
             partition=partition,
             severity=dg.AssetCheckSeverity.ERROR,
+            target_materialization_data=AssetCheckEvaluationTargetMaterializationData(
+                storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+            ),
         )
     )
 
@@ -92,7 +103,7 @@ def test_a_rejected_candidate_never_reaches_canary_beside_a_passing_one(instance
     for event in order:
         EVENTS[event](instance)
         ticks.tick()
-        ticks.tick()
+    ticks.tick()
     assert A not in ticks.requested.get(CANARY, set())
     assert ticks.requested.get(CANARY) == {B}
 
@@ -171,20 +182,25 @@ def _dataset_asset(version: str, passed: bool) -> dg.AssetsDefinition:
     return training_dataset
 
 
-def _sense(instance, cursor=None):
+def _sense(instance, cursor=None) -> tuple[list, str | None, str]:
+    """One tick of the sensor: (run requests, new cursor, skip message)."""
     with dg.build_sensor_context(instance=instance, cursor=cursor) as context:
-        return new_dataset_sensor.evaluate_tick(context)
+        result = new_dataset_sensor(context)
+    if isinstance(result, dg.SkipReason):
+        return [], cursor, result.skip_message
+    skip = result.skip_reason.skip_message if result.skip_reason else ""
+    return list(result.run_requests or []), result.cursor, skip
 
 
 def test_new_dataset_sensor_requests_a_candidate_only_for_a_dataset_that_passed_its_checks():
     with dg.instance_for_test() as instance:
         _dataset(instance, "20261203T000000Z", passed=False)
-        failed = _sense(instance)
-        assert not failed.run_requests and "no_secrets" in failed.skip_message
+        requests, cursor, skip = _sense(instance)
+        assert not requests and "no_secrets" in skip
         _dataset(instance, "20261203T010000Z")
-        passed = _sense(instance, failed.cursor)
-        assert [r.partition_key for r in passed.run_requests] == [candidate_key("20261203T010000Z")]
-        assert _sense(instance, passed.cursor).run_requests == []
+        requests, cursor, _ = _sense(instance, cursor)
+        assert [r.partition_key for r in requests] == [candidate_key("20261203T010000Z")]
+        assert _sense(instance, cursor)[0] == []
 
 
 def test_new_dataset_sensor_does_not_request_a_candidate_that_exists():
@@ -192,5 +208,5 @@ def test_new_dataset_sensor_does_not_request_a_candidate_that_exists():
     with dg.instance_for_test() as instance:
         _dataset(instance, "20261203T020000Z")
         instance.add_dynamic_partitions("candidates", [candidate_key("20261203T020000Z")])
-        result = _sense(instance)
-        assert result.run_requests == [] and "already exists" in result.skip_message
+        requests, _, skip = _sense(instance)
+        assert requests == [] and "already exists" in skip
