@@ -160,6 +160,19 @@ def test_openai_client_parses_every_broken_call_a_model_can_write():
                 assert not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
 
 
+def test_the_projects_own_provider_reads_a_returned_call_back_with_its_note():
+    """The text form is the one the model wrote, so autoretrain's own OpenAI-compatible provider
+    (self-play and evaluation over HTTP) parses it back as the local provider would have."""
+    from autoretrain.providers.openai_compatible import OpenAICompatibleChatModel
+
+    scripted = ScriptedModel([{"tool_calls": [_call("calculator", "{not json")]}], name="s")
+    with ServerThread(create_app(ModelPool(static={"primary": scripted}))) as server:
+        reply = OpenAICompatibleChatModel("primary", base_url=server.url).chat(HELLO, TOOLS)
+    [call] = reply.message["tool_calls"]
+    assert call["function"] == {"name": "calculator", "arguments": "{not json"}
+    assert "tool_call_arguments_not_json" in [n["type"] for n in reply.notes]
+
+
 # -- /v1/models -----------------------------------------------------------------------------------
 
 
@@ -350,7 +363,7 @@ def test_a_slow_body_gets_408_at_its_deadline(served):
 
 
 class CostsBySize:
-    """A model whose answer takes long for a big prompt: 2 s above 16 KB, 10 ms otherwise."""
+    """A model whose answer takes long for a big prompt: 3 s above 16 KB, 10 ms otherwise."""
 
     name = "sized"
 
@@ -359,7 +372,7 @@ class CostsBySize:
 
     def chat_batch(self, conversations, tools, sampling=Sampling()):
         size = max(len(json.dumps(c)) for c in conversations)
-        time.sleep(2.0 if size > 16 * 1024 else 0.01)
+        time.sleep(3.0 if size > 16 * 1024 else 0.01)
         return [ChatResponse({"role": "assistant", "content": "ok"}) for _ in conversations]
 
 
@@ -380,7 +393,8 @@ def test_a_big_request_does_not_hold_up_small_ones():
             client.chat.completions.create(model="primary", messages=HELLO)
             latencies.append(time.perf_counter() - t0)
         big.join()
-    assert max(latencies) < 1.0, latencies
+    # Held behind the big one (one lane), each would wait the ~2.7 s it has left.
+    assert max(latencies) < 1.5, latencies
 
 
 def test_a_prompt_past_the_token_cap_never_reaches_the_model(tmp_path_factory):
@@ -396,7 +410,7 @@ def test_a_prompt_past_the_token_cap_never_reaches_the_model(tmp_path_factory):
         t0 = time.perf_counter()
         with pytest.raises(openai.BadRequestError, match="more than"):
             client.chat.completions.create(model="primary", messages=big)
-        assert time.perf_counter() - t0 < 2.0
+        assert time.perf_counter() - t0 < 3.0
         ok = client.chat.completions.create(
             model="primary", messages=[{"role": "user", "content": "2+3"}], max_tokens=4
         )
