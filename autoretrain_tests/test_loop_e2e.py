@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from autoretrain import stages
-from autoretrain.loop import LoopRunner
+from autoretrain.loop import LoopError, LoopRunner
 from autoretrain.runs.store import RunStore
 
 # The shared loop (bootstrap, self-play, training, evaluation) runs inside the first end-to-end
