@@ -435,10 +435,17 @@ def _play_chunks(
     should_stop: Callable[[], bool],
 ) -> Iterator[Run]:
     """Take chunks off `next_chunk` until none are left, playing each on its own stream."""
+    lock = next_chunk.get_lock()
     while not should_stop():
-        with next_chunk.get_lock():
+        # With a timeout: a parent killed while holding the lock never releases it, and a
+        # worker waiting on it forever would never see that its parent is gone.
+        if not lock.acquire(timeout=1.0):
+            continue
+        try:
             index = next_chunk.value
             next_chunk.value += 1
+        finally:
+            lock.release()
         if index >= len(chunks):
             return
         chunk_workflow = replace(workflow, sampling=workflow.sampling.derived(index))
@@ -447,10 +454,20 @@ def _play_chunks(
 
 def _worker_main(index: int, job: _Job, next_chunk: Any, events: Any, stop: Any) -> None:
     """A worker process: plays chunks and reports each run; Ctrl-C is the parent's to handle
-    (it sets `stop`), so the worker ignores SIGINT and finishes its runs in flight."""
+    (it sets `stop`), so the worker ignores SIGINT and finishes its runs in flight.
+
+    A parent that dies without setting `stop` (`kill -9`, a crash) would leave the worker
+    playing every chunk left, landing runs nobody asked for any more. So the worker also stops
+    when its parent is gone: it finishes the runs in flight, lands them (nothing is lost), and
+    exits."""
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_gone = _parent_watch()
+
+    def should_stop() -> bool:
+        return stop.is_set() or parent_gone()
+
     try:
         from autoretrain.scenarios import load_catalog
 
@@ -475,7 +492,7 @@ def _worker_main(index: int, job: _Job, next_chunk: Any, events: Any, stop: Any)
         with BufferedArchive(runner.archive) as sink:
             try:
                 plays = _play_chunks(
-                    runner, target, job.chunks, job.workflow, next_chunk, sink, stop.is_set
+                    runner, target, job.chunks, job.workflow, next_chunk, sink, should_stop
                 )
                 for run in plays:
                     events.put(("run", run.status, run.category))
@@ -486,6 +503,19 @@ def _worker_main(index: int, job: _Job, next_chunk: Any, events: Any, stop: Any)
         events.put(("error", f"worker {index}: {traceback.format_exc()}"))
     finally:
         events.put(("done",))
+        if parent_gone() and hasattr(events, "cancel_join_thread"):
+            # Nobody reads the queue any more: exit without waiting to flush it into the pipe.
+            events.cancel_join_thread()
+
+
+def _parent_watch() -> Callable[[], bool]:
+    """A check that is true once the process that spawned this one has died. It polls the
+    parent's sentinel (a pipe multiprocessing closes when the parent exits, whatever killed
+    it), so a recycled pid cannot fool it. Outside a spawned process: never true."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return lambda: False
+    return lambda: not parent.is_alive()
 
 
 def _batches_natively(model: Any) -> bool:

@@ -323,3 +323,121 @@ def test_a_failing_worker_reports_what_broke(settings, catalog, tmp_path):
     assert kinds[-1] == ("done",)
     (error,) = [payload for kind, *payload in kinds if kind == "error"]
     assert "worker 1" in error[0] and "no-such-catalog" in error[0]
+
+
+PARENT_SCRIPT = """
+import sys
+
+from autoretrain.agents.verifier import VerifierAgent
+from autoretrain.agents.workflow import WorkflowConfig
+from autoretrain.providers.base import Sampling
+from autoretrain.providers.local import LocalChatModel
+from autoretrain.runs.archive import RunArchive
+from autoretrain.scenarios import load_catalog
+from autoretrain.selfplay import SelfPlayRunner, SlotTarget
+
+
+class Watched(SelfPlayRunner):
+    # Says on stdout when a worker's run has reached this process: the worker is playing.
+    own = 0
+
+    def _drive(self, *args, **kwargs):
+        for run in super()._drive(*args, **kwargs):
+            Watched.own += 1
+            yield run
+
+    def _play_in_processes(self, target, instances, sink, workers, count):
+        seen = [0]
+
+        def counted(status, category):
+            count(status, category)
+            seen[0] += 1
+            if seen[0] > Watched.own:
+                print("worker-run", flush=True)
+
+        return super()._play_in_processes(target, instances, sink, workers, counted)
+
+
+if __name__ == "__main__":
+    catalog_dir, landing, model_dir, n = sys.argv[1:5]
+    catalog = load_catalog(catalog_dir)
+    Watched(
+        catalog,
+        catalog.registry,
+        VerifierAgent(),
+        RunArchive(landing),
+        SlotTarget("primary", LocalChatModel(model_dir), "local"),
+        workflow=WorkflowConfig(sampling=Sampling(temperature=1.0, max_tokens=8, seed=5)),
+        concurrency=8,
+        workers=2,
+        progress=False,
+    ).run(int(n), seed=4)
+"""
+
+
+@pytest.mark.integration  # two real processes loading torch: about a minute on 2 busy cores
+def test_a_worker_stops_when_its_parent_is_killed(catalog, tmp_path, tmp_path_factory):
+    """kill -9 of a self-play process: its worker finishes the runs in flight, lands them, and
+    exits within seconds, instead of playing every chunk left (issue 21: 20 more seconds of
+    runs landing after the kill)."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from autoretrain_tests.providers.tiny_models import cached_untrained_model
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT)
+    landing = tmp_path / "landing"
+    n = 20000  # far more than the worker plays in the time allowed below
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(catalog.root), str(landing)]
+        + [str(cached_untrained_model(tmp_path_factory)), str(n)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    workers: list[psutil.Process] = []
+    try:
+        # The worker has played runs and its parent has counted them: it is mid-play.
+        ready, _, _ = select.select([parent.stdout], [], [], 300)
+        assert ready, "no worker run within 300 s"
+        assert parent.stdout.readline().strip() == "worker-run", "the worker never played"
+        workers = [
+            p
+            for p in psutil.Process(parent.pid).children()
+            if "spawn_main" in " ".join(p.cmdline())
+        ]
+        assert len(workers) == 1
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        killed = time.monotonic()
+        while time.monotonic() - killed < 60 and _running(workers[0]):
+            time.sleep(0.2)
+        stopped_after = time.monotonic() - killed
+        assert not _running(workers[0]), "the worker still runs 60 s after its parent died"
+        landed = _landed(landing)
+        # What it played before it saw the parent go is kept; it did not play on to the end.
+        assert 0 < len(landed) < n / 4, len(landed)
+        time.sleep(1.0)
+        assert len(_landed(landing)) == len(landed)  # nothing lands after it exited
+        print(f"worker exited {stopped_after:.1f} s after its parent's kill -9")
+    finally:
+        for proc in [*workers]:
+            if _running(proc):
+                proc.kill()
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _running(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
