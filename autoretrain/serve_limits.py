@@ -17,7 +17,8 @@ from autoretrain.serve_requests import RequestError
 
 # After the limit is passed, up to this much more is read and thrown away, so that an ordinary
 # client (which sends its whole body before reading the answer) sees the 413 instead of a reset
-# connection. A body announced bigger than that is refused without reading any of it.
+# connection. A body announced bigger than that, or by a client that waits for "100 Continue",
+# is refused without reading any of it.
 DRAIN_BYTES = 64 * 1024 * 1024
 # The request line and headers (nginx allows 32 KB by default, uvicorn's h11 16 KB).
 MAX_HEADER_BYTES = 64 * 1024
@@ -27,8 +28,11 @@ async def read_body(receive: Any, headers: Any, max_bytes: int, timeout_s: float
     """The request body, or a RequestError: 413 once it passes `max_bytes` (what came is thrown
     away, never kept), 408 if it has not all arrived within `timeout_s`."""
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + DRAIN_BYTES:
-        raise _too_large(int(declared), max_bytes)
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        # A client waiting for "100 Continue" sends nothing until told: no need to read.
+        waiting = headers.get("expect", "").lower() == "100-continue"
+        if waiting or int(declared) > max_bytes + DRAIN_BYTES:
+            raise _too_large(int(declared), max_bytes)
     chunks: list[bytes] = []
     size = 0
     try:

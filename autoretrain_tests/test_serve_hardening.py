@@ -281,6 +281,16 @@ def test_a_body_announced_far_too_big_is_refused_unread(served):
     assert answer.startswith(b"HTTP/1.1 413") and b"request_too_large" in answer
 
 
+def test_a_client_expecting_100_continue_is_refused_before_sending(served):
+    with socket.create_connection((served.host, served.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % (LIMITS.max_body_bytes + 1)
+        )
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
+
+
 # -- deadlines ---------------------------------------------------------------------------------
 
 
