@@ -1,0 +1,106 @@
+"""Clearance: a deployment step re-reads its own candidate's recorded decisions before a slot
+moves, whoever asked for it. Real DuckDB, real registry, real (tiny) model folders."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from autoretrain import stages
+from autoretrain.deploy.clearance import ClearanceRefused, clear, save_canary_analysis
+from autoretrain.evaluation.canary import CanaryAnalysis
+from autoretrain.evaluation.compare import Comparison, Gate
+from autoretrain.evaluation.report import save_comparison
+from autoretrain.runs.store import RunStore
+from autoretrain_tests.providers.tiny_models import cached_untrained_model
+
+
+@pytest.fixture
+def project(settings, tmp_path_factory):
+    """v0 in primary; candidates A (rejected) and B (promoted) evaluated against v0."""
+    model = cached_untrained_model(tmp_path_factory)
+    with RunStore.from_settings(settings) as store:
+        registry = stages._registry(store, settings)
+        for version in ("v0", "cand-a", "cand-b"):
+            folder = settings.paths.models / "embedded" / version
+            shutil.copytree(model, folder)
+            registry.register(version_id=version, base_model="tiny", kind="local", model_dir=folder)
+        registry.promote("v0", "primary", reason="test")
+        evaluate(store.con, settings, "cand-a", "reject")
+        evaluate(store.con, settings, "cand-b", "promote")
+    return settings
+
+
+def evaluate(con, settings, candidate: str, decision: str, incumbent: str = "v0") -> str:
+    gate = Gate("in_distribution_lift", decision == "promote", 0.05, 0.0, "")
+    comparison = Comparison(
+        candidate=candidate, incumbent=incumbent, decision=decision, reasons=[gate]
+    )
+    return save_comparison(con, comparison, settings, with_report=False)
+
+
+def canary_verdict(con, candidate: str, passed: bool, at: datetime | None = None) -> None:
+    analysis = CanaryAnalysis(passed=passed, reasons=[Gate("non_inferiority", passed, 0.0, 0.05)])
+    if at is not None:
+        analysis.created_at = at.isoformat()
+    save_canary_analysis(con, candidate, "v0", analysis)
+
+
+def slots_and_ledger(settings) -> tuple[dict, int]:
+    with RunStore.from_settings(settings, read_only=True) as store:
+        registry = stages._registry(store, settings, read_only=True)
+        return registry.slots(), len(registry.ledger())
+
+
+def test_a_rejected_candidate_is_refused_and_nothing_moves(project):
+    before = slots_and_ledger(project)
+    with pytest.raises(ClearanceRefused, match="decided 'reject'"):
+        stages.deploy_candidate(project, "cand-a", "canary")
+    assert slots_and_ledger(project) == before
+
+
+def test_the_ledger_cites_the_candidates_own_passing_evaluation(project):
+    entry = stages.deploy_candidate(project, "cand-b", "canary")
+    with RunStore.from_settings(project, read_only=True) as store:
+        decision = store.con.execute(
+            "SELECT candidate, decision FROM evaluations WHERE id = ?", [entry.evaluation_id]
+        ).fetchone()
+    assert decision == ("cand-b", "promote")
+    assert "passed the regression gate" in entry.reason
+
+
+def test_an_evaluation_against_an_earlier_primary_is_stale(project):
+    stages.deploy_candidate(project, "cand-b", "canary")
+    with RunStore.from_settings(project) as store:
+        canary_verdict(store.con, "cand-b", True)
+    stages.deploy_candidate(project, "cand-b", "primary")
+    # cand-a passes a later evaluation, but against v0, which no longer holds primary.
+    with RunStore.from_settings(project) as store:
+        evaluate(store.con, project, "cand-a", "promote", incumbent="v0")
+    with pytest.raises(ClearanceRefused, match="primary is now cand-b"):
+        stages.deploy_candidate(project, "cand-a", "canary")
+
+
+def test_primary_needs_canary_held_and_a_passing_analysis_made_there(project):
+    with pytest.raises(ClearanceRefused, match="does not hold the canary slot"):
+        stages.deploy_candidate(project, "cand-b", "primary")
+    stages.deploy_candidate(project, "cand-b", "canary")
+    with RunStore.from_settings(project) as store:
+        # An analysis older than the candidate's arrival in canary says nothing about it.
+        canary_verdict(store.con, "cand-b", True, at=datetime.now(UTC) - timedelta(days=1))
+        with pytest.raises(ClearanceRefused, match="no canary analysis since"):
+            clear(store.con, stages._registry(store, project), "cand-b", "primary")
+        canary_verdict(store.con, "cand-b", False)
+        with pytest.raises(ClearanceRefused, match="canary analysis failed"):
+            clear(store.con, stages._registry(store, project), "cand-b", "primary")
+        canary_verdict(store.con, "cand-b", True)
+    entry = stages.deploy_candidate(project, "cand-b", "primary")
+    assert entry.to_version == "cand-b" and "canary analysis" in entry.reason
+    assert slots_and_ledger(project)[0] == {"primary": "cand-b", "canary": "cand-b"}
+
+
+def test_a_candidate_without_an_evaluation_is_refused(project):
+    with pytest.raises(ClearanceRefused, match="no recorded evaluation"):
+        stages.deploy_candidate(project, "v0", "canary")
