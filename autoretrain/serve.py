@@ -357,6 +357,10 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _parse(raw: bytes, served: list[str], default: str | None, max_message: int) -> ChatRequest:
+    return parse_chat_request(decode_json(raw), served, default, max_message)
+
+
 def _submit(pool: ModelPool, request: ChatRequest, large: bool) -> Future:
     for _ in range(3):
         try:
@@ -564,8 +568,9 @@ def create_app(pool: ModelPool, api_key: str | None = None, limits: ServeSetting
             raw = await read_body(
                 request.receive, request.headers, limits.max_body_bytes, limits.body_timeout_s
             )
-            chat = parse_chat_request(
-                decode_json(raw), pool.names(), pool.default_name(), limits.max_message_bytes
+            # Off the event loop: a few MB of JSON take tens of ms to decode and check.
+            chat = await asyncio.to_thread(
+                _parse, raw, pool.names(), pool.default_name(), limits.max_message_bytes
             )
         except RequestError as exc:
             return _error(exc.status, exc.message, exc.code, exc.param)
