@@ -67,6 +67,7 @@ _NOT_VALUES = frozenset({"null", "none", "true", "false", "undefined", "required
 _EMAIL = re.compile(r"[\w.%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
 _SAS = re.compile(r"(?i)\bsig=([^&\s\"'<>]{10,})")
 _DIGIT_SPAN = re.compile(r"[0-9](?:[\s().+/-]{0,3}[0-9]){6}")
+_DIGIT_SPANS = re.compile(r"[0-9](?:[\s().+/-]{0,3}[0-9]){6,}")
 _DIGIT_RUN = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 _SSN = re.compile(r"(?<![0-9])([0-9]{3})[- ]([0-9]{2})[- ]([0-9]{4})(?!-?[0-9])")
 _SSN_NAMED = re.compile(r"(?i)(?:ssn|social security)\D{0,12}([0-9]{9})(?![0-9])")
@@ -140,8 +141,15 @@ def _random(token: str) -> bool:
     )
 
 
+def _longest_digits(text: str) -> int:
+    return max((sum(c.isdigit() for c in m) for m in _DIGIT_SPANS.findall(text)), default=0)
+
+
 def _personal(text: str, found: set[str]) -> None:
-    if any(_has_card(m.group(0)) for m in _DIGIT_RUN.finditer(text)):
+    # How many digits the longest span holds decides which detectors can match: a card has
+    # 13 or more, a US phone number 10 (fewer only after a `+`), an SSN 9.
+    longest = _longest_digits(text)
+    if longest >= 13 and any(_has_card(m.group(0)) for m in _DIGIT_RUN.finditer(text)):
         found.add("card_number")
     for match in _SSN.finditer(text):
         if ssn.is_valid("".join(match.groups())):
@@ -155,6 +163,8 @@ def _personal(text: str, found: set[str]) -> None:
         if any(iban.is_valid(c) for c in _iban_candidates(match.group(0))):
             found.add("iban")
             break
+    if longest < 10 and "+" not in text:
+        return
     matcher = phonenumbers.PhoneNumberMatcher(
         text, "US", phonenumbers.Leniency.VALID, max_tries=_PHONE_TRIES
     )
