@@ -233,3 +233,50 @@ class DagsterWebserver:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+class DagsterDaemon:
+    """`dagster-daemon run -w workspace.yaml` over a given DAGSTER_HOME: the sensors, the
+    automation sensor and the run queue, launching each run in its own process, as in
+    production. Own process group; its log goes to a file (a pipe nobody reads would fill
+    and stall it)."""
+
+    def __init__(self, project: Path, env: dict[str, str], log: Path):
+        self.project, self.log = project, log
+        self.env = {**os.environ, **env}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> DagsterDaemon:
+        binary = Path(sys.executable).with_name("dagster-daemon")
+        if not binary.exists():
+            binary = Path(shutil.which("dagster-daemon") or "dagster-daemon")
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [str(binary), "run", "-w", "workspace.yaml"],
+                cwd=self.project,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)

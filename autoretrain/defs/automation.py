@@ -13,12 +13,17 @@
 - Self-play: a schedule. Rollback: a job.
 """
 
+import os
+
 import dagster as dg
 
 from autoretrain.defs.partitions import candidate_partitions, daily_partitions
 from autoretrain.defs.resources import AutoretrainConfig
 
 AC = dg.AutomationCondition
+# How often the sensors look (seconds). Sensors are ticks, not work: a shorter interval costs a
+# directory listing and a few instance reads.
+SENSOR_INTERVAL_S = int(os.environ.get("AUTORETRAIN_SENSOR_INTERVAL_S", "30"))
 
 
 def on_new_upstream() -> AC:
@@ -54,7 +59,7 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     "autoretrain_automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     description="Moves new runs, datasets and candidates down the graph once their gates pass.",
 )
 
@@ -100,7 +105,7 @@ promote_job = dg.define_asset_job(
 
 @dg.sensor(
     job=retrain_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def new_dataset_sensor(context: dg.SensorEvaluationContext):

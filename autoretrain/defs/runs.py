@@ -7,7 +7,7 @@ import os
 
 import dagster as dg
 
-from autoretrain.defs.automation import ingest_job
+from autoretrain.defs.automation import SENSOR_INTERVAL_S, ingest_job
 from autoretrain.defs.partitions import daily_partitions
 from autoretrain.defs.resources import AutoretrainConfig
 from autoretrain.stages import ingest_days
@@ -118,7 +118,7 @@ def latest_run_starts(
 
 @dg.sensor(
     job=ingest_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def landing_zone_sensor(context: dg.SensorEvaluationContext, autoretrain: AutoretrainConfig):
