@@ -214,6 +214,7 @@ def _compile(patterns: Iterable[Pattern]) -> list[_Rule]:
 
 
 _BUILTIN_RULES = _compile(BUILTIN_PATTERNS)
+_TOKEN_RULES = [rule for rule in _BUILTIN_RULES if rule.gate not in (None, DIGITS)]
 
 
 def compile_extra_patterns(patterns: Iterable[str]) -> list[_Rule]:
@@ -289,14 +290,18 @@ class _Engine:
             lower = text.translate(_FOLD).lower()
         digits = _DIGITS.search(text) is not None
         long_enough = len(text) >= _MIN_TOKEN
-        if not self.extra and not digits and not long_enough:
+        rules = self.rules
+        if not self.extra and not digits:
             for gate in _GATE:
                 if gate in lower:
                     break
             else:
-                return text, ()
+                # No literal and no digit span: only the random-token rules can match.
+                if not long_enough:
+                    return text, ()
+                rules = _TOKEN_RULES
         kinds: list[str] = []
-        for rule in self.rules:
+        for rule in rules:
             if rule.gate == DIGITS:
                 if not digits:
                     continue
