@@ -329,7 +329,12 @@ def test_headers_over_the_limit_get_431(served):
     with socket.create_connection((served.host, served.port), timeout=10) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nX-Junk: " + b"a" * 100_000)
         answer = _read_all(sock)
-    assert answer.startswith(b"HTTP/1.1 431") and b"headers_too_large" in answer
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    if AutoHTTPProtocol.__name__ == "H11Protocol":  # no httptools: h11 refuses them first
+        assert answer.startswith(b"HTTP/1.1 400")
+    else:
+        assert answer.startswith(b"HTTP/1.1 431") and b"headers_too_large" in answer
 
 
 def test_a_header_flood_is_cut_off_and_memory_stays_flat(served):
