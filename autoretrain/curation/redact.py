@@ -121,11 +121,12 @@ BUILTIN_PATTERNS: tuple[Pattern, ...] = (
         validate=_whole(pii.is_iban),
     ),
     # Written as cards are: four groups of four (a fifth of up to three), Amex's 4-6-5, or
-    # 13 to 19 digits in one piece; never a window of a longer number.
+    # 13 to 19 digits in one piece; never a window of a longer number, nor digits inside a
+    # word (a hex id).
     Pattern(
         "card_number",
-        r"(?<![\d.])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5}"
-        r"|\d{13,19})(?![\d]|[.,]\d)",
+        r"(?<![\w.])(?:\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{5}"
+        r"|\d{13,19})(?!\w|[.,]\d)",
         gate=DIGITS,
         validate=_whole(pii.is_card),
     ),

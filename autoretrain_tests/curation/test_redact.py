@@ -71,6 +71,8 @@ BENIGN = [
     "order 12345678901, 1234 5678 9012 3456 units, 123456789 rows, 900-12-3456",
     "run 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 in /usr/lib/python3",
     "ThisIsAVeryLongCamelCaseIdentifierName and internationalization_of_everything",
+    # Luhn-valid card digits inside hex ids (random run ids hold such runs now and then).
+    "run_id 3f4111111111111111e0c2 and a45391488034364676b",
 ]
 
 
