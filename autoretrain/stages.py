@@ -216,9 +216,7 @@ def slot_version(settings: Settings, slot: str = "primary") -> Any:
     if not settings.paths.database.exists():
         return None
     with RunStore.from_settings(settings, read_only=True) as store:
-        registry = _registry(store, settings, read_only=True)
-        version_id = registry.slots().get(slot)
-        return registry.get(version_id) if version_id else None
+        return _registry(store, settings, read_only=True).resolve_slot(slot)
 
 
 def model_for_version(settings: Settings, version: Any) -> Any:

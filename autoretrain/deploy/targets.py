@@ -196,11 +196,8 @@ def deploy_to_slot(
     """Serve `version_id` in `slot` through the target, then move the slot in the registry.
     Re-deploying the version a slot already holds re-applies the target (it recreates a
     deployment Azure deleted) and records nothing."""
-    version = registry.get(version_id)
-    if version is None:
-        raise RegistryError(
-            f"version {version_id!r} is not registered; `autoretrain models` lists them"
-        )
+    # Everything the registry will check, before the target serves anything.
+    version = registry.check_promotable(version_id, slot, profile)
     result = target.apply(slot, version)
     try:
         entry = registry.promote(
@@ -263,8 +260,7 @@ def rollback_slot(
         # Nothing to roll back to: the registry raises, saying why.
         registry.rollback(slot, reason=reason, actor=actor, profile=profile)
         raise AssertionError("the registry rolled back a slot with no earlier promotion")
-    version = registry.get(previous)
-    assert version is not None, "a ledger entry names an unregistered version"
+    version = registry.check_promotable(previous, slot, profile)
     result = target.apply(slot, version)
     entry = registry.rollback(slot, reason=reason, actor=actor, profile=profile)
     return entry, result

@@ -111,7 +111,8 @@ def test_azure_deployment_error_leaves_the_slot_where_it_was(azure, double):
 def test_azure_target_refuses_what_it_cannot_deploy(azure, tmp_path, double):
     registry, target, v1, _ = azure
     local = registry.register(base_model="b", kind="local", model_dir=tmp_path).id
-    with pytest.raises(DeploymentError, match="is a local model"):
+    # Refused by the registry's checks, before the target is asked to serve anything.
+    with pytest.raises(RegistryError, match="is a local model"):
         deploy_to_slot(registry, target, local, "primary")
     target.profile.slots.pop("canary")
     with pytest.raises(DeploymentError, match="slots.canary to a deployment name"):
