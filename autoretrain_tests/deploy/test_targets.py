@@ -157,8 +157,11 @@ def test_the_server_reads_what_a_local_promotion_writes(settings, tmp_path, tmp_
 def test_local_target_refuses_missing_files(settings, tmp_path):
     registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
     gone = registry.register(base_model="b", kind="local", model_dir=tmp_path / "deleted").id
-    with pytest.raises(DeploymentError, match="model_dir .*deleted is missing"):
+    # The registry's load check refuses first; the target's own check stays behind it.
+    with pytest.raises(RegistryError, match="deleted does not exist"):
         deploy_to_slot(registry, LocalServeTarget(settings), gone, "canary")
+    with pytest.raises(DeploymentError, match="model_dir .*deleted is missing"):
+        LocalServeTarget(settings).apply("canary", registry.get(gone))
     assert registry.slots() == {}
 
 
