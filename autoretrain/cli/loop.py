@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import click
 
@@ -62,10 +63,9 @@ def quiet_libraries() -> None:
     the weight-loading bars stay out of the output unless `-v` is given."""
     for name in ("alembic", "dagster", "httpx", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    # Read by transformers when it is imported, here and in self-play's worker processes.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def render(result) -> str:  # type: ignore[no-untyped-def]
