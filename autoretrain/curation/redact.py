@@ -111,7 +111,7 @@ BUILTIN_PATTERNS: tuple[Pattern, ...] = (
     ),
     Pattern(
         "email",
-        r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+        r"[\w.%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
         ("@",),
     ),
     Pattern(

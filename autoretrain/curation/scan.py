@@ -62,6 +62,7 @@ _UNQUOTED = REGEX_BY_FILETYPE[FileType.YAML]
 _ENTROPY = Base64HighEntropyString()
 _ENTROPY_LIMIT = 4.2  # bits a character; detect-secrets' default is 4.5, on quoted strings only
 _TOKEN = re.compile(r"[A-Za-z0-9+/=]{32,}")
+_VALUE_END = re.compile(r"[\s\"'\\,;&<>(){}\[\]]")
 _NOT_VALUES = frozenset({"null", "none", "true", "false", "undefined", "required", "redacted"})
 
 _EMAIL = re.compile(r"[\w.%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}")
@@ -100,11 +101,14 @@ def _extra(patterns: tuple[str, ...]) -> _Extra:
 
 
 def _keyword_value(value: str) -> bool:
-    value = value.strip("\"' ")
+    """A value detect-secrets found after a keyword that is a secret by the scrubber's own
+    measure (8 characters up to a separator, a letter among them): the scan flags nothing the
+    scrubber would have let through as ordinary text, so no clean run is dropped."""
+    value = _VALUE_END.split(value.strip("\"' "), maxsplit=1)[0]
     return (
-        len(value) >= 6
+        len(value) >= 8
+        and any(c.isalpha() for c in value)
         and value.lower() not in _NOT_VALUES
-        and not value.startswith("[REDACTED")
         and not value.startswith("*")
     )
 
@@ -112,7 +116,10 @@ def _keyword_value(value: str) -> bool:
 def _secrets(text: str, lower: str, found: set[str]) -> None:
     named = False  # a plugin named what it found: its token is not reported again as random
     for kind, plugin, literals in _PLUGINS:
-        if any(t in lower for t in literals) and next(plugin.analyze_string(text), None):
+        if (
+            any(t in lower for t in literals)
+            and next(plugin.analyze_string(text), None) is not None
+        ):
             found.add(kind)
             named = True
     if any(w in lower for w in _KEYWORD_WORDS):

@@ -30,6 +30,7 @@ PLANTED = [
         "MIIEpAIBAAKCAQEA",
     ),
     ("mail alice.smith@example.org now", "email", "alice.smith"),
+    ("écrire à josé.núñez@example.org", "email", "núñez"),
     ("id AKIAIOSFODNN7EXAMPLE ok", "aws_access_key", "IOSFODNN7"),
     ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_token", "abcdefghijklmnopq"),
     ("AIzaSyA-1234567890abcdefghijklmnopqrstu", "google_api_key", "1234567890abcdef"),
@@ -71,6 +72,8 @@ BENIGN = [
     "order 12345678901, 1234 5678 9012 3456 units, 123456789 rows, 900-12-3456",
     "run 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 in /usr/lib/python3",
     "ThisIsAVeryLongCamelCaseIdentifierName and internationalization_of_everything",
+    # Prose with a secret's name in it, and a value no longer than a word.
+    "The secret: to happiness is patience. Password: see the vault.",
     # Luhn-valid card digits inside hex ids (random run ids hold such runs now and then).
     "run_id 3f4111111111111111e0c2 and a45391488034364676b",
 ]
