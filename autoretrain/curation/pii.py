@@ -21,7 +21,7 @@ _CARD_PREFIX = re.compile(r"4|5[0-8]|2[2-7]|3[0-9]|6[0-9]")
 # Words that make a bare 10-digit number a phone number ("call me on 4155552671") when one is
 # in the 40 characters before it; without one, a run of digits is a number, not a phone.
 PHONE_WORDS = re.compile(
-    r"(?i)phone|tel|call|mobile|cell|sms|fax|whatsapp|contact|dial|ring|text me|reach me"
+    r"(?i)\b(?:phone|tel|call|mobile|cell|sms|fax|whatsapp|contact|dial|ring|text me|reach me)"
 )
 
 
@@ -88,15 +88,24 @@ def entropy(text: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
 
 
+def _kind(c: str) -> int:
+    return 0 if c.isupper() else 1 if c.islower() else 2 if c.isdigit() else 3
+
+
 def is_random_token(text: str) -> bool:
     """A long token that reads as random: upper and lower case letters, a digit or `+`/`/`,
-    and at least 4 bits of entropy a character (a random 40-character AWS secret access key
-    has ~4.8, 99.9% of them over 4.3; words, CamelCase names, paths and hex digests stay
-    below, or lack a case)."""
-    return (
+    at least 4 bits of entropy a character (a random 40-character AWS secret access key has
+    ~4.8, 99.9% of them over 4.3; words, CamelCase names, paths and hex digests stay below,
+    or lack a case), and the kind of character changing often (a random token changes
+    between upper, lower and digit at ~65% of its characters, 99.99% of 32-character ones
+    at 30% or more; words run together with numbers, as a weak model writes them, at ~20%)."""
+    if not (
         any(c.isupper() for c in text)
         and any(c.islower() for c in text)
         and any(c.isdigit() or c in "+/" for c in text)
         and text.count("/") <= 3
-        and entropy(text) >= 4.0
-    )
+    ):
+        return False
+    kinds = [_kind(c) for c in text]
+    changes = sum(a != b for a, b in zip(kinds, kinds[1:], strict=False))
+    return changes >= 0.3 * (len(text) - 1) and entropy(text) >= 4.0

@@ -77,7 +77,7 @@ _IBAN = re.compile(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}")
 # libphonenumber parses every number-like candidate (~0.3 ms each): a string of thousands of
 # numbers is cut off there, where the scrubber's own phone rule has already looked.
 _PHONE_TRIES = 2000
-_PHONE_WORDS = re.compile(r"(?i)(?:phone|tel|call|mobile|cell|sms|fax|whatsapp|contact|dial)")
+_PHONE_WORDS = re.compile(r"(?i)\b(?:phone|tel|call|mobile|cell|sms|fax|whatsapp|contact|dial)\b")
 
 
 class _Extra:
@@ -140,9 +140,15 @@ def _secrets(text: str, lower: str, found: set[str]) -> None:
 
 def _random(token: str) -> bool:
     # Stricter than the scrubber's test (pii.is_random_token): what the scrubber let through
-    # as ordinary text is not flagged here, and a random key is flagged by both.
+    # as ordinary text is not flagged here, and a random key is flagged by both. Words run
+    # together with numbers ("table126737Manila998") have entropy but few changes of case.
+    changes = sum(
+        (a.isupper(), a.islower(), a.isdigit()) != (b.isupper(), b.islower(), b.isdigit())
+        for a, b in zip(token, token[1:], strict=False)
+    )
     return (
-        any(c.isdigit() for c in token)
+        changes >= 0.3 * (len(token) - 1)
+        and any(c.isdigit() for c in token)
         and any(c.isupper() for c in token)
         and any(c.islower() for c in token)
         and _ENTROPY.calculate_shannon_entropy(token) > _ENTROPY_LIMIT
@@ -173,8 +179,9 @@ def _personal(text: str, found: set[str]) -> None:
             break
     if longest < 10 and "+" not in text:
         return
+    # STRICT_GROUPING: digits grouped as the country groups them ("8388.767605" is not).
     matcher = phonenumbers.PhoneNumberMatcher(
-        text, "US", phonenumbers.Leniency.VALID, max_tries=_PHONE_TRIES
+        text, "US", phonenumbers.Leniency.STRICT_GROUPING, max_tries=_PHONE_TRIES
     )
     for match in matcher:
         raw = match.raw_string

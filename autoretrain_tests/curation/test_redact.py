@@ -74,6 +74,11 @@ BENIGN = [
     "ThisIsAVeryLongCamelCaseIdentifierName and internationalization_of_everything",
     # Prose with a secret's name in it, and a value no longer than a word.
     "The secret: to happiness is patience. Password: see the vault.",
+    # What the embedded model writes when it fails: words and numbers run together, digits
+    # after a tool-call tag ("tool_call" is no phone word), a number grouped 4.6.
+    "wordooAnkara407126074135table126737 with097640B241assistant847ran657table",
+    '<tool_call>\n"}}\n2359925955 and {"arguments": 6789480529 named',
+    '"to_unit": "c", "8388.767605 assistantchair CAT train',
     # Luhn-valid card digits inside hex ids (random run ids hold such runs now and then).
     "run_id 3f4111111111111111e0c2 and a45391488034364676b",
 ]
