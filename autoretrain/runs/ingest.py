@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from autoretrain.runs.rules import LENIENT_JSON, MAX_BRACKETS
+from autoretrain.runs.rules import MAX_BRACKETS, NOT_PLAIN
 
 RAW_CHARS = 1000  # quarantine keeps this much of a bad line
 BOM = b"\xef\xbb\xbf"
@@ -193,12 +193,13 @@ def _lines_table(texts: list[str] | pa.Array, first: int, last: bool = False) ->
     )
 
 
-def _few_brackets(body: bytes) -> np.ndarray:
+def _few_brackets(body: bytes, lines: pa.Array) -> np.ndarray:
     """Per line of body: at most MAX_BRACKETS `{` and `[` (so no deeper nesting than that)."""
     b = np.frombuffer(body, np.uint8)
-    edges = np.concatenate([[0], np.flatnonzero(b == 10), [len(b)]])
-    opens = np.flatnonzero((b == 123) | (b == 91))
-    return np.diff(np.searchsorted(opens, edges)) <= MAX_BRACKETS
+    ends = np.cumsum(pc.binary_length(lines).to_numpy() + 1)  # one past each line's newline
+    opens = np.flatnonzero((b | 32) == 123)  # `[` is 0x5b, `{` 0x7b: no other byte | 0x20 is
+    counts = np.diff(np.searchsorted(opens, ends), prepend=0)
+    return counts <= MAX_BRACKETS
 
 
 def _chunk(body: bytes, before: int, last: bool, max_record_bytes: int) -> Chunk:
@@ -220,8 +221,8 @@ def _chunk(body: bytes, before: int, last: bool, max_record_bytes: int) -> Chunk
                 rejected.append(Rejected(before + 1 + i, reason, _preview(lines[i].as_py())))
         keep = pc.and_(keep, pc.is_valid(texts))
     flags = pa.array([last and i == len(lines) - 1 for i in range(len(lines))], pa.bool_())
-    lenient = pc.match_substring_regex(texts, LENIENT_JSON)
-    plain = pc.and_kleene(pa.array(_few_brackets(body)), pc.invert(lenient))
+    lenient = pc.match_substring_regex(texts, NOT_PLAIN)
+    plain = pc.and_kleene(pa.array(_few_brackets(body, lines)), pc.invert(lenient))
     table = pa.table({"line": numbers, "text": texts, "last": flags, "plain": plain})
     table = table.filter(keep)
     return Chunk(table, rejected, nbytes=len(body) + (0 if last else 1))

@@ -46,12 +46,18 @@ MAX_BRACKETS = 200
 LENIENT_JSON = r",\s*[}\]]|[:\[,]\s*[-+]?(?i:nan|inf|infinity)\s*[,}\]]"
 
 # An ISO 8601 time that DuckDB's TIMESTAMPTZ cast and pydantic read alike (a naive time is
-# UTC for both); other spellings each side accepts (`infinity`, time zone names, 7 fractional
+# UTC for both), on a real calendar day (February 29 is left to pydantic) of 1971 to 9899, so
+# that with any offset it is inside schema.EARLIEST..LATEST: the pattern alone proves a time,
+# with no cast. Other spellings each side accepts (`infinity`, time zone names, 7 fractional
 # digits, hour 24) are left to pydantic. Matched on the JSON text, quotes included.
 TIMESTAMP_RE = (
-    r'"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]'
-    r'(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?"'
+    r'"(?:197[1-9]|19[89][0-9]|[2-8][0-9]{3}|9[0-8][0-9]{2})-'
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+    r'(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"'
 )
+assert schema.EARLIEST.year < 1971 and schema.LATEST.year > 9899  # what the pattern relies on
 
 # Validators of the schema and what each means here. A validator that only widens what is
 # accepted (coercion) needs no SQL: the fast path stays stricter. One that narrows needs its
@@ -68,7 +74,11 @@ MODEL_RULES = {
 PATTERNS = {r"\S": "regexp_matches({x}, '[!-~]')"}
 
 UNSURE = "unsure"  # placeholder problem: the line is judged by pydantic
-_DIGIT_OR_MINUS = "('-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9')"
+# JSON numbers as the pattern proves them: up to 18 digits is a BIGINT for both sides; a
+# float of at most 200 digits and a two-digit exponent is finite (the `1e999` that parses to
+# infinity goes to pydantic).
+INTEGER_RE = "[0-9]{1,18}"
+FLOAT_RE = "[0-9]{1,200}(?:[.][0-9]{1,200})?(?:[eE][+-]?[0-9]{1,2})?"
 
 
 def _sql_str(value: str) -> str:
@@ -143,14 +153,32 @@ def _field(fi: FieldInfo, e: str, names: _Namer) -> str:
         )
     if nullable:  # JSON null and an absent key both read as NULL; both are None to pydantic
         return f"({e} IS NULL OR {_value(base, meta, e, names)})"
-    # Not nullable: NULL is a null (refused), a missing key (a default applies: not proven
-    # here) or, for a list, a wrong type. All go to pydantic.
-    return f"({e} IS NOT NULL AND {_value(base, meta, e, names)})"
+    if _static_default(fi) and not _is_container(base):
+        # NULL is an absent key (the default applies) or a null (refused). A line in which the
+        # key never appears has no null for it (a key spelled with escapes makes a line not
+        # plain); asked only where the leaf is NULL, so complete records never pay for it.
+        key = _sql_str(json.dumps(e.rsplit("['", 1)[1].removesuffix("']")))
+        return (
+            f"(CASE WHEN {e} IS NULL THEN NOT contains(text, {key}) "
+            f"ELSE {_value(base, meta, e, names)} END)"
+        )
+    # Not nullable, no fixed default: NULL is a null or a missing key or, for a list, a wrong
+    # type; a default made when read (a time) is not proven here either. All go to pydantic.
+    # (A NULL leaf fails without asking: the conjunction is coalesced to FALSE; a NULL list
+    # would pass as empty, so it is asked.)
+    value = _value(base, meta, e, names)
+    return f"({e} IS NOT NULL AND {value})" if typing.get_origin(base) is list else value
 
 
-def _bounds(meta: list[Any], value: str) -> list[str]:
+def _static_default(fi: FieldInfo) -> bool:
+    return fi.default_factory is None and not fi.is_required()
+
+
+def _bounds(meta: list[Any], value: str, implied: tuple[Any, ...] = ()) -> list[str]:
     out = []
     for m in meta:
+        if m in implied:
+            continue
         if isinstance(m, at.Ge):
             out.append(f"{value} >= {m.ge}")
         elif isinstance(m, at.Gt):
@@ -179,8 +207,8 @@ def _value(t: Any, meta: list[Any], e: str, names: _Namer) -> str:
         x = names()
         cond = _value(*_unwrap(item, [])[::2], x, names)
         return (
-            f"coalesce(list_bool_and(list_transform({e}, lambda {x}: "
-            f"coalesce({x} IS NOT NULL AND {cond}, FALSE))), TRUE)"
+            f"coalesce(list_bool_and(list_transform({e}, lambda {x}: coalesce({cond}, FALSE))), "
+            "TRUE)"
         )
     if origin is dict:
         key, val = typing.get_args(t)
@@ -204,24 +232,20 @@ def _value(t: Any, meta: list[Any], e: str, names: _Namer) -> str:
             PATTERNS[m.pattern].format(x=unquote(e)) for m in meta if getattr(m, "pattern", None)
         ]
         return "(" + " AND ".join(out) + ")"
-    if t is int:
-        # Up to 18 digits: a BIGINT on both sides (pydantic takes bigger ones; they go to it).
-        out = [f"regexp_full_match({e}, '-?[0-9]{{1,18}}')"]
-        return "(" + " AND ".join(out + _bounds(meta, f"TRY_CAST({e} AS BIGINT)")) + ")"
-    if t is float:
-        # Always finite here, whatever the field allows: `-Infinity` and 1e999 go to pydantic.
-        number = f"TRY_CAST({e} AS DOUBLE)"
-        out = [f"left({e}, 1) IN {_DIGIT_OR_MINUS}", f"isfinite({number})"]
-        return "(" + " AND ".join(out + _bounds(meta, number)) + ")"
+    if t in (int, float):
+        # A lower bound of 0 is the pattern without a sign, and 18 digits fit a BIGINT; other
+        # bounds are compared. Floats are always finite here, whatever the field allows.
+        unsigned = [m for m in meta if isinstance(m, at.Ge) and m.ge == 0]
+        implied = tuple(unsigned) + tuple(
+            m for m in meta if t is int and isinstance(m, at.Le) and m.le >= 10**18 - 1
+        )
+        pattern = ("" if unsigned else "-?") + (INTEGER_RE if t is int else FLOAT_RE)
+        cast = f"TRY_CAST({e} AS {'BIGINT' if t is int else 'DOUBLE'})"
+        out = [f"regexp_full_match({e}, '{pattern}')"]
+        return "(" + " AND ".join(out + _bounds(meta, cast, implied)) + ")"
     if t is datetime:
-        stamp = f"TRY_CAST({e}[2:-2] AS TIMESTAMPTZ)"
-        out = [f"regexp_full_match({e}, {_sql_str(TIMESTAMP_RE)})", f"{stamp} IS NOT NULL"]
-        if any(isinstance(m, AfterValidator) for m in meta):
-            out += [
-                f"{stamp} >= TIMESTAMPTZ '{schema.EARLIEST.isoformat()}'",
-                f"{stamp} < TIMESTAMPTZ '{schema.LATEST.isoformat()}'",
-            ]
-        return "(" + " AND ".join(out) + ")"
+        # The pattern proves a real time inside schema.EARLIEST..LATEST (see TIMESTAMP_RE).
+        return f"regexp_full_match({e}, {_sql_str(TIMESTAMP_RE)})"
     if t is Any:
         return "TRUE"
     raise TypeError(f"rules.py cannot check the type {t}: add it here")
@@ -238,15 +262,22 @@ def _model(model: type[BaseModel], e: str, names: _Namer) -> str:
             raise TypeError(f"{model.__name__}.{name}: add its SQL to rules.MODEL_RULES")
         rules.append(MODEL_RULES[name].format(e=e))
     fields = model.model_fields
-    if all(_unwrap(fi.annotation, fi.metadata)[1] for fi in fields.values()):
-        # A non-object in a struct's place reads as a struct of NULLs; a required leaf fails it.
-        raise TypeError(f"{model.__name__} has no non-nullable field for rules.py to anchor on")
+    # A non-object in a struct's place reads as a struct of NULL leaves, as does an object of
+    # none of the model's keys: one key present proves an object.
+    some = " OR ".join(f"{e}['{name}'] IS NOT NULL" for name in fields)
     conds = [_field(fi, f"{e}['{name}']", names) for name, fi in fields.items()]
-    return "(" + " AND ".join(conds + rules) + ")"
+    return "(" + " AND ".join([f"({some})", *conds, *rules]) + ")"
 
 
 SHAPE = shape(Run)
 CONFIRMED = _model(Run, "r", _Namer())
+
+# A line is plain (the fast path may confirm it) when neither can match: JSON only DuckDB takes
+# (LENIENT_JSON), or a key spelled with an escape (`"\u0061gent"`), which the search for a
+# key's name (an absent leaf with a default, above) cannot see. Text inside strings can match
+# too; that only sends the line to pydantic.
+ESCAPED_KEY = r'\\.(?:[^"\\]|\\.)*"\s*:'
+NOT_PLAIN = "|".join([LENIENT_JSON, ESCAPED_KEY])
 
 
 def fast_sql(source: str, trusted: bool = False) -> str:

@@ -34,7 +34,7 @@ import duckdb
 import pyarrow as pa
 
 from autoretrain.runs.ingest import RAW_CHARS, Rejected, read_files
-from autoretrain.runs.rules import UNSURE, fast_sql
+from autoretrain.runs.rules import UNSURE, fast_sql, unquote
 from autoretrain.runs.schema import Run
 from autoretrain.runs.validate import judge
 
@@ -508,8 +508,9 @@ class RunStore:
         )
         con.execute(
             f"""INSERT INTO events
-            SELECT run_id, seq::INTEGER, ev.type ->> '$', coalesce(ev.agent ->> '$', 'executor'),
-                   TRY_CAST(ev.at ->> '$' AS TIMESTAMPTZ), TRY_CAST(ev.duration_s AS DOUBLE),
+            SELECT run_id, seq::INTEGER, {unquote("ev.type")},
+                   coalesce({unquote("ev.agent")}, 'executor'),
+                   TRY_CAST({unquote("ev.at")} AS TIMESTAMPTZ), TRY_CAST(ev.duration_s AS DOUBLE),
                    coalesce(ev.payload, '{{}}'::JSON)
             FROM (
               SELECT s.run_id, unnest(s.events) AS ev, generate_subscripts(s.events, 1) - 1 AS seq

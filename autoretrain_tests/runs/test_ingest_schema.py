@@ -102,6 +102,7 @@ ODD_BUT_VALID = [
     {"recoveries": [{"attempt": 2, "reason": "retry", "at": "2026-03-01T10:00:00+01:00"}]},
     {"escalations": [{"reason": "stuck", "at": "2026-03-01 10:00:00"}]},
     {"started_at": "2026-03-01T10:00:00.123456-05:30", "ended_at": None},
+    {"verifications": [{"verifier": "v", "passed": True, "score": 1}]},  # defaults left out
 ]
 
 
@@ -133,6 +134,29 @@ COMPLETE_BUT_BAD = [
     {"tags": {"k": None}},
     {"run_id": "   "},
     {"usage": {"prompt_tokens": 10**19, "completion_tokens": 1}},
+    {"usage": "lots"},
+    {"usage": {}},
+    {"verifications": [{"verifier": "v", "passed": True, "score": 1, "feedback": None}]},
+    {"verifications": [{"verifier": "v", "passed": True, "score": 1, "attempt": -1}]},
+    {"messages": ["hello"]},
+    {"messages": 5},
+    {"events": [{**EVENT, "agent": None}]},
+    {"ended_at": "2026-03-01T09:00:00Z"},
+    {"started_at": "1970-01-01T00:00:00+01:00", "ended_at": None},
+    {"latency_s": -0.5},
+]
+
+
+# Flaws only a text edit can make (json.dumps never writes them): the reader must catch them.
+RAW_FLAWS = [
+    ('"feedback": ""', '"\\u0066eedback": null'),  # a null for a defaulted key, spelled escaped
+    ('"feedback": ""', '"feedback" : null'),
+    ('"workflow": "executor"', '"workflow": null'),
+    ('"tags": {}', '"tags": {"a": 1, "b": nan}'),
+    ('"tags": {}', '"tags": {},'),
+    ('"tags": {}', '"tags": {}, "deep": ' + "[" * 250 + "]" * 250),
+    ('"latency_s": 1.0', '"latency_s": 1e999'),
+    ('"started_at": "2026-03-01T10:00:00Z"', '"started_at": "2026-02-29T10:00:00Z"'),
 ]
 
 
@@ -142,25 +166,24 @@ def test_fast_path_confirms_only_what_the_model_accepts():
     import duckdb
     import pyarrow as pa
 
+    from autoretrain.runs.ingest import _chunk
     from autoretrain.runs.rules import fast_sql
 
     recs = [complete(f"ok{i}", **extra) for i, extra in enumerate(ODD_BUT_VALID)]
     recs += variants(complete)  # the corrupted variants, on complete records
     recs += [{**complete(f"bad{i}"), **flaw} for i, flaw in enumerate(COMPLETE_BUT_BAD)]
     texts = [json.dumps(r) for r in recs] + [json.dumps(r, ensure_ascii=False) for r in recs]
+    texts += [
+        json.dumps(complete(f"bad-raw{i}")).replace(*edit) for i, edit in enumerate(RAW_FLAWS)
+    ]
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
 
     def run(texts: list[str], trusted: bool) -> tuple[list[str], list[tuple]]:
-        lines = pa.table(
-            {
-                "file_idx": [0] * len(texts),
-                "line": list(range(1, len(texts) + 1)),
-                "text": texts,
-                "last": [False] * len(texts),
-                "plain": [True] * len(texts),
-            }
-        )
+        # Cut into lines as ingest's reader does (it marks which lines are plain).
+        body = "\n".join(texts).encode()
+        lines = _chunk(body, 0, last=True, max_record_bytes=10**9).table
+        lines = lines.add_column(0, "file_idx", pa.array([0] * len(lines), pa.int32()))
         con.register("lines", lines)
         cur = con.execute(
             f"SELECT * EXCLUDE (last) FROM ({fast_sql('lines', trusted)}) ORDER BY line"
