@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -541,6 +542,12 @@ def _settings_record(config: Any) -> dict[str, Any]:
     return record
 
 
+# A lower-case hex id with a letter in it (uuid4().hex, a digest): no builtin rule of either
+# side can match one (each needs an upper-case letter, a character outside 0-9a-f, or digits
+# no letter touches), so the many run ids and instance hashes skip both.
+_HEX_ID = re.compile(r"(?=[0-9]*[a-f])[0-9a-f]{8,128}")
+
+
 class _ManifestText:
     """Strings a run supplied (run id, model, agent version, scenario, category, exclusion
     details) on their way into the manifest: scrubbed like the examples, and, where the
@@ -553,7 +560,7 @@ class _ManifestText:
         self.seen: dict[str, str] = {}
 
     def __call__(self, text: str) -> str:
-        if not isinstance(text, str):
+        if not isinstance(text, str) or (not self.extra and _HEX_ID.fullmatch(text)):
             return text
         done = self.seen.get(text)
         if done is None:

@@ -142,15 +142,18 @@ def _random(token: str) -> bool:
     # Stricter than the scrubber's test (pii.is_random_token): what the scrubber let through
     # as ordinary text is not flagged here, and a random key is flagged by both. Words run
     # together with numbers ("table126737Manila998") have entropy but few changes of case.
+    if not (
+        any(c.isdigit() for c in token)
+        and any(c.isupper() for c in token)
+        and any(c.islower() for c in token)
+    ):
+        return False
     changes = sum(
         (a.isupper(), a.islower(), a.isdigit()) != (b.isupper(), b.islower(), b.isdigit())
         for a, b in zip(token, token[1:], strict=False)
     )
     return (
         changes >= 0.3 * (len(token) - 1)
-        and any(c.isdigit() for c in token)
-        and any(c.isupper() for c in token)
-        and any(c.islower() for c in token)
         and _ENTROPY.calculate_shannon_entropy(token) > _ENTROPY_LIMIT
     )
 

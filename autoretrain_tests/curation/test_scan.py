@@ -170,3 +170,25 @@ def test_a_pattern_that_matches_itself_does_not_flag_the_manifest(settings, tmp_
     patterns = version.manifest["dataset_settings"]["extra_secret_patterns"]
     assert len(patterns) == 1 and patterns[0].startswith("sha256:")
     assert scan_dataset(version.path, ["contoso-internal-only"])["manifest.json"] == []
+
+
+def test_lowercase_hex_ids_hold_nothing_either_side_finds():
+    # The manifest lets such ids (uuid4().hex, digests) skip both scrubbing and scan: prove
+    # neither side finds anything in them, digits of a card or phone number inside included.
+    import random
+
+    from autoretrain.curation.builder import _HEX_ID
+
+    rng = random.Random(4)
+    ids = [f"{rng.getrandbits(128):032x}" for _ in range(2000)]
+    ids += [
+        "a4111111111111111",
+        "4111111111111111f",
+        "e4155552671",
+        "b536904399c",
+        "deadbeef" + "4111111111111111" + "cafe",
+    ]
+    for hex_id in ids:
+        assert _HEX_ID.fullmatch(hex_id)
+        assert Redactor().redact(hex_id) == hex_id, hex_id
+        assert scan_text(hex_id) == set(), hex_id
