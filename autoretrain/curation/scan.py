@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import string
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +62,7 @@ _KEYWORD_WORDS = ("key", "pass", "pwd", "secret", "contrase")
 _UNQUOTED = REGEX_BY_FILETYPE[FileType.YAML]
 _ENTROPY = Base64HighEntropyString()
 _ENTROPY_LIMIT = 4.2  # bits a character; detect-secrets' default is 4.5, on quoted strings only
+_TOKEN_CHARS = string.ascii_letters + string.digits + "+/="
 _TOKEN = re.compile(r"[A-Za-z0-9+/=]{32,}")
 _VALUE_END = re.compile(r"[\s\"'\\,;&<>(){}\[\]]")
 _NOT_VALUES = frozenset({"null", "none", "true", "false", "undefined", "required", "redacted"})
@@ -264,8 +266,20 @@ def _line_is_plain(line: str) -> bool:
             line = line.replace(escape, char)
     lower = _lower(line)
     return not (
-        any(t in lower for t in _LITERALS) or _DIGIT_SPAN.search(line) or _TOKEN.search(line)
+        any(t in lower for t in _LITERALS) or _DIGIT_SPAN.search(line) or _has_long_token(line)
     )
+
+
+# Bytes of the characters a random token is made of, as "a"; every other byte as a space.
+_TOKEN_TABLE = bytes(97 if chr(i) in _TOKEN_CHARS else 32 for i in range(256))
+
+
+def _has_long_token(text: str) -> bool:
+    """Whether `text` holds 32 token characters in a row: a C-speed translate and substring
+    test for ASCII text (a third of the regex's time on a line), the regex otherwise."""
+    if text.isascii():
+        return b"a" * 32 in text.encode("ascii").translate(_TOKEN_TABLE)
+    return _TOKEN.search(text) is not None
 
 
 def _scan(text: str) -> set[str]:

@@ -192,3 +192,19 @@ def test_lowercase_hex_ids_hold_nothing_either_side_finds():
         assert _HEX_ID.fullmatch(hex_id)
         assert Redactor().redact(hex_id) == hex_id, hex_id
         assert scan_text(hex_id) == set(), hex_id
+
+
+def test_a_line_the_gate_calls_plain_holds_nothing_the_walk_would_find():
+    # The gate lets ordinary lines skip the walk over their strings: it must never skip one
+    # that holds something. Every planted kind in every place, and clean lines.
+    from autoretrain.curation.scan import _line_is_plain, scan_value
+    from autoretrain_tests.curation.planted import PLACES, planted_in
+
+    lines = [json.dumps(planted_in(kind, place)) for kind in PLANTED for place in PLACES]
+    lines += [json.dumps(planted_in(kind, "user"), ensure_ascii=False) for kind in PLANTED]
+    lines += [json.dumps({"content": text}) for text in BENIGN]
+    ordinary = [json.dumps({"messages": solved(i, 7)}) for i in range(20)]
+    for line in lines + ordinary:
+        if _line_is_plain(line):
+            assert scan_value(json.loads(line)) == set(), line[:200]
+    assert all(_line_is_plain(line) for line in ordinary)  # which do skip the walk
