@@ -63,14 +63,17 @@ READABLE = {"width": 1600, "height": 1000}
 SCREENSHOTS_ENV = "AUTORETRAIN_UI_SCREENSHOTS"
 
 
-def chromium_executable() -> str:
+# Session-scoped like `loop_run`, and named before it, so pytest looks for the browser before
+# it runs the loop: a missing browser fails in seconds, not minutes.
+@pytest.fixture(scope="session")
+def chromium() -> str:
     """Debian's Chromium (never a browser build Playwright downloads: there is no network)."""
     path = os.environ.get("AUTORETRAIN_CHROMIUM") or shutil.which("chromium")
     if not path or not Path(path).exists():
         pytest.fail(
-            "the browser test needs Debian's Chromium at /usr/bin/chromium (or "
-            "AUTORETRAIN_CHROMIUM): `make test` installs it as root; otherwise run "
-            "`apt-get install -y --no-install-recommends chromium`",
+            f"the browser test needs Debian's Chromium ({path or 'no chromium on PATH'} "
+            "not found; AUTORETRAIN_CHROMIUM names another): `make test` installs it as "
+            "root; otherwise run `apt-get install -y --no-install-recommends chromium`",
             pytrace=False,
         )
     return path
@@ -97,14 +100,13 @@ class UI:
 
 
 @pytest.fixture(scope="module")
-def ui(loop_run, tmp_path_factory) -> Iterator[UI]:
+def ui(chromium, loop_run, tmp_path_factory) -> Iterator[UI]:
     from playwright.sync_api import sync_playwright
 
     from autoretrain_tests.servers import DagsterWebserver
 
     shots = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path_factory.mktemp("ui_screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    executable = chromium_executable()
     server = DagsterWebserver(
         PROJECT,
         {
@@ -118,7 +120,7 @@ def ui(loop_run, tmp_path_factory) -> Iterator[UI]:
         _assert_code_location_loaded(server)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
-                executable_path=executable, args=CHROMIUM_FLAGS, timeout=WAIT_MS
+                executable_path=chromium, args=CHROMIUM_FLAGS, timeout=WAIT_MS
             )
             context = browser.new_context(viewport=READABLE)
             context.set_default_timeout(WAIT_MS)
