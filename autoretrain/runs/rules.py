@@ -154,20 +154,19 @@ def _field(fi: FieldInfo, e: str, names: _Namer) -> str:
     if nullable:  # JSON null and an absent key both read as NULL; both are None to pydantic
         return f"({e} IS NULL OR {_value(base, meta, e, names)})"
     if _static_default(fi) and not _is_container(base):
-        # NULL is an absent key (the default applies) or a null (refused). A line in which the
-        # key never appears has no null for it (a key spelled with escapes makes a line not
-        # plain); asked only where the leaf is NULL, so complete records never pay for it.
-        key = _sql_str(json.dumps(e.rsplit("['", 1)[1].removesuffix("']")))
-        return (
-            f"(CASE WHEN {e} IS NULL THEN NOT contains(text, {key}) "
-            f"ELSE {_value(base, meta, e, names)} END)"
-        )
+        # NULL is an absent key (the default applies) or a null (refused): a plain line has no
+        # `"<this key>": null` (NULL_FOR_DEFAULT, in the reader's one pass over the bytes).
+        DEFAULTED.add(e.rsplit("['", 1)[1].removesuffix("']"))
+        return f"({e} IS NULL OR {_value(base, meta, e, names)})"
     # Not nullable, no fixed default: NULL is a null or a missing key or, for a list, a wrong
     # type; a default made when read (a time) is not proven here either. All go to pydantic.
     # (A NULL leaf fails without asking: the conjunction is coalesced to FALSE; a NULL list
     # would pass as empty, so it is asked.)
     value = _value(base, meta, e, names)
     return f"({e} IS NOT NULL AND {value})" if typing.get_origin(base) is list else value
+
+
+DEFAULTED: set[str] = set()  # keys of leaves with a fixed default, filled by the walk
 
 
 def _static_default(fi: FieldInfo) -> bool:
@@ -272,12 +271,14 @@ def _model(model: type[BaseModel], e: str, names: _Namer) -> str:
 SHAPE = shape(Run)
 CONFIRMED = _model(Run, "r", _Namer())
 
-# A line is plain (the fast path may confirm it) when neither can match: JSON only DuckDB takes
-# (LENIENT_JSON), or a key spelled with an escape (`"\u0061gent"`), which the search for a
-# key's name (an absent leaf with a default, above) cannot see. Text inside strings can match
-# too; that only sends the line to pydantic.
+# A line is plain (the fast path may confirm it) when none of these can match: JSON only
+# DuckDB takes (LENIENT_JSON), a null given for a key with a fixed default (which the fast path
+# reads as absent), or a key spelled with an escape (`"\u0061gent"`), which that pattern cannot
+# see. Text inside strings can match too; that only sends the line to pydantic. One regular
+# expression, so the reader makes one pass over the bytes.
+NULL_FOR_DEFAULT = r'"(?:' + "|".join(sorted(DEFAULTED)) + r')"\s*:\s*null'
 ESCAPED_KEY = r'\\.(?:[^"\\]|\\.)*"\s*:'
-NOT_PLAIN = "|".join([LENIENT_JSON, ESCAPED_KEY])
+NOT_PLAIN = "|".join([LENIENT_JSON, NULL_FOR_DEFAULT, ESCAPED_KEY])
 
 
 def fast_sql(source: str, trusted: bool = False) -> str:
