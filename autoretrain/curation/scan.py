@@ -57,7 +57,20 @@ _PLUGINS: tuple[tuple[str, BasePlugin, tuple[str, ...]], ...] = (
     ("stripe_key", StripeDetector(), ("k_live_",)),
 )
 _KEYWORD = KeywordDetector()
-_KEYWORD_WORDS = ("key", "pass", "pwd", "secret", "contrase")
+# What each of the keyword plugin's names holds (its DENYLIST: api_?key, db_?pass, password,
+# secret, ...), lower-case: "key" alone would send every tool spec with a `key` to it.
+_KEYWORD_WORDS = ("_key", "apikey", "authkey", "servicekey", "accountkey", "dbkey")
+_KEYWORD_WORDS += ("databasekey", "privkey", "privatekey", "clientkey", "passw", "dbpass")
+_KEYWORD_WORDS += (
+    "db_pass",
+    "databasepass",
+    "database_pass",
+    "keypass",
+    "key_pass",
+    "pwd",
+    "secret",
+)
+_KEYWORD_WORDS += ("contrase",)
 # Prose and `name: value` lines carry no quotes: YAML's rules are the ones that take those.
 _UNQUOTED = REGEX_BY_FILETYPE[FileType.YAML]
 _ENTROPY = Base64HighEntropyString()

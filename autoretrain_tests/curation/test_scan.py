@@ -208,3 +208,15 @@ def test_a_line_the_gate_calls_plain_holds_nothing_the_walk_would_find():
         if _line_is_plain(line):
             assert scan_value(json.loads(line)) == set(), line[:200]
     assert all(_line_is_plain(line) for line in ordinary)  # which do skip the walk
+
+
+def test_every_name_the_keyword_plugin_knows_opens_its_gate():
+    # The keyword plugin runs only on strings holding one of _KEYWORD_WORDS: each name in its
+    # DENYLIST (with and without the optional underscore) must hold one.
+    from detect_secrets.plugins.keyword import DENYLIST
+
+    from autoretrain.curation.scan import _KEYWORD_WORDS
+
+    for name in DENYLIST:
+        for variant in {name.replace("_?", "_"), name.replace("_?", "")}:
+            assert any(word in variant for word in _KEYWORD_WORDS), variant
