@@ -75,7 +75,7 @@ def canary_traffic(context: dg.AssetExecutionContext, autoretrain: AutoretrainCo
     the analysis has the runs it needs; then canary analysis decides (a check on this asset)."""
     from autoretrain.evaluation.report import gates_markdown
 
-    result = stages.canary_traffic(autoretrain.settings(), context.partition_key)
+    result = stages.canary_traffic(autoretrain.settings(), context.partition_key, progress=True)
     analysis = result.analysis
     slots = {s["slot"]: s for s in analysis.slots}
     yield dg.MaterializeResult(
