@@ -269,6 +269,13 @@ class TrainingSettings(_Section):
     # a safety cap on its training time (the schedule itself is fixed, so a build is reproducible).
     bootstrap_demos_per_scenario: PositiveInt = 48
     bootstrap_time_budget_s: Positive = 240.0
+    # Where a candidate is trained: here (transformers + peft), or as an Azure OpenAI fine-tuning
+    # job of the provider profile `hosted_profile` (default: the active provider).
+    backend: Literal["local", "azure"] = "local"
+    hosted_profile: str | None = None
+    hosted_base_model: str | None = None  # the first hosted candidate's base model
+    hosted_timeout_s: Positive = 24 * 3600.0  # a wait longer than this leaves the job running
+    hosted_price_per_1k_training_tokens: float | None = Field(default=None, ge=0)
 
 
 class EvaluationSettings(_Section):

@@ -282,11 +282,13 @@ def train_candidate(settings: Settings, dataset_dir: Any, version_id: str, **ove
     from autoretrain.training.config import TrainConfig
     from autoretrain.training.lora import train
 
+    if settings.training.backend == "azure":
+        return train_hosted_candidate(settings, dataset_dir, version_id)
     incumbent = slot_version(settings, "primary")
     if incumbent is None or incumbent.kind != "local":
         raise ValueError(
-            "local training needs a local model in the primary slot; for hosted models use the "
-            "hosted fine-tune backend (autoretrain/training/hosted.py)"
+            "local training needs a local model in the primary slot; for hosted models set "
+            "training.backend: azure (docs/configuration.md)"
         )
     base_dir = Path(incumbent.model_dir or incumbent.adapter_dir)
     demos = settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
@@ -316,6 +318,87 @@ def train_candidate(settings: Settings, dataset_dir: Any, version_id: str, **ove
             parent_version=incumbent.id,
         )
     return result
+
+
+@dataclass
+class HostedTrainResult:
+    """What `train_candidate` returns for a hosted fine-tune (the local trainer's shape)."""
+
+    method: str
+    model_dir: Any
+    adapter_dir: Any
+    metrics: dict[str, Any]
+    job_id: str
+    model_id: str
+    reattached: bool
+
+
+def hosted_backend(settings: Settings, backend: Any = None) -> Any:
+    from autoretrain.training.hosted import HostedBackend
+
+    if backend is not None:
+        return backend
+    name = settings.training.hosted_profile or settings.provider
+    if name not in settings.providers:
+        raise ValueError(f"training.hosted_profile {name!r} is not a provider profile")
+    return HostedBackend.from_profile(settings.providers[name])
+
+
+def train_hosted_candidate(
+    settings: Settings, dataset_dir: Any, version_id: str, backend: Any = None
+) -> HostedTrainResult:
+    """The candidate as an Azure OpenAI fine-tuning job (submitted once, re-attached after a
+    crash), registered as a hosted version when it succeeds."""
+    from pathlib import Path
+
+    from autoretrain.training.hosted import HostedFineTuneError
+    from autoretrain.training.hosted_candidate import train_hosted
+
+    training = settings.training
+    incumbent = slot_version(settings, "primary")
+    # A hosted incumbent's fine-tuned model is the next round's base (Azure fine-tunes further).
+    base = (
+        incumbent.hosted_model_id
+        if incumbent is not None and incumbent.kind == "hosted"
+        else training.hosted_base_model
+    )
+    if not base:
+        raise ValueError(
+            "training.backend is azure but there is no base model: set training.hosted_base_model "
+            "(e.g. gpt-4o-mini-2024-07-18) or register a hosted incumbent in primary"
+        )
+    candidate = train_hosted(
+        hosted_backend(settings, backend),
+        Path(dataset_dir),
+        base,
+        version_id,
+        settings.paths.models,
+        config={"suffix": "autoretrain", "seed": training.seed, "n_epochs": training.epochs},
+        timeout_s=training.hosted_timeout_s,
+        price_per_1k_training_tokens=training.hosted_price_per_1k_training_tokens,
+    )
+    outcome = candidate.outcome
+    if not outcome.succeeded:
+        raise HostedFineTuneError(
+            f"hosted fine-tune {candidate.job_id} for {version_id} {outcome.status}: "
+            f"{outcome.reason} (record: {candidate.record})"
+        )
+    metrics = {**candidate.metrics, "job_id": candidate.job_id, "backend": "azure"}
+    with RunStore.from_settings(settings) as store:
+        registry = _registry(store, settings)
+        if registry.get(version_id) is None:
+            registry.register(
+                version_id=version_id,
+                base_model=base,
+                kind="hosted",
+                hosted_model_id=outcome.model_id,
+                dataset_version=Path(dataset_dir).name,
+                training_metrics=metrics,
+                parent_version=incumbent.id if incumbent else None,
+            )
+    return HostedTrainResult(
+        "hosted", None, None, metrics, candidate.job_id, outcome.model_id, candidate.reattached
+    )
 
 
 # -- evaluation and deployment ----------------------------------------------------------------

@@ -124,9 +124,21 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     help="Extra JSONL added to the train split (e.g. the base model's demonstrations).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "azure"]),
+    help="local: train here; azure: an Azure OpenAI fine-tuning job, registered as --version "
+    "(default: training.backend).",
+)
+@click.option(
+    "--cancel", is_flag=True, help="With --backend azure: cancel --version's recorded job."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def train(dataset_dir, base_model_dir, name, version, output, mix_in, as_json, **options) -> None:
-    """Fine-tune a model on a dataset version (full, LoRA or QLoRA) into <models>/<name>/<version>."""
+def train(
+    dataset_dir, base_model_dir, name, version, output, mix_in, backend, cancel, as_json, **options
+) -> None:
+    """Fine-tune a model on a dataset version (full, LoRA or QLoRA) into <models>/<name>/<version>,
+    or as a hosted Azure OpenAI fine-tune (--backend azure)."""
     from autoretrain.training.bootstrap import embedded_model_dir
     from autoretrain.training.config import TrainConfig
     from autoretrain.training.data import DatasetError, LossMaskError
@@ -134,6 +146,9 @@ def train(dataset_dir, base_model_dir, name, version, output, mix_in, as_json, *
     from autoretrain.training.lora import train as run_training
 
     settings = load_settings()
+    if (backend or settings.training.backend) == "azure":
+        _train_hosted(settings, dataset_dir, version, cancel, as_json)
+        return
     base = base_model_dir or embedded_model_dir(settings)
     if not base.exists():
         raise click.ClickException(
@@ -166,4 +181,36 @@ def train(dataset_dir, base_model_dir, name, version, output, mix_in, as_json, *
     click.echo(
         f"{result.output_dir} ({result.method}): {m['steps']} steps, loss {m['final_train_loss']}, "
         f"eval {m['best_eval_loss']}, {m['tokens_per_s']} tokens/s, {m['train_seconds']} s ({m['stopped_by']})"
+    )
+
+
+def _train_hosted(settings, dataset_dir: Path, version: str | None, cancel: bool, as_json: bool):  # type: ignore[no-untyped-def]
+    """`train --backend azure`: submit (or re-attach to) the job, register the candidate."""
+    from autoretrain import stages
+    from autoretrain.training.hosted import HostedFineTuneError
+    from autoretrain.training.hosted_candidate import cancel_hosted
+
+    version = version or f"cand-{dataset_dir.name}"
+    try:
+        if cancel:
+            job_id = cancel_hosted(stages.hosted_backend(settings), settings.paths.models, version)
+            click.echo(f"cancellation of job {job_id} ({version}) requested")
+            return
+        result = stages.train_hosted_candidate(settings, dataset_dir, version)
+    except (HostedFineTuneError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    summary = {
+        "version": version,
+        "job_id": result.job_id,
+        "model_id": result.model_id,
+        "reattached": result.reattached,
+        "metrics": result.metrics,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    click.echo(
+        f"{version}: hosted fine-tune {result.job_id} -> {result.model_id}"
+        + (" (re-attached)" if result.reattached else "")
+        + f"; registered. Next: `autoretrain promote {version} --slot canary`."
     )

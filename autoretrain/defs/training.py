@@ -47,18 +47,26 @@ def candidate_model(
         )
     result = stages.train_candidate(settings, dataset_dir, key)
     m = result.metrics
-    return dg.MaterializeResult(
-        metadata={
-            "version": key,
-            "method": result.method,
+    where = (
+        {"hosted_model_id": result.model_id, "job_id": result.job_id}
+        if isinstance(result, stages.HostedTrainResult)
+        else {
             "model_dir": dg.MetadataValue.path(str(result.model_dir)),
             "adapter_dir": dg.MetadataValue.path(str(result.adapter_dir))
             if result.adapter_dir
             else "none",
+        }
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "version": key,
+            "method": result.method,
+            **where,
             "tokens_per_s": float(m.get("tokens_per_s") or 0.0),
             "final_train_loss": float(m.get("final_train_loss") or 0.0),
             "best_eval_loss": float(m.get("best_eval_loss") or 0.0),
             "train_seconds": float(m.get("train_seconds") or 0.0),
+            "trained_tokens": int(m.get("trained_tokens") or m.get("train_tokens") or 0),
             "steps": int(m.get("steps") or 0),
             "loss_curve": dg.MetadataValue.md(loss_curves_markdown(m)),
         }
