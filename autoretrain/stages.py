@@ -509,7 +509,7 @@ def canary_traffic(
     share = settings.selfplay.canary_share or 0.5
     played = rounds = 0
     while True:
-        analysis, primary = _canary_analysis(settings, candidate)
+        analysis, primary = analyze_canary(settings, candidate)
         holds = primary is not None and analysis.window.get("canary_model") == candidate
         if analysis.passed or not holds or rounds >= max_rounds:
             break
@@ -545,7 +545,7 @@ def _today(settings: Settings) -> set[str]:
     return days & set(RunArchive(settings.paths.landing).days())
 
 
-def _canary_analysis(settings: Settings, candidate: str) -> tuple[Any, str | None]:
+def analyze_canary(settings: Settings, candidate: str) -> tuple[Any, str | None]:
     """The candidate's canary analysis against the current primary; a candidate that does not
     hold the canary slot fails it without looking at traffic."""
     from autoretrain.evaluation.canary import CanaryAnalysis, canary_analysis
@@ -584,22 +584,6 @@ def rollback(settings: Settings, slot: str = "primary", reason: str = "rollback"
             actor="autoretrain",
         )
         return entry
-
-
-def analyze_canary(settings: Settings, since: Any = None) -> Any:
-    """Canary vs primary over self-play traffic since `since` (non-inferiority)."""
-    from autoretrain.evaluation.canary import canary_analysis
-
-    with RunStore.from_settings(settings, read_only=True) as store:
-        slots = _registry(store, settings, read_only=True).slots()
-        return canary_analysis(
-            store.con,
-            lifts=settings.evaluation_lifts(),
-            since=since,
-            canary_model=slots.get("canary"),
-            primary_model=slots.get("primary"),
-            bootstrap_samples=settings.evaluation.bootstrap_samples,
-        )
 
 
 def _read_json(path: Any) -> dict[str, Any]:
