@@ -119,7 +119,7 @@ def _wait(backend: FineTuneBackend, job_id: str, timeout_s: float | None) -> Fin
 
 
 def cancel_hosted(backend: FineTuneBackend, models_dir: Path, version_id: str) -> str:
-    """Cancel the candidate's recorded job (`autoretrain train cancel VERSION`)."""
+    """Cancel the candidate's recorded job (`autoretrain train DATASET --backend azure --version VERSION --cancel`)."""
     record = job_record(models_dir, version_id)
     job = read_job(record)
     if job is None:
