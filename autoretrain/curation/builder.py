@@ -348,7 +348,8 @@ def _convert(
     except UnicodeEncodeError as exc:
         return Exclusion(run.run_id, "invalid_unicode", str(exc)), "", redactor
     except Exception as exc:  # one strange run must not stop the build; it is counted
-        log.warning("run %s could not be converted: %r", run.run_id, exc)
+        # A run id can hold a secret: the log gets it scrubbed, as the manifest does.
+        log.warning("run %s could not be converted: %r", redactor.redact(run.run_id), exc)
         return Exclusion(run.run_id, "conversion_error", repr(exc)[:300]), "", redactor
     return result, line, redactor
 

@@ -220,3 +220,29 @@ def test_every_name_the_keyword_plugin_knows_opens_its_gate():
     for name in DENYLIST:
         for variant in {name.replace("_?", "_"), name.replace("_?", "")}:
             assert any(word in variant for word in _KEYWORD_WORDS), variant
+
+
+def test_dataset_scan_cli_reads_a_version_folder_and_names_file_line_and_kind(settings, tmp_path):
+    from click.testing import CliRunner
+
+    from autoretrain.cli import cli
+
+    version = tmp_path / "20261203T000000Z"
+    version.mkdir()
+    (version / "train.jsonl").write_text(json.dumps({"content": "hello"}) + "\n")
+    (version / "eval.jsonl").write_text(json.dumps({"content": "hi"}) + "\n")
+    manifest = {"source_models": [f"ft:{PLANTED['github_token']}"], "counts": {"train": 1}}
+    (version / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    result = CliRunner().invoke(cli, ["dataset", "scan", str(version), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["findings"] == [
+        {"file": str(version / "manifest.json"), "line": 3, "kind": "github_token"}
+    ]
+    assert PLANTED["github_token"] not in result.output  # never the secret itself
+    plain = CliRunner().invoke(cli, ["dataset", "scan", str(version)])
+    assert f"{version / 'manifest.json'}:3: github_token" in plain.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = CliRunner().invoke(cli, ["dataset", "scan", str(empty)])
+    assert refused.exit_code == 1 and "without train.jsonl" in refused.output
