@@ -108,8 +108,14 @@ class ProviderProfile(_Section):
     azure_resource_group: str | None = None
     azure_account: str | None = None
     management_endpoint: str = "https://management.azure.com"
-    deployment_sku: str = "standard"
+    deployment_sku: str = "standard"  # or "globalstandard": the primary slot's deployments
     deployment_capacity: int = Field(default=1, ge=1)
+    # Each model version gets a deployment of its own named <prefix>-<version> (Azure cannot
+    # change a deployment's model); slots map to them in the slot file (deploy/slot_config.py).
+    deployment_prefix: str = Field(default="autoretrain", pattern=r"^[a-z0-9][a-z0-9-]{0,29}$")
+    # The canary slot's SKU when it differs: "developertier" (tokens only, no SLA, 24 hours).
+    canary_deployment_sku: str | None = None
+    slot_config_file: str | None = None  # default <root>/serving/<profile>-slots.env
 
 
 class PromotionGates(_Section):

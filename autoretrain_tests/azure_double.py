@@ -12,13 +12,24 @@ It follows the documented request and response shapes, and only those the projec
   advances it one step: validating_files -> queued -> running -> succeeded | failed | cancelled.
 - Chat completions on a deployment (`POST /openai/deployments/{name}/chat/completions`), so the
   keep-alive has something to call.
-- ARM: `PUT` / `GET` on `/subscriptions/{sub}/resourceGroups/{rg}/providers/
+- ARM: `PUT` / `GET` / `DELETE` on `/subscriptions/{sub}/resourceGroups/{rg}/providers/
   Microsoft.CognitiveServices/accounts/{account}/deployments/{name}?api-version=...` with body
-  `{"sku": {"name", "capacity"}, "properties": {"model": {"format", "name", "version"}}}`; each GET
-  advances `properties.provisioningState` (Creating/Accepted -> Succeeded | Failed).
+  `{"sku": {"name", "capacity"}, "properties": {"model": {"format", "name", "version"}}}`, a
+  bearer token required. As Azure does:
+  - a deployment's model is fixed when it is created: a PUT naming another model on an existing
+    deployment answers 400 `CannotChangeDeploymentModel` ("The model of deployment cannot be
+    changed."); a PUT with the same model (a capacity change) is accepted;
+  - a new deployment is `Creating`, an updated one `Accepted`; each GET advances it to
+    `Succeeded` (or `Failed`, with `deployment_outcome`), `polls_per_status` GETs per state;
+  - `DELETE` answers 200 (204 when there is nothing to delete); a GET of a deleted deployment
+    answers 404 `DeploymentNotFound`;
+  - a `DeveloperTier` deployment (SKU names are case-insensitive) lives 24 hours from creation,
+    then is gone; any other fine-tuned deployment is deleted after 15 days without a chat call.
+    Time is `clock` (seconds, `time.time` by default): a test moves it forward.
 
 Switches on the instance choose the fault: `job_outcome`, `file_status`, `deployment_error`,
-`deployment_outcome`, `arm_unavailable`. Every request is recorded in `requests` for the tests to inspect.
+`deployment_outcome`, `arm_unavailable`. Every request is recorded in `requests` for the tests to
+inspect.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import re
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +47,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 TERMINAL_JOB = {"succeeded", "failed", "cancelled"}
+DEVELOPER_SKU = "developertier"
+DEVELOPER_LIFETIME_S = 24 * 3600
+IDLE_DELETION_S = 15 * 24 * 3600
+# Azure resource names of deployments: letters, digits, '_', '.', '-', up to 64 characters.
+_DEPLOYMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,63}$")
 _ARM = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"
     r"Microsoft\.CognitiveServices/accounts/(?P<account>[^/]+)/deployments/(?P<name>[^/]+)$"
@@ -61,12 +78,16 @@ class AzureDouble:
         self.deployment_outcome: str = "Succeeded"  # or "Failed"
         self.arm_unavailable: int = 0  # the next N management calls answer 503 (then it recovers)
         self.known_models: set[str] = set()  # models a deployment may name
+        self.clock: Any = time.time  # now, in seconds: lifetimes and idle deletion follow it
         # State.
         self.files: dict[str, dict[str, Any]] = {}
         self.file_contents: dict[str, bytes] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
+        self.deleted: list[tuple[str, str]] = []  # (name, why): "DELETE", "lifetime", "idle"
+        self._created: dict[str, float] = {}
+        self._last_call: dict[str, float] = {}
         self.chat_calls: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -290,6 +311,7 @@ class AzureDouble:
 
     def chat(self, deployment: str, body: dict[str, Any]):
         with self._lock:
+            self._sweep()
             found = self.deployments.get(deployment)
             ready = found and found["properties"]["provisioningState"] == "Succeeded"
             if not ready:
@@ -299,6 +321,7 @@ class AzureDouble:
                     "deployment within the last 5 minutes, please wait a moment and try again.",
                 )
             self.chat_calls[deployment] = self.chat_calls.get(deployment, 0) + 1
+            self._last_call[deployment] = self.clock()
             model = found["properties"]["model"]["name"]
         return 200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
@@ -317,10 +340,33 @@ class AzureDouble:
 
     # ------------------------------------------------------------ ARM deployments
 
+    def _sweep(self) -> None:
+        """Remove what Azure would have removed by now (call with the lock held)."""
+        now = self.clock()
+        for name, resource in list(self.deployments.items()):
+            if resource["sku"]["name"].lower() == DEVELOPER_SKU:
+                if now - self._created[name] >= DEVELOPER_LIFETIME_S:
+                    self._remove(name, "lifetime")
+            elif now - self._last_call.get(name, self._created[name]) >= IDLE_DELETION_S:
+                self._remove(name, "idle")
+
+    def _remove(self, name: str, why: str) -> None:
+        del self.deployments[name]
+        self._created.pop(name, None)
+        self._last_call.pop(name, None)
+        self.deleted.append((name, why))
+
     def put_deployment(self, match: re.Match, body: dict[str, Any]):
         if self.deployment_error:
             status, code, message = self.deployment_error
             return status, _error(code, message)
+        name = match["name"]
+        if not _DEPLOYMENT_NAME.match(name):
+            return 400, _error(
+                "InvalidResourceName",
+                f"Resource name '{name}' is invalid. The name can contain only letters, digits, "
+                "'_', '.' and '-', and be 2 to 64 characters long.",
+            )
         sku = body.get("sku") or {}
         model = ((body.get("properties") or {}).get("model")) or {}
         capacity = sku.get("capacity")
@@ -330,15 +376,29 @@ class AzureDouble:
             return 400, _error(
                 "InvalidResourceProperties", "properties.model needs format, name and version"
             )
-        if model["name"] not in self.known_models:
-            return 400, _error(
-                "DeploymentModelNotSupported",
-                f"The model '{model['name']}' of format OpenAI and version "
-                f"'{model['version']}' is not supported.",
-            )
-        name = match["name"]
         with self._lock:
-            existed = name in self.deployments
+            self._sweep()
+            existing = self.deployments.get(name)
+            if existing is not None:
+                before = existing["properties"]["model"]
+                if (before["name"], before["version"]) != (model["name"], model["version"]):
+                    return 400, _error(
+                        "CannotChangeDeploymentModel", "The model of deployment cannot be changed."
+                    )
+                if existing["sku"]["name"].lower() != sku["name"].lower():
+                    return 400, _error(
+                        "InvalidResourceProperties",
+                        f"The sku of deployment '{name}' cannot be changed from "
+                        f"{existing['sku']['name']} to {sku['name']}.",
+                    )
+            if model["name"] not in self.known_models:
+                return 400, _error(
+                    "DeploymentModelNotSupported",
+                    f"The model '{model['name']}' of format OpenAI and version "
+                    f"'{model['version']}' is not supported.",
+                )
+            now = self.clock()
+            created = self._created.get(name, now) if existing else now
             resource = {
                 "id": match.string,
                 "name": name,
@@ -350,21 +410,25 @@ class AzureDouble:
                         "name": model["name"],
                         "version": model["version"],
                     },
-                    "provisioningState": "Accepted" if existed else "Creating",
+                    "provisioningState": "Accepted" if existing else "Creating",
+                },
+                "systemData": {
+                    "createdAt": _iso(created),
+                    "lastModifiedAt": _iso(now),
                 },
             }
             self.deployments[name] = resource
+            self._created[name] = created
             self._polls[f"deployment:{name}"] = 0
-        return (200 if existed else 201), resource
+        return (200 if existing else 201), json.loads(json.dumps(resource))
 
     def get_deployment(self, match: re.Match):
         name = match["name"]
         with self._lock:
+            self._sweep()
             resource = self.deployments.get(name)
             if resource is None:
-                return 404, _error(
-                    "DeploymentNotFound", f"Deployment '{name}' does not exist on this account."
-                )
+                return 404, _not_found(name)
             props = resource["properties"]
             if props["provisioningState"] not in ("Succeeded", "Failed"):
                 key = f"deployment:{name}"
@@ -372,6 +436,23 @@ class AzureDouble:
                 if self._polls[key] > self.polls_per_status:
                     props["provisioningState"] = self.deployment_outcome
             return 200, json.loads(json.dumps(resource))
+
+    def delete_deployment(self, match: re.Match):
+        name = match["name"]
+        with self._lock:
+            self._sweep()
+            if name not in self.deployments:
+                return 204, None
+            self._remove(name, "DELETE")
+        return 200, None
+
+
+def _not_found(name: str) -> dict[str, Any]:
+    return _error("DeploymentNotFound", f"Deployment '{name}' does not exist on this account.")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -394,6 +475,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._dispatch("PUT")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
     def _dispatch(self, method: str) -> None:
         split = urlsplit(self.path)
         path = split.path
@@ -415,9 +499,10 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = self._route(method, path, query, raw)
         except Exception as exc:  # a bug in the double must show up as a failing test
             status, body = 500, _error("doubleError", f"{type(exc).__name__}: {exc}")
-        data = json.dumps(body).encode()
+        data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        if body is not None:
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -437,6 +522,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return double.put_deployment(arm, json.loads(raw or b"{}"))
             if method == "GET":
                 return double.get_deployment(arm)
+            if method == "DELETE":
+                return double.delete_deployment(arm)
             return 405, _error("MethodNotAllowed", method)
         if path.startswith("/openai/"):
             azure, rest = True, path.removeprefix("/openai")

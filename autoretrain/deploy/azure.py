@@ -8,23 +8,33 @@ the management API, not the inference endpoint:
     {"sku": {"name": "standard", "capacity": N},
      "properties": {"model": {"format": "OpenAI", "name": "<fine_tuned_model>", "version": "1"}}}
 
-answers 201 (created) or 200 (updated) with `properties.provisioningState`; we then GET the
-deployment until that state is Succeeded (or Failed/Canceled). Swapping what a slot serves is an
-update of its deployment to another model: clients keep calling the same deployment name.
+answers 201 (created) with `properties.provisioningState` Creating; we then GET the deployment
+until that state is Succeeded (or Failed/Canceled). A deployment's model is fixed when it is
+created: Azure refuses a PUT naming another model with `CannotChangeDeploymentModel`. So every
+model version gets a deployment of its own, named from the version (`deployment_name`), and a
+slot (primary, canary) is a name resolved outside Azure (`deploy/slot_config.py`), never a
+deployment re-pointed at another model.
+
+SKUs: `standard` / `globalstandard` bill fine-tuned deployments by the hour while deployed;
+`developertier` (for evaluating a candidate) bills tokens only, has no SLA and lives a fixed 24
+hours. A fine-tuned deployment without calls for 15 days is deleted by Azure (the model survives):
+`keep_alive` sends one tiny chat request per deployment; schedule it (docs/azure.md). A version
+whose deployment is gone is simply deployed again (`ensure`).
 
 The management API takes only Microsoft Entra ID tokens (scope `https://management.azure.com/.default`):
 `DefaultAzureCredential` (managed identity on Azure, `az login` elsewhere) unless a credential is
-given. Azure deletes a fine-tuned deployment after 15 days without calls (the model survives):
-`keep_alive` sends one tiny chat request per deployment; schedule it (docs/azure.md).
+given.
 
 Run as a command: `python -m autoretrain.deploy.azure keep-alive [--deployment NAME] [--json]`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +55,9 @@ ARM_API_VERSION = "2023-05-01"
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 TERMINAL_STATES = ("Succeeded", "Failed", "Canceled")
 IDLE_DELETION_DAYS = 15
+DEVELOPER_SKU = "developertier"
+DEVELOPER_LIFETIME_HOURS = 24
+MAX_DEPLOYMENT_NAME = 64
 
 _HINTS = {
     "InsufficientQuota": "free quota on the account or lower the profile's deployment_capacity",
@@ -55,6 +68,9 @@ _HINTS = {
     "AuthorizationFailed": "the identity needs the Cognitive Services Contributor role on the account",
     "ResourceNotFound": "check azure_subscription_id, azure_resource_group and azure_account",
     "ResourceGroupNotFound": "check azure_resource_group",
+    "CannotChangeDeploymentModel": "a deployment's model is fixed when it is created: deploy "
+    "the model under a deployment of its own (autoretrain names one per version) and move the "
+    "slot to it",
 }
 
 
@@ -119,6 +135,11 @@ class Deployment:
     sku: str | None
     capacity: int | None
     state: str | None
+    created_at: str | None = None  # ARM systemData.createdAt (ISO 8601), when the service says
+
+    @property
+    def developer(self) -> bool:
+        return (self.sku or "").lower() == DEVELOPER_SKU
 
     @classmethod
     def from_resource(cls, resource: dict[str, Any]) -> Deployment:
@@ -132,7 +153,27 @@ class Deployment:
             sku=sku.get("name"),
             capacity=sku.get("capacity"),
             state=props.get("provisioningState"),
+            created_at=(resource.get("systemData") or {}).get("createdAt"),
         )
+
+
+def deployment_name(version_id: str, *, prefix: str = "autoretrain", tier: str = "") -> str:
+    """The deployment of one model version: stable (the same version always gets the same
+    name) and a valid Azure resource name (lower-case letters, digits and '-', at most 64
+    characters). A version id that is not already such a name gets a short hash of itself, so
+    two ids that clean up to the same text still get different deployments. A `tier` (`dev`
+    for a Developer-tier deployment) ends the name: a version may have one of each at once."""
+    # "--" never occurs in a cleaned stem (runs of other characters collapse to one "-"), so
+    # a tier suffix cannot collide with another version's plain name.
+    suffix = f"--{re.sub(r'[^a-z0-9]+', '-', tier.lower()).strip('-')}" if tier else ""
+    wanted = f"{prefix}-{version_id}" if prefix else version_id
+    stem = re.sub(r"[^a-z0-9]+", "-", wanted.lower()).strip("-")
+    room = MAX_DEPLOYMENT_NAME - len(suffix)
+    if stem != wanted or len(stem) > room:
+        digest = hashlib.sha256(version_id.encode()).hexdigest()[:8]
+        stem = f"{stem[: room - len(digest) - 1]}".strip("-")
+        stem = f"{stem}-{digest}" if stem else f"d{digest}"
+    return stem + suffix
 
 
 class AzureDeployments:
@@ -212,7 +253,7 @@ class AzureDeployments:
             raise self._error("read", name, status, body)
         return Deployment.from_resource(body)
 
-    def create_or_update(
+    def create(
         self,
         name: str,
         model: str,
@@ -223,19 +264,98 @@ class AzureDeployments:
         wait: bool = True,
         timeout_s: float | None = None,
     ) -> Deployment:
-        """Point deployment `name` at `model` (creating it if needed); by default wait until it
-        serves. Raises DeploymentError with the service's code and message on any failure."""
+        """Create deployment `name` serving `model` and, by default, wait until it serves. A PUT
+        on an existing deployment may only change its capacity: Azure refuses another model
+        (`CannotChangeDeploymentModel`). Raises DeploymentError with the service's code and
+        message on any failure."""
         body = {
             "sku": {"name": sku, "capacity": capacity},
             "properties": {"model": {"format": "OpenAI", "name": model, "version": model_version}},
         }
-        log.info("deployment %s: %s -> %s (%s x%d)", self.account, name, model, sku, capacity)
+        log.info(
+            "deployment %s: create %s for %s (%s x%d)", self.account, name, model, sku, capacity
+        )
         status, resource = self._request("PUT", name, body)
         if status not in (200, 201):
-            raise self._error(f"point at {model}", name, status, resource)
+            raise self._error(f"create (for {model})", name, status, resource)
         if not wait:
             return Deployment.from_resource(resource)
         return self.wait_until_ready(name, timeout_s=timeout_s)
+
+    def ensure(
+        self,
+        name: str,
+        model: str,
+        *,
+        capacity: int = 1,
+        sku: str = "standard",
+        model_version: str = "1",
+        timeout_s: float | None = None,
+    ) -> tuple[Deployment, str]:
+        """Deployment `name` serving `model`, ready; and what it took: "existing" (it already
+        served, nothing was sent), "waited" (it was still provisioning), "created" (it did not
+        exist: never made, deleted by hand, expired or deleted by Azure after 15 idle days), or
+        "recreated" (it had Failed: deleted, then created again). A deployment of that name
+        serving another model or on another SKU is an error, never changed."""
+        current = self.get(name)
+        if current is not None and (current.model, current.model_version) != (model, model_version):
+            raise DeploymentError(
+                f"deployment {name!r} on account {self.account} serves {current.model} "
+                f"(version {current.model_version}), not {model}: Azure cannot change a "
+                "deployment's model. Something else created a deployment under this name; "
+                "delete it or change the profile's deployment_prefix"
+            )
+        if current is not None and (current.sku or "").lower() != sku.lower():
+            raise DeploymentError(
+                f"deployment {name!r} on account {self.account} is a {current.sku} deployment, "
+                f"not {sku}; delete it (it will be created again) or change the profile's SKU"
+            )
+        if current is None:
+            return self.create(
+                name,
+                model,
+                capacity=capacity,
+                sku=sku,
+                model_version=model_version,
+                timeout_s=timeout_s,
+            ), "created"
+        if current.state == "Succeeded":
+            return current, "existing"
+        if current.state in TERMINAL_STATES:  # Failed or Canceled: Azure will not retry it
+            log.warning(
+                "deployment %s ended %s; deleting and creating it again", name, current.state
+            )
+            self.delete(name)
+            return self.create(
+                name,
+                model,
+                capacity=capacity,
+                sku=sku,
+                model_version=model_version,
+                timeout_s=timeout_s,
+            ), "recreated"
+        return self.wait_until_ready(name, timeout_s=timeout_s), "waited"
+
+    def delete(self, name: str) -> bool:
+        """Delete deployment `name`; False when there was none. The model survives: deploying
+        it again takes minutes, not a retrain."""
+        status, body = self._request("DELETE", name)
+        if status == 202:  # accepted, still deleting: a create of the same name must wait
+            deadline = self._clock() + self.timeout_s
+            delays = self.backoff.delays()
+            while self.get(name) is not None:
+                if self._clock() >= deadline:
+                    raise DeploymentError(
+                        f"deployment {name!r} on account {self.account} still exists "
+                        f"{self.timeout_s:g} s after its deletion was accepted; check the portal"
+                    )
+                self._sleep(next(delays))
+        if status in (200, 202, 204):
+            log.info("deployment %s: deleted %s", self.account, name)
+            return status != 204
+        if status == 404:
+            return False
+        raise self._error("delete", name, status, body)
 
     def wait_until_ready(self, name: str, *, timeout_s: float | None = None) -> Deployment:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
@@ -360,9 +480,11 @@ def keep_alive(
     return results
 
 
-def slot_deployments(profile: Any) -> list[str]:
-    """The deployment names a profile's slots point at (primary first)."""
-    return list(dict.fromkeys(v for _, v in sorted(profile.slots.items()) if v))
+def slot_deployments(profile: Any, written: dict[str, str] | None = None) -> list[str]:
+    """The deployment names a profile's slots resolve to, in slot-name order: the slot file's
+    entries (`written`, what promotions wrote) over the profile's `slots`."""
+    merged = {**profile.slots, **(written or {})}
+    return list(dict.fromkeys(v for _, v in sorted(merged.items()) if v))
 
 
 @click.group("azure")
@@ -385,7 +507,9 @@ def keep_alive_command(names: tuple[str, ...], as_json: bool) -> None:
             f"provider profile {settings.provider!r} is {profile.kind}, not azure_openai; "
             "choose the Azure profile with AUTORETRAIN_PROVIDER"
         )
-    targets = list(names) or slot_deployments(profile)
+    from autoretrain.deploy.slot_config import read_slots, slot_file
+
+    targets = list(names) or slot_deployments(profile, read_slots(slot_file(settings)))
     if not targets:
         raise click.ClickException(
             f"profile {settings.provider!r} has no slots; set providers.{settings.provider}"

@@ -10,8 +10,9 @@ exactly as it was, and a slot never names a model that nothing serves.
 - `LMStudioTarget` (kind `openai_compatible`): LM Studio loads models itself, so the target
   returns the exported directory and the id to load it under (the profile's configured model id
   for the slot, so the agent's configuration does not change) with the `lms` commands to run.
-- `AzureTarget` (kind `azure_openai`): creates or updates the slot's deployment (the profile's
-  `slots` name the deployments) to the version's fine-tuned model through the management API.
+- `AzureTarget` (kind `azure_openai`): makes sure the version has its own deployment (created
+  through the management API, named from the version: Azure cannot change a deployment's
+  model), then flips the slot to it in the slot file the app reads (`deploy/slot_config.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from autoretrain.deploy.azure import AzureDeployments, DeploymentError
+from autoretrain.deploy.azure import (
+    DEVELOPER_SKU,
+    AzureDeployments,
+    DeploymentError,
+    deployment_name,
+)
 from autoretrain.deploy.registry import (
     SERVING_FILE,
     LedgerEntry,
@@ -29,6 +35,7 @@ from autoretrain.deploy.registry import (
     ModelVersion,
     RegistryError,
 )
+from autoretrain.deploy.slot_config import read_slots, slot_file, write_slot
 from autoretrain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,11 +118,18 @@ class LMStudioTarget:
 
 
 class AzureTarget:
+    """A slot is a name resolved outside Azure. `apply` creates the version's own deployment if
+    it does not exist (first deployment, or Azure deleted it: a Developer-tier one after 24
+    hours, any other after 15 idle days), waits until it serves, then writes slot -> deployment
+    into the slot file; the registry records the move after that (`deploy_to_slot`). Nothing
+    ever asks Azure to change a deployment's model, which it refuses."""
+
     name = "azure_openai"
 
     def __init__(
         self, settings: Settings, deployments: AzureDeployments, profile: str | None = None
     ):
+        self.settings = settings
         self.profile_name = profile or settings.provider
         self.profile = settings.providers[self.profile_name]
         self.deployments = deployments
@@ -135,37 +149,66 @@ class AzureTarget:
         )
         return cls(settings, deployments, name)
 
+    @property
+    def slot_file(self) -> Path:
+        return slot_file(self.settings, self.profile_name)
+
+    def sku_for(self, slot: str) -> str:
+        """The canary slot's SKU when the profile sets `canary_deployment_sku` (e.g.
+        developertier), else `deployment_sku` (standard or globalstandard)."""
+        if slot == "canary" and self.profile.canary_deployment_sku:
+            return self.profile.canary_deployment_sku
+        return self.profile.deployment_sku
+
+    def deployment_for(self, slot: str, version: ModelVersion) -> str:
+        """The deployment name `version` gets when served in `slot`."""
+        sku = self.sku_for(slot)
+        tier = ""
+        if sku.lower() != self.profile.deployment_sku.lower():
+            tier = "dev" if sku.lower() == DEVELOPER_SKU else sku
+        return deployment_name(version.id, prefix=self.profile.deployment_prefix, tier=tier)
+
     def apply(self, slot: str, version: ModelVersion) -> TargetResult:
         if version.kind != "hosted" or not version.hosted_model_id:
             raise DeploymentError(
                 f"version {version.id} is a local model; Azure OpenAI deploys hosted fine-tunes"
             )
-        deployment = self.profile.slots.get(slot)
-        if not deployment:
-            raise DeploymentError(
-                f"profile {self.profile_name!r} names no deployment for slot {slot!r}; set "
-                f"providers.{self.profile_name}.slots.{slot} to a deployment name"
-            )
-        done = self.deployments.create_or_update(
-            deployment,
-            version.hosted_model_id,
-            capacity=self.profile.deployment_capacity,
-            sku=self.profile.deployment_sku,
+        sku = self.sku_for(slot)
+        name = self.deployment_for(slot, version)
+        done, how = self.deployments.ensure(
+            name, version.hosted_model_id, capacity=self.profile.deployment_capacity, sku=sku
         )
         if done.model != version.hosted_model_id:
             raise DeploymentError(
-                f"deployment {deployment} reports model {done.model} after the update to "
-                f"{version.hosted_model_id}; another change may have raced this one: retry"
+                f"deployment {name} reports model {done.model}, not {version.hosted_model_id}; "
+                "another change may have raced this one: retry"
+            )
+        previous = read_slots(self.slot_file).get(slot)
+        write_slot(self.slot_file, slot, name, profile=self.profile_name)
+        log.info("Azure slot %s: %s -> %s (deployment %s)", slot, previous, name, how)
+        where = f"deployment {name} on account {self.deployments.account}"
+        instructions = [
+            f"slot {slot!r} resolves to deployment {name} in {self.slot_file} (was "
+            f"{previous or 'unset'}); apps that load that file pick it up on their next read"
+        ]
+        if how in ("created", "recreated"):
+            instructions.append(f"{how} {where} ({sku} x{self.profile.deployment_capacity})")
+        if done.developer:
+            instructions.append(
+                f"{name} is a Developer-tier deployment: no SLA, and Azure removes it 24 hours "
+                f"after it was created ({done.created_at or 'now'}); promote or redeploy by then"
+            )
+        else:
+            instructions.append(
+                f"Azure deletes {name} after 15 days without calls: schedule "
+                "`python -m autoretrain.deploy.azure keep-alive` (docs/azure.md)"
             )
         return TargetResult(
             slot=slot,
             version_id=version.id,
-            model_id=deployment,
-            location=f"deployment {deployment} on account {self.deployments.account}",
-            instructions=[
-                f"Azure deletes deployment {deployment} after 15 days without calls: schedule "
-                "`python -m autoretrain.deploy.azure keep-alive` (docs/azure.md)",
-            ],
+            model_id=name,
+            location=where,
+            instructions=instructions,
         )
 
 

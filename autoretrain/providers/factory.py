@@ -4,7 +4,8 @@
   version folder under `<AUTORETRAIN_HOME>/models`); with no slot in the profile, the slot's
   entry in `<AUTORETRAIN_HOME>/serving.json` (written by the model registry on promotion).
 - `openai_compatible`: the slot names the model id at `base_url` (LM Studio's by default).
-- `azure_openai`: the slot names the deployment at `azure_endpoint`.
+- `azure_openai`: the slot resolves to a deployment at `azure_endpoint`: the one the last
+  promotion or rollback wrote to the slot file (`deploy/slot_config.py`), else the profile's.
 
 `model_dir` bypasses the profile: a candidate on disk is always evaluated in-process.
 
@@ -78,6 +79,10 @@ def _with_credentials(model: ChatModel, settings: Settings) -> ChatModel:
 
 def _slot_target(settings: Settings, slot: str, profile: ProviderProfile) -> str:
     target = profile.slots.get(slot)
+    if profile.kind == "azure_openai":  # promotions write the slot's deployment to a file
+        from autoretrain.deploy.slot_config import slot_deployment
+
+        target = slot_deployment(settings, slot)
     if not target:
         raise ProviderError(
             f"provider profile {settings.provider!r} has no {slot!r} slot; set "

@@ -15,6 +15,7 @@ from autoretrain.deploy.azure import (
     ARM_API_VERSION,
     AzureDeployments,
     DeploymentError,
+    deployment_name,
     keep_alive,
     keep_alive_command,
     slot_deployments,
@@ -55,11 +56,11 @@ def arm(double: AzureDouble, **kwargs) -> AzureDeployments:
     )
 
 
-def test_create_then_update_a_deployment(double):
+def test_create_a_deployment_and_azure_refuses_to_change_its_model(double):
     deployments = arm(double)
     assert deployments.get("canary") is None
 
-    created = deployments.create_or_update("canary", MODEL_A, capacity=2)
+    created = deployments.create("canary", MODEL_A, capacity=2)
     assert (created.name, created.model, created.state) == ("canary", MODEL_A, "Succeeded")
     assert (created.sku, created.capacity, created.model_version) == ("standard", 2, "1")
     put = double.requests_to("PUT", PATH + "canary")[0]
@@ -69,12 +70,145 @@ def test_create_then_update_a_deployment(double):
         "sku": {"name": "standard", "capacity": 2},
         "properties": {"model": {"format": "OpenAI", "name": MODEL_A, "version": "1"}},
     }
-    # It waited: at least one GET saw the deployment still provisioning.
+    # It waited: the GETs saw Creating before Succeeded.
     assert len(double.requests_to("GET", PATH + "canary")) >= 3
 
-    updated = deployments.create_or_update("canary", MODEL_B)
-    assert (updated.model, updated.state) == (MODEL_B, "Succeeded")
-    assert double.deployments["canary"]["properties"]["model"]["name"] == MODEL_B
+    # Azure's answer to re-pointing a deployment, word for word; nothing changes.
+    with pytest.raises(DeploymentError) as caught:
+        deployments.create("canary", MODEL_B)
+    message = str(caught.value)
+    assert "HTTP 400 CannotChangeDeploymentModel: The model of deployment cannot be changed." in (
+        message
+    )
+    assert "deployment of its own" in message  # what to do
+    assert double.deployments["canary"]["properties"]["model"]["name"] == MODEL_A
+
+    # The same model with another capacity is an update Azure accepts.
+    resized = deployments.create("canary", MODEL_A, capacity=5)
+    assert (resized.model, resized.capacity, resized.state) == (MODEL_A, 5, "Succeeded")
+
+
+def test_the_double_answers_model_changes_as_azure_does(double):
+    """The raw HTTP exchange, without our client in between."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{double.url}{PATH}d1?api-version={ARM_API_VERSION}"
+
+    def call(method, body=None):
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode() if body else None, method=method
+        )
+        request.add_header("Authorization", f"Bearer {double.token}")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def body(model):
+        return {
+            "sku": {"name": "Standard", "capacity": 1},
+            "properties": {"model": {"format": "OpenAI", "name": model, "version": "1"}},
+        }
+
+    status, created = call("PUT", body(MODEL_A))
+    assert status == 201 and created["properties"]["provisioningState"] == "Creating"
+    assert call("GET")[1]["properties"]["provisioningState"] == "Creating"
+    assert call("GET")[1]["properties"]["provisioningState"] == "Succeeded"
+    assert call("PUT", body(MODEL_B)) == (
+        400,
+        {
+            "error": {
+                "code": "CannotChangeDeploymentModel",
+                "message": "The model of deployment cannot be changed.",
+            }
+        },
+    )
+    assert call("DELETE") == (200, None)
+    status, gone = call("GET")
+    assert status == 404 and gone["error"]["code"] == "DeploymentNotFound"
+    assert call("DELETE") == (204, None)
+    # Gone, the name is free again: a new deployment of another model may take it.
+    assert call("PUT", body(MODEL_B))[0] == 201
+    assert double.deleted == [("d1", "DELETE")]
+
+
+def test_ensure_reuses_recreates_and_never_repoints(double):
+    deployments = arm(double)
+    first, how = deployments.ensure("v1", MODEL_A)
+    assert (first.model, first.state, how) == (MODEL_A, "Succeeded", "created")
+    puts = len(double.requests_to("PUT", PATH))
+    again, how = deployments.ensure("v1", MODEL_A)
+    assert how == "existing" and len(double.requests_to("PUT", PATH)) == puts  # nothing sent
+
+    with pytest.raises(DeploymentError, match="serves .*ft-aaaa.*cannot change a deployment's"):
+        deployments.ensure("v1", MODEL_B)
+    assert len(double.requests_to("PUT", PATH)) == puts
+    with pytest.raises(DeploymentError, match="is a standard deployment, not developertier"):
+        deployments.ensure("v1", MODEL_A, sku="developertier")
+
+    # Deleted (by hand, or by Azure): created again under the same name.
+    assert deployments.delete("v1") is True and deployments.get("v1") is None
+    assert deployments.delete("v1") is False
+    assert deployments.ensure("v1", MODEL_A)[1] == "created"
+
+    # A Failed deployment is not retried by Azure: deleted and created again.
+    double.deployment_outcome = "Failed"
+    deployments.create("v2", MODEL_B, wait=False)
+    assert deployments.get("v2").state == "Creating"
+    assert deployments.get("v2").state == "Failed"
+    double.deployment_outcome = "Succeeded"
+    fixed, how = deployments.ensure("v2", MODEL_B)
+    assert (fixed.state, how) == ("Succeeded", "recreated")
+    assert ("v2", "DELETE") in double.deleted
+
+    # Still provisioning: it waits instead of sending another PUT.
+    deployments.create("v3", MODEL_A, wait=False)
+    ready, how = deployments.ensure("v3", MODEL_A)
+    assert (ready.state, how) == ("Succeeded", "waited")
+
+
+def test_developer_tier_lives_24_hours_and_idle_deployments_go_after_15_days(double):
+    now = [1_800_000_000.0]
+    double.clock = lambda: now[0]
+    deployments = arm(double)
+    dev = deployments.create("cand--dev", MODEL_B, sku="DeveloperTier")
+    assert dev.developer and dev.created_at == "2027-01-15T08:00:00Z"
+    deployments.create("prod", MODEL_A)
+    now[0] += 23.9 * 3600
+    assert deployments.get("cand--dev") is not None
+    now[0] += 0.2 * 3600
+    assert deployments.get("cand--dev") is None
+    assert double.deleted == [("cand--dev", "lifetime")]
+
+    client = openai.AzureOpenAI(
+        azure_endpoint=double.url, api_key=double.api_key, api_version="2024-10-21", max_retries=0
+    )
+    now[0] += 10 * 86400
+    assert keep_alive(client, ["prod"])[0].ok  # a call resets the idle clock
+    now[0] += 14 * 86400
+    assert deployments.get("prod") is not None
+    now[0] += 1.1 * 86400
+    assert deployments.get("prod") is None
+    assert double.deleted[-1] == ("prod", "idle")
+
+
+def test_deployment_names_are_stable_valid_and_distinct():
+    import re
+
+    valid = re.compile(r"^[a-z0-9][a-z0-9-]{1,63}$")
+    ids = ["v20261203-070512-abc123", "V1", "v1", "v1-dev", "a/b c", "x" * 80, "---", "é"]
+    names = [deployment_name(v) for v in ids] + [deployment_name(v, tier="dev") for v in ids]
+    assert all(valid.match(n) for n in names), names
+    assert len(set(names)) == len(names)  # V1 and v1, v1-dev and v1 + tier dev: all distinct
+    assert deployment_name("v20261203-070512-abc123") == "autoretrain-v20261203-070512-abc123"
+    assert deployment_name("v1", tier="dev") == "autoretrain-v1--dev"
+    assert deployment_name("v1", prefix="team-a") == "team-a-v1"
+    assert deployment_name("x" * 80) == deployment_name("x" * 80)
+    assert len(deployment_name("x" * 80, tier="dev")) == 64
 
 
 def test_service_error_is_clear(double):
@@ -85,7 +219,7 @@ def test_service_error_is_clear(double):
         "bigger than the current available capacity 0.",
     )
     with pytest.raises(DeploymentError) as caught:
-        arm(double).create_or_update("primary", MODEL_A, capacity=2)
+        arm(double).create("primary", MODEL_A, capacity=2)
     message = str(caught.value)
     for part in ("'primary'", "acct-1", "rg-1", "HTTP 400", "InsufficientQuota", "capacity 0"):
         assert part in message
@@ -95,16 +229,16 @@ def test_service_error_is_clear(double):
 
 def test_unknown_model_and_failed_provisioning(double):
     with pytest.raises(DeploymentError, match="DeploymentModelNotSupported.*ft-zzzz"):
-        arm(double).create_or_update("primary", "gpt-4o-mini.ft-zzzz")
+        arm(double).create("primary", "gpt-4o-mini.ft-zzzz")
     double.deployment_outcome = "Failed"
     with pytest.raises(DeploymentError, match="ended Failed for model .*ft-aaaa"):
-        arm(double).create_or_update("primary", MODEL_A)
+        arm(double).create("primary", MODEL_A)
 
 
 def test_wrong_token_and_unreachable_endpoint(double):
     wrong = AzureDeployments("sub-1", "rg-1", "acct-1", lambda: "stale", endpoint=double.url)
     with pytest.raises(DeploymentError, match="HTTP 401 AuthenticationFailed.*az login"):
-        wrong.create_or_update("primary", MODEL_A)
+        wrong.create("primary", MODEL_A)
     gone = AzureDeployments(
         "sub-1",
         "rg-1",
@@ -121,7 +255,7 @@ def test_wrong_token_and_unreachable_endpoint(double):
 
 def test_transient_unavailability_is_retried(double):
     double.arm_unavailable = 2
-    deployment = arm(double, max_retries=3).create_or_update("primary", MODEL_A)
+    deployment = arm(double, max_retries=3).create("primary", MODEL_A)
     assert deployment.state == "Succeeded"
     assert len(double.requests_to("PUT", PATH)) == 3
     double.arm_unavailable = 5
@@ -141,14 +275,14 @@ def test_from_profile_needs_the_account_and_an_entra_token(double):
     )
     credential = StaticCredential(double.token)
     deployments = AzureDeployments.from_profile(profile, credential=credential, backoff=FAST)
-    assert deployments.create_or_update("primary", MODEL_A).state == "Succeeded"
+    assert deployments.create("primary", MODEL_A).state == "Succeeded"
     assert credential.scopes[0] == "https://management.azure.com/.default"
 
 
 def test_keep_alive_calls_every_deployment_once(double):
     deployments = arm(double)
-    deployments.create_or_update("primary", MODEL_A)
-    deployments.create_or_update("canary", MODEL_B)
+    deployments.create("primary", MODEL_A)
+    deployments.create("canary", MODEL_B)
     client = openai.AzureOpenAI(
         azure_endpoint=double.url, api_key=double.api_key, api_version="2024-10-21", max_retries=0
     )
@@ -162,11 +296,13 @@ def test_keep_alive_calls_every_deployment_once(double):
     assert "DeploymentNotFound" in results[2].detail or "does not exist" in results[2].detail
     chat = double.requests_to("POST", "/openai/deployments/primary/chat/completions")[0]
     assert json.loads(chat["body"])["max_tokens"] == 1
-    assert slot_deployments(ProviderProfile(slots={"primary": "p", "canary": "c"})) == ["c", "p"]
+    profile = ProviderProfile(slots={"primary": "p", "canary": "c"})
+    assert slot_deployments(profile) == ["c", "p"]
+    assert slot_deployments(profile, {"primary": "autoretrain-v2"}) == ["c", "autoretrain-v2"]
 
 
 def test_keep_alive_command(double, tmp_path, monkeypatch):
-    arm(double).create_or_update("prod-primary", MODEL_A)
+    arm(double).create("prod-primary", MODEL_A)
     config = tmp_path / "autoretrain.yaml"
     config.write_text(
         yaml.safe_dump(

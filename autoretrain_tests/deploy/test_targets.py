@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import duckdb
 import pytest
 
@@ -48,8 +50,9 @@ def azure(tmp_path, settings, double):
         tmp_path,
         kind="azure_openai",
         azure_endpoint=double.url,
-        slots={"primary": "agent-primary", "canary": "agent-canary"},
+        slots={"primary": "base-deployment"},  # made by hand, before any promotion
         deployment_capacity=3,
+        canary_deployment_sku="developertier",
     )
     registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
     deployments = AzureDeployments(
@@ -65,33 +68,98 @@ def served(double: AzureDouble, deployment: str) -> str:
     return double.deployments[deployment]["properties"]["model"]["name"]
 
 
-def test_azure_canary_swap_and_rollback(azure, double):
+def slot_env(target: AzureTarget) -> dict[str, str]:
+    lines = target.slot_file.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if not line.startswith("#"))
+
+
+def test_azure_canary_promote_and_rollback_flip_slots_not_models(azure, double):
     registry, target, v1, v2 = azure
+    d1, d2 = f"autoretrain-{v1}", f"autoretrain-{v2}"
+    assert target.slot_file == target.settings.paths.root / "serving" / "p-slots.env"
     entry, result = deploy_to_slot(registry, target, v1, "primary", reason="first")
     assert entry.to_version == v1 and registry.slots()["primary"] == v1
-    assert result.model_id == "agent-primary" and served(double, "agent-primary") == MODEL_A
-    assert double.deployments["agent-primary"]["sku"] == {"name": "standard", "capacity": 3}
+    assert result.model_id == d1 and served(double, d1) == MODEL_A
+    assert double.deployments[d1]["sku"] == {"name": "standard", "capacity": 3}
+    assert slot_env(target) == {"AUTORETRAIN_SLOT_PRIMARY": d1}
 
-    deploy_to_slot(registry, target, v2, "canary", reason="candidate")
-    assert served(double, "agent-canary") == MODEL_B
-    entry, _ = promote_canary(registry, target, reason="canary healthy")
+    # The candidate gets its own Developer-tier deployment for the canary.
+    _, result = deploy_to_slot(registry, target, v2, "canary", reason="candidate")
+    assert result.model_id == f"{d2}--dev" and served(double, f"{d2}--dev") == MODEL_B
+    assert double.deployments[f"{d2}--dev"]["sku"]["name"] == "developertier"
+    assert any("24 hours" in line for line in result.instructions)
+    assert slot_env(target) == {
+        "AUTORETRAIN_SLOT_CANARY": f"{d2}--dev",
+        "AUTORETRAIN_SLOT_PRIMARY": d1,
+    }
+
+    # Promotion: a Standard deployment of the candidate, then the primary slot flips to it.
+    entry, result = promote_canary(registry, target, reason="canary healthy")
     assert (entry.slot, entry.from_version, entry.to_version) == ("primary", v1, v2)
-    assert served(double, "agent-primary") == MODEL_B
+    assert result.model_id == d2 and served(double, d2) == MODEL_B
+    assert slot_env(target)["AUTORETRAIN_SLOT_PRIMARY"] == d2
+    assert served(double, d1) == MODEL_A  # the old one is untouched: rollback is a flip
 
+    # No request ever asked Azure to change a deployment's model.
+    models = {}
+    for put in double.requests_to("PUT", "/deployments/"):
+        name = put["path"].rsplit("/", 1)[1]
+        model = json.loads(put["body"])["properties"]["model"]["name"]
+        assert models.setdefault(name, model) == model
+
+    puts = len(double.requests_to("PUT", "/deployments/"))
     entry, result = rollback_slot(registry, target, "primary", reason="regression")
     assert entry.action == "rollback" and registry.slots()["primary"] == v1
-    assert served(double, "agent-primary") == MODEL_A and result.version_id == v1
+    assert result.model_id == d1 and slot_env(target)["AUTORETRAIN_SLOT_PRIMARY"] == d1
+    assert len(double.requests_to("PUT", "/deployments/")) == puts  # it still existed
 
-    # Re-deploying what a slot holds re-applies it (recreates a deleted deployment), records nothing.
-    del double.deployments["agent-primary"]
-    entry, _ = deploy_to_slot(registry, target, v1, "primary")
-    assert entry is None and served(double, "agent-primary") == MODEL_A
+    # Azure deleted the version's deployment (15 idle days): a rollback re-creates it.
+    deploy_to_slot(registry, target, v2, "primary")
+    del double.deployments[d1]
+    entry, result = rollback_slot(registry, target, "primary")
+    assert registry.slots()["primary"] == v1 and served(double, d1) == MODEL_A
+    assert any(line.startswith("created deployment") for line in result.instructions)
+    assert slot_env(target)["AUTORETRAIN_SLOT_PRIMARY"] == d1
+
+
+def test_the_chat_provider_follows_the_slot_file(azure, double, monkeypatch, request):
+    from autoretrain.providers.factory import chat_model_for
+    from autoretrain_tests.deploy.test_managed_identity import OTHER_CREDENTIAL_VARIABLES
+    from autoretrain_tests.identity_server import IdentityServer
+
+    registry, target, v1, v2 = azure
+    # Signed in as Azure apps are: a managed identity endpoint (loopback) issues the token.
+    identity = IdentityServer({"https://cognitiveservices.azure.com": double.token}).start()
+    request.addfinalizer(identity.stop)
+    for name in OTHER_CREDENTIAL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in identity.environment().items():
+        monkeypatch.setenv(name, value)
+    # Before any promotion: the profile's hand-made deployment.
+    assert chat_model_for(target.settings, "primary").deployment == "base-deployment"
+    deploy_to_slot(registry, target, v1, "primary")
+    deploy_to_slot(registry, target, v2, "canary")
+    primary = chat_model_for(target.settings, "primary")
+    canary = chat_model_for(target.settings, "canary")
+    assert (primary.deployment, canary.deployment) == (
+        f"autoretrain-{v1}",
+        f"autoretrain-{v2}--dev",
+    )
+    # The model it builds calls that deployment, and Azure answers with the version's model.
+    client = primary.client()
+    answer = client.chat.completions.create(
+        model=primary.deployment, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+    )
+    assert answer.model == MODEL_A
+    promote_canary(registry, target)
+    assert chat_model_for(target.settings, "primary").deployment == f"autoretrain-{v2}"
 
 
 def test_azure_deployment_error_leaves_the_slot_where_it_was(azure, double):
     registry, target, v1, v2 = azure
     deploy_to_slot(registry, target, v1, "primary")
     ledger_before = len(registry.ledger())
+    env_before = target.slot_file.read_text()
     double.deployment_error = (409, "Conflict", "Another operation is in progress on deployment.")
     with pytest.raises(
         DeploymentError, match="HTTP 409 Conflict: Another operation is in progress"
@@ -99,13 +167,29 @@ def test_azure_deployment_error_leaves_the_slot_where_it_was(azure, double):
         deploy_to_slot(registry, target, v2, "primary")
     assert registry.slots()["primary"] == v1
     assert len(registry.ledger()) == ledger_before
-    assert served(double, "agent-primary") == MODEL_A
+    assert target.slot_file.read_text() == env_before
 
     double.deployment_error = None
     double.deployment_outcome = "Failed"
     with pytest.raises(DeploymentError, match="ended Failed"):
         deploy_to_slot(registry, target, v2, "canary")
     assert "canary" not in registry.slots() and len(registry.ledger()) == ledger_before
+    assert target.slot_file.read_text() == env_before
+    # A retry after the cause is fixed deletes the Failed deployment and creates it again.
+    double.deployment_outcome = "Succeeded"
+    _, result = deploy_to_slot(registry, target, v2, "canary")
+    assert any(line.startswith("recreated deployment") for line in result.instructions)
+    assert registry.slots()["canary"] == v2
+
+
+def test_a_name_taken_by_another_model_is_refused_not_repointed(azure, double):
+    registry, target, v1, _ = azure
+    # Someone made autoretrain-<v1> by hand for another model.
+    target.deployments.create(f"autoretrain-{v1}", MODEL_B)
+    with pytest.raises(DeploymentError, match="cannot change a deployment's model"):
+        deploy_to_slot(registry, target, v1, "primary")
+    assert served(double, f"autoretrain-{v1}") == MODEL_B
+    assert registry.slots() == {} and not target.slot_file.exists()
 
 
 def test_azure_target_refuses_what_it_cannot_deploy(azure, tmp_path, double):
@@ -114,11 +198,10 @@ def test_azure_target_refuses_what_it_cannot_deploy(azure, tmp_path, double):
     # Refused by the registry's checks, before the target is asked to serve anything.
     with pytest.raises(RegistryError, match="is a local model"):
         deploy_to_slot(registry, target, local, "primary")
-    target.profile.slots.pop("canary")
-    with pytest.raises(DeploymentError, match="slots.canary to a deployment name"):
-        deploy_to_slot(registry, target, v1, "canary")
     with pytest.raises(RegistryError, match="not registered"):
         deploy_to_slot(registry, target, "v-missing", "primary")
+    with pytest.raises(DeploymentError, match="Azure OpenAI deploys hosted fine-tunes"):
+        target.apply("primary", registry.get(local))
     assert registry.slots() == {} and double.deployments == {}
 
 
