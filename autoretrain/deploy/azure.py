@@ -489,7 +489,7 @@ def slot_deployments(profile: Any, written: dict[str, str] | None = None) -> lis
 
 @click.group("azure")
 def azure_cli() -> None:
-    """Azure OpenAI deployment helpers."""
+    """Azure OpenAI deployment helpers: keep-alive, retire."""
 
 
 @azure_cli.command("keep-alive")
@@ -528,6 +528,42 @@ def keep_alive_command(names: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{mark} {r.deployment}: {r.detail} ({r.latency_s} s)")
     if not all(r.ok for r in results):
         raise SystemExit(1)
+
+
+@azure_cli.command("retire")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the names as JSON.")
+def retire_command(dry_run: bool, as_json: bool) -> None:
+    """Delete the deployments of model versions that no slot serves and no rollback would
+    restore (they bill by the hour while they exist). The models survive."""
+    from autoretrain.cli.models import read_connection
+    from autoretrain.deploy.registry import ModelRegistry
+    from autoretrain.deploy.targets import AzureTarget
+    from autoretrain.settings import load_settings
+
+    settings = load_settings()
+    if settings.profile.kind != "azure_openai":
+        raise click.ClickException(
+            f"provider profile {settings.provider!r} is {settings.profile.kind}, not "
+            "azure_openai; choose the Azure profile with AUTORETRAIN_PROVIDER"
+        )
+    with read_connection(settings) as con:
+        if con is None:
+            raise click.ClickException(
+                f"no registry at {settings.paths.database}: nothing was ever deployed from it"
+            )
+        try:
+            target = AzureTarget.from_settings(settings)
+            names = target.retire_unused(
+                ModelRegistry(con, settings, read_only=True), dry_run=dry_run
+            )
+        except DeploymentError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "deployments": names}, indent=2))
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"{verb} {len(names)} deployment(s)" + "".join(f"\n  {n}" for n in names))
 
 
 if __name__ == "__main__":

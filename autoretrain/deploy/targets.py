@@ -30,6 +30,7 @@ from autoretrain.deploy.azure import (
 )
 from autoretrain.deploy.registry import (
     SERVING_FILE,
+    SLOTS,
     LedgerEntry,
     ModelRegistry,
     ModelVersion,
@@ -210,6 +211,36 @@ class AzureTarget:
             location=where,
             instructions=instructions,
         )
+
+    def retire_unused(self, registry: ModelRegistry, *, dry_run: bool = False) -> list[str]:
+        """Delete the deployments of this profile's versions that nothing needs: not named by
+        the slot file or the profile's `slots`, not serving a slot's current version, and not
+        what a rollback of a slot would restore (so rollback stays a flip). Standard deployments
+        of fine-tuned models bill by the hour while they exist. Returns the names deleted (with
+        `dry_run`, the names that exist and would be). The models survive: a later deployment
+        of a retired version creates its deployment again."""
+        keep = set(read_slots(self.slot_file).values()) | set(self.profile.slots.values())
+        held = registry.slots(self.profile_name)
+        for slot in SLOTS:
+            for version_id in (held.get(slot), registry.rollback_target(slot, self.profile_name)):
+                version = registry.get(version_id) if version_id else None
+                if version is not None:
+                    keep.add(self.deployment_for(slot, version))
+        retired: list[str] = []
+        for version in registry.versions():
+            if version.kind != "hosted":
+                continue
+            for name in dict.fromkeys(self.deployment_for(slot, version) for slot in SLOTS):
+                if name in keep:
+                    continue
+                if dry_run:
+                    if self.deployments.get(name) is not None:
+                        retired.append(name)
+                elif self.deployments.delete(name):
+                    retired.append(name)
+        if retired:
+            log.info("retired deployments of profile %s: %s", self.profile_name, retired)
+        return retired
 
 
 def slot_target(settings: Settings, profile: str | None = None, **kwargs: Any) -> SlotTarget:

@@ -4,6 +4,8 @@ use it against the Azure double, which checks the bearer token."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from azure.identity import DefaultAzureCredential
 
@@ -139,3 +141,46 @@ def test_the_chat_provider_authenticates_with_managed_identity(
     chat = double.requests_to("POST", "/openai/deployments/d1/chat/completions")[0]
     assert chat["authorization"] == f"Bearer {double.token}" and chat["api_key"] is None
     assert [r["query"]["resource"] for r in identity.requests] == [COGNITIVE_RESOURCE]
+
+
+def test_the_retire_command_signs_in_with_managed_identity(double, identity, tmp_path, monkeypatch):
+    import duckdb
+    import yaml
+    from click.testing import CliRunner
+
+    from autoretrain.deploy.azure import retire_command
+    from autoretrain.deploy.registry import ModelRegistry
+    from autoretrain.deploy.targets import AzureTarget, deploy_to_slot
+
+    config = tmp_path / "autoretrain.yaml"
+    profile = {k: v for k, v in profile_for(double).model_dump().items() if v is not None}
+    config.write_text(yaml.safe_dump({"provider": "azure", "providers": {"azure": profile}}))
+    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(config))
+    monkeypatch.setenv("AUTORETRAIN_HOME", str(tmp_path / "home"))
+    settings = load_settings()
+    (tmp_path / "home").mkdir()
+    double.known_models.add(MODEL + "-2")
+    with duckdb.connect(str(settings.paths.database)) as con:
+        registry = ModelRegistry(con, settings)
+        target = AzureTarget.from_settings(settings, backoff=FAST)
+        versions = [
+            registry.register(base_model="b", kind="hosted", hosted_model_id=model).id
+            for model in (MODEL, MODEL + "-2", MODEL)
+        ]
+        for version in versions:
+            deploy_to_slot(registry, target, version, "primary")
+    assert len(double.deployments) == 3
+
+    dry = CliRunner().invoke(retire_command, ["--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.stdout) == {
+        "dry_run": True,
+        "deployments": [f"autoretrain-{versions[0]}"],
+    }
+    assert len(double.deployments) == 3
+    done = CliRunner().invoke(retire_command, [])
+    assert done.exit_code == 0, done.output
+    assert f"deleted 1 deployment(s)\n  autoretrain-{versions[0]}" in done.output
+    assert sorted(double.deployments) == sorted(f"autoretrain-{v}" for v in versions[1:])
+    # Each credential (the test's target, then one per command) asked the endpoint once.
+    assert [r["query"]["resource"] for r in identity.requests] == [ARM_RESOURCE] * 3

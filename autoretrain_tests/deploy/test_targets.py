@@ -155,6 +155,30 @@ def test_the_chat_provider_follows_the_slot_file(azure, double, monkeypatch, req
     assert chat_model_for(target.settings, "primary").deployment == f"autoretrain-{v2}"
 
 
+def test_retire_keeps_slots_and_the_rollback_target_and_deletes_the_rest(azure, double):
+    registry, target, v1, v2 = azure
+    v3 = registry.register(base_model="gpt-4o-mini", kind="hosted", hosted_model_id=MODEL_A).id
+    for version in (v1, v2, v3):
+        deploy_to_slot(registry, target, version, "canary")  # three Developer deployments
+        deploy_to_slot(registry, target, version, "primary")  # three Standard deployments
+    assert len(double.deployments) == 6
+    # Kept: v3 (primary and canary), v2 (primary's rollback target) and v2--dev (canary's).
+    would = target.retire_unused(registry, dry_run=True)
+    assert sorted(would) == sorted([f"autoretrain-{v1}", f"autoretrain-{v1}--dev"])
+    assert len(double.deployments) == 6
+    assert sorted(target.retire_unused(registry)) == sorted(would)
+    assert sorted(double.deployments) == sorted(
+        [f"autoretrain-{v}{tier}" for v in (v2, v3) for tier in ("", "--dev")]
+    )
+    assert target.retire_unused(registry) == []
+    # Rollback is still a flip, with no PUT; a second one to v1 would create its deployment.
+    puts = len(double.requests_to("PUT", "/deployments/"))
+    rollback_slot(registry, target, "primary")
+    assert len(double.requests_to("PUT", "/deployments/")) == puts
+    rollback_slot(registry, target, "primary")
+    assert registry.slots()["primary"] == v1 and served(double, f"autoretrain-{v1}") == MODEL_A
+
+
 def test_azure_deployment_error_leaves_the_slot_where_it_was(azure, double):
     registry, target, v1, v2 = azure
     deploy_to_slot(registry, target, v1, "primary")
