@@ -111,7 +111,7 @@ def slot_deployment(settings: Any, slot: str, profile: str | None = None) -> str
     return written or settings.providers[name].slots.get(slot) or None
 
 
-def slot_deployments(settings: Any, profile: str | None = None) -> dict[str, str]:
+def resolved_slots(settings: Any, profile: str | None = None) -> dict[str, str]:
     """slot -> deployment for every slot the file or the profile names."""
     name = profile or settings.provider
     merged = dict(settings.providers[name].slots)

@@ -11,8 +11,8 @@ import pytest
 from autoretrain.deploy.slot_config import (
     SlotConfigError,
     read_slots,
+    resolved_slots,
     slot_deployment,
-    slot_deployments,
     slot_file,
     slot_variable,
     write_slot,
@@ -94,7 +94,7 @@ def test_resolution_file_first_then_profile(tmp_path, settings):
     assert slot_deployment(settings, "shadow") is None
     write_slot(path, "primary", "autoretrain-v1")
     assert slot_deployment(settings, "primary") == "autoretrain-v1"
-    assert slot_deployments(settings) == {"canary": "hand-canary", "primary": "autoretrain-v1"}
+    assert resolved_slots(settings) == {"canary": "hand-canary", "primary": "autoretrain-v1"}
 
     elsewhere = tmp_path / "shared" / "slots.env"
     configured = azure_settings(tmp_path, slot_config_file=str(elsewhere))
