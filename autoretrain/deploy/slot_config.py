@@ -25,14 +25,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from autoretrain.deploy.azure import DeploymentError
+
 SERVING_DIR = "serving"
 VARIABLE_PREFIX = "AUTORETRAIN_SLOT_"
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 _VALUE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class SlotConfigError(ValueError):
-    """The slot file cannot be read or written; the message says which file and why."""
+class SlotConfigError(DeploymentError):
+    """The slot file cannot be read or written; the message says which file and why. A
+    DeploymentError, so `autoretrain promote` / `rollback` report it as one."""
 
 
 def slot_variable(slot: str) -> str:

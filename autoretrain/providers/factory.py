@@ -80,9 +80,12 @@ def _with_credentials(model: ChatModel, settings: Settings) -> ChatModel:
 def _slot_target(settings: Settings, slot: str, profile: ProviderProfile) -> str:
     target = profile.slots.get(slot)
     if profile.kind == "azure_openai":  # promotions write the slot's deployment to a file
-        from autoretrain.deploy.slot_config import slot_deployment
+        from autoretrain.deploy.slot_config import SlotConfigError, slot_deployment
 
-        target = slot_deployment(settings, slot)
+        try:
+            target = slot_deployment(settings, slot)
+        except SlotConfigError as exc:
+            raise ProviderError(str(exc)) from exc
     if not target:
         raise ProviderError(
             f"provider profile {settings.provider!r} has no {slot!r} slot; set "

@@ -102,3 +102,17 @@ def test_resolution_file_first_then_profile(tmp_path, settings):
     write_slot(elsewhere, "canary", "d2")
     assert slot_deployment(configured, "canary") == "d2"
     assert os.environ.get("AUTORETRAIN_SLOT_CANARY") is None  # nothing leaks into this process
+
+
+def test_a_damaged_slot_file_stops_the_chat_provider_with_its_location(tmp_path, settings):
+    from autoretrain.providers.base import ProviderError
+    from autoretrain.providers.factory import chat_model_for
+
+    settings = azure_settings(tmp_path, azure_endpoint="http://127.0.0.1:9", slots={"primary": "d"})
+    path = slot_file(settings)
+    path.parent.mkdir(parents=True)
+    path.write_text("AUTORETRAIN_SLOT_PRIMARY=d1\n<<<<<<< merge\n")
+    with pytest.raises(
+        ProviderError, match=r"azure-slots.env:2: '<<<<<<< merge' is not NAME=value"
+    ):
+        chat_model_for(settings, "primary")
