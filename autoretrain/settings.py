@@ -198,6 +198,14 @@ class MirrorSettings(_Section):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
     workers: int = Field(default=4, ge=1)  # files uploaded in parallel
+    # Azure Table mirror of run summaries and promotion decisions (runs/table_mirror.py): off
+    # unless runs_table is set; same credentials as the Blob mirror, or DefaultAzureCredential
+    # against table_endpoint. Table names: letters and digits, starting with a letter.
+    runs_table: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+    promotions_table: str | None = Field(
+        default="autoretrainpromotions", pattern=r"^[A-Za-z][A-Za-z0-9]{2,62}$"
+    )
+    table_endpoint: str | None = None  # https://<account>.table.core.windows.net
 
 
 class SelfPlaySettings(_Section):
@@ -319,6 +327,20 @@ class ServeSettings(_Section):
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body, from its first byte
 
 
+class TelemetrySettings(_Section):
+    """OpenTelemetry spans and metrics per run and per model call (autoretrain/telemetry.py),
+    following the GenAI semantic conventions. Off unless `enabled`; then exported by OTLP/HTTP
+    to `otlp_endpoint` (else the standard OTEL_EXPORTER_OTLP_ENDPOINT) and to Azure Monitor
+    when the variable `azure_monitor_connection_string_env` holds a connection string."""
+
+    enabled: bool = False
+    otlp_endpoint: str | None = None  # base URL, e.g. http://collector:4318 (/v1/... appended)
+    azure_monitor_connection_string_env: str = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+    service_name: str = "autoretrain"
+    capture_content: bool = False  # gen_ai.input/output.messages on chat spans (opt-in)
+    export_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(_Section):
     home: Path = Path("data")
     environment: str = "local"
@@ -337,6 +359,7 @@ class Settings(_Section):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     loop: LoopSettings = Field(default_factory=LoopSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     scenarios_dir: Path = Path("scenarios")
 
     model_config = ConfigDict(extra="forbid", ignored_types=(cached_property,))

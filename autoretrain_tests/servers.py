@@ -280,3 +280,299 @@ class DagsterDaemon:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+# ---- Azurite's Table service and an OTLP/HTTP receiver (issue 22) -----------------------------
+
+AZURITE_TABLE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-table"
+
+
+class AzuriteTable(Azurite):
+    """Azurite's Table service on 127.0.0.1 (same package, binary `azurite-table`), in its own
+    process group; `stop()` then `start()` keeps the port and the workspace (an outage)."""
+
+    def __init__(self, workspace: Path, port: int | None = None, ready_timeout_s: float = 30.0):
+        super().__init__(workspace, port, ready_timeout_s)
+        self._log = workspace / "azurite-table.log"
+
+    @property
+    def table_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};TableEndpoint={self.table_endpoint};"
+        )
+
+    def start(self) -> AzuriteTable:
+        if self.running:
+            return self
+        ensure_azurite_installed()
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        log = open(self._log, "ab")  # noqa: SIM115 - the child process keeps writing to it
+        try:
+            self._process = subprocess.Popen(
+                [
+                    str(AZURITE_TABLE_BIN),
+                    "--tableHost",
+                    "127.0.0.1",
+                    "--tablePort",
+                    str(self.port),
+                    "--location",
+                    str(self.workspace),
+                    "--disableTelemetry",
+                    "--skipApiVersionCheck",
+                    "--silent",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self._wait_until_ready()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop like Ctrl-C: azurite-table saves its database on SIGINT but dies on SIGTERM
+        without saving the last seconds of writes (LokiJS autosaves every 5 s), which Azure
+        never does to an acknowledged write. SIGKILL if it lingers."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout_s)
+        except ProcessLookupError:
+            process.wait(timeout=timeout_s)
+
+
+class OtlpReceiver:
+    """A real OTLP/HTTP receiver on 127.0.0.1: `POST /v1/traces` and `POST /v1/metrics` bodies
+    (protobuf, optionally gzip) are decoded with opentelemetry-proto and kept, in order of
+    arrival. `spans()` and `metrics()` flatten them with their attributes as plain values."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.traces: list = []  # ExportTraceServiceRequest
+        self.metric_requests: list = []  # ExportMetricsServiceRequest
+        self.requests: list[tuple[str, str]] = []  # (path, content type)
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                import gzip
+
+                from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+                    ExportMetricsServiceRequest,
+                    ExportMetricsServiceResponse,
+                )
+                from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                    ExportTraceServiceRequest,
+                    ExportTraceServiceResponse,
+                )
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                kinds = {
+                    "/v1/traces": (ExportTraceServiceRequest, ExportTraceServiceResponse),
+                    "/v1/metrics": (ExportMetricsServiceRequest, ExportMetricsServiceResponse),
+                }
+                if self.path not in kinds:
+                    self.send_error(404)
+                    return
+                request_type, response_type = kinds[self.path]
+                message = request_type()
+                message.ParseFromString(body)
+                with receiver._lock:
+                    receiver.requests.append((self.path, self.headers.get("Content-Type", "")))
+                    target = (
+                        receiver.traces if self.path == "/v1/traces" else receiver.metric_requests
+                    )
+                    target.append(message)
+                reply = response_type().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> OtlpReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> OtlpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _value(value):  # an AnyValue -> a Python value
+        kind = value.WhichOneof("value")
+        if kind == "array_value":
+            return [OtlpReceiver._value(v) for v in value.array_value.values]
+        return getattr(value, kind) if kind else None
+
+    @classmethod
+    def attributes(cls, key_values) -> dict:
+        return {kv.key: cls._value(kv.value) for kv in key_values}
+
+    def spans(self) -> list[dict]:
+        """Every span received: name, kind, ids, times (ns), attributes, resource attributes."""
+        found = []
+        with self._lock:
+            requests = list(self.traces)
+        for request in requests:
+            for resource_spans in request.resource_spans:
+                resource = self.attributes(resource_spans.resource.attributes)
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        found.append(
+                            {
+                                "name": span.name,
+                                "kind": span.kind,
+                                "trace_id": span.trace_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "parent_span_id": span.parent_span_id.hex(),
+                                "start_ns": span.start_time_unix_nano,
+                                "end_ns": span.end_time_unix_nano,
+                                "status_code": span.status.code,
+                                "attributes": self.attributes(span.attributes),
+                                "resource": resource,
+                                "scope": scope_spans.scope.name,
+                            }
+                        )
+        return found
+
+    def metrics(self, last_only: bool = True) -> dict[str, list[dict]]:
+        """Metric name -> its data points (histogram: count, sum; sum/gauge: value), each with
+        its attributes and the metric's unit and type. OTLP metrics are cumulative by default,
+        so the last export holds every stream's total: `last_only` reads just that one."""
+        found: dict[str, list[dict]] = {}
+        with self._lock:
+            requests = list(self.metric_requests)
+        if last_only:
+            requests = requests[-1:]
+        for request in requests:
+            for resource_metrics in request.resource_metrics:
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        kind = metric.WhichOneof("data")
+                        for point in getattr(metric, kind).data_points:
+                            entry = {
+                                "type": kind,
+                                "unit": metric.unit,
+                                "attributes": self.attributes(point.attributes),
+                            }
+                            if kind in ("histogram", "exponential_histogram"):
+                                entry.update(count=point.count, sum=point.sum)
+                            else:
+                                entry["value"] = point.WhichOneof("value") and getattr(
+                                    point, point.WhichOneof("value")
+                                )
+                            found.setdefault(metric.name, []).append(entry)
+        return found
+
+
+class AppInsightsReceiver:
+    """A loopback Application Insights ingestion endpoint (`POST /v2.1/track`, what
+    azure-monitor-opentelemetry-exporter sends to a connection string's IngestionEndpoint):
+    JSON envelopes, optionally gzip, kept as dicts; every item is answered as accepted."""
+
+    INSTRUMENTATION_KEY = "00000000-0000-0000-0000-000000000000"
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.envelopes: list[dict] = []
+        self.paths: list[str] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                import gzip
+                import json
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.headers.get("Content-Encoding") == "gzip" or body[:2] == b"\x1f\x8b":
+                    body = gzip.decompress(body)
+                text = body.decode("utf-8").strip()
+                items = (
+                    json.loads(text)
+                    if text.startswith("[")
+                    else [json.loads(line) for line in text.splitlines() if line.strip()]
+                )
+                with receiver._lock:
+                    receiver.paths.append(self.path)
+                    receiver.envelopes.extend(items)
+                reply = json.dumps(
+                    {"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []}
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def connection_string(self) -> str:
+        port = self._server.server_address[1]
+        return (
+            f"InstrumentationKey={self.INSTRUMENTATION_KEY};"
+            f"IngestionEndpoint=http://127.0.0.1:{port}/"
+        )
+
+    def start(self) -> AppInsightsReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> AppInsightsReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def of_type(self, base_type: str) -> list[dict]:
+        """The `baseData` of every envelope of a type (RemoteDependencyData, MetricData, ...)."""
+        with self._lock:
+            items = list(self.envelopes)
+        return [
+            e["data"]["baseData"] for e in items if e.get("data", {}).get("baseType") == base_type
+        ]

@@ -1,4 +1,5 @@
-"""`autoretrain mirror`: sync the landing zone and artifacts to Azure Blob Storage."""
+"""`autoretrain mirror`: sync the landing zone and artifacts to Azure Blob Storage;
+`autoretrain mirror --tables`: run summaries and promotion decisions to Azure Table storage."""
 
 from __future__ import annotations
 
@@ -13,13 +14,22 @@ import click
 @click.option(
     "--verify", is_flag=True, help="Compare every file with its blob, ignoring the local state."
 )
+@click.option(
+    "--tables",
+    is_flag=True,
+    help="Mirror run summaries and promotion decisions to Azure Table storage instead "
+    "(mirror.runs_table).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def mirror(verify: bool, as_json: bool) -> None:
+def mirror(verify: bool, tables: bool, as_json: bool) -> None:
     """Upload new and changed files; skip unchanged ones (by sha256).
 
     Exits with status 1 when any file failed: the local copy stays the truth, and the next
     sync uploads what is missing.
     """
+    if tables:
+        _mirror_tables(as_json)
+        return
     from autoretrain.runs.mirror import BlobMirror
     from autoretrain.settings import SettingsError, load_settings
 
@@ -52,4 +62,44 @@ def mirror(verify: bool, as_json: bool) -> None:
         if report.failed:
             click.echo("  run `autoretrain mirror` again once storage is reachable", err=True)
     if report.failed:
+        sys.exit(1)
+
+
+def _mirror_tables(as_json: bool) -> None:
+    from autoretrain.runs.table_mirror import TableMirror
+    from autoretrain.settings import SettingsError, load_settings
+
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("azure").setLevel(logging.WARNING)
+    try:
+        table_mirror = TableMirror.from_settings(load_settings())
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if table_mirror is None:
+        raise click.ClickException(
+            "the Table mirror is off: set mirror.runs_table in autoretrain.yaml, and either "
+            "$AZURE_STORAGE_CONNECTION_STRING (or the variable named by "
+            "mirror.connection_string_env) or mirror.table_endpoint"
+        )
+    report = table_mirror.sync()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(f"table mirror → {report.destination}")
+        click.echo(
+            f"  runs upserted {report.runs_upserted} ({len(report.parts_done)} part files, "
+            f"{report.parts_unchanged} unchanged, {len(report.parts_pending)} pending), "
+            f"promotions upserted {report.promotions_upserted} in {report.duration_s:.1f} s"
+        )
+        if report.invalid_lines:
+            click.echo(f"  skipped {report.invalid_lines} lines that are not valid runs")
+        if report.promotions_note:
+            click.echo(f"  promotions: {report.promotions_note}")
+        for error in report.errors:
+            click.echo(f"  failed: {error}")
+        if not report.ok:
+            click.echo(
+                "  run `autoretrain mirror --tables` again once storage is reachable", err=True
+            )
+    if not report.ok:
         sys.exit(1)
