@@ -330,3 +330,12 @@ def test_keep_alive_command(double, tmp_path, monkeypatch):
     assert report == {"prod-canary": False, "prod-primary": True}
     assert double.chat_calls == {"prod-primary": 1}
     assert double.api_key not in result.output
+
+
+def test_the_profile_refuses_a_prefix_azure_would_refuse():
+    from pydantic import ValidationError
+
+    assert ProviderProfile(deployment_prefix="team-a").deployment_prefix == "team-a"
+    for bad in ("Team_A", "-a", "a" * 31, ""):
+        with pytest.raises(ValidationError, match="deployment_prefix"):
+            ProviderProfile(deployment_prefix=bad)
