@@ -42,11 +42,17 @@ class RunArchive:
         return self.landing / f"date={day}"
 
     def write(self, runs: Iterable[Run]) -> list[Path]:
-        """Write runs as one new part file per day they started on; returns the files."""
+        """Write runs as one new part file per day they started on; returns the files.
+        Then their telemetry, when `telemetry.enabled` (autoretrain/telemetry.py; never raises)."""
+        runs = list(runs)
         by_day: dict[str, list[str]] = defaultdict(list)
         for run in runs:
             by_day[run.day].append(run.to_json())
-        return self.write_lines(by_day)
+        written = self.write_lines(by_day)
+        from autoretrain.telemetry import runs_recorded
+
+        runs_recorded(runs)
+        return written
 
     def write_lines(self, lines_by_day: dict[str, list[str]]) -> list[Path]:
         """Write pre-serialised JSON lines (e.g. imported from another app) per day."""
