@@ -408,3 +408,48 @@ def test_every_workbook_query_reads_what_the_exporter_really_sends(app_insights)
             assert sent, f"{name}: no span with gen_ai.operation.name={op}"
         available = set().union(*(p.keys() for p in sent))
         assert keys <= available, f"{name} reads {sorted(keys - available)}, never sent"
+
+
+def test_self_play_runs_emit_their_telemetry(settings, monkeypatch, receiver):
+    """Self-play writes through the landing-zone hook: every run of both slots arrives, its
+    chat spans carrying the slot, the outcome and the verifier's verdict of that run."""
+    from autoretrain.agents.verifier import VerifierAgent
+    from autoretrain.scenarios import load_catalog
+    from autoretrain.selfplay import SelfPlayRunner, SlotTarget
+    from autoretrain_tests.test_selfplay import ReferencePlayer
+
+    enable(monkeypatch, receiver.endpoint)
+    catalog = load_catalog("scenarios")
+    instances = catalog.selfplay_instances(30, seed=4)
+    primary, canary = ReferencePlayer(catalog), ReferencePlayer(catalog)
+    primary.by_prompt = canary.by_prompt = {i.user_prompt: i for i in instances}
+    report = SelfPlayRunner(
+        catalog,
+        catalog.registry,
+        VerifierAgent(),
+        RunArchive(load_settings().paths.landing),
+        SlotTarget("primary", primary, "local"),
+        canary=SlotTarget("canary", canary, "local"),
+        canary_share=0.4,
+        progress=False,
+    ).run(30, seed=4, instances=instances)
+    telemetry_module.reset_process_telemetry()
+    assert report.finished == 30
+
+    spans = receiver.spans()
+    agents = [s for s in spans if s["attributes"]["gen_ai.operation.name"] == "invoke_agent"]
+    chats = [s for s in spans if s["attributes"]["gen_ai.operation.name"] == "chat"]
+    assert len(agents) == 30
+    slots = [a["attributes"]["autoretrain.slot"] for a in agents]
+    assert slots.count("primary") == report.by_slot["primary"]
+    assert slots.count("canary") == report.by_slot["canary"]
+    assert len(chats) == primary.calls + canary.calls
+    verdicts = {a["span_id"]: a["attributes"]["autoretrain.verified"] for a in agents}
+    succeeded = sum(a["attributes"]["autoretrain.outcome"] == "succeeded" for a in agents)
+    assert succeeded == report.by_status.get("succeeded", 0)
+    for chat in chats:
+        assert chat["parent_span_id"] in verdicts
+        attrs = chat["attributes"]
+        assert attrs["gen_ai.usage.input_tokens"] == 10 and attrs["gen_ai.usage.output_tokens"] == 5
+        assert attrs["autoretrain.traffic"] == "selfplay"
+        assert attrs["autoretrain.verified"] == verdicts[chat["parent_span_id"]]
