@@ -29,6 +29,7 @@ from autoretrain.providers.toolcalls import (
     next_call_index,
     parse_tool_calls,
 )
+from autoretrain.training.precision import stored_dtype
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,6 @@ class LocalChatModel:
         return f"LocalChatModel({str(self.model_dir)!r}{adapter})"
 
     def _load(self, merge_adapter: bool) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not (self.model_dir / "config.json").is_file():
@@ -157,7 +157,10 @@ class LocalChatModel:
                 f"{tokenizer_dir}: the tokenizer has no chat_template; an instruct/chat model "
                 f"directory is needed"
             )
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        # The precision it was saved in (a bf16 checkpoint stays bf16), not float32.
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=stored_dtype(self.model_dir)
+        )
         if self.adapter_dir:
             from peft import PeftModel
 

@@ -23,13 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from autoretrain.training.config import FULL_FINETUNE_MAX_PARAMS, TrainConfig, TrainResult
-from autoretrain.training.data import (
-    DatasetError,
-    check_template,
-    encode_all,
-    end_of_turn_ids,
-    load_splits,
-)
+from autoretrain.training.data import DatasetError, encode_all, end_of_turn_ids, load_splits
+from autoretrain.training.precision import stored_dtype
+from autoretrain.training.templates import end_of_turn_ids as family_end_of_turn_ids
+from autoretrain.training.templates import ensure_generation_markers
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +96,13 @@ def _train(
             f"{base_model_dir}: not a Hugging Face model directory (no config.json)"
         )
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    check_template(tokenizer, str(base_model_dir))
+    # A marker-less template of a known family (Qwen, Llama 3, ...) gets markers; else refused.
+    family = ensure_generation_markers(tokenizer, str(base_model_dir))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model_config = AutoConfig.from_pretrained(base_model_dir)
     stop_ids = end_of_turn_ids(tokenizer, getattr(model_config, "eos_token_id", None))
+    stop_ids |= family_end_of_turn_ids(tokenizer, family)
     train_set, train_too_long = encode_all(tokenizer, train_examples, stop_ids, config.max_seq_len)
     eval_set, eval_too_long = encode_all(tokenizer, eval_examples, stop_ids, config.max_seq_len)
     if not train_set:
@@ -212,7 +211,13 @@ def _load_model(base_model_dir: Path, config: TrainConfig):
 
     if config.method == "qlora":
         return _load_qlora(base_model_dir, config), "qlora"
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    # float32 on CPU: bf16/fp16 matmuls there are slow or missing, and AdamW on 16-bit weights
+    # loses small updates. On a GPU a LoRA base is frozen, so it stays in its stored precision
+    # (bf16 autocast does the compute); full fine-tuning keeps float32 master weights.
+    dtype = torch.float32
+    if torch.cuda.is_available() and config.method == "lora":
+        dtype = stored_dtype(base_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=dtype)
     model.config.use_cache = False
     method = resolve_method(config, sum(p.numel() for p in model.parameters()))
     if method == "full":
