@@ -12,7 +12,10 @@ import click
 
 @click.command()
 @click.option(
-    "--verify", is_flag=True, help="Compare every file with its blob, ignoring the local state."
+    "--verify",
+    is_flag=True,
+    help="Compare every file with its blob, ignoring the local state (with --tables: upsert "
+    "every run and ledger entry again).",
 )
 @click.option(
     "--tables",
@@ -28,7 +31,7 @@ def mirror(verify: bool, tables: bool, as_json: bool) -> None:
     sync uploads what is missing.
     """
     if tables:
-        _mirror_tables(as_json)
+        _mirror_tables(as_json, verify)
         return
     from autoretrain.runs.mirror import BlobMirror
     from autoretrain.settings import SettingsError, load_settings
@@ -65,7 +68,7 @@ def mirror(verify: bool, tables: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _mirror_tables(as_json: bool) -> None:
+def _mirror_tables(as_json: bool, verify: bool) -> None:
     from autoretrain.runs.table_mirror import TableMirror
     from autoretrain.settings import SettingsError, load_settings
 
@@ -81,7 +84,7 @@ def _mirror_tables(as_json: bool) -> None:
             "$AZURE_STORAGE_CONNECTION_STRING (or the variable named by "
             "mirror.connection_string_env) or mirror.table_endpoint"
         )
-    report = table_mirror.sync()
+    report = table_mirror.sync(verify=verify)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

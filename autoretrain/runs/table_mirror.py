@@ -271,12 +271,18 @@ class TableMirror:
 
     # ---- sync ---------------------------------------------------------------------------
 
-    def sync(self, progress: Callable[[str, str], None] | None = None) -> TableSyncReport:
+    def sync(
+        self, progress: Callable[[str, str], None] | None = None, verify: bool = False
+    ) -> TableSyncReport:
         """Upsert the runs of every part file not yet mirrored whole, then the ledger entries
-        after the cursor. `progress(what, outcome)` is called per part file and ledger batch."""
+        after the cursor. `verify`: ignore the cursor and upsert everything again (repairs
+        entities deleted or changed remotely; upserts, so nothing is duplicated).
+        `progress(what, outcome)` is called per part file and ledger batch."""
         started = time.monotonic()
         report = TableSyncReport(self.destination)
         state = self._load_state()
+        if verify:
+            state = {"parts": {}, "ledger_seq": 0}
         try:
             self._sync_runs(state, report, progress)
             if self.promotions_table and not report.errors:
@@ -376,14 +382,16 @@ class TableMirror:
         if not self.landing.exists():
             return []
         found = []
-        for path in sorted(self.landing.glob(f"date=*/{PART_GLOB}")):
+        for path in self.landing.glob(f"date=*/{PART_GLOB}"):
             try:
                 stat = path.stat()
             except OSError:
                 continue
             relative = path.resolve().relative_to(self.root).as_posix()
             found.append(_Part(path, relative, stat.st_size, stat.st_mtime_ns))
-        return found
+        # Oldest first: a run recorded again in a later part file ends with its later summary,
+        # also when everything is sent again (part names are random, their times are not).
+        return sorted(found, key=lambda part: (part.mtime_ns, part.relative))
 
     def _part_entities(self, part: _Part) -> tuple[list[dict[str, Any]], int]:
         """The run entities of one part file (the last record of a run id wins) and the number

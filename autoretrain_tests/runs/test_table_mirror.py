@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,3 +272,33 @@ def test_cli_mirror_tables(settings, azurite, monkeypatch):
     assert report["runs_upserted"] == 6 and report["ok"]
     assert AZURITE_KEY not in result.output
     assert len(entities(azurite.connection_string, f"cli{suffix}")) == 6
+
+
+def test_verify_repairs_entities_deleted_remotely(settings, azurite, monkeypatch):
+    settings = table_settings(azurite.connection_string, monkeypatch)
+    runs = write_parts(settings, 2, 5)
+    add_ledger(settings, [("local", "primary", None, "v1", "promote")])
+    mirror = TableMirror.from_settings(settings)
+    assert mirror.sync().ok
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    table = service.get_table_client(settings.mirror.runs_table)
+    for run in runs[:3]:
+        table.delete_entity(run.day, row_key(run.run_id))
+    service.delete_table(settings.mirror.promotions_table)
+    assert mirror.sync().runs_upserted == 0  # the cursor vouches for them: not noticed
+    repaired = mirror.sync(verify=True)
+    assert repaired.ok and repaired.runs_upserted == 10 and repaired.promotions_upserted == 1
+    assert len(entities(azurite.connection_string, settings.mirror.runs_table)) == 10
+    assert len(entities(azurite.connection_string, settings.mirror.promotions_table)) == 1
+
+
+def test_a_full_resend_keeps_the_latest_record_of_a_run(settings, azurite, monkeypatch):
+    settings = table_settings(azurite.connection_string, monkeypatch)
+    archive = RunArchive(settings.paths.landing)
+    for status in ("running", "failed", "escalated", "succeeded"):
+        archive.write([make_run(7, status=status)])
+        time.sleep(0.01)  # distinct modification times, as separate writes have
+    mirror = TableMirror.from_settings(settings)
+    assert mirror.sync(verify=True).runs_upserted == 4
+    stored = entities(azurite.connection_string, settings.mirror.runs_table)
+    assert [e["Status"] for e in stored] == ["succeeded"]
