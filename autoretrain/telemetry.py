@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -275,12 +276,15 @@ class Telemetry:
         version = _version()
         resource = Resource.create({"service.name": service_name, "service.version": version})
         self.tracer_provider = TracerProvider(resource=resource)
+        self._watched: list[_Watched] = []
         for exporter in span_exporters:
             # A factory gets the provider: Azure Monitor's exporter reads its resource there
             # (otherwise the global provider's, which is not this one).
             if not hasattr(exporter, "export"):
                 exporter = exporter(self.tracer_provider)
-            self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+            watched = _Watched(exporter)
+            self._watched.append(watched)
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(watched))
         readers = [
             PeriodicExportingMetricReader(
                 exporter, export_interval_millis=int(metric_interval_s * 1000)
@@ -311,6 +315,7 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.capture_content = capture_content
+        self._flush_paused_until = 0.0
         self.prices = prices
 
     @classmethod
@@ -522,9 +527,59 @@ class Telemetry:
         metrics = self.meter_provider.force_flush(millis)
         return bool(spans) and bool(metrics)
 
+    def flush_unless_failing(self, timeout_s: float = 5.0, pause_s: float = 60.0) -> bool:
+        """Flush, unless a recent flush was slow or incomplete (a collector down or unreachable
+        answers late): then the spans wait in the exporters' queues, exported in the background,
+        and the writer goes on. Such a flush pauses flushing for `pause_s`. True when flushed."""
+        now = time.monotonic()
+        if now < self._flush_paused_until:
+            return False
+        # The exporters' own retries can outlast any flush timeout (a metric export runs in the
+        # caller, up to its export timeout): flush in a thread, wait at most `timeout_s`.
+        result: list[bool] = []
+        flusher = threading.Thread(
+            target=lambda: result.append(self.flush(timeout_s * 4)),
+            name="telemetry-flush",
+            daemon=True,
+        )
+        flusher.start()
+        flusher.join(timeout_s)
+        if not result or not result[0] or any(w.failed for w in self._watched):
+            self._flush_paused_until = time.monotonic() + pause_s
+            log.warning(
+                "telemetry: the exporters did not finish in %.1f s (collector down?); writers "
+                "stop waiting for them for %.0f s",
+                timeout_s,
+                pause_s,
+            )
+            return False
+        return True
+
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+
+
+class _Watched:
+    """A span exporter that remembers whether its last export failed (the SDK's flush says
+    only whether it finished, not whether the collector took the spans)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.failed = False
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        result = self.inner.export(spans)
+        self.failed = result is not SpanExportResult.SUCCESS
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
 
 
 # ---- the hook where runs are recorded ---------------------------------------------------------
@@ -585,12 +640,13 @@ def process_telemetry() -> Telemetry | None:
 def runs_recorded(runs: Sequence[Run]) -> None:
     """Called where runs land (`RunArchive.write`): emits their telemetry when it is on, and
     flushes, so runs recorded by a worker process that exits without `atexit` are not lost.
-    Never raises: a collector that is down costs telemetry, never a run record."""
+    A writer waits for the exporters at most 5 s, and not at all for a minute after an export
+    failed. Never raises: a collector that is down costs telemetry, never a run record."""
     try:
         telemetry = process_telemetry()
         if telemetry is None or not runs:
             return
         telemetry.record(runs)
-        telemetry.flush()
+        telemetry.flush_unless_failing()
     except Exception as exc:  # noqa: BLE001
         log.warning("telemetry: could not emit %d runs: %s", len(runs), exc)
