@@ -36,6 +36,7 @@ is on: the CLI and the Dagster definitions load without it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -275,7 +276,9 @@ class Telemetry:
 
         version = _version()
         resource = Resource.create({"service.name": service_name, "service.version": version})
-        self.tracer_provider = TracerProvider(resource=resource)
+        # Shut down at exit by `_shutdown_at_exit`, which bounds the wait: the SDK's own exit
+        # hook waits out every exporter's retries when the collector is down.
+        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         self._watched: list[_Watched] = []
         for exporter in span_exporters:
             # A factory gets the provider: Azure Monitor's exporter reads its resource there
@@ -291,7 +294,11 @@ class Telemetry:
             )
             for exporter in metric_exporters
         ]
-        self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        self.meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, shutdown_on_exit=False
+        )
+        self._closed = False
+        atexit.register(self._shutdown_at_exit)
         self.tracer = self.tracer_provider.get_tracer(SCOPE, version)
         meter = self.meter_provider.get_meter(SCOPE, version)
         self.token_usage = meter.create_histogram(
@@ -556,8 +563,17 @@ class Telemetry:
         return True
 
     def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._shutdown_at_exit)
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+
+    def _shutdown_at_exit(self, timeout_s: float = 5.0) -> None:
+        closer = threading.Thread(target=self.shutdown, name="telemetry-exit", daemon=True)
+        closer.start()
+        closer.join(timeout_s)
 
 
 class _Watched:
