@@ -275,7 +275,9 @@ class Telemetry:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         version = _version()
-        resource = Resource.create({"service.name": service_name, "service.version": version})
+        resource = Resource.create(
+            {"service.name": service_name, "service.version": version, "process.pid": os.getpid()}
+        )
         # Shut down at exit by `_shutdown_at_exit`, which bounds the wait: the SDK's own exit
         # hook waits out every exporter's retries when the collector is down.
         self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)

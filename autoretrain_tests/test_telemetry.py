@@ -177,6 +177,7 @@ def test_spans_and_metrics_reach_an_otlp_receiver_with_genai_names(settings, mon
         by_run.setdefault(span["attributes"]["gen_ai.conversation.id"], []).append(span)
     assert sorted(by_run) == ["imported-1", "run-1", "run-2", "run-error"]
     assert spans[0]["resource"]["service.name"] == "autoretrain"
+    assert spans[0]["resource"]["process.pid"] == os.getpid()
 
     for run in runs:
         mine = by_run[run.run_id]
