@@ -89,6 +89,11 @@ RUN_COUNT = "autoretrain.run.count"
 RUN_COST = "autoretrain.run.cost"
 RUN_DURATION = "autoretrain.run.duration"
 
+# Spans queued for export, and runs recorded between flushes of a big batch (a run makes a
+# span, one per model call and one per timed tool call: well under 30 spans in self-play).
+SPAN_QUEUE = 65536
+RUNS_PER_FLUSH = 2000
+
 # Bucket boundaries the GenAI conventions advise for the two client histograms.
 TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304]
 DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48]
@@ -143,13 +148,12 @@ class _Call:
         finish_reason: str | None,
         agent: str,
         error: str | None = None,
-        output: dict[str, Any] | None = None,
-        inputs: list[dict[str, Any]] | None = None,
+        position: int | None = None,
     ):
         self.model, self.start, self.end, self.agent = model, start, end, agent
         self.input_tokens, self.output_tokens = input_tokens, output_tokens
         self.finish_reason, self.error = finish_reason, error
-        self.output, self.inputs = output, inputs
+        self.position = position  # the index of its reply in the run's messages, when known
 
 
 def _int(value: Any) -> int:
@@ -184,15 +188,7 @@ def model_calls(run: Run) -> list[_Call]:
                     output_tokens=_int(p.get("completion_tokens")),
                     finish_reason=reason,
                     agent=event.agent,
-                    output=output.model_dump(mode="json", exclude_none=True) if output else None,
-                    inputs=(
-                        [
-                            m.model_dump(mode="json", exclude_none=True)
-                            for m in run.messages[:position]
-                        ]
-                        if position is not None
-                        else None
-                    ),
+                    position=position,
                 )
             )
         elif event.type == EventType.ERROR and str(event.payload.get("error", "")).startswith(
@@ -223,7 +219,7 @@ def model_calls(run: Run) -> list[_Call]:
                     ("tool_calls" if last.tool_calls else "stop") if last is not None else None
                 ),
                 agent=run.workflow,
-                output=last.model_dump(mode="json", exclude_none=True) if last else None,
+                position=assistants[-1] if assistants else None,
             )
         )
     return calls
@@ -289,7 +285,11 @@ class Telemetry:
                 exporter = exporter(self.tracer_provider)
             watched = _Watched(exporter)
             self._watched.append(watched)
-            self.tracer_provider.add_span_processor(BatchSpanProcessor(watched))
+            # A landing-zone write of 500 self-play runs makes ~3,000 spans: the default queue
+            # (2,048) would drop some before the flush that follows the write.
+            self.tracer_provider.add_span_processor(
+                BatchSpanProcessor(watched, max_queue_size=SPAN_QUEUE, max_export_batch_size=1024)
+            )
         readers = [
             PeriodicExportingMetricReader(
                 exporter, export_interval_millis=int(metric_interval_s * 1000)
@@ -387,6 +387,8 @@ class Telemetry:
                 continue
             self._record_run(run)
             n += 1
+            if n % RUNS_PER_FLUSH == 0:  # a big batch never outgrows the span queue
+                self.tracer_provider.force_flush()
         return n
 
     def _record_run(self, run: Run) -> None:
@@ -499,11 +501,10 @@ class Telemetry:
                 attributes[FINISH_REASONS] = [call.finish_reason]
         else:
             attributes[ERROR_TYPE] = call.error
-        if self.capture_content:
-            if call.inputs is not None:
-                attributes[INPUT_MESSAGES] = json.dumps(call.inputs, ensure_ascii=False)
-            if call.output is not None:
-                attributes[OUTPUT_MESSAGES] = json.dumps([call.output], ensure_ascii=False)
+        if self.capture_content and call.position is not None:
+            dump = [m.model_dump(mode="json", exclude_none=True) for m in run.messages]
+            attributes[INPUT_MESSAGES] = json.dumps(dump[: call.position], ensure_ascii=False)
+            attributes[OUTPUT_MESSAGES] = json.dumps([dump[call.position]], ensure_ascii=False)
         span = self.tracer.start_span(
             f"chat {call.model}",
             context=parent,

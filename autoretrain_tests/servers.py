@@ -358,10 +358,11 @@ class OtlpReceiver:
     (protobuf, optionally gzip) are decoded with opentelemetry-proto and kept, in order of
     arrival. `spans()` and `metrics()` flatten them with their attributes as plain values."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+        self.delay_s = delay_s  # answer each request this late, as a distant collector does
         self.traces: list = []  # ExportTraceServiceRequest
         self.metric_requests: list = []  # ExportMetricsServiceRequest
         self.requests: list[tuple[str, str]] = []  # (path, content type)
@@ -392,6 +393,7 @@ class OtlpReceiver:
                     self.send_error(404)
                     return
                 request_type, response_type = kinds[self.path]
+                time.sleep(receiver.delay_s)
                 message = request_type()
                 message.ParseFromString(body)
                 with receiver._lock:

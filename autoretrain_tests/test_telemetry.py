@@ -468,3 +468,19 @@ def test_self_play_runs_emit_their_telemetry(settings, monkeypatch, receiver):
         assert attrs["gen_ai.usage.input_tokens"] == 10 and attrs["gen_ai.usage.output_tokens"] == 5
         assert attrs["autoretrain.traffic"] == "selfplay"
         assert attrs["autoretrain.verified"] == verdicts[chat["parent_span_id"]]
+
+
+def test_a_self_play_sized_write_loses_no_span(settings, monkeypatch):
+    """BufferedArchive writes 500 runs at a time: 5,000 spans here, more than the SDK's default
+    span queue (2,048) holds while a collector 0.5 s away drains it; every one must arrive."""
+    receiver = OtlpReceiver(delay_s=0.5).start()
+    enable(monkeypatch, receiver.endpoint)
+    runs = [
+        tracked_run(i, slot="primary", category="text", passed=True, calls=5) for i in range(500)
+    ]
+    RunArchive(load_settings().paths.landing).write(runs)
+    telemetry_module.reset_process_telemetry()
+    spans = receiver.spans()
+    receiver.stop()
+    assert len(spans) == 500 * (1 + 5 + 4)
+    assert len({s["attributes"]["gen_ai.conversation.id"] for s in spans}) == 500
