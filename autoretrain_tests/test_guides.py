@@ -159,7 +159,8 @@ def test_lm_studio_guide(tmp_path, published_model):
         write_config(config, tmp_path, **{"http://localhost:1234/v1": url})
         out = run("bash", check, tmp_path, env)
     landed = landed_runs(home)
-    assert len(landed) == 20 and {r["slot"] for r in landed} == {"primary"}, out
+    assert len(landed) == 20, out
+    assert {(r["slot"], r["model"]) for r in landed} == {("primary", "agent-primary")}
     assert "20" in out or "runs" in out
 
     # 3. Train with a merged export (the base's template has no markers: the trainer adds them).
@@ -248,9 +249,11 @@ def test_vllm_guide(tmp_path, published_model):
         out = run("bash", check, tmp_path, env)
     landed = landed_runs(home)
     assert len(landed) == 20, out
-    assert {r["slot"] for r in landed} <= {"primary", "canary"} and any(
-        r["slot"] == "primary" for r in landed
-    )
+    # canary_share 0.2: each slot reached its adapter by name through the server.
+    assert {(r["slot"], r["model"]) for r in landed} == {
+        ("primary", "agent-v3"),
+        ("canary", "agent-v4"),
+    }
 
     # 4. Register the adapter version, promote it, look.
     run("python", register, tmp_path, env)

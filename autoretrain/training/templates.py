@@ -4,8 +4,9 @@ The trainer's loss covers assistant tokens only, from the mask that `{% generati
 the chat template produce (`data.encode`). Published instruct models ship templates without
 those markers, so fine-tuning one would stop at `data.check_template`. `ensure_generation_markers`
 recognises the family a marker-less template belongs to by the control tokens its turns are made
-of, and swaps in this module's template for that family: the same turn framing (so a plain
-conversation renders byte for byte as the model's own template renders it), with each assistant
+of, and swaps in this module's template for that family: the same turn framing (a plain
+conversation's prompt renders byte for byte as the reference template of the family renders it:
+Qwen2, Qwen2.5, Qwen3, Llama 3.0, Mistral v0.1/v0.2, Phi-3.5, Gemma 2), with each assistant
 turn, end-of-turn token included, inside `{% generation %}…{% endgeneration %}` (REFERENCE.md:
 with `{% endgeneration %}` before the end-of-turn token the model never learns to stop). A
 template of no known family is refused, naming what was looked for: training on every token, or
@@ -17,10 +18,12 @@ token), Phi-3 (`<|user|>` … `<|end|>`), Gemma (`<start_of_turn>` … `<end_of_
 
 What the replacement renders that a family's own template may render differently: tool
 definitions and calls are Hermes/Qwen text (`<tool_call>{"name": …, "arguments": …}</tool_call>`,
-which the local provider parses, see `providers/toolcalls.py`), tool results are
-`<tool_response>` blocks in the family's tool (or user) turn, and reasoning traces
-(`reasoning_content`) are not rendered. The tokenizer saved with the trained version carries the
-replacement, so the served model is prompted as it was trained.
+which the local provider parses, see `providers/toolcalls.py`; Qwen's own template writes them
+the same way), tool results are `<tool_response>` blocks in the family's tool (or user) turn,
+reasoning traces (`reasoning_content`) are not rendered, and details of later revisions are not
+reproduced (Llama 3.1's date preamble in the system turn, Mistral v0.3's `[INST]` spacing and
+tool tokens). The tokenizer saved with the trained version carries the replacement, so the
+served model is prompted as it was trained.
 """
 
 from __future__ import annotations

@@ -80,13 +80,23 @@ def test_family_template_prompts_like_the_published_one(name):
     if name in ("mistral", "gemma"):
         chat = alternating(chat)
     cases = [chat, chat[1:]] if name not in ("mistral", "gemma") else [chat]
-    published = [
-        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in cases
-    ]
+    if name == "qwen2.5":  # Qwen's own template lists tools the Hermes way, as ours does
+        cases += [{"tools": [CALCULATOR], "c": c} for c in cases]
+
+    def prompts() -> list[str]:
+        return [
+            tokenizer.apply_chat_template(
+                c["c"] if isinstance(c, dict) else c,
+                tools=c["tools"] if isinstance(c, dict) else None,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for c in cases
+        ]
+
+    published = prompts()
     templates.ensure_generation_markers(tokenizer)
-    ours = [
-        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in cases
-    ]
+    ours = prompts()
     assert ours == published
 
 
