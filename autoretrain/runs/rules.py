@@ -261,11 +261,16 @@ def _model(model: type[BaseModel], e: str, names: _Namer) -> str:
             raise TypeError(f"{model.__name__}.{name}: add its SQL to rules.MODEL_RULES")
         rules.append(MODEL_RULES[name].format(e=e))
     fields = model.model_fields
-    # A non-object in a struct's place reads as a struct of NULL leaves, as does an object of
-    # none of the model's keys: one key present proves an object.
-    some = " OR ".join(f"{e}['{name}'] IS NOT NULL" for name in fields)
     conds = [_field(fi, f"{e}['{name}']", names) for name, fi in fields.items()]
-    return "(" + " AND ".join([f"({some})", *conds, *rules]) + ")"
+    anchored = any(
+        fi.is_required() and not _unwrap(fi.annotation, fi.metadata)[1] for fi in fields.values()
+    )
+    if not anchored:
+        # A non-object in a struct's place reads as a struct of NULL leaves, as does an object
+        # of none of the model's keys; with no required leaf to fail on, one key present
+        # proves an object.
+        conds.insert(0, "(" + " OR ".join(f"{e}['{name}'] IS NOT NULL" for name in fields) + ")")
+    return "(" + " AND ".join(conds + rules) + ")"
 
 
 SHAPE = shape(Run)
