@@ -78,3 +78,18 @@ def test_no_config_means_float32(tmp_path):
 
     shutil.rmtree(tmp_path)
     assert stored_dtype(tmp_path) == torch.float32
+
+
+@pytest.mark.parametrize("engine", [True, False])
+def test_an_fp16_checkpoint_is_served_in_fp16(tmp_path, engine):
+    """Both decoding paths (the project's engine and transformers' generate) run in fp16."""
+    import torch
+
+    from autoretrain_tests.training.family_tokenizers import tiny_family_model
+
+    model_dir = tiny_family_model("llama3", tmp_path / "fp16", dtype="float16")
+    model = LocalChatModel(model_dir, engine=engine)
+    assert {p.dtype for p in model.model.parameters()} == {torch.float16}
+    assert (model.decoder is not None) == engine
+    reply = model.chat([{"role": "user", "content": "hi"}], None, Sampling(max_tokens=8))
+    assert reply.completion_tokens == 8
