@@ -15,17 +15,15 @@ minutes of backoff per file): they are reported as failed, and the next sync upl
 what is missing. `sync` never raises on a storage error; it returns a `SyncReport`.
 
 Secrets (account keys, SAS tokens, the connection string) never reach logs or reports: every
-message that leaves this module passes through `_Redactor`.
+message that leaves this module passes through `Redactor` (`runs/azure_storage.py`, which holds
+what this mirror shares with the Table mirror).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,8 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from autoretrain.runs.archive import write_atomically
-from autoretrain.settings import SettingsError
+from autoretrain.runs.azure_storage import (
+    Outage,
+    Redactor,
+    describe,
+    failure,
+    load_state,
+    retry,
+    save_state,
+    service_client,
+)
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient, ContainerClient
@@ -47,7 +53,6 @@ log = logging.getLogger(__name__)
 STATE_FILE = "mirror-state.json"
 STATE_VERSION = 1
 HASH_METADATA_KEY = "sha256"
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Save the state every this many uploads, so a killed sync loses little of what it learned.
 _STATE_SAVE_EVERY = 100
 _HASH_CHUNK = 1 << 20
@@ -140,35 +145,7 @@ class _Pass:
             self.progress(relative, "failed")
 
 
-class _Redactor:
-    """Removes secrets from any text before it is logged or reported."""
-
-    _PATTERNS = (
-        re.compile(r"(AccountKey=)[^;\s]+", re.IGNORECASE),
-        re.compile(r"(SharedAccessSignature=)[^;\s]+", re.IGNORECASE),
-        re.compile(r"([?&]sig=)[^&\s]+", re.IGNORECASE),
-    )
-
-    def __init__(self, secrets: Iterable[str] = ()):
-        # Longest first, so a connection string is removed whole before its key inside it.
-        self._secrets = sorted((s for s in secrets if s), key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        for pattern in self._PATTERNS:
-            text = pattern.sub(r"\1***", text)
-        return text
-
-
-class _Outage(Exception):
-    """The service stayed unreachable through every retry."""
-
-
-def _connection_string_secrets(connection_string: str) -> list[str]:
-    parts = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part.strip())
-    keys = ("AccountKey", "SharedAccessSignature")
-    return [connection_string] + [parts[k] for k in keys if parts.get(k)]
+_Redactor = Redactor  # its name before it moved to runs/azure_storage.py (shared with Table)
 
 
 def _sha256(handle: BinaryIO) -> str:
@@ -178,26 +155,12 @@ def _sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return True
-    return isinstance(exc, HttpResponseError) and exc.status_code in RETRYABLE_STATUS
-
-
 def _is_container_missing(exc: BaseException) -> bool:
     from azure.core.exceptions import ResourceNotFoundError
 
     return isinstance(exc, ResourceNotFoundError) and (
         getattr(exc, "error_code", None) == "ContainerNotFound" or "ContainerNotFound" in str(exc)
     )
-
-
-def _describe(exc: BaseException) -> str:
-    # Storage errors carry the whole XML body over several lines; the first line says it.
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
 
 
 class BlobMirror:
@@ -228,7 +191,7 @@ class BlobMirror:
         self.backoff_max_s = backoff_max_s
         self.workers = max(1, workers)
         self.default_sources = list(default_sources) if default_sources is not None else None
-        self._redact = _Redactor(secrets)
+        self._redact = Redactor(secrets)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BlobMirror | None:
@@ -242,38 +205,14 @@ class BlobMirror:
             return None
         from azure.storage.blob import BlobServiceClient
 
-        # Our own backoff is the retry layer; the SDK's (10 tries, 15 s+ waits) would make a
-        # stopped service look like a hang.
-        client_options: dict[str, Any] = {
-            "retry_total": 0,
-            "connection_timeout": conf.connect_timeout_s,
-            "read_timeout": conf.read_timeout_s,
-        }
-        connection_string = os.environ.get(conf.connection_string_env, "").strip()
-        secrets: list[str] = []
-        if connection_string:
-            secrets = _connection_string_secrets(connection_string)
-            try:
-                service = BlobServiceClient.from_connection_string(
-                    connection_string, **client_options
-                )
-            except ValueError as exc:
-                raise SettingsError(
-                    f"mirror: ${conf.connection_string_env} is not a valid Azure Storage "
-                    f"connection string ({_Redactor(secrets)(str(exc))})"
-                ) from None
-        elif conf.account_url:
-            from azure.identity import DefaultAzureCredential
-
-            service = BlobServiceClient(
-                conf.account_url, credential=DefaultAzureCredential(), **client_options
-            )
-        else:
-            raise SettingsError(
-                f"mirror.container is {conf.container!r} but there are no credentials: set "
-                f"${conf.connection_string_env} to a connection string, or set "
-                "mirror.account_url to use DefaultAzureCredential (managed identity, az login)"
-            )
+        service, secrets = service_client(
+            BlobServiceClient,
+            conf,
+            endpoint=conf.account_url,
+            endpoint_setting="mirror.account_url",
+            enabled_by="mirror.container",
+            enabled_value=conf.container,
+        )
         paths = settings.paths
         return cls(
             service,
@@ -362,8 +301,7 @@ class BlobMirror:
             if verify:
                 run.remote = self._list(self.blob_name(""))
         except Exception as exc:
-            detail = str(exc) if isinstance(exc, _Outage) else _describe(exc)
-            reason = self._redact(f"storage not usable: {detail}")
+            reason = self._redact(f"storage not usable: {failure(exc)}")
             log.warning("mirror: %s", reason)
             for item in files:
                 run.fail(item.relative, reason)
@@ -393,7 +331,7 @@ class BlobMirror:
                     needed = self._folder_hashes(blob, run).get(blob) != sha
                 if needed:
                     self._retry(lambda: self._upload(blob, handle, sha), what=f"upload {blob}")
-        except _Outage as exc:
+        except Outage as exc:
             run.outage.set()
             run.fail(item.relative, self._redact(str(exc)))
             return
@@ -401,7 +339,7 @@ class BlobMirror:
             run.fail(item.relative, f"cannot read local file: {exc.strerror or exc}")
             return
         except Exception as exc:
-            run.fail(item.relative, self._redact(_describe(exc)))
+            run.fail(item.relative, self._redact(describe(exc)))
             return
         synced = _Synced(sha, stat.st_size, stat.st_mtime_ns)
         # Periodic saves from several workers may land out of order; the save after the last
@@ -480,28 +418,16 @@ class BlobMirror:
 
     def _retry(self, action: Callable[[], Any], *, what: str) -> Any:
         """Run `action`, retrying transient failures with exponential backoff and jitter."""
-        for attempt in range(self.max_retries + 1):
-            try:
-                return action()
-            except Exception as exc:
-                if not _is_retryable(exc):
-                    raise
-                if attempt == self.max_retries:
-                    raise _Outage(
-                        f"gave up after {attempt + 1} tries: {self._redact(_describe(exc))}"
-                    ) from None
-                delay = min(self.backoff_max_s, self.backoff_s * 2**attempt)
-                delay *= 0.5 + random.random() / 2
-                log.debug(
-                    "mirror: %s failed (%s); retry %d/%d in %.2f s",
-                    what,
-                    self._redact(_describe(exc)),
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        return retry(
+            action,
+            what=what,
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
+            backoff_max_s=self.backoff_max_s,
+            redact=self._redact,
+            logger=log,
+            label="mirror",
+        )
 
     # ---- local side ---------------------------------------------------------------------
 
@@ -531,15 +457,14 @@ class BlobMirror:
         return [found[key] for key in sorted(found)]
 
     def _load_state(self) -> dict[str, _Synced]:
-        try:
-            data = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("mirror: ignoring unreadable state %s (%s)", self.state_path, exc)
-            return {}
-        # State written for another container or prefix says nothing about this one.
-        if data.get("version") != STATE_VERSION or data.get("destination") != self.destination:
+        data = load_state(
+            self.state_path,
+            version=STATE_VERSION,
+            destination=self.destination,
+            logger=log,
+            label="mirror",
+        )
+        if data is None:
             return {}
         try:
             return {name: _Synced(**entry) for name, entry in data["files"].items()}
@@ -548,10 +473,13 @@ class BlobMirror:
             return {}
 
     def _save_state(self, state: dict[str, _Synced]) -> None:
+        # Losing the state costs one folder listing per folder next time, never a wrong sync.
         files = {name: asdict(entry) for name, entry in sorted(state.items())}
-        data = {"version": STATE_VERSION, "destination": self.destination, "files": files}
-        try:
-            write_atomically(self.state_path, json.dumps(data, indent=1).encode("utf-8"))
-        except OSError as exc:
-            # Losing the state costs one folder listing per folder next time, never a wrong sync.
-            log.warning("mirror: could not save state %s (%s)", self.state_path, exc)
+        save_state(
+            self.state_path,
+            {"files": files},
+            version=STATE_VERSION,
+            destination=self.destination,
+            logger=log,
+            label="mirror",
+        )

@@ -23,10 +23,7 @@ storage error; it returns a `TableSyncReport`. Secrets never reach logs or repor
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import random
 import re
 import time
 from collections import defaultdict
@@ -35,15 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoretrain.runs.archive import PART_GLOB, write_atomically
-from autoretrain.runs.mirror import (
-    _connection_string_secrets,
-    _describe,
-    _is_retryable,
-    _Outage,
-    _Redactor,
+from autoretrain.runs.archive import PART_GLOB
+from autoretrain.runs.azure_storage import (
+    Redactor,
+    describe,
+    failure,
+    load_state,
+    retry,
+    save_state,
+    service_client,
 )
-from autoretrain.settings import SettingsError
 
 if TYPE_CHECKING:
     from azure.data.tables import TableServiceClient
@@ -198,7 +196,7 @@ class TableMirror:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
-        self._redact = _Redactor(secrets)
+        self._redact = Redactor(secrets)
         self._created: set[str] = set()
 
     @classmethod
@@ -214,34 +212,14 @@ class TableMirror:
             return None
         from azure.data.tables import TableServiceClient
 
-        options: dict[str, Any] = {
-            "retry_total": 0,  # our own backoff is the retry layer (see the Blob mirror)
-            "connection_timeout": conf.connect_timeout_s,
-            "read_timeout": conf.read_timeout_s,
-        }
-        connection_string = os.environ.get(conf.connection_string_env, "").strip()
-        secrets: list[str] = []
-        if connection_string:
-            secrets = _connection_string_secrets(connection_string)
-            try:
-                service = TableServiceClient.from_connection_string(connection_string, **options)
-            except ValueError as exc:
-                raise SettingsError(
-                    f"mirror: ${conf.connection_string_env} is not a valid Azure Storage "
-                    f"connection string ({_Redactor(secrets)(str(exc))})"
-                ) from None
-        elif conf.table_endpoint:
-            from azure.identity import DefaultAzureCredential
-
-            service = TableServiceClient(
-                conf.table_endpoint, credential=DefaultAzureCredential(), **options
-            )
-        else:
-            raise SettingsError(
-                f"mirror.runs_table is {conf.runs_table!r} but there are no credentials: set "
-                f"${conf.connection_string_env} to a connection string, or set "
-                "mirror.table_endpoint to use DefaultAzureCredential (managed identity, az login)"
-            )
+        service, secrets = service_client(
+            TableServiceClient,
+            conf,
+            endpoint=conf.table_endpoint,
+            endpoint_setting="mirror.table_endpoint",
+            enabled_by="mirror.runs_table",
+            enabled_value=conf.runs_table,
+        )
         paths = settings.paths
         return cls(
             service,
@@ -331,7 +309,7 @@ class TableMirror:
                     )
                     report.runs_upserted += len(batch)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, _Outage) else _describe(exc)
+                reason = failure(exc)
                 report.errors.append(self._redact(f"{part.relative}: {reason}"))
                 report.parts_pending += [p.relative for p in todo[index:]]
                 if progress:
@@ -365,7 +343,7 @@ class TableMirror:
                     what=f"upsert {len(batch)} promotions",
                 )
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, _Outage) else _describe(exc)
+                reason = failure(exc)
                 report.errors.append(self._redact(f"promotions: {reason}"))
                 log.warning("table mirror: %s", report.errors[-1])
                 if progress:
@@ -427,7 +405,7 @@ class TableMirror:
         try:
             con = duckdb.connect(str(self.database), read_only=True)
         except duckdb.IOException as exc:
-            return [], f"run store busy, promotions wait for the next sync ({_describe(exc)})"
+            return [], f"run store busy, promotions wait for the next sync ({describe(exc)})"
         try:
             found = con.execute(
                 "SELECT count(*) FROM information_schema.tables "
@@ -445,36 +423,28 @@ class TableMirror:
         return [LedgerEntry(*row) for row in rows], None
 
     def _load_state(self) -> dict[str, Any]:
-        empty: dict[str, Any] = {"parts": {}, "ledger_seq": 0}
-        try:
-            data = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return empty
-        except (OSError, ValueError) as exc:
-            log.warning("table mirror: ignoring unreadable state %s (%s)", self.state_path, exc)
-            return empty
+        data = load_state(
+            self.state_path,
+            version=STATE_VERSION,
+            destination=self.destination,
+            logger=log,
+            label="table mirror",
+        )
         # A cursor kept for other tables or another account says nothing about these.
-        if (
-            not isinstance(data, dict)
-            or data.get("version") != STATE_VERSION
-            or data.get("destination") != self.destination
-            or not isinstance(data.get("parts"), dict)
-        ):
-            return empty
+        if data is None or not isinstance(data.get("parts"), dict):
+            return {"parts": {}, "ledger_seq": 0}
         return {"parts": data["parts"], "ledger_seq": int(data.get("ledger_seq") or 0)}
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        data = {
-            "version": STATE_VERSION,
-            "destination": self.destination,
-            "ledger_seq": state["ledger_seq"],
-            "parts": dict(sorted(state["parts"].items())),
-        }
-        try:
-            write_atomically(self.state_path, json.dumps(data, indent=1).encode("utf-8"))
-        except OSError as exc:
-            # Losing the cursor costs a resend (upserts: same entities), never a wrong table.
-            log.warning("table mirror: could not save state %s (%s)", self.state_path, exc)
+        # Losing the cursor costs a resend (upserts: same entities), never a wrong table.
+        save_state(
+            self.state_path,
+            {"ledger_seq": state["ledger_seq"], "parts": dict(sorted(state["parts"].items()))},
+            version=STATE_VERSION,
+            destination=self.destination,
+            logger=log,
+            label="table mirror",
+        )
 
     # ---- storage calls ------------------------------------------------------------------
 
@@ -497,28 +467,16 @@ class TableMirror:
 
     def _retry(self, action: Callable[[], Any], *, what: str) -> Any:
         """Run `action`, retrying transient failures with exponential backoff and jitter."""
-        for attempt in range(self.max_retries + 1):
-            try:
-                return action()
-            except Exception as exc:
-                if not _is_retryable(exc):
-                    raise
-                if attempt == self.max_retries:
-                    raise _Outage(
-                        f"gave up after {attempt + 1} tries: {self._redact(_describe(exc))}"
-                    ) from None
-                delay = min(self.backoff_max_s, self.backoff_s * 2**attempt)
-                delay *= 0.5 + random.random() / 2
-                log.debug(
-                    "table mirror: %s failed (%s); retry %d/%d in %.2f s",
-                    what,
-                    self._redact(_describe(exc)),
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        return retry(
+            action,
+            what=what,
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
+            backoff_max_s=self.backoff_max_s,
+            redact=self._redact,
+            logger=log,
+            label="table mirror",
+        )
 
 
 def _batches(entities: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
