@@ -15,9 +15,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 AZURITE_DIR = Path(__file__).parent / "azurite"
 AZURITE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
+AZURITE_TABLE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-table"
 
 # The public, well-known development account every Azurite serves (not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -64,44 +66,54 @@ class Azurite:
     """One Azurite Blob service on 127.0.0.1, in its own process group.
 
     `stop()` then `start()` brings it back on the same port with the same workspace folder, so
-    what was stored before survives: that is how the tests simulate an outage.
+    what was stored before survives: that is how the tests simulate an outage. A subclass names
+    another of Azurite's services (`AzuriteTable`).
     """
+
+    service = "blob"  # the binary is azurite-<service>, its flags --<service>Host/--<service>Port
+    binary = AZURITE_BIN
+    log_name = "azurite.log"
+    stop_signal = signal.SIGTERM
 
     def __init__(self, workspace: Path, port: int | None = None, ready_timeout_s: float = 30.0):
         self.workspace = workspace
         self.port = port or free_port()
         self.ready_timeout_s = ready_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = workspace / "azurite.log"
+        self._log = workspace / self.log_name
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+        return self.endpoint
 
     @property
     def connection_string(self) -> str:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.blob_endpoint};"
+            f"AccountKey={AZURITE_KEY};{self.service.capitalize()}Endpoint={self.endpoint};"
         )
 
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> Azurite:
+    def start(self) -> Self:
         if self.running:
             return self
-        binary = ensure_azurite_installed()
+        ensure_azurite_installed()
         self.workspace.mkdir(parents=True, exist_ok=True)
         log = open(self._log, "ab")  # noqa: SIM115 - the child process keeps writing to it
         try:
             self._process = subprocess.Popen(
                 [
-                    str(binary),
-                    "--blobHost",
+                    str(self.binary),
+                    f"--{self.service}Host",
                     "127.0.0.1",
-                    "--blobPort",
+                    f"--{self.service}Port",
                     str(self.port),
                     "--location",
                     str(self.workspace),
@@ -140,12 +152,12 @@ class Azurite:
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the whole process group: SIGTERM, then SIGKILL if it lingers."""
+        """Stop the whole process group: `stop_signal`, then SIGKILL if it lingers."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
         try:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, self.stop_signal)
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
@@ -159,7 +171,7 @@ class Azurite:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> Azurite:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -284,73 +296,22 @@ class DagsterDaemon:
 
 # ---- Azurite's Table service and an OTLP/HTTP receiver (issue 22) -----------------------------
 
-AZURITE_TABLE_BIN = AZURITE_DIR / "node_modules" / ".bin" / "azurite-table"
-
 
 class AzuriteTable(Azurite):
     """Azurite's Table service on 127.0.0.1 (same package, binary `azurite-table`), in its own
     process group; `stop()` then `start()` keeps the port and the workspace (an outage)."""
 
-    def __init__(self, workspace: Path, port: int | None = None, ready_timeout_s: float = 30.0):
-        super().__init__(workspace, port, ready_timeout_s)
-        self._log = workspace / "azurite-table.log"
+    service = "table"
+    binary = AZURITE_TABLE_BIN
+    log_name = "azurite-table.log"
+    # Stop like Ctrl-C: azurite-table saves its database on SIGINT but dies on SIGTERM without
+    # saving the last seconds of writes (LokiJS autosaves every 5 s), which Azure never does to
+    # an acknowledged write. SIGKILL if it lingers.
+    stop_signal = signal.SIGINT
 
     @property
     def table_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
-
-    @property
-    def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-            f"AccountKey={AZURITE_KEY};TableEndpoint={self.table_endpoint};"
-        )
-
-    def start(self) -> AzuriteTable:
-        if self.running:
-            return self
-        ensure_azurite_installed()
-        self.workspace.mkdir(parents=True, exist_ok=True)
-        log = open(self._log, "ab")  # noqa: SIM115 - the child process keeps writing to it
-        try:
-            self._process = subprocess.Popen(
-                [
-                    str(AZURITE_TABLE_BIN),
-                    "--tableHost",
-                    "127.0.0.1",
-                    "--tablePort",
-                    str(self.port),
-                    "--location",
-                    str(self.workspace),
-                    "--disableTelemetry",
-                    "--skipApiVersionCheck",
-                    "--silent",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        self._wait_until_ready()
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop like Ctrl-C: azurite-table saves its database on SIGINT but dies on SIGTERM
-        without saving the last seconds of writes (LokiJS autosaves every 5 s), which Azure
-        never does to an acknowledged write. SIGKILL if it lingers."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGINT)
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=timeout_s)
-        except ProcessLookupError:
-            process.wait(timeout=timeout_s)
+        return self.endpoint
 
 
 class OtlpReceiver:
