@@ -42,9 +42,11 @@ import uuid
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from autoretrain_tests.loopback import LoopbackServer
 
 TERMINAL_JOB = {"succeeded", "failed", "cancelled"}
 DEVELOPER_SKU = "developertier"
@@ -58,7 +60,10 @@ _ARM = re.compile(
 )
 
 
-class AzureDouble:
+class AzureDouble(LoopbackServer):
+    handler_attribute = "double"
+    noun = "double"
+
     def __init__(
         self,
         *,
@@ -92,37 +97,12 @@ class AzureDouble:
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._polls: dict[str, int] = {}
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # ------------------------------------------------------------ lifecycle
-
-    def start(self) -> AzureDouble:
-        handler = type("Handler", (_Handler,), {"double": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> AzureDouble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    # ------------------------------------------------------------ lifecycle (LoopbackServer)
 
     @property
     def url(self) -> str:
-        assert self._server, "start() the double first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.base_url
 
     def requests_to(self, method: str, path_part: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method and path_part in r["path"]]
@@ -582,3 +562,6 @@ def _multipart(
         else:
             fields[name] = payload.decode()
     return fields, files
+
+
+AzureDouble.handler = _Handler  # what LoopbackServer.start() serves

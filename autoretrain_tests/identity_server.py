@@ -18,49 +18,29 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from autoretrain_tests.loopback import LoopbackServer
 
 API_VERSION = "2019-08-01"
 
 
-class IdentityServer:
+class IdentityServer(LoopbackServer):
+    handler_attribute = "identity"
+
     def __init__(self, tokens: dict[str, str], *, lifetime_s: int = 3600):
         self.tokens = tokens  # resource -> the access token issued for it
         self.lifetime_s = lifetime_s
         self.header = secrets.token_hex(16)  # IDENTITY_HEADER
         self.client_id = "00000000-0000-0000-0000-00000000c11d"
         self.requests: list[dict[str, Any]] = []
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> IdentityServer:
-        handler = type("Handler", (_Handler,), {"identity": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> IdentityServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def endpoint(self) -> str:
-        assert self._server, "start() the server first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/msi/token"
+        return f"{self.base_url}/msi/token"
 
     def environment(self) -> dict[str, str]:
         """The variables App Service / Container Apps would set."""
@@ -108,3 +88,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+IdentityServer.handler = _Handler  # what LoopbackServer.start() serves
