@@ -6,8 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from autoretrain.settings import Settings
+
+M = TypeVar("M")
 
 
 @click.command()
@@ -34,22 +41,10 @@ def mirror(verify: bool, tables: bool, as_json: bool) -> None:
         _mirror_tables(as_json, verify)
         return
     from autoretrain.runs.mirror import BlobMirror
-    from autoretrain.settings import SettingsError, load_settings
 
-    # The SDK logs every HTTP request at INFO; keep its lines for --verbose.
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("azure").setLevel(logging.WARNING)
-    try:
-        settings = load_settings()
-        blob_mirror = BlobMirror.from_settings(settings)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    if blob_mirror is None:
-        raise click.ClickException(
-            "the Blob mirror is off: set mirror.container in autoretrain.yaml, and either "
-            "$AZURE_STORAGE_CONNECTION_STRING (or the variable named by "
-            "mirror.connection_string_env) or mirror.account_url"
-        )
+    blob_mirror = _mirror_from_settings(
+        BlobMirror.from_settings, "Blob", "mirror.container", "mirror.account_url"
+    )
     report = blob_mirror.sync(verify=verify)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -70,20 +65,10 @@ def mirror(verify: bool, tables: bool, as_json: bool) -> None:
 
 def _mirror_tables(as_json: bool, verify: bool) -> None:
     from autoretrain.runs.table_mirror import TableMirror
-    from autoretrain.settings import SettingsError, load_settings
 
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("azure").setLevel(logging.WARNING)
-    try:
-        table_mirror = TableMirror.from_settings(load_settings())
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    if table_mirror is None:
-        raise click.ClickException(
-            "the Table mirror is off: set mirror.runs_table in autoretrain.yaml, and either "
-            "$AZURE_STORAGE_CONNECTION_STRING (or the variable named by "
-            "mirror.connection_string_env) or mirror.table_endpoint"
-        )
+    table_mirror = _mirror_from_settings(
+        TableMirror.from_settings, "Table", "mirror.runs_table", "mirror.table_endpoint"
+    )
     report = table_mirror.sync(verify=verify)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -106,3 +91,26 @@ def _mirror_tables(as_json: bool, verify: bool) -> None:
             )
     if not report.ok:
         sys.exit(1)
+
+
+def _mirror_from_settings(
+    from_settings: Callable[[Settings], M | None], kind: str, switch: str, endpoint: str
+) -> M:
+    """The mirror `from_settings` builds from autoretrain.yaml; a ClickException when the
+    settings are wrong or the mirror is off (`switch` unset)."""
+    from autoretrain.settings import SettingsError, load_settings
+
+    # The SDK logs every HTTP request at INFO; keep its lines for --verbose.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("azure").setLevel(logging.WARNING)
+    try:
+        built = from_settings(load_settings())
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if built is None:
+        raise click.ClickException(
+            f"the {kind} mirror is off: set {switch} in autoretrain.yaml, and either "
+            "$AZURE_STORAGE_CONNECTION_STRING (or the variable named by "
+            f"mirror.connection_string_env) or {endpoint}"
+        )
+    return built
