@@ -25,6 +25,21 @@ SPECIAL_TOKENS = [PAD, IM_START, IM_END]
 # single tokens but not "special" (skip_special_tokens keeps them), as in Qwen's tokenizer.
 MARKER_TOKENS = [TOOL_CALL_OPEN, TOOL_CALL_CLOSE, TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE]
 
+# An assistant message's tool calls after its content, one `<tool_call>` block each: the text the
+# local provider parses (`providers/toolcalls.py`). The family templates (`templates.py`) use it too.
+TOOL_CALLS_JINJA = (
+    "{%- if message.tool_calls %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{%- set call = tool_call.function if tool_call.function is defined else tool_call %}"
+    '{{- \'<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' }}'
+    "{%- if call.arguments is string %}{{- call.arguments }}"
+    "{%- else %}{{- call.arguments | tojson }}{%- endif %}"
+    "{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{%- endif %}"
+)
+
 CHAT_TEMPLATE = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
@@ -48,17 +63,8 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>assistant\\n' }}"
     "{%- generation %}"
     "{%- if message.content %}{{- message.content }}{%- endif %}"
-    "{%- if message.tool_calls %}"
-    "{%- for tool_call in message.tool_calls %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{%- set call = tool_call.function if tool_call.function is defined else tool_call %}"
-    '{{- \'<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' }}'
-    "{%- if call.arguments is string %}{{- call.arguments }}"
-    "{%- else %}{{- call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{%- endif %}"
-    "{{- '<|im_end|>' }}"
+    + TOOL_CALLS_JINJA
+    + "{{- '<|im_end|>' }}"
     "{%- endgeneration %}"
     "{{- '\\n' }}"
     "{%- elif message.role == 'tool' %}"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from autoretrain.training.chat_format import TOOL_CALLS_JINJA
 from autoretrain.training.data import _GENERATION_TAG, LossMaskError, check_template
 
 log = logging.getLogger(__name__)
@@ -47,28 +48,15 @@ _TOOLS_BLOCK = (
     '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call>\' }}'
 )
 
-# An assistant message's content, then its calls; `trim` for families whose template trims.
-_CALLS = (
-    "{%- if message.tool_calls %}"
-    "{%- for tool_call in message.tool_calls %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{%- set call = tool_call.function if tool_call.function is defined else tool_call %}"
-    '{{- \'<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' }}'
-    "{%- if call.arguments is string %}{{- call.arguments }}"
-    "{%- else %}{{- call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{%- endif %}"
-)
-
 
 def _assistant_body(eot: str, trim: bool = False) -> str:
-    """`{% generation %}` content, calls and the end-of-turn token `{% endgeneration %}`."""
+    """`{% generation %}` content, calls (the embedded model's Hermes/Qwen call text) and the
+    end-of-turn token `{% endgeneration %}`; `trim` for families whose template trims."""
     content = "message.content | trim" if trim else "message.content"
     return (
         "{%- generation %}"
         f"{{%- if message.content %}}{{{{- {content} }}}}{{%- endif %}}"
-        f"{_CALLS}"
+        f"{TOOL_CALLS_JINJA}"
         f"{{{{- {eot} }}}}"
         "{%- endgeneration %}"
     )
