@@ -310,31 +310,25 @@ class AzureDeployments:
                 f"deployment {name!r} on account {self.account} is a {current.sku} deployment, "
                 f"not {sku}; delete it (it will be created again) or change the profile's SKU"
             )
-        if current is None:
-            return self.create(
-                name,
-                model,
-                capacity=capacity,
-                sku=sku,
-                model_version=model_version,
-                timeout_s=timeout_s,
-            ), "created"
-        if current.state == "Succeeded":
-            return current, "existing"
-        if current.state in TERMINAL_STATES:  # Failed or Canceled: Azure will not retry it
+        if current is not None:
+            if current.state == "Succeeded":
+                return current, "existing"
+            if current.state not in TERMINAL_STATES:
+                return self.wait_until_ready(name, timeout_s=timeout_s), "waited"
+            # Failed or Canceled: Azure will not retry it
             log.warning(
                 "deployment %s ended %s; deleting and creating it again", name, current.state
             )
             self.delete(name)
-            return self.create(
-                name,
-                model,
-                capacity=capacity,
-                sku=sku,
-                model_version=model_version,
-                timeout_s=timeout_s,
-            ), "recreated"
-        return self.wait_until_ready(name, timeout_s=timeout_s), "waited"
+        created = self.create(
+            name,
+            model,
+            capacity=capacity,
+            sku=sku,
+            model_version=model_version,
+            timeout_s=timeout_s,
+        )
+        return created, "created" if current is None else "recreated"
 
     def delete(self, name: str) -> bool:
         """Delete deployment `name`; False when there was none. The model survives: deploying
