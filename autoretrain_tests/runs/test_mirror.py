@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from autoretrain.runs.archive import RunArchive
 from autoretrain.runs.mirror import STATE_FILE, BlobMirror, _Redactor
 from autoretrain.settings import Settings, SettingsError, load_settings
+from autoretrain_tests.runs.storage_settings import storage_settings
 from autoretrain_tests.servers import AZURITE_KEY, Azurite, free_port
 
 CONN_ENV = "AUTORETRAIN_TEST_BLOB_CONNECTION"
@@ -30,18 +31,8 @@ def azurite(tmp_path_factory) -> Azurite:
 
 
 def mirror_settings(connection_string: str, monkeypatch, **mirror: object) -> Settings:
-    monkeypatch.setenv(CONN_ENV, connection_string)
-    conf = {
-        "container": f"t{uuid.uuid4().hex[:12]}",
-        "prefix": "mirror/test",
-        "connection_string_env": CONN_ENV,
-        "max_retries": 2,
-        "backoff_s": 0.05,
-        "backoff_max_s": 0.2,
-        "connect_timeout_s": 2.0,
-        **mirror,
-    }
-    return load_settings(config_file=Path(os.devnull), mirror=conf)
+    conf = {"container": f"t{uuid.uuid4().hex[:12]}", "prefix": "mirror/test", **mirror}
+    return storage_settings(monkeypatch, CONN_ENV, connection_string, conf)
 
 
 def write_landing(

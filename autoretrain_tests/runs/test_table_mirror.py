@@ -18,6 +18,7 @@ from autoretrain.runs.archive import RunArchive
 from autoretrain.runs.schema import Run, Usage, Verification
 from autoretrain.runs.table_mirror import STATE_FILE, TableMirror, row_key
 from autoretrain.settings import Settings, SettingsError, load_settings
+from autoretrain_tests.runs.storage_settings import storage_settings
 from autoretrain_tests.servers import AZURITE_KEY, AzuriteTable
 
 CONN_ENV = "AUTORETRAIN_TEST_TABLE_CONNECTION"
@@ -31,19 +32,9 @@ def azurite(tmp_path_factory) -> AzuriteTable:
 
 
 def table_settings(connection_string: str, monkeypatch, **mirror: object) -> Settings:
-    monkeypatch.setenv(CONN_ENV, connection_string)
     suffix = uuid.uuid4().hex[:10]
-    conf = {
-        "runs_table": f"runs{suffix}",
-        "promotions_table": f"promotions{suffix}",
-        "connection_string_env": CONN_ENV,
-        "max_retries": 2,
-        "backoff_s": 0.05,
-        "backoff_max_s": 0.2,
-        "connect_timeout_s": 2.0,
-        **mirror,
-    }
-    return load_settings(config_file=Path(os.devnull), mirror=conf)
+    conf = {"runs_table": f"runs{suffix}", "promotions_table": f"promotions{suffix}", **mirror}
+    return storage_settings(monkeypatch, CONN_ENV, connection_string, conf)
 
 
 def make_run(i: int, day: str = "2026-01-01", **fields: object) -> Run:
