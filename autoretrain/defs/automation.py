@@ -74,8 +74,9 @@ ingest_job = dg.define_asset_job(
 )
 bootstrap_job = dg.define_asset_job(
     "bootstrap",
-    selection=dg.AssetSelection.assets("base_model"),
-    description="The first incumbent: the embedded base model built, registered as v0, primary.",
+    selection=dg.AssetSelection.assets("scenario_catalog", "base_model"),
+    description="The catalog observed, and the first incumbent: the embedded base model built, "
+    "registered as v0, primary.",
 )
 dataset_job = dg.define_asset_job(
     "dataset",
