@@ -20,6 +20,7 @@ Writes bench/results/incremental.json and .md.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -160,6 +161,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     facts = machine_facts()
     root: Path = args.home
     cases = [Case(root, 1), Case(root, args.days)]
+    # The daily partitions start where the data starts, read when the definitions load: this
+    # history is written after that, so its first day is named up front.
+    first = min([c.days[0] for c in cases] + [os.environ.get("AUTORETRAIN_HISTORY_START", "9999")])
+    os.environ["AUTORETRAIN_HISTORY_START"] = first
     setup = {}
     for case in cases:
         setup[case.history_days] = build_history(case, args.n)
