@@ -116,6 +116,32 @@ def latest_run_starts(
     return out
 
 
+def pending_ingest_days(instance: dg.DagsterInstance) -> set[str]:
+    """Days with an `ingest` run queued or starting (not yet reading its files)."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            job_name="ingest",
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+            ],
+        ),
+        limit=100,
+    )
+    days: set[str] = set()
+    for run in runs:
+        if "dagster/partition" in run.tags:
+            days.add(run.tags["dagster/partition"])
+        start = run.tags.get("dagster/asset_partition_range_start")
+        end = run.tags.get("dagster/asset_partition_range_end")
+        if start and end:
+            days.update(
+                daily_partitions.get_partition_keys_in_range(dg.PartitionKeyRange(start, end))
+            )
+    return days
+
+
 @dg.sensor(
     job=ingest_job,
     minimum_interval_seconds=SENSOR_INTERVAL_S,
@@ -129,12 +155,20 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, autoretrain: Autore
     seen = json.loads(context.cursor) if context.cursor else {}
     now = landing_state(autoretrain.settings().paths.landing)
     valid = set(daily_partitions.get_partition_keys(dynamic_partitions_store=context.instance))
-    unseen = [day for day in now if day not in seen and day in valid]
-    ingested = latest_run_starts(context.instance, "raw_runs", unseen)
-    for day, start in ingested.items():
+    candidates = [day for day, mark in now.items() if day in valid and seen.get(day) != mark]
+    cursor = dict(seen)
+    # Already ingested after its newest file (the UI opened after `autoretrain loop`, or a run
+    # that started after the file landed): nothing to request.
+    for day, start in latest_run_starts(context.instance, "raw_runs", candidates).items():
         if now[day][1] / 1e9 < start:
-            seen[day] = now[day]
-    changed = sorted(day for day, mark in now.items() if seen.get(day) != mark and day in valid)
+            cursor[day] = now[day]
+    # A day whose ingest run has not started yet is left to that run (it reads the files as
+    # they are when it starts): evaluation replays and self-play write many files, and a run
+    # per new file would queue behind the duckdb pool.
+    waiting = pending_ingest_days(context.instance)
+    changed = sorted(
+        day for day in candidates if cursor.get(day) != now[day] and day not in waiting
+    )
     skipped = sorted(set(now) - valid)
     if skipped:
         context.log.warning(
@@ -143,11 +177,12 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, autoretrain: Autore
             "AUTORETRAIN_HISTORY_START to an earlier day and reload the code location)"
         )
     if not changed:
-        if not ingested:
+        if cursor == seen:
             return dg.SkipReason("no new landing files")
-        # Days found already ingested go into the cursor, so they are not looked up again.
-        cursor = json.dumps(seen, sort_keys=True)
-        return dg.SensorResult(skip_reason="no new landing files", cursor=cursor)
+        return dg.SensorResult(
+            skip_reason="no new landing files", cursor=json.dumps(cursor, sort_keys=True)
+        )
+    cursor.update({day: now[day] for day in changed})
     stamp = "-".join(f"{now[d][0]}.{now[d][1]}" for d in changed)
     if len(changed) > RANGE_RUN_THRESHOLD:
         requests = [
@@ -163,4 +198,4 @@ def landing_zone_sensor(context: dg.SensorEvaluationContext, autoretrain: Autore
         requests = [
             dg.RunRequest(run_key=f"{d}:{now[d][0]}:{now[d][1]}", partition_key=d) for d in changed
         ]
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps(now, sort_keys=True))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))

@@ -185,3 +185,29 @@ def test_a_90_day_rescore_backfill_is_one_run(settings, resources):
         rows = dict(con.execute("SELECT run_id, decision FROM promotion_decisions").fetchall())
     assert scored_days == (90, 180)
     assert rows == {f"{d}-ok": "promote" for d in days} | {f"{d}-bad": "reject" for d in days}
+
+
+def test_landing_sensor_leaves_a_day_to_its_queued_ingest_run(settings, resources):
+    """Files landing while a day's ingest run waits in the queue do not queue a run per file."""
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    archive = RunArchive(settings.paths.landing)
+    archive.write([make_run("a", "2026-03-01"), make_run("b", "2026-03-02")])
+    instance = dg.DagsterInstance.ephemeral()
+    queued = DagsterRun(
+        job_name="ingest",
+        run_id="queued-ingest",
+        status=dg.DagsterRunStatus.NOT_STARTED,  # queued or not yet started: the same to it
+        tags={"dagster/partition": "2026-03-02"},
+    )
+    instance.add_run(queued)
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        first = landing_zone_sensor(ctx)
+    assert [r.partition_key for r in first.run_requests] == ["2026-03-01"]
+
+    instance.delete_run(queued.run_id)  # the run is gone: the day is requested now
+    with dg.build_sensor_context(
+        instance=instance, resources=resources, cursor=first.cursor
+    ) as ctx:
+        second = landing_zone_sensor(ctx)
+    assert [r.partition_key for r in second.run_requests] == ["2026-03-02"]
