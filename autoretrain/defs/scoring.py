@@ -1,4 +1,9 @@
-"""Dagster wiring for judging: `scored_runs[day]` and `promotion_decisions[day]`."""
+"""Dagster wiring for judging: `scored_runs[day]` and `promotion_decisions[day]`.
+
+No automation condition of their own: the `ingest` job (what the landing-zone sensor and the
+loop run, and what a backfill should select) materializes raw_runs, scored_runs and
+promotion_decisions together. Eager conditions here re-requested both after every ingest run,
+queueing duplicate judging runs behind the duckdb pool under the daemon."""
 
 import dagster as dg
 
@@ -19,7 +24,6 @@ def _day_range(context: dg.AssetExecutionContext) -> tuple[str, str]:
     pool="duckdb",
     group_name="judging",
     kinds={"duckdb"},
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def scored_runs(
     context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
@@ -39,7 +43,6 @@ def scored_runs(
     pool="duckdb",
     group_name="judging",
     kinds={"duckdb"},
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def promotion_decisions(
     context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
