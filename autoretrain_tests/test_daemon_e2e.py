@@ -74,9 +74,15 @@ def test_the_daemon_alone_turns_landed_runs_into_a_new_primary(loop_run, tmp_pat
     ensure_dagster_home(settings)
     assert land_the_loops_selfplay(loop_run, settings.paths.landing) >= 1000
 
+    import dagster as dg
+
     daemon = DagsterDaemon(PROJECT, env, tmp_path / "daemon.log").start()
     try:
         primary = wait_for_new_primary(settings, daemon)
+        # Read before stopping: stopping the daemon interrupts whatever runs it started next
+        # (the canary's runs make a new dataset), and an interrupted run reads as failed.
+        with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+            runs = instance.get_runs()
     finally:
         daemon.stop()
 
@@ -95,10 +101,6 @@ def test_the_daemon_alone_turns_landed_runs_into_a_new_primary(loop_run, tmp_pat
     assert decision == (primary, "promote")  # the ledger cites the candidate's own evaluation
     assert all(actor == "autoretrain" for *_, actor in ledger[-2:])
 
-    import dagster as dg
-
-    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        runs = instance.get_runs()
     jobs = {run.job_name for run in runs}
     assert {"ingest", "retrain"} <= jobs, jobs  # the sensors' named jobs
     assert all(run.status != dg.DagsterRunStatus.FAILURE for run in runs), [
