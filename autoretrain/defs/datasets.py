@@ -23,11 +23,26 @@ DATASET_CHECKS = [
 ]
 
 
-@dg.asset(
-    deps=["promotion_decisions", "scenario_catalog"],
-    pool="duckdb",
-    group_name="curation",
-    kinds={"json"},
+# A multi-asset only so that `training_dataset` and its checks may be skipped together (a
+# plain @asset makes check outputs required even with output_required=False): a run that finds
+# runs still on their way, or too few new ones, ends green with nothing materialized.
+@dg.multi_asset(
+    name="training_dataset",
+    specs=[
+        dg.AssetSpec(
+            "training_dataset",
+            deps=["promotion_decisions", "scenario_catalog"],
+            group_name="curation",
+            kinds={"json"},
+            automation_condition=new_promotion_decisions(),
+            skippable=True,
+            description=(
+                "A new versioned OpenAI chat fine-tuning dataset (train.jsonl, eval.jsonl, "
+                "manifest.json) from every promotable run, human decisions over automatic ones: "
+                "redacted, deduplicated, split by scenario, evaluation instances kept out."
+            ),
+        )
+    ],
     check_specs=[
         # ERROR severity where `blocking` says so, but not blocking inside the run: a dataset
         # that fails a check is an answer (a red check on a green run, no stack trace), and
@@ -35,13 +50,11 @@ DATASET_CHECKS = [
         dg.AssetCheckSpec(name, asset="training_dataset", description=description)
         for name, _, description in DATASET_CHECKS
     ],
-    automation_condition=new_promotion_decisions(),
-    output_required=False,
+    pool="duckdb",
+    can_subset=True,
 )
 def training_dataset(context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig):
-    """A new versioned OpenAI chat fine-tuning dataset (train.jsonl, eval.jsonl, manifest.json)
-    from every promotable run — human decisions over automatic ones — redacted, deduplicated,
-    split by scenario, with evaluation instances kept out (proven by the checks)."""
+    """Build the next dataset version and check it, or skip (logging why) when it is too early."""
     from autoretrain.curation.checks import check_dataset
     from autoretrain.scenarios import load_catalog
 
