@@ -546,13 +546,15 @@ def _today(settings: Settings) -> set[str]:
 
 
 def analyze_canary(settings: Settings, candidate: str) -> tuple[Any, str | None]:
-    """The candidate's canary analysis against the current primary; a candidate that does not
-    hold the canary slot fails it without looking at traffic."""
+    """The candidate's canary analysis against the current primary, over the runs since both
+    slots took their current versions; a candidate that does not hold the canary slot fails it
+    without looking at traffic."""
     from autoretrain.evaluation.canary import CanaryAnalysis, canary_analysis
     from autoretrain.evaluation.compare import Gate
 
     with RunStore.from_settings(settings, read_only=True) as store:
-        slots = _registry(store, settings, read_only=True).slots()
+        registry = _registry(store, settings, read_only=True)
+        slots = registry.slots()
         primary = slots.get("primary")
         if slots.get("canary") != candidate:
             held = slots.get("canary")
@@ -563,6 +565,9 @@ def analyze_canary(settings: Settings, candidate: str) -> tuple[Any, str | None]
             return CanaryAnalysis(passed=False, reasons=[gate], window=window), primary
         analysis = canary_analysis(
             store.con,
+            # Only traffic both slots served as they are now: earlier primary runs (older
+            # self-play, another mix of scenarios) are no comparison for this canary.
+            since=registry.held_since(("canary", "primary")),
             lifts=settings.evaluation_lifts(),
             canary_model=candidate,
             primary_model=primary,

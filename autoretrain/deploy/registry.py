@@ -221,6 +221,18 @@ class ModelRegistry:
         )
         return dict(rows)
 
+    def held_since(self, slots: tuple[str, ...], profile: str | None = None) -> Any:
+        """When the newest of these slots last changed hands (None if none is held): the start
+        of the window in which each has served its current version."""
+        profile = profile or self.settings.provider
+        marks = ", ".join("?" for _ in slots)
+        rows = self._select(
+            f"SELECT max(updated_at) FROM model_slots WHERE provider_profile = ? "
+            f"AND slot IN ({marks})",
+            [profile, *slots],
+        )
+        return rows[0][0] if rows else None
+
     def all_slots(self) -> list[dict[str, Any]]:
         rows = self._select(
             "SELECT provider_profile, slot, version_id, updated_at FROM model_slots "

@@ -104,3 +104,38 @@ def test_primary_needs_canary_held_and_a_passing_analysis_made_there(project):
 def test_a_candidate_without_an_evaluation_is_refused(project):
     with pytest.raises(ClearanceRefused, match="no recorded evaluation"):
         stages.deploy_candidate(project, "v0", "canary")
+
+
+def test_the_canary_analysis_reads_only_traffic_since_both_slots_took_their_versions(project):
+    from autoretrain.runs.archive import RunArchive
+    from autoretrain_tests.defs.test_runs_assets import make_run
+
+    stages.deploy_candidate(project, "cand-b", "canary")
+    now, before = datetime.now(UTC) + timedelta(seconds=1), datetime.now(UTC) - timedelta(hours=1)
+
+    def runs(slot: str, model: str, n: int, passed: int, at: datetime) -> list:
+        return [
+            make_run(f"{slot}-{model}-{at:%H%M}-{i}", "2026-03-01", passed=i < passed).model_copy(
+                update={
+                    "slot": slot,
+                    "model": model,
+                    "started_at": at,
+                    "ended_at": at + timedelta(seconds=1),
+                }
+            )
+            for i in range(n)
+        ]
+
+    # Before the canary arrived, primary answered an easier mix: all passed. In the window the
+    # canary passes 50% to primary's 40%; counting the old runs would fail it for no fault.
+    RunArchive(project.paths.landing).write(
+        runs("primary", "v0", 400, 400, before)
+        + runs("primary", "v0", 300, 120, now)
+        + runs("canary", "cand-b", 300, 150, now)
+    )
+    stages.ingest_days(project, RunArchive(project.paths.landing).days())
+    analysis, primary = stages.analyze_canary(project, "cand-b")
+    assert primary == "v0"
+    assert {s["slot"]: s["runs"] for s in analysis.slots} == {"primary": 300, "canary": 300}
+    assert analysis.window["since"] is not None
+    assert analysis.passed, analysis.summary()
