@@ -91,10 +91,8 @@ class LoopRunner:
         )
         if not result.success:
             # Checks never fail their step (they are answers the caller reads): this is an error.
-            failures = [
-                e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"
-            ]
-            raise LoopError(f"Dagster run {result.run_id} ({job}) failed: {failures[:2]}")
+            failures = "; ".join(_step_errors(result)[:2])
+            raise LoopError(f"Dagster run {result.run_id} ({job}) failed: {failures}")
         return result
 
     @staticmethod
@@ -220,6 +218,21 @@ class LoopRunner:
 
 class LoopError(RuntimeError):
     pass
+
+
+def _step_errors(result: Any) -> list[str]:
+    """Each failed step with the error that failed it (the innermost cause: Dagster wraps the
+    user's exception in its own 'Error occurred while executing op')."""
+    errors = []
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        error = event.step_failure_data.error if event.step_failure_data else None
+        while error is not None and error.cause is not None:
+            error = error.cause
+        message = error.message.strip() if error is not None else event.message
+        errors.append(f"{event.step_key}: {message}")
+    return errors
 
 
 def _line(stage: str, detail: str, started: float) -> str:

@@ -83,3 +83,15 @@ def loop_env(loop_run, monkeypatch) -> Path:
 def looped(loop_run, loop_env):
     """(settings, results) of the shared loop run, with the environment pointing at it."""
     return loop_run.settings, loop_run.results
+
+
+@pytest.fixture
+def looped_copy(loop_run, tmp_path, monkeypatch):
+    """(settings, results) of a copy of the shared loop's data root, for a test that adds
+    candidates, runs or Dagster runs the other end-to-end tests must not see."""
+    import shutil
+
+    home = tmp_path / "data"
+    shutil.copytree(loop_run.home, home, symlinks=True)
+    _point_env_at(monkeypatch, home)
+    return load_settings(), loop_run.results

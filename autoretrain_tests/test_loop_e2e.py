@@ -70,8 +70,8 @@ def _poison(dataset_dir: Path) -> int:
     return changed
 
 
-def test_a_poisoned_dataset_is_stopped_by_the_gate(looped):
-    settings, _ = looped
+def test_a_poisoned_dataset_is_stopped_by_the_gate(looped_copy):
+    settings, _ = looped_copy
     version = stages.build_training_dataset(settings)
     assert _poison(version.path) > 50
     with RunStore.from_settings(settings, read_only=True) as store:
