@@ -24,8 +24,9 @@ never paths.
 
 ## serving.json
 
-The served models come from a JSON file (by default `<AUTORETRAIN_HOME>/serving.json`; the model
-registry rewrites it on promotion). It is re-read whenever its modification time or size
+The served models come from a JSON file (by default `<AUTORETRAIN_HOME>/serving.json`; its format,
+reader and writer are in `deploy/serving.py`, and the model registry rewrites it on every slot
+change). It is re-read whenever its modification time or size
 changes, so a promotion takes effect without a restart:
 
     {
@@ -55,10 +56,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoretrain.deploy.serving import ServingConfigError, ServingEntry, read_serving_config
 from autoretrain.providers.base import (
     ChatModel,
     ChatResponse,
@@ -81,57 +83,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVING_FILE = "serving.json"
 DEFAULT_PORT = 8000
 
 
 # -- the mapping name -> model --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServingEntry:
-    model_dir: Path
-    adapter_dir: Path | None = None
-
-    def to_json(self) -> dict[str, str]:
-        out = {"model_dir": str(self.model_dir)}
-        if self.adapter_dir:
-            out["adapter_dir"] = str(self.adapter_dir)
-        return out
-
-
-class ServingConfigError(ValueError):
-    """serving.json is not valid: the message says which file and which entry."""
-
-
-def read_serving_config(path: Path) -> dict[str, ServingEntry]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ServingConfigError(f"{path}: cannot read serving config: {exc}") from exc
-    models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict):
-        raise ServingConfigError(f'{path}: expected {{"models": {{name: {{"model_dir": ...}}}}}}')
-    entries = {}
-    for name, spec in models.items():
-        if not isinstance(spec, dict) or not isinstance(spec.get("model_dir"), str):
-            raise ServingConfigError(f"{path}: models.{name}: needs a string model_dir")
-        adapter = spec.get("adapter_dir")
-        if adapter is not None and not isinstance(adapter, str):
-            raise ServingConfigError(f"{path}: models.{name}.adapter_dir: must be a string")
-        base = Path(path).parent
-        entries[name] = ServingEntry(
-            (base / spec["model_dir"]).resolve(), (base / adapter).resolve() if adapter else None
-        )
-    return entries
-
-
-def write_serving_config(path: Path, entries: dict[str, ServingEntry]) -> None:
-    """Replace serving.json atomically (a running server never reads half a file)."""
-    from autoretrain.runs.archive import write_atomically
-
-    body = {"models": {name: entry.to_json() for name, entry in sorted(entries.items())}}
-    write_atomically(Path(path), (json.dumps(body, indent=2) + "\n").encode())
 
 
 def load_local_model(name: str, entry: ServingEntry) -> ChatModel:

@@ -13,17 +13,11 @@ import httpx
 import openai
 import pytest
 
+from autoretrain.deploy.serving import ServingEntry, read_serving_config, write_serving_config
 from autoretrain.providers.base import ChatResponse, Sampling
 from autoretrain.providers.openai_compatible import OpenAICompatibleChatModel
 from autoretrain.providers.scripted import ScriptedModel
-from autoretrain.serve import (
-    ModelPool,
-    ServerThread,
-    ServingEntry,
-    create_app,
-    read_serving_config,
-    write_serving_config,
-)
+from autoretrain.serve import ModelPool, ServerThread, create_app
 from autoretrain_tests.providers.tiny_models import (
     AFTER_TOOL,
     ANSWER,

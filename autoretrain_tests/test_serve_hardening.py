@@ -12,16 +12,10 @@ import openai
 import psutil
 import pytest
 
+from autoretrain.deploy.serving import ServingEntry, write_serving_config
 from autoretrain.providers.base import ChatResponse, Sampling
 from autoretrain.providers.scripted import ScriptedModel
-from autoretrain.serve import (
-    ModelPool,
-    ServerThread,
-    ServingEntry,
-    create_app,
-    usable_reply,
-    write_serving_config,
-)
+from autoretrain.serve import ModelPool, ServerThread, create_app, usable_reply
 from autoretrain.settings import ServeSettings
 from autoretrain_tests.providers.tiny_models import QUESTION, TOOLS, cached_tool_model
 from autoretrain_tests.serve_bad_requests import bad_requests

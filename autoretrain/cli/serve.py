@@ -63,7 +63,8 @@ def serve(
     The models come from serving.json (re-read when it changes, so promotions need no restart)
     and from --model. Clients pick one with the request's `model` field.
     """
-    from autoretrain.serve import SERVING_FILE, ModelPool, ServingEntry, serve_forever
+    from autoretrain.deploy.serving import SERVING_FILE, ServingEntry
+    from autoretrain.serve import ModelPool, serve_forever
     from autoretrain.settings import SettingsError, load_settings
 
     try:

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoretrain.deploy.artifacts import load_problems
+from autoretrain.deploy.serving import SERVING_FILE
 from autoretrain.settings import Settings
 
 SLOTS = ("primary", "canary")
-SERVING_FILE = "serving.json"
 
 _DDL = [
     """CREATE TABLE IF NOT EXISTS model_versions (
@@ -427,7 +427,7 @@ class ModelRegistry:
     def write_serving_config(self, profile: str | None = None) -> Path:
         """Rewrite serving.json in the one format `autoretrain serve` and the local provider
         read (serve.py owns it), so a promotion reaches a running server."""
-        from autoretrain.serve import ServingEntry, write_serving_config
+        from autoretrain.deploy.serving import ServingEntry, write_serving_config
 
         path = self.settings.paths.root / SERVING_FILE
         entries = {}

@@ -95,7 +95,7 @@ def _slot_target(settings: Settings, slot: str, profile: ProviderProfile) -> str
 
 
 def _local_slot(settings: Settings, slot: str, profile: ProviderProfile) -> ChatModel:
-    from autoretrain.serve import SERVING_FILE, ServingConfigError, read_serving_config
+    from autoretrain.deploy.serving import SERVING_FILE, ServingConfigError, read_serving_config
 
     target = profile.slots.get(slot)
     if target:

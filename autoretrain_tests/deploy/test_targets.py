@@ -9,6 +9,7 @@ import pytest
 
 from autoretrain.deploy.azure import AzureDeployments, DeploymentError
 from autoretrain.deploy.registry import ModelRegistry, RegistryError
+from autoretrain.deploy.serving import read_serving_config
 from autoretrain.deploy.targets import (
     AzureTarget,
     LMStudioTarget,
@@ -18,7 +19,6 @@ from autoretrain.deploy.targets import (
     rollback_slot,
     slot_target,
 )
-from autoretrain.serve import read_serving_config
 from autoretrain.settings import load_settings
 from autoretrain.training.backend import Backoff
 from autoretrain_tests.azure_double import AzureDouble

@@ -3,11 +3,11 @@ import shutil
 
 import pytest
 
+from autoretrain.deploy.serving import ServingEntry, write_serving_config
 from autoretrain.providers.azure_openai import AzureOpenAIChatModel
 from autoretrain.providers.base import ProviderError
 from autoretrain.providers.factory import chat_model_for
 from autoretrain.providers.local import LocalChatModel
-from autoretrain.serve import ServingEntry, write_serving_config
 from autoretrain.settings import load_settings
 from autoretrain_tests.providers.scripted_http import ScriptedServer, completion
 
