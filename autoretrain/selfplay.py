@@ -20,25 +20,15 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from autoretrain.agents.workflow import (
-    AGENT_VERSION,
-    WorkflowConfig,
-    agent_run,
-    run_many,
-    start_run,
-)
+from autoretrain.agents.play import play
+from autoretrain.agents.workflow import AGENT_VERSION, WorkflowConfig
 from autoretrain.providers.base import (
     ChatModel,
-    ChatResponse,
-    Messages,
-    Sampling,
-    Tools,
 )
 from autoretrain.runs.archive import BufferedArchive, RunArchive
 from autoretrain.runs.pricing import PriceTable
@@ -46,41 +36,6 @@ from autoretrain.runs.schema import Run, Traffic
 from autoretrain.runs.tracker import RunTracker
 
 log = logging.getLogger(__name__)
-
-
-class ConcurrentModel:
-    """Answers `chat_batch` with concurrent `chat` calls: the batching of HTTP providers."""
-
-    def __init__(self, model: ChatModel, concurrency: int):
-        self.model = model
-        self.name = model.name
-        self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
-
-    def chat(
-        self, messages: Messages, tools: Tools | None = None, sampling: Sampling = Sampling()
-    ) -> ChatResponse:
-        return self.model.chat(messages, tools, sampling)
-
-    def chat_batch(
-        self,
-        conversations: Sequence[Messages],
-        tools: Sequence[Tools | None],
-        sampling: Sampling = Sampling(),
-    ) -> list[ChatResponse | Exception]:
-        futures = [
-            self._pool.submit(self.model.chat, m, t, sampling.derived(i))
-            for i, (m, t) in enumerate(zip(conversations, tools, strict=True))
-        ]
-        out: list[ChatResponse | Exception] = []
-        for future in futures:
-            try:
-                out.append(future.result())
-            except Exception as exc:  # one failed request must not fail its neighbours
-                out.append(exc)
-        return out
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 @dataclass
@@ -259,32 +214,18 @@ class SelfPlayRunner:
             slot=target.slot,
             traffic=self.traffic,
         )
-        model = target.model
-        pooled = None
-        if not _batches_natively(model):
-            pooled = model = ConcurrentModel(model, self.concurrency)
-        agents = (
-            agent_run(
-                inst,
-                start_run(tracker, inst, tags={"selfplay_seed": str(inst.seed)}),
-                self.tools,
-                self.verifier,
-                workflow,
-            )
-            for inst in instances
+        yield from play(
+            instances,
+            target.model,
+            tracker=tracker,
+            tools=self.tools,
+            verifier=self.verifier,
+            workflow=workflow,
+            batch_size=self.concurrency,
+            tags=lambda inst: {"selfplay_seed": str(inst.seed)},
+            should_stop=should_stop,
+            seed_per_call=True,
         )
-        try:
-            yield from run_many(
-                agents,
-                model,
-                workflow.sampling,
-                batch_size=self.concurrency,
-                should_stop=should_stop,
-                seed_per_call=True,
-            )
-        finally:
-            if pooled is not None:
-                pooled.close()
 
     def _workers_for(self, target: SlotTarget, n: int) -> int:
         """Processes to play `n` runs in: several only for a local model (a worker loads its own
@@ -516,13 +457,6 @@ def _parent_watch() -> Callable[[], bool]:
     if parent is None:
         return lambda: False
     return lambda: not parent.is_alive()
-
-
-def _batches_natively(model: Any) -> bool:
-    """Only providers that declare it (local models: shared forward passes) get whole batches;
-    every other provider answers through a thread pool, so one failed request fails one run,
-    not its batch-mates."""
-    return bool(getattr(model, "native_batching", False))
 
 
 def _progress(total: int, enabled: bool) -> Any:

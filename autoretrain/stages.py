@@ -625,8 +625,9 @@ def pass_rates(settings: Settings, model: Any, per_scenario: int | None = None) 
     For a quick look at a model; the regression gate compares two models with `evaluate`."""
     from collections import defaultdict
 
+    from autoretrain.agents.play import play
     from autoretrain.agents.verifier import VerifierAgent
-    from autoretrain.agents.workflow import WorkflowConfig, agent_run, run_many, start_run
+    from autoretrain.agents.workflow import WorkflowConfig
     from autoretrain.providers.base import Sampling
     from autoretrain.runs.tracker import RunTracker
     from autoretrain.scenarios import load_catalog
@@ -639,18 +640,16 @@ def pass_rates(settings: Settings, model: Any, per_scenario: int | None = None) 
     out: dict[str, Any] = {}
     for tier in ("in_distribution", "held_out"):
         instances = catalog.eval_instances(tier, per_scenario)  # type: ignore[arg-type]
-        agents = (
-            agent_run(
-                i,
-                start_run(tracker, i),
-                catalog.registry,
-                verifier,
-                WorkflowConfig(sampling=sampling),
-            )
-            for i in instances
-        )
         by_category: dict[str, list[bool]] = defaultdict(list)
-        for run in run_many(agents, model, sampling, batch_size=settings.evaluation.batch_size):
+        for run in play(
+            instances,
+            model,
+            tracker=tracker,
+            tools=catalog.registry,
+            verifier=verifier,
+            workflow=WorkflowConfig(sampling=sampling),
+            batch_size=settings.evaluation.batch_size,
+        ):
             by_category[run.category or "?"].append(run.status == "succeeded")
         results = [ok for oks in by_category.values() for ok in oks]
         out[tier] = {

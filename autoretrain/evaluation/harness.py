@@ -3,7 +3,7 @@
 Both models answer the same instances (in-distribution and held-out) with the same sampling and
 the same per-sample seeds, through the production workflow (`agent_run` driven by `run_many`):
 a local model answers a batch of runs per forward pass, an HTTP provider gets a pool of
-concurrent requests (`ConcurrentModel`). Every run is recorded in the landing zone as
+concurrent requests (`agents/play.py` drives both). Every run is recorded in the landing zone as
 `traffic="evaluation"` (curation never trains on it), tagged with the evaluation id, tier,
 sample and role, and becomes one row of the table `compare()` reads.
 
@@ -26,13 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from autoretrain.agents.workflow import (
-    AGENT_VERSION,
-    WorkflowConfig,
-    agent_run,
-    run_many,
-    start_run,
-)
+from autoretrain.agents.play import play
+from autoretrain.agents.workflow import AGENT_VERSION, WorkflowConfig
 from autoretrain.evaluation.compare import RESULT_COLUMNS, ROLES, TIERS, Comparison, compare
 from autoretrain.providers.base import ChatModel, Sampling
 from autoretrain.runs.archive import BufferedArchive, RunArchive
@@ -178,10 +173,7 @@ def replay(
         },
     )
 
-    models = {
-        "incumbent": _drivable(incumbent, ev.batch_size),
-        "candidate": _drivable(candidate, ev.batch_size),
-    }
+    models = {"incumbent": incumbent, "candidate": candidate}
     runs: list[Run] = []
     bar = _progress(total, progress, result.evaluation_id)
     started = time.perf_counter()
@@ -213,18 +205,15 @@ def replay(
                                 "sample": str(sample),
                                 "role": role,
                             }
-                            agents = (
-                                agent_run(
-                                    inst,
-                                    start_run(trackers[role], inst, tags=dict(tags)),
-                                    tools,
-                                    verifier,
-                                    config,
-                                )
-                                for inst in chunk
-                            )
-                            for run in run_many(
-                                agents, models[role][0], sampling, batch_size=ev.batch_size
+                            for run in play(
+                                chunk,
+                                models[role],
+                                tracker=trackers[role],
+                                tools=tools,
+                                verifier=verifier,
+                                workflow=config,
+                                batch_size=ev.batch_size,
+                                tags=lambda _, tags=tags: dict(tags),
                             ):
                                 runs.append(run)
                                 result.runs[role] += 1
@@ -233,9 +222,6 @@ def replay(
             sink.flush()
             result.files = [str(p) for p in sink.written]
     finally:
-        for _, pool in models.values():
-            if pool is not None:
-                pool.close()
         if bar is not None:
             bar.close()
     result.seconds = time.perf_counter() - started
@@ -425,25 +411,6 @@ def _sampling(base: Sampling, ev: Any, samples: int, sample: int) -> Sampling:
     temperature = 0.0 if samples == 1 else ev.temperature
     seed = (ev.seed * 1_000_003 + sample) % 2**31
     return replace(base, temperature=temperature, seed=seed, max_tokens=ev.max_tokens)
-
-
-def _drivable(model: ChatModel, concurrency: int) -> tuple[Any, Any]:
-    """The model `run_many` should call, and the pool to close afterwards (if any).
-
-    Only a model that shares forward passes (a local model, or one declaring
-    `native_batching = True`) gets whole batches. Every other provider goes through a pool
-    of concurrent `chat` calls, where a failed request fails its own run only: an HTTP
-    provider's own `chat_batch` raises for the whole batch, which would turn one bad request
-    into a batch of provider failures."""
-    from autoretrain.providers.local import LocalChatModel
-    from autoretrain.selfplay import ConcurrentModel
-
-    declared = getattr(model, "native_batching", None)
-    native = bool(declared) if declared is not None else isinstance(model, LocalChatModel)
-    if native:
-        return model, None
-    pool = ConcurrentModel(model, concurrency)
-    return pool, pool
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -397,14 +397,13 @@ def test_reference_model_is_deterministic(catalog):
 
 
 def test_http_providers_are_pooled_and_local_batchers_are_not(catalog):
-    from autoretrain.evaluation.harness import _drivable
+    from autoretrain.agents.play import ConcurrentModel, driven
     from autoretrain.providers.openai_compatible import OpenAICompatibleChatModel
-    from autoretrain.selfplay import ConcurrentModel
 
     # Its own chat_batch raises for the whole batch when one request fails: pool it instead.
     http = OpenAICompatibleChatModel("m", base_url="http://127.0.0.1:9/v1")
-    driven, pool = _drivable(http, 8)
-    assert isinstance(driven, ConcurrentModel) and pool is driven
-    pool.close()
+    with driven(http, 8) as model:
+        assert isinstance(model, ConcurrentModel) and model.model is http
     native = ReferenceModel(catalog, 0.5, "v1")
-    assert _drivable(native, 8) == (native, None)
+    with driven(native, 8) as model:
+        assert model is native
