@@ -28,10 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from autoretrain.evaluation.compare import (
-    ALL,
+from autoretrain.evaluation.compare import ALL
+from autoretrain.evaluation.gates import (
     Gate,
-    _ratio,  # one definition of a budget ratio
+    cost_gate,
+    jsonable,
+    latency_gate,
+    regression_gate,
+    usage_stats,
 )
 from autoretrain.settings import EvaluationLifts
 
@@ -76,7 +80,7 @@ class CanaryAnalysis:
         return [g for g in self.reasons if g.passed is False]
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
@@ -434,9 +438,6 @@ def _rate(runs: list[SlotRun]) -> float | None:
 
 
 def _slot_stats(slot: str, runs: list[SlotRun]) -> dict[str, Any]:
-    latency = np.array([r.latency_s for r in runs])
-    costs = [r.cost_usd for r in runs]
-    priced = [c for c in costs if c is not None]
     return {
         "slot": slot,
         "models": sorted({r.model for r in runs}),
@@ -445,11 +446,9 @@ def _slot_stats(slot: str, runs: list[SlotRun]) -> dict[str, Any]:
         "mean_score": float(np.mean([r.score for r in runs])),
         "recovery_rate": float(np.mean([r.n_recoveries > 0 for r in runs])),
         "escalation_rate": float(np.mean([r.n_escalations > 0 for r in runs])),
-        "latency_p50_s": float(np.percentile(latency, 50)),
-        "latency_p95_s": float(np.percentile(latency, 95)),
-        "tokens_per_run": float(np.mean([r.total_tokens for r in runs])),
-        "cost_per_run_usd": float(np.mean(priced)) if len(priced) == len(costs) else None,
-        "unpriced_runs": len(costs) - len(priced),
+        **usage_stats(
+            [r.latency_s for r in runs], [r.total_tokens for r in runs], [r.cost_usd for r in runs]
+        ),
         "first_run": min((r.started_at for r in runs if r.started_at), default=None),
         "last_run": max((r.started_at for r in runs if r.started_at), default=None),
     }
@@ -509,68 +508,39 @@ def _category_gate(
             -lifts.max_category_regression,
             "skipped: no category served by both slots",
         )
-    worst = min(cells, key=lambda c: c["pass_rate_diff"])
-    broken = [c for c in cells if round(c["pass_rate_diff"], 12) < -lifts.max_category_regression]
-    detail = f"worst: {worst['category']} {worst['pass_rate_diff']:+.3f}"
-    if broken:
-        detail = "regressed: " + ", ".join(
+    return regression_gate(
+        "canary_category_regression",
+        cells,
+        lifts.max_category_regression,
+        worst=lambda c: f"{c['category']} {c['pass_rate_diff']:+.3f}",
+        regressed=lambda c: (
             f"{c['category']} {c['pass_rate_diff']:+.3f} (canary n={c['canary_runs']}, "
             f"primary n={c['primary_runs']})"
-            for c in broken
-        )
-    return Gate(
-        "canary_category_regression",
-        not broken,
-        round(worst["pass_rate_diff"], 12),
-        -lifts.max_category_regression,
-        detail,
+        ),
     )
 
 
 def _latency_gate(by_slot: dict[str, list[SlotRun]], lifts: EvaluationLifts) -> Gate:
-    p50 = {s: float(np.percentile([r.latency_s for r in by_slot[s]], 50)) for s in SLOTS}
-    ratio = _ratio(p50["canary"], p50["primary"])
-    return Gate(
+    return latency_gate(
         "canary_latency",
-        ratio <= lifts.max_latency_ratio,
-        ratio,
-        lifts.max_latency_ratio,
-        f"p50 latency {p50['primary']:.3f}s (primary) -> {p50['canary']:.3f}s (canary)",
+        {s: [r.latency_s for r in by_slot[s]] for s in SLOTS},
+        candidate="canary",
+        incumbent="primary",
+        max_ratio=lifts.max_latency_ratio,
+        label_groups=True,
     )
 
 
 def _cost_gate(by_slot: dict[str, list[SlotRun]], lifts: EvaluationLifts, notes: list[str]) -> Gate:
-    unpriced = {s: sum(r.cost_usd is None for r in by_slot[s]) for s in SLOTS}
-    if any(unpriced.values()):
-        detail = (
-            "skipped: unpriced runs (" + ", ".join(f"{k} {v}" for k, v in unpriced.items()) + ")"
-        )
-        notes.append(f"cost gate {detail}; configure `pricing` to enforce max_cost_ratio")
-        return Gate("canary_cost", None, None, lifts.max_cost_ratio, detail)
-    mean = {s: float(np.mean([r.cost_usd for r in by_slot[s]])) for s in SLOTS}
-    ratio = _ratio(mean["canary"], mean["primary"])
-    return Gate(
+    return cost_gate(
         "canary_cost",
-        ratio <= lifts.max_cost_ratio,
-        ratio,
-        lifts.max_cost_ratio,
-        f"mean cost per run ${mean['primary']:.6f} (primary) -> ${mean['canary']:.6f} (canary)",
+        {s: [r.cost_usd for r in by_slot[s]] for s in SLOTS},
+        candidate="canary",
+        incumbent="primary",
+        max_ratio=lifts.max_cost_ratio,
+        notes=notes,
+        label_groups=True,
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    return value
 
 
 __all__ = [

@@ -27,6 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from autoretrain.evaluation.gates import (
+    Gate,
+    cost_gate,
+    jsonable,
+    latency_gate,
+    regression_gate,
+    round_diff,
+    usage_stats,
+)
 from autoretrain.settings import EvaluationLifts
 
 ROLES = ("incumbent", "candidate")
@@ -68,17 +77,6 @@ class Result:
 
 
 @dataclass
-class Gate:
-    """One promotion criterion. `passed` is None when the gate was skipped (see `detail`)."""
-
-    name: str
-    passed: bool | None
-    value: float | None
-    threshold: float | None
-    detail: str = ""
-
-
-@dataclass
 class Comparison:
     candidate: str
     incumbent: str
@@ -101,7 +99,7 @@ class Comparison:
         return [g for g in self.reasons if g.passed is False]
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
@@ -403,9 +401,6 @@ def _cluster_bootstrap(values: np.ndarray, n_boot: int, rng: np.random.Generator
 
 
 def _model_stats(rows: list[Result]) -> dict[str, Any]:
-    latency = np.array([r.latency_s for r in rows])
-    costs = [r.cost_usd for r in rows]
-    priced = [c for c in costs if c is not None]
     return {
         "runs": len(rows),
         "instances": len({r.instance_hash for r in rows}),
@@ -414,11 +409,9 @@ def _model_stats(rows: list[Result]) -> dict[str, Any]:
         "recovery_rate": float(np.mean([r.n_recoveries > 0 for r in rows])),
         "recoveries_per_run": float(np.mean([r.n_recoveries for r in rows])),
         "escalation_rate": float(np.mean([r.escalated for r in rows])),
-        "latency_p50_s": float(np.percentile(latency, 50)),
-        "latency_p95_s": float(np.percentile(latency, 95)),
-        "tokens_per_run": float(np.mean([r.total_tokens for r in rows])),
-        "cost_per_run_usd": float(np.mean(priced)) if len(priced) == len(costs) else None,
-        "unpriced_runs": len(costs) - len(priced),
+        **usage_stats(
+            [r.latency_s for r in rows], [r.total_tokens for r in rows], [r.cost_usd for r in rows]
+        ),
     }
 
 
@@ -455,8 +448,8 @@ def _decision_gates(
     whole = {p["tier"]: p for p in paired if p["category"] == ALL}
     ind, held = whole["in_distribution"], whole["held_out"]
     p_key = "p_value_mid" if lifts.significance_test == "mid_p" else "p_value_exact"
-    ind_diff = _round(ind["pass_rate_diff"])
-    held_diff = _round(held["pass_rate_diff"])
+    ind_diff = round_diff(ind["pass_rate_diff"])
+    held_diff = round_diff(held["pass_rate_diff"])
     gates = [
         Gate(
             "in_distribution_lift",
@@ -498,77 +491,47 @@ def _category_gate(paired: list[dict[str, Any]], lifts: EvaluationLifts, notes: 
             "distinct instances; their regression check uses the point estimate and is noisy: "
             + ", ".join(f"{p['tier']}/{p['category']} (n={p['instances']})" for p in small)
         )
-    worst = min(cells, key=lambda p: p["pass_rate_diff"])
-    broken = [p for p in cells if _round(p["pass_rate_diff"]) < -lifts.max_category_regression]
-    detail = f"worst: {worst['tier']}/{worst['category']} ({worst['instances']} instances)"
-    if broken:
-        detail = "regressed: " + ", ".join(
-            f"{p['tier']}/{p['category']} {p['pass_rate_diff']:+.3f} (n={p['instances']})"
-            for p in broken
-        )
-    return Gate(
+    return regression_gate(
         "category_regression",
-        not broken,
-        _round(worst["pass_rate_diff"]),
-        -lifts.max_category_regression,
-        detail,
+        cells,
+        lifts.max_category_regression,
+        worst=lambda p: f"{p['tier']}/{p['category']} ({p['instances']} instances)",
+        regressed=lambda p: (
+            f"{p['tier']}/{p['category']} {p['pass_rate_diff']:+.3f} (n={p['instances']})"
+        ),
     )
 
 
 def _latency_gate(parsed: list[Result], lifts: EvaluationLifts) -> Gate:
-    p50 = {
-        role: float(np.percentile([r.latency_s for r in parsed if r.role == role], 50))
-        for role in ROLES
-    }
-    ratio = _ratio(p50["candidate"], p50["incumbent"])
-    return Gate(
+    return latency_gate(
         "latency",
-        ratio <= lifts.max_latency_ratio,
-        ratio,
-        lifts.max_latency_ratio,
-        f"p50 latency {p50['incumbent']:.3f}s -> {p50['candidate']:.3f}s",
+        {role: [r.latency_s for r in parsed if r.role == role] for role in ROLES},
+        candidate="candidate",
+        incumbent="incumbent",
+        max_ratio=lifts.max_latency_ratio,
     )
 
 
 def _cost_gate(parsed: list[Result], lifts: EvaluationLifts, notes: list[str]) -> Gate:
-    unpriced = {role: sum(r.cost_usd is None for r in parsed if r.role == role) for role in ROLES}
-    if any(unpriced.values()):
-        detail = (
-            "skipped: unpriced runs (" + ", ".join(f"{k} {v}" for k, v in unpriced.items()) + ")"
-        )
-        notes.append(f"cost gate {detail}; configure `pricing` to enforce max_cost_ratio")
-        return Gate("cost", None, None, lifts.max_cost_ratio, detail)
-    mean = {role: float(np.mean([r.cost_usd for r in parsed if r.role == role])) for role in ROLES}
-    ratio = _ratio(mean["candidate"], mean["incumbent"])
-    return Gate(
+    return cost_gate(
         "cost",
-        ratio <= lifts.max_cost_ratio,
-        ratio,
-        lifts.max_cost_ratio,
-        f"mean cost per run ${mean['incumbent']:.6f} -> ${mean['candidate']:.6f}",
+        {role: [r.cost_usd for r in parsed if r.role == role] for role in ROLES},
+        candidate="candidate",
+        incumbent="incumbent",
+        max_ratio=lifts.max_cost_ratio,
+        notes=notes,
     )
 
 
-def _ratio(candidate: float, incumbent: float) -> float:
-    if incumbent > 0:
-        return candidate / incumbent
-    return 1.0 if candidate <= 0 else math.inf
-
-
-def _round(x: float) -> float:
-    # Differences of rates are sums of fractions: round away float noise before comparing
-    # with thresholds such as 0.03, so an exact 3-point lift is not a 2.9999999 miss.
-    return round(x, 12)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, np.integer | np.bool_):
-        return value.item()
-    return value
+__all__ = [
+    "ALL",
+    "RESULT_COLUMNS",
+    "ROLES",
+    "TIERS",
+    "Comparison",
+    "Gate",  # defined in gates.py; imported from here by the deploy and stage code
+    "Result",
+    "binomial_cdf_half",
+    "compare",
+    "mcnemar",
+]
