@@ -327,6 +327,41 @@ class ServeSettings(_Section):
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body, from its first byte
 
 
+class GatewayTarget(_Section):
+    """Where the gateway forwards a slot or a registry version: an OpenAI-compatible endpoint
+    (`base_url` ends in /v1) or an Azure OpenAI resource (`base_url` is its endpoint, `model`
+    the deployment; Entra ID first unless `use_entra_id` is off, then the key in `api_key_env`).
+    Without `model`, the name follows the registry: the slot's hosted model id or version id."""
+
+    kind: Literal["openai_compatible", "azure_openai"] = "openai_compatible"
+    base_url: str
+    model: str | None = None
+    api_key_env: str | None = None
+    api_version: str = "2024-10-21"
+    use_entra_id: bool = True
+
+
+class GatewaySettings(_Section):
+    """`autoretrain gateway` (autoretrain/gateway/): the capture gateway agents point at."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8100, ge=1, le=65535)
+    # Slot name (primary, canary) or version id -> upstream. A local registry version with no
+    # entry of its own is forwarded to `serve_url` (a running `autoretrain serve`, .../v1).
+    targets: dict[str, GatewayTarget] = Field(default_factory=dict)
+    serve_url: str | None = None
+    # A `model` that names no slot, version or target goes here (an agent that sends its own
+    # model name needs no change); None answers it 404.
+    default_slot: str | None = "primary"
+    canary_share: Share = 0.0  # of primary traffic, per run, while canary holds a version
+    run_idle_s: Positive = 300.0  # a run with no call or event for this long is written
+    max_open_runs: PositiveInt = 10000  # beyond it the least recent run is written early
+    max_buffered_runs: PositiveInt = 10000  # runs waiting for the landing zone; more are dropped
+    flush_interval_s: Positive = 1.0
+    registry_ttl_s: Positive = 1.0  # promotions and rollbacks are seen within this
+    timeout_s: Positive = 600.0  # one upstream call
+
+
 class TelemetrySettings(_Section):
     """OpenTelemetry spans and metrics per run and per model call (autoretrain/telemetry.py),
     following the GenAI semantic conventions. Off unless `enabled`; then exported by OTLP/HTTP
@@ -360,6 +395,7 @@ class Settings(_Section):
     loop: LoopSettings = Field(default_factory=LoopSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     scenarios_dir: Path = Path("scenarios")
 
     model_config = ConfigDict(extra="forbid", ignored_types=(cached_property,))

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bootstrap": ("autoretrain.cli.training:bootstrap", "Build and train the embedded base model."),
     "selfplay": ("autoretrain.cli.selfplay:selfplay", "Run the agent on sampled scenarios."),
     "serve": ("autoretrain.cli.serve:serve", "Serve slot models over an OpenAI-compatible API."),
+    "gateway": ("autoretrain.cli.gateway:gateway", "Forward and record agents' model calls."),
     "review": ("autoretrain.cli.review:review", "Review runs that need a human decision."),
     "dataset": ("autoretrain.cli.dataset:dataset", "Build and validate fine-tuning datasets."),
     "train": ("autoretrain.cli.training:train", "Train a candidate from a dataset version."),
