@@ -18,14 +18,14 @@ from autoretrain.defs.automation import (
 from autoretrain.defs.datasets import training_dataset
 from autoretrain.defs.deployment import canary_deployment, canary_traffic, primary_deployment
 from autoretrain.defs.evaluation import candidate_evaluation
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
 from autoretrain.defs.runs import landing_zone_sensor, raw_runs
 from autoretrain.defs.scenarios import scenario_catalog
 from autoretrain.defs.scoring import promotion_decisions, scored_runs
 from autoretrain.defs.training import base_model, candidate_model
 
 
-def build_defs(config: AutoretrainConfig | None = None) -> dg.Definitions:
+def build_defs(config: ProjectResource | None = None) -> dg.Definitions:
     """The project's definitions over one data root (`autoretrain loop` passes its own; the UI
     and the daemon take the environment's)."""
     return dg.Definitions(
@@ -54,7 +54,7 @@ def build_defs(config: AutoretrainConfig | None = None) -> dg.Definitions:
         ],
         schedules=[selfplay_schedule],
         sensors=[landing_zone_sensor, new_dataset_sensor, automation_sensor],
-        resources={"autoretrain": config or AutoretrainConfig()},
+        resources={"autoretrain": config or ProjectResource()},
     )
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoretrain.instance import ensure_dagster_home
+from autoretrain.project import EMBEDDED, Project
 from autoretrain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,16 @@ class LoopRunner:
         import dagster as dg
 
         from autoretrain.definitions import build_defs
-        from autoretrain.defs.resources import AutoretrainConfig
+        from autoretrain.defs.resources import ProjectResource
 
         self.settings = settings
+        self.project = Project(settings)
         self.progress = progress
         self.say = say or log.info
         self.run_config: dict[str, Any] = {} if verbose else QUIET_RUN_CONFIG
         self.home = ensure_dagster_home(settings)
         self.instance = dg.DagsterInstance.get()
-        self.defs = build_defs(AutoretrainConfig(home=str(settings.paths.root)))
+        self.defs = build_defs(ProjectResource(home=str(settings.paths.root)))
 
     # -- one Dagster run ---------------------------------------------------------------------
     def run(
@@ -114,11 +116,10 @@ class LoopRunner:
 
     # -- the cycle --------------------------------------------------------------------------
     def base_model(self) -> None:
-        from autoretrain import stages
 
         started = time.perf_counter()
         self.run("bootstrap")
-        held = stages.slot_version(self.settings, "primary")
+        held = self.project.slot_version("primary")
         self.say(
             _line(
                 "base model", f"primary is {held.id if held else self.settings.provider}", started
@@ -139,7 +140,6 @@ class LoopRunner:
         return self.run("selfplay", config=config).output_for_node("play")
 
     def iteration(self, number: int, selfplay_runs: int) -> IterationResult:
-        from autoretrain import stages
         from autoretrain.defs.automation import candidate_key
         from autoretrain.defs.partitions import candidate_partitions
 
@@ -153,7 +153,7 @@ class LoopRunner:
             self.say(_line(name.replace("_", " "), detail, clock))
             clock = now
 
-        incumbent = stages.slot_version(self.settings, "primary")
+        incumbent = self.project.slot_version("primary")
         out.incumbent = incumbent.id if incumbent else None
         self.say(f"iteration {number}: incumbent {out.incumbent}")
 
@@ -182,7 +182,7 @@ class LoopRunner:
         out.candidate = candidate
         self.instance.add_dynamic_partitions(candidate_partitions.name, [candidate])
         result = self.run("retrain", partition_key=candidate)
-        out.artifacts["candidate"] = str(self.settings.paths.models / stages.EMBEDDED / candidate)
+        out.artifacts["candidate"] = str(self.settings.paths.models / EMBEDDED / candidate)
         gate = self.check(result, "regression_gate")
         evaluation = result.asset_materializations_for_node("candidate_evaluation")
         if evaluation:
@@ -247,9 +247,8 @@ def _selfplay_detail(report: dict[str, Any]) -> str:
 
 
 def _judged(settings: Settings) -> str:
-    from autoretrain.runs.store import RunStore
 
-    with RunStore.from_settings(settings, read_only=True) as store:
+    with Project(settings).store(read_only=True) as store:
         rows = dict(
             store.con.execute(
                 "SELECT decision, count(*) FROM promotion_decisions GROUP BY 1"

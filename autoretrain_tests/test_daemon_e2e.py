@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from autoretrain import stages
+from autoretrain.project import Project
 from autoretrain.runs.store import RunStore
 from autoretrain.settings import load_settings
 from autoretrain_tests.conftest import LOOP_CONFIG, LoopRun
@@ -68,7 +68,7 @@ def test_the_daemon_alone_turns_landed_runs_into_a_new_primary(loop_run, tmp_pat
     shutil.copytree(
         loop_run.home / "models" / "embedded" / "v0", settings.paths.models / "embedded" / "v0"
     )
-    assert stages.ensure_base_model(settings) == "v0"  # registers the copy; no bootstrap
+    assert Project(settings).ensure_base_model() == "v0"  # registers the copy; no bootstrap
     from autoretrain.instance import ensure_dagster_home
 
     ensure_dagster_home(settings)
@@ -113,7 +113,7 @@ def wait_for_new_primary(settings, daemon: DagsterDaemon) -> str:
     while time.monotonic() < deadline:
         assert daemon.alive(), daemon.tail()
         try:
-            held = stages.slot_version(settings, "primary")
+            held = Project(settings).slot_version("primary")
         except Exception:  # noqa: BLE001 - a run holds the store's write lock: look again
             held = None
         if held is not None and held.id != "v0":

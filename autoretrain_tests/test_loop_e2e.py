@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from autoretrain import stages
 from autoretrain.loop import LoopError, LoopRunner
+from autoretrain.project import Project
 from autoretrain.runs.store import RunStore
 
 # The shared loop (bootstrap, self-play, training, evaluation) runs inside the first end-to-end
@@ -36,7 +36,7 @@ def test_the_loop_lifts_in_distribution_significantly_and_promotes(looped):
     assert gates["in_distribution_significance"]["passed"]  # paired McNemar at 0.05
     assert gates["held_out_regression"]["passed"]  # within ε
     assert result.canary["passed"] and result.primary == result.candidate
-    assert stages.slot_version(settings, "primary").id == result.candidate
+    assert Project(settings).slot_version("primary").id == result.candidate
     with RunStore.from_settings(settings, read_only=True) as store:
         ledger = store.con.execute(
             "SELECT slot, to_version FROM promotion_ledger ORDER BY seq"
@@ -72,12 +72,12 @@ def _poison(dataset_dir: Path) -> int:
 
 def test_a_poisoned_dataset_is_stopped_by_the_gate(looped_copy):
     settings, _ = looped_copy
-    version = stages.build_training_dataset(settings)
+    version = Project(settings).build_training_dataset()
     assert _poison(version.path) > 50
     with RunStore.from_settings(settings, read_only=True) as store:
         ledger_before = store.con.execute("SELECT count(*) FROM promotion_ledger").fetchone()[0]
     slots_before = {
-        s: getattr(stages.slot_version(settings, s), "id", None) for s in ("primary", "canary")
+        s: getattr(Project(settings).slot_version(s), "id", None) for s in ("primary", "canary")
     }
 
     runner = LoopRunner(settings, progress=False)
@@ -97,7 +97,7 @@ def test_a_poisoned_dataset_is_stopped_by_the_gate(looped_copy):
             == ledger_before
         )
     assert {
-        s: getattr(stages.slot_version(settings, s), "id", None) for s in ("primary", "canary")
+        s: getattr(Project(settings).slot_version(s), "id", None) for s in ("primary", "canary")
     } == slots_before
 
 
@@ -152,7 +152,7 @@ def test_rollback_returns_primary_to_the_last_promoted_version(looped):
                 "SELECT to_version FROM promotion_ledger WHERE slot = 'primary' AND action = 'promote' ORDER BY seq"
             ).fetchall()
         ]
-    before = stages.slot_version(settings, "primary").id
-    entry = stages.rollback(settings, "primary", reason="test")
+    before = Project(settings).slot_version("primary").id
+    entry = Project(settings).rollback("primary", reason="test")
     assert entry.from_version == before == promoted[-1] and entry.to_version == promoted[-2]
-    assert stages.slot_version(settings, "primary").id == promoted[-2]
+    assert Project(settings).slot_version("primary").id == promoted[-2]

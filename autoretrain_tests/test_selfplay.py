@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from autoretrain import stages
 from autoretrain.agents.verifier import VerifierAgent
+from autoretrain.project import Project
 from autoretrain.providers.base import ChatResponse
 from autoretrain.providers.openai_compatible import OpenAICompatibleChatModel
 from autoretrain.runs.archive import RunArchive
@@ -73,7 +73,7 @@ def test_200_runs_land_and_ingest_with_nothing_quarantined(settings, catalog):
     assert report.finished == 200 and report.by_slot == {"primary": 200}
     assert 0 < report.by_status["succeeded"] < 200  # odd seeds answer wrongly, then recover or not
     archive = RunArchive(settings.paths.landing)
-    summary = stages.ingest_days(settings, archive.days())
+    summary = Project(settings).ingest_days(archive.days())
     assert summary.read == 200 and summary.quarantined == 0
     with RunStore.from_settings(settings, read_only=True) as store:
         runs = store.runs()
@@ -105,7 +105,7 @@ def test_endpoint_down_records_every_run_and_the_runner_goes_on(settings, catalo
     )
     report = runner_for(settings, catalog, model, concurrency=4).run(6, seed=3)
     assert report.finished == 6 and report.by_status == {"error": 6}
-    summary = stages.ingest_days(settings, RunArchive(settings.paths.landing).days())
+    summary = Project(settings).ingest_days(RunArchive(settings.paths.landing).days())
     assert summary.inserted == 6 and summary.quarantined == 0
     with RunStore.from_settings(settings, read_only=True) as store:
         (run, *_) = list(store.records())

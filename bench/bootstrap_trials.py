@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> dict:
     spec = json.loads(args.spec)
 
     import autoretrain.training.base_model as base_model
+    from autoretrain.project import Project
     from autoretrain.providers.local import LocalChatModel
     from autoretrain.scenarios import load_catalog
     from autoretrain.settings import load_settings
-    from autoretrain.stages import pass_rates
     from autoretrain.training.bootstrap import BOOTSTRAP_DEFAULTS, bootstrap_base_model
     from autoretrain.training.config import TrainConfig
 
@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     build_s = time.perf_counter() - started
     metrics = json.loads((args.out / "training_metrics.json").read_text())
-    rates = pass_rates(load_settings(), LocalChatModel(args.out), per_scenario=spec.get("per", 20))
+    rates = Project(load_settings()).pass_rates(
+        LocalChatModel(args.out), per_scenario=spec.get("per", 20)
+    )
     result = {
         "spec": spec,
         "grouped_digits": not args.single_digits,

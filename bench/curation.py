@@ -2,13 +2,13 @@
 against polars doing only the raw part of the same job, in the same run.
 
 - landing: N synthetic runs (~2.5 KB each, a realistic outcome mix) as landing-zone JSONL,
-  spread over --days days; ingested into the run store by `stages.ingest_days` (timed apart);
+  spread over --days days; ingested into the run store by `Project.ingest_days` (timed apart);
 - baselines (child processes): polars keeps the runs whose last verification passed, with no
   escalation and not evaluation traffic, and writes them as JSONL, two ways: `typed`
   (`scan_ndjson` → filter → `sink_ndjson`) and `lines` (each line as text, only the three
   fields the filter needs decoded, kept lines written byte for byte; much faster on records
   this nested). The target is judged against the faster one;
-- project (a child process): `stages.score_days` + `stages.decide_days` over the day range, then
+- project (a child process): `Project.score_days` + `Project.decide_days` over the day range, then
   the export the `training_dataset` asset does: `curation.source.promoted_records` (the
   promotable runs' records copied out of the run store) → `build_dataset` (train/eval JSONL,
   redaction, validation, secret scan, manifest), streamed.
@@ -60,10 +60,10 @@ def _settings(home: Path):
 
 
 def phase_ingest(home: Path, days: list[str]) -> dict[str, Any]:
-    from autoretrain import stages
+    from autoretrain.project import Project
 
     t0 = time.perf_counter()
-    summary = stages.ingest_days(_settings(home), days)
+    summary = Project(_settings(home)).ingest_days(days)
     seconds = time.perf_counter() - t0
     if summary.quarantined:
         raise RuntimeError(f"synthetic runs were quarantined: {summary.top_reasons}")
@@ -137,9 +137,9 @@ def _top_functions(stats: Any, n: int) -> list[dict[str, Any]]:
 
 
 def _project(home: Path, days: list[str]) -> dict[str, Any]:
-    from autoretrain import stages
     from autoretrain.curation.builder import build_dataset
     from autoretrain.curation.source import promoted_records
+    from autoretrain.project import Project
 
     settings = _settings(home)
     # Every promoted run is written (no per-category cap), so the export is the whole job
@@ -149,15 +149,15 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
     steps: dict[str, float] = {}
     rss: dict[str, float] = {}
     t0 = time.perf_counter()
-    score = stages.score_days(settings, start, end)
+    score = Project(settings).score_days(start, end)
     steps["score_days"] = time.perf_counter() - t0
     rss["score_days"] = _peak_rss_mb()
     t = time.perf_counter()
-    decide = stages.decide_days(settings, start, end)
+    decide = Project(settings).decide_days(start, end)
     steps["decide_days"] = time.perf_counter() - t
     rss["decide_days"] = _peak_rss_mb()
     t = time.perf_counter()
-    # As the training_dataset asset does (stages.build_training_dataset): the promotable runs'
+    # As the training_dataset asset does (Project.build_training_dataset): the promotable runs'
     # records copied out of the run store, then streamed through the build.
     with promoted_records(settings, start, end) as (n_promotable, records):
         steps["promotable_records"] = time.perf_counter() - t

@@ -9,7 +9,7 @@ Each repetition restores the snapshot, then:
 - materializes the three assets for `partition_key=new_day` with `dg.materialize` (ephemeral
   instance; wall time and each step's duration from its STEP_SUCCESS event);
 - restores the snapshot again and times the stages the assets call, directly
-  (`stages.ingest_days`, `score_days`, `decide_days`), to see which one grows with history.
+  (`Project.ingest_days`, `score_days`, `decide_days`), to see which one grows with history.
 The cases alternate within each repetition, so machine load drifts over both alike.
 Ratio = median time with the long history / median time with one day; target <= 1.3.
 
@@ -54,12 +54,12 @@ class Case:
     """One history length: its home folder, settings resource and database snapshot."""
 
     def __init__(self, root: Path, history_days: int):
-        from autoretrain.defs.resources import AutoretrainConfig
+        from autoretrain.defs.resources import ProjectResource
 
         self.history_days = history_days
         self.home = root / f"history-{history_days}"
         # A config path that does not exist: defaults only, whatever autoretrain.yaml says.
-        self.resource = AutoretrainConfig(
+        self.resource = ProjectResource(
             home=str(self.home), config_file=str(self.home / "no-config.yaml")
         )
         first = date.fromisoformat(NEW_DAY) - timedelta(days=history_days)
@@ -133,21 +133,21 @@ def time_new_day_dagster(case: Case) -> dict[str, float]:
 
 
 def time_new_day_stages(case: Case) -> dict[str, float]:
-    from autoretrain import stages
+    from autoretrain.project import Project
 
     case.restore()
     settings = case.resource.settings()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    summary = stages.ingest_days(settings, [NEW_DAY])
+    summary = Project(settings).ingest_days([NEW_DAY])
     times["ingest_days"] = time.perf_counter() - t0
     if summary.inserted == 0:
         raise RuntimeError("the new day was already in the snapshot: nothing was ingested")
     t = time.perf_counter()
-    stages.score_days(settings, NEW_DAY, NEW_DAY)
+    Project(settings).score_days(NEW_DAY, NEW_DAY)
     times["score_days"] = time.perf_counter() - t
     t = time.perf_counter()
-    stages.decide_days(settings, NEW_DAY, NEW_DAY)
+    Project(settings).decide_days(NEW_DAY, NEW_DAY)
     times["decide_days"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     return times
@@ -220,7 +220,7 @@ def markdown(r: dict[str, Any]) -> str:
     rows = [["Dagster: 3 assets, one run (wall)", d[short]["total"], d[long]["total"], r["ratio"]]]
     rows += [[f"  step `{a}`", d[short][a], d[long][a], r["ratio_per_asset"][a]] for a in ASSETS]
     rows += [
-        [f"direct `stages.{k}`", s[short][k], s[long][k], r["ratio_per_stage"][k]] for k in STAGES
+        [f"direct `Project.{k}`", s[short][k], s[long][k], r["ratio_per_stage"][k]] for k in STAGES
     ]
     verdict = "meets" if r["meets_target"] else "misses"
     setup = r["setup"]

@@ -143,7 +143,7 @@ class Bench:
         )
 
     def run(self) -> None:
-        from autoretrain import stages
+        from autoretrain.project import BASE_VERSION, EMBEDDED, Project
         from autoretrain.scenarios import load_catalog
 
         if self.args.work.exists():
@@ -152,14 +152,14 @@ class Bench:
         self.catalog = load_catalog(settings.scenarios_dir)
         t0 = time.perf_counter()
         if self.args.reuse_base:
-            target = settings.paths.models / stages.EMBEDDED / stages.BASE_VERSION
+            target = settings.paths.models / EMBEDDED / BASE_VERSION
             shutil.copytree(self.args.reuse_base, target)
             self.result["notes"].append(
                 f"v0 copied from {self.args.reuse_base} (bootstrapped by the same code)"
             )
-        stages.ensure_base_model(settings)
+        Project(settings).ensure_base_model()
         self.result["base_model_seconds"] = round(time.perf_counter() - t0, 1)
-        self.dirs = {stages.BASE_VERSION: settings.paths.models / stages.EMBEDDED / "v0"}
+        self.dirs = {BASE_VERSION: settings.paths.models / EMBEDDED / "v0"}
 
         it1 = self.iteration(settings, "it1")
         self.save()
@@ -179,7 +179,7 @@ class Bench:
                 self.save()
 
     def head_to_head(self, pairs: list[list[str]]) -> None:
-        from autoretrain import stages
+        from autoretrain.project import EMBEDDED
         from autoretrain.scenarios import load_catalog
 
         previous = json.loads((self.args.out / "loop.json").read_text())
@@ -192,7 +192,7 @@ class Bench:
         self.result.setdefault("head_to_head_commands", []).append(command)
         settings = self.settings()
         self.catalog = load_catalog(settings.scenarios_dir)
-        models = settings.paths.models / stages.EMBEDDED
+        models = settings.paths.models / EMBEDDED
         self.dirs = {p.name: p for p in models.iterdir() if (p / "config.json").exists()}
         for candidate, incumbent in pairs:
             found = self.compare(settings, incumbent, candidate, incumbent_version=incumbent)
@@ -202,11 +202,11 @@ class Bench:
 
     # -- arms -----------------------------------------------------------------------------------
     def iteration(self, settings: Any, name: str, previous: str | None = None) -> dict[str, Any]:
-        from autoretrain import stages
+        from autoretrain.project import BASE_VERSION, Project
         from autoretrain.runs.archive import RunArchive
 
         if previous:
-            stages.deploy(settings, previous, "primary", "bench: next iteration")
+            Project(settings).deploy(previous, "primary", "bench: next iteration")
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -216,19 +216,19 @@ class Bench:
             seconds[step] = round(now - clock, 1)
             clock = now
 
-        report = stages.selfplay(settings, self.args.selfplay_runs, progress=False)
+        report = Project(settings).selfplay(self.args.selfplay_runs, progress=False)
         lap("selfplay")
         days = RunArchive(settings.paths.landing).days()
-        stages.ingest_days(settings, days)
-        stages.score_days(settings, days[0], days[-1])
-        stages.decide_days(settings, days[0], days[-1])
+        Project(settings).ingest_days(days)
+        Project(settings).score_days(days[0], days[-1])
+        Project(settings).decide_days(days[0], days[-1])
         lap("ingest_score_decide")
-        dataset = stages.build_training_dataset(settings)
+        dataset = Project(settings).build_training_dataset()
         lap("dataset")
-        trained = stages.train_candidate(settings, dataset.path, name)
+        trained = Project(settings).train_candidate(dataset.path, name)
         lap("training")
         self.dirs[name] = Path(trained.model_dir)
-        arm = self.compare(settings, stages.BASE_VERSION, name)
+        arm = self.compare(settings, BASE_VERSION, name)
         lap("evaluation")
         arm.update(
             selfplay={
@@ -242,18 +242,18 @@ class Bench:
         )
         if previous:
             # The product's gate compares a round with the model it would replace.
-            gate = self.compare(settings, stages.BASE_VERSION, name, incumbent_version=previous)
+            gate = self.compare(settings, BASE_VERSION, name, incumbent_version=previous)
             arm["gate_vs_previous"] = gate
         self.record(name, arm)
         return arm
 
     def compute_matched(self, settings: Any, steps: int, name: str = "compute_matched") -> None:
-        from autoretrain import stages
+        from autoretrain.project import BASE_VERSION, EMBEDDED
         from autoretrain.training.bootstrap import DEMOS_FILE
         from autoretrain.training.config import TrainConfig
         from autoretrain.training.lora import train
 
-        base = settings.paths.models / stages.EMBEDDED / stages.BASE_VERSION
+        base = settings.paths.models / EMBEDDED / BASE_VERSION
         dataset = self.args.work / "datasets" / f"demos-only-{name}"
         dataset.mkdir(parents=True)
         shutil.copyfile(base / DEMOS_FILE, dataset / "train.jsonl")
@@ -265,11 +265,11 @@ class Bench:
             settings.training, mix_in=[], merge_adapter=True, torch_threads=1, epochs=epochs
         )
         t0 = time.perf_counter()
-        out = settings.paths.models / stages.EMBEDDED / name
+        out = settings.paths.models / EMBEDDED / name
         trained = train(dataset, base, out, config)
         seconds = round(time.perf_counter() - t0, 1)
         self.dirs[name] = Path(trained.model_dir)
-        arm = self.compare(settings, stages.BASE_VERSION, name)
+        arm = self.compare(settings, BASE_VERSION, name)
         arm.update(
             dataset={"train_examples": n_demos, "source": "v0 reference demonstrations only"},
             training={**_training_facts(trained.metrics), "epochs": round(epochs, 3)},
@@ -279,8 +279,8 @@ class Bench:
         self.record(name, arm)
 
     def no_filter(self, settings: Any) -> None:
-        from autoretrain import stages
         from autoretrain.curation.builder import build_dataset
+        from autoretrain.project import BASE_VERSION, Project
         from autoretrain.runs.store import RunStore
 
         with RunStore.from_settings(settings, read_only=True) as store:
@@ -301,10 +301,10 @@ class Bench:
             manifest_extra={"source": "all iteration-1 self-play runs, unverified"},
         )
         t0 = time.perf_counter()
-        trained = stages.train_candidate(settings, dataset.path, "no_filter")
+        trained = Project(settings).train_candidate(dataset.path, "no_filter")
         seconds = round(time.perf_counter() - t0, 1)
         self.dirs["no_filter"] = Path(trained.model_dir)
-        arm = self.compare(settings, stages.BASE_VERSION, "no_filter")
+        arm = self.compare(settings, BASE_VERSION, "no_filter")
         arm.update(
             dataset={**_dataset_facts(dataset), "selfplay_runs_offered": len(records)},
             training=_training_facts(trained.metrics),

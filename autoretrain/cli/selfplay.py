@@ -44,11 +44,10 @@ def selfplay(
     """Run the agent on sampled train scenarios; every run lands in the landing zone.
 
     Ctrl-C stops starting new runs, finishes those in flight and keeps every finished run."""
-    from autoretrain import stages
+    from autoretrain.project import Project
 
     try:
-        report = stages.selfplay(
-            load_settings(),
+        report = Project(load_settings()).selfplay(
             n,
             slot=slot,
             concurrency=concurrency,

@@ -62,16 +62,16 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
         "tokens_per_s": metrics["tokens_per_s"],
     }
     if not no_eval:
-        from autoretrain import stages
+        from autoretrain.project import Project
         from autoretrain.providers.local import LocalChatModel
 
-        summary["pass_rates"] = stages.pass_rates(settings, LocalChatModel(target, name="v0"))
+        summary["pass_rates"] = Project(settings).pass_rates(LocalChatModel(target, name="v0"))
     if output is None:
         # The default location is the project's base model: register it as v0 and fill primary
         # (once: a primary already held by a later version is left alone), so `selfplay` works.
-        from autoretrain import stages
+        from autoretrain.project import Project
 
-        summary["registered"] = stages.ensure_base_model(settings)
+        summary["registered"] = Project(settings).ensure_base_model()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -186,17 +186,19 @@ def train(
 
 def _train_hosted(settings, dataset_dir: Path, version: str | None, cancel: bool, as_json: bool):  # type: ignore[no-untyped-def]
     """`train --backend azure`: submit (or re-attach to) the job, register the candidate."""
-    from autoretrain import stages
+    from autoretrain.project import Project
     from autoretrain.training.hosted import HostedFineTuneError
     from autoretrain.training.hosted_candidate import cancel_hosted
 
     version = version or f"cand-{dataset_dir.name}"
     try:
         if cancel:
-            job_id = cancel_hosted(stages.hosted_backend(settings), settings.paths.models, version)
+            job_id = cancel_hosted(
+                Project(settings).hosted_backend(), settings.paths.models, version
+            )
             click.echo(f"cancellation of job {job_id} ({version}) requested")
             return
-        result = stages.train_hosted_candidate(settings, dataset_dir, version)
+        result = Project(settings).train_hosted_candidate(dataset_dir, version)
     except (HostedFineTuneError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     summary = {

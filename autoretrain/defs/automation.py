@@ -18,7 +18,7 @@ import os
 import dagster as dg
 
 from autoretrain.defs.partitions import candidate_partitions, daily_partitions
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
 
 AC = dg.AutomationCondition
 # How often the sensors look (seconds). Sensors are ticks, not work: a shorter interval costs a
@@ -171,14 +171,13 @@ def candidate_key(dataset_version: str) -> str:
         "progress": dg.Field(bool, default_value=False),
     }
 )
-def play(context: dg.OpExecutionContext, autoretrain: AutoretrainConfig) -> dg.Output:
+def play(context: dg.OpExecutionContext, autoretrain: ProjectResource) -> dg.Output:
     """Self-play: the configured number of runs against the primary slot (and the canary
     share, when a canary is deployed). Its report is the op's output."""
-    from autoretrain import stages
-
-    settings = autoretrain.settings()
+    project = autoretrain.project()
+    settings = project.settings
     n = context.op_config["runs"] or settings.selfplay.runs_per_iteration
-    report = stages.selfplay(settings, n, progress=context.op_config["progress"]).to_dict()
+    report = project.selfplay(n, progress=context.op_config["progress"]).to_dict()
     summary = {k: v for k, v in report.items() if k != "files"}
     return dg.Output(
         summary,
@@ -215,12 +214,11 @@ selfplay_schedule = dg.ScheduleDefinition(
         "reason": dg.Field(str, default_value="rollback job"),
     },
 )
-def roll_back(context: dg.OpExecutionContext, autoretrain: AutoretrainConfig) -> None:
+def roll_back(context: dg.OpExecutionContext, autoretrain: ProjectResource) -> None:
     """Return the slot to the version last promoted there before the current one."""
-    from autoretrain import stages
 
-    entry = stages.rollback(
-        autoretrain.settings(), context.op_config["slot"], reason=context.op_config["reason"]
+    entry = autoretrain.project().rollback(
+        context.op_config["slot"], reason=context.op_config["reason"]
     )
     context.log.info(f"rolled back {entry.slot}: {entry.from_version} -> {entry.to_version}")
 

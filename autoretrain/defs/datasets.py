@@ -4,9 +4,8 @@ import json
 
 import dagster as dg
 
-from autoretrain import stages
 from autoretrain.defs.automation import new_promotion_decisions
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
 
 # (check, blocking, what it proves): shown as each check's description in the UI.
 DATASET_CHECKS = [
@@ -53,19 +52,19 @@ DATASET_CHECKS = [
     pool="duckdb",
     can_subset=True,
 )
-def training_dataset(context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig):
+def training_dataset(context: dg.AssetExecutionContext, autoretrain: ProjectResource):
     """Build the next dataset version and check it, or skip (logging why) when it is too early."""
     from autoretrain.curation.checks import check_dataset
-    from autoretrain.scenarios import load_catalog
 
-    settings = autoretrain.settings()
+    project = autoretrain.project()
+    settings = project.settings
     waiting = runs_on_their_way(context.instance, settings)
     if waiting:
         # Built now, the version would leave out runs that already landed (the sensor and the
         # judging runs catch up within a minute or two; their decisions wake this asset again).
         context.log.info(f"not built yet: {waiting}")
         return
-    new, last = stages.new_promotable_runs(settings)
+    new, last = project.new_promotable_runs()
     if last is not None and new < settings.dataset.min_new_promotable_runs:
         # Not materialized: downstream training is not started for a handful of new runs.
         context.log.info(
@@ -73,7 +72,7 @@ def training_dataset(context: dg.AssetExecutionContext, autoretrain: Autoretrain
             f"{settings.dataset.min_new_promotable_runs} (dataset.min_new_promotable_runs)"
         )
         return
-    version = stages.build_training_dataset(settings)
+    version = project.build_training_dataset()
     counts = version.manifest["counts"]
     yield dg.MaterializeResult(
         metadata={
@@ -88,7 +87,7 @@ def training_dataset(context: dg.AssetExecutionContext, autoretrain: Autoretrain
             "dagster/row_count": counts["train"] + counts["eval"],
         }
     )
-    catalog = load_catalog(settings.scenarios_dir)
+    catalog = project.catalog
     for outcome in check_dataset(
         version.path,
         catalog.evaluation_hashes(settings.evaluation.instances_per_scenario),

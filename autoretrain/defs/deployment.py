@@ -9,10 +9,10 @@ Each deployment re-reads its own candidate's recorded decisions before a slot mo
 
 import dagster as dg
 
-from autoretrain import stages
 from autoretrain.defs.automation import gated, on_new_upstream
 from autoretrain.defs.partitions import candidate_partitions
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
+from autoretrain.project import Project
 
 CANARY_ANALYSIS = dg.AssetCheckSpec(
     "canary_analysis",
@@ -26,11 +26,11 @@ CANARY_ANALYSIS = dg.AssetCheckSpec(
 )
 
 
-def _deploy(context: dg.AssetExecutionContext, settings, slot: str) -> dg.MaterializeResult:  # type: ignore[no-untyped-def]
+def _deploy(context: dg.AssetExecutionContext, project: Project, slot: str) -> dg.MaterializeResult:
     from autoretrain.deploy.clearance import ClearanceRefused
 
     try:
-        entry = stages.deploy_candidate(settings, context.partition_key, slot)
+        entry = project.deploy_candidate(context.partition_key, slot)
     except ClearanceRefused as refused:
         raise dg.Failure(
             description=f"{slot} not changed: {refused}",
@@ -55,11 +55,11 @@ def _deploy(context: dg.AssetExecutionContext, settings, slot: str) -> dg.Materi
     automation_condition=gated(),
 )
 def canary_deployment(
-    context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
+    context: dg.AssetExecutionContext, autoretrain: ProjectResource
 ) -> dg.MaterializeResult:
     """The candidate in the canary slot, once its own regression gate passed: it now answers
     the configured share of traffic, which `canary_traffic` analyses before primary."""
-    return _deploy(context, autoretrain.settings(), "canary")
+    return _deploy(context, autoretrain.project(), "canary")
 
 
 @dg.asset(
@@ -70,12 +70,12 @@ def canary_deployment(
     check_specs=[CANARY_ANALYSIS],
     automation_condition=on_new_upstream(),
 )
-def canary_traffic(context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig):
+def canary_traffic(context: dg.AssetExecutionContext, autoretrain: ProjectResource):
     """Live traffic on the canary: self-play split between canary and primary, ingested, until
     the analysis has the runs it needs; then canary analysis decides (a check on this asset)."""
     from autoretrain.evaluation.report import gates_markdown
 
-    result = stages.canary_traffic(autoretrain.settings(), context.partition_key, progress=True)
+    result = autoretrain.project().canary_traffic(context.partition_key, progress=True)
     analysis = result.analysis
     slots = {s["slot"]: s for s in analysis.slots}
     yield dg.MaterializeResult(
@@ -107,12 +107,12 @@ def canary_traffic(context: dg.AssetExecutionContext, autoretrain: AutoretrainCo
     automation_condition=gated(),
 )
 def primary_deployment(
-    context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
+    context: dg.AssetExecutionContext, autoretrain: ProjectResource
 ) -> dg.MaterializeResult:
     """The candidate in the primary slot (recorded in the promotion ledger), once its regression
     gate and its canary analysis passed. `autoretrain rollback` returns primary to the version
     promoted there before it."""
-    return _deploy(context, autoretrain.settings(), "primary")
+    return _deploy(context, autoretrain.project(), "primary")
 
 
 def ledger_table(entry: dict) -> str:

@@ -5,10 +5,9 @@ import base64
 
 import dagster as dg
 
-from autoretrain import stages
 from autoretrain.defs.automation import on_new_upstream
 from autoretrain.defs.partitions import candidate_partitions
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
 
 # Wide enough to read, narrow enough for the metadata dialog (the report's full-size PNG is
 # linked beside it).
@@ -34,14 +33,15 @@ REGRESSION_GATE = dg.AssetCheckSpec(
     check_specs=[REGRESSION_GATE],
     automation_condition=on_new_upstream(),
 )
-def candidate_evaluation(context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig):
+def candidate_evaluation(context: dg.AssetExecutionContext, autoretrain: ProjectResource):
     """Incumbent and candidate replay both evaluation tiers (in-distribution instances and
     held-out scenarios) with the same instances and seeds; paired per-instance statistics per
     tier and category decide. The report and chart are attached."""
     from autoretrain.evaluation.report import gates_markdown, render_chart, render_markdown
 
-    settings = autoretrain.settings()
-    comparison = stages.evaluate_candidate(settings, context.partition_key, progress=True)
+    project = autoretrain.project()
+    settings = project.settings
+    comparison = project.evaluate_candidate(context.partition_key, progress=True)
     report_dir = settings.paths.reports / comparison.evaluation_id
     chart = base64.b64encode(render_chart(comparison, dpi=UI_CHART_DPI)).decode()
     yield dg.MaterializeResult(

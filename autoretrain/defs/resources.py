@@ -1,4 +1,4 @@
-"""Dagster resources: thin, typed handles on the project's settings."""
+"""Dagster resources: a thin, typed handle on the project."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ from pathlib import Path
 
 import dagster as dg
 
+from autoretrain.project import Project
 from autoretrain.settings import Settings, load_settings
 
 
-class AutoretrainConfig(dg.ConfigurableResource):
+class ProjectResource(dg.ConfigurableResource):
     """Where the project's data lives and which configuration applies.
 
     Empty fields mean "as the environment says" (AUTORETRAIN_HOME, autoretrain.yaml), so the
-    UI, the loop and the tests resolve the same root unless told otherwise.
+    UI, the loop and the tests resolve the same root unless told otherwise. Assets call
+    `project()` and its stage methods; nothing else.
     """
 
     home: str = ""
@@ -22,3 +24,6 @@ class AutoretrainConfig(dg.ConfigurableResource):
     def settings(self) -> Settings:
         overrides = {"home": self.home} if self.home else {}
         return load_settings(Path(self.config_file) if self.config_file else None, **overrides)
+
+    def project(self) -> Project:
+        return Project(self.settings())

@@ -9,8 +9,7 @@ import dagster as dg
 
 from autoretrain.defs.automation import SENSOR_INTERVAL_S, ingest_job
 from autoretrain.defs.partitions import daily_partitions
-from autoretrain.defs.resources import AutoretrainConfig
-from autoretrain.stages import ingest_days
+from autoretrain.defs.resources import ProjectResource
 
 QUARANTINE_CHECK = "quarantine_rate_under_threshold"
 SCHEMA_CHECK = "schema_versions_known"
@@ -35,12 +34,13 @@ SCHEMA_CHECK = "schema_versions_known"
         ),
     ],
 )
-def raw_runs(context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig):
+def raw_runs(context: dg.AssetExecutionContext, autoretrain: ProjectResource):
     """Agent runs as landed, one partition per UTC day: the landing zone's JSONL ingested into
     DuckDB (`runs`, `events`), idempotent on run_id; malformed lines go to `quarantine` with
     file, line and reason, and never fail the day."""
-    settings = autoretrain.settings()
-    summary = ingest_days(settings, context.partition_keys)
+    project = autoretrain.project()
+    settings = project.settings
+    summary = project.ingest_days(context.partition_keys)
     for day, report in summary.reports.items():
         context.log.info(f"{day}: {report}")
     limit = settings.ingest.max_quarantine_rate
@@ -147,7 +147,7 @@ def pending_ingest_days(instance: dg.DagsterInstance) -> set[str]:
     minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def landing_zone_sensor(context: dg.SensorEvaluationContext, autoretrain: AutoretrainConfig):
+def landing_zone_sensor(context: dg.SensorEvaluationContext, autoretrain: ProjectResource):
     """Requests the `ingest` job (raw_runs -> scored_runs -> promotion_decisions) for exactly
     the days whose landing folders received new files. Without a cursor (a new sensor, or the
     UI opened after `autoretrain loop`), a day already ingested after its newest file is not

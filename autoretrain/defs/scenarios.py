@@ -3,7 +3,7 @@ so a change to `scenarios/` shows in the lineage of everything built from it."""
 
 import dagster as dg
 
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
 
 
 @dg.observable_source_asset(
@@ -18,7 +18,7 @@ from autoretrain.defs.resources import AutoretrainConfig
     & ~dg.AutomationCondition.in_progress(),
 )
 def scenario_catalog(
-    context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
+    context: dg.AssetExecutionContext, autoretrain: ProjectResource
 ) -> dg.DataVersion:
     from autoretrain.scenarios import load_catalog
 

@@ -7,9 +7,8 @@ queueing duplicate judging runs behind the duckdb pool under the daemon."""
 
 import dagster as dg
 
-from autoretrain import stages
 from autoretrain.defs.partitions import daily_partitions
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
 
 
 def _day_range(context: dg.AssetExecutionContext) -> tuple[str, str]:
@@ -26,13 +25,13 @@ def _day_range(context: dg.AssetExecutionContext) -> tuple[str, str]:
     kinds={"duckdb"},
 )
 def scored_runs(
-    context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
+    context: dg.AssetExecutionContext, autoretrain: ProjectResource
 ) -> dg.MaterializeResult:
     """Per-run metrics — verified and score, quality, recoveries, escalations, turns, latency,
     tokens, cost, budget overruns — stamped with the scorer version, so a backfill over
     history re-scores it when the verifier or judge changes."""
     start, end = _day_range(context)
-    report = stages.score_days(autoretrain.settings(), start, end)
+    report = autoretrain.project().score_days(start, end)
     return dg.MaterializeResult(metadata={k: _meta(v) for k, v in report.to_dict().items()})
 
 
@@ -45,12 +44,12 @@ def scored_runs(
     kinds={"duckdb"},
 )
 def promotion_decisions(
-    context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
+    context: dg.AssetExecutionContext, autoretrain: ProjectResource
 ) -> dg.MaterializeResult:
     """PromotionGuardAgent's verdict per run — promote, reject or needs_human — with the gate
     that decided and a rationale. Human reviews (`autoretrain review`) win over these."""
     start, end = _day_range(context)
-    report = stages.decide_days(autoretrain.settings(), start, end)
+    report = autoretrain.project().decide_days(start, end)
     return dg.MaterializeResult(metadata={k: _meta(v) for k, v in report.to_dict().items()})
 
 

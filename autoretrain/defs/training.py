@@ -2,23 +2,24 @@
 
 import dagster as dg
 
-from autoretrain import stages
 from autoretrain.defs.partitions import candidate_partitions
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
+from autoretrain.project import HostedTrainResult
 
 
 @dg.asset(deps=["scenario_catalog"], pool="duckdb", group_name="training", kinds={"pytorch"})
 def base_model(
-    context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
+    context: dg.AssetExecutionContext, autoretrain: ProjectResource
 ) -> dg.MaterializeResult:
     """The first incumbent. On the embedded default: a tiny Llama-style model built and trained
     from scratch on the train scenarios' reference demonstrations (no download), registered as
     `v0` in the primary slot. Remote profiles bring their own model; nothing is built."""
-    settings = autoretrain.settings()
-    version = stages.ensure_base_model(settings)
+    project = autoretrain.project()
+    settings = project.settings
+    version = project.ensure_base_model()
     meta: dict = {"primary": version or f"profile {settings.provider} ({settings.profile.kind})"}
     if version is not None:
-        held = stages.slot_version(settings, "primary")
+        held = project.slot_version("primary")
         meta["model_dir"] = dg.MetadataValue.path(str(held.model_dir))
         metrics = held.training_metrics or {}
         meta["parameters"] = int(metrics.get("total_params", 0))
@@ -34,22 +35,23 @@ def base_model(
     kinds={"pytorch"},
 )
 def candidate_model(
-    context: dg.AssetExecutionContext, autoretrain: AutoretrainConfig
+    context: dg.AssetExecutionContext, autoretrain: ProjectResource
 ) -> dg.MaterializeResult:
     """A candidate fine-tuned from the incumbent on one dataset version (the partition names
     it); full fine-tune for small models, LoRA for large ones (docs/guides/own-model.md)."""
-    settings = autoretrain.settings()
+    project = autoretrain.project()
+    settings = project.settings
     key = context.partition_key
     dataset_dir = settings.paths.datasets / key.removeprefix("cand-")
     if not dataset_dir.exists():
         raise dg.Failure(
             f"dataset version {dataset_dir.name} not found under {settings.paths.datasets}"
         )
-    result = stages.train_candidate(settings, dataset_dir, key)
+    result = project.train_candidate(dataset_dir, key)
     m = result.metrics
     where = (
         {"hosted_model_id": result.model_id, "job_id": result.job_id}
-        if isinstance(result, stages.HostedTrainResult)
+        if isinstance(result, HostedTrainResult)
         else {
             "model_dir": dg.MetadataValue.path(str(result.model_dir)),
             "adapter_dir": dg.MetadataValue.path(str(result.adapter_dir))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from autoretrain.defs.datasets import training_dataset
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
 from autoretrain.runs.archive import RunArchive
 from autoretrain_tests.defs.test_runs_assets import make_run
 
@@ -16,7 +16,7 @@ def test_a_dataset_run_with_runs_still_landing_succeeds_and_materializes_nothing
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         [training_dataset],
-        resources={"autoretrain": AutoretrainConfig(home=str(settings.paths.root))},
+        resources={"autoretrain": ProjectResource(home=str(settings.paths.root))},
         instance=instance,
     )
     assert result.success  # no DagsterStepOutputNotFoundError for the skipped checks

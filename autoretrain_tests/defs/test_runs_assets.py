@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from autoretrain.definitions import defs
-from autoretrain.defs.resources import AutoretrainConfig
+from autoretrain.defs.resources import ProjectResource
 from autoretrain.defs.runs import landing_zone_sensor, raw_runs
 from autoretrain.defs.scoring import promotion_decisions, scored_runs
 from autoretrain.runs.archive import RunArchive
@@ -47,7 +47,7 @@ def make_run(run_id: str, day: str, passed: bool = True) -> Run:
 
 @pytest.fixture
 def resources(settings):
-    return {"autoretrain": AutoretrainConfig(home=str(settings.paths.root))}
+    return {"autoretrain": ProjectResource(home=str(settings.paths.root))}
 
 
 def counts(settings) -> dict[str, int]:

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from autoretrain import stages
 from autoretrain.deploy.clearance import ClearanceRefused, clear, save_canary_analysis
 from autoretrain.evaluation.canary import CanaryAnalysis
 from autoretrain.evaluation.compare import Comparison, Gate
 from autoretrain.evaluation.report import save_comparison
+from autoretrain.project import Project
 from autoretrain.runs.store import RunStore
 from autoretrain_tests.providers.tiny_models import cached_untrained_model
 
@@ -22,7 +22,7 @@ def project(settings, tmp_path_factory):
     """v0 in primary; candidates A (rejected) and B (promoted) evaluated against v0."""
     model = cached_untrained_model(tmp_path_factory)
     with RunStore.from_settings(settings) as store:
-        registry = stages._registry(store, settings)
+        registry = Project(settings).registry(store)
         for version in ("v0", "cand-a", "cand-b"):
             folder = settings.paths.models / "embedded" / version
             shutil.copytree(model, folder)
@@ -50,19 +50,19 @@ def canary_verdict(con, candidate: str, passed: bool, at: datetime | None = None
 
 def slots_and_ledger(settings) -> tuple[dict, int]:
     with RunStore.from_settings(settings, read_only=True) as store:
-        registry = stages._registry(store, settings, read_only=True)
+        registry = Project(settings).registry(store, read_only=True)
         return registry.slots(), len(registry.ledger())
 
 
 def test_a_rejected_candidate_is_refused_and_nothing_moves(project):
     before = slots_and_ledger(project)
     with pytest.raises(ClearanceRefused, match="decided 'reject'"):
-        stages.deploy_candidate(project, "cand-a", "canary")
+        Project(project).deploy_candidate("cand-a", "canary")
     assert slots_and_ledger(project) == before
 
 
 def test_the_ledger_cites_the_candidates_own_passing_evaluation(project):
-    entry = stages.deploy_candidate(project, "cand-b", "canary")
+    entry = Project(project).deploy_candidate("cand-b", "canary")
     with RunStore.from_settings(project, read_only=True) as store:
         decision = store.con.execute(
             "SELECT candidate, decision FROM evaluations WHERE id = ?", [entry.evaluation_id]
@@ -72,45 +72,45 @@ def test_the_ledger_cites_the_candidates_own_passing_evaluation(project):
 
 
 def test_an_evaluation_against_an_earlier_primary_is_stale(project):
-    stages.deploy_candidate(project, "cand-b", "canary")
+    Project(project).deploy_candidate("cand-b", "canary")
     with RunStore.from_settings(project) as store:
         canary_verdict(store.con, "cand-b", True)
-    stages.deploy_candidate(project, "cand-b", "primary")
+    Project(project).deploy_candidate("cand-b", "primary")
     # cand-a passes a later evaluation, but against v0, which no longer holds primary.
     with RunStore.from_settings(project) as store:
         evaluate(store.con, project, "cand-a", "promote", incumbent="v0")
     with pytest.raises(ClearanceRefused, match="primary is now cand-b"):
-        stages.deploy_candidate(project, "cand-a", "canary")
+        Project(project).deploy_candidate("cand-a", "canary")
 
 
 def test_primary_needs_canary_held_and_a_passing_analysis_made_there(project):
     with pytest.raises(ClearanceRefused, match="does not hold the canary slot"):
-        stages.deploy_candidate(project, "cand-b", "primary")
-    stages.deploy_candidate(project, "cand-b", "canary")
+        Project(project).deploy_candidate("cand-b", "primary")
+    Project(project).deploy_candidate("cand-b", "canary")
     with RunStore.from_settings(project) as store:
         # An analysis older than the candidate's arrival in canary says nothing about it.
         canary_verdict(store.con, "cand-b", True, at=datetime.now(UTC) - timedelta(days=1))
         with pytest.raises(ClearanceRefused, match="no canary analysis since"):
-            clear(store.con, stages._registry(store, project), "cand-b", "primary")
+            clear(store.con, Project(project).registry(store), "cand-b", "primary")
         canary_verdict(store.con, "cand-b", False)
         with pytest.raises(ClearanceRefused, match="canary analysis failed"):
-            clear(store.con, stages._registry(store, project), "cand-b", "primary")
+            clear(store.con, Project(project).registry(store), "cand-b", "primary")
         canary_verdict(store.con, "cand-b", True)
-    entry = stages.deploy_candidate(project, "cand-b", "primary")
+    entry = Project(project).deploy_candidate("cand-b", "primary")
     assert entry.to_version == "cand-b" and "canary analysis" in entry.reason
     assert slots_and_ledger(project)[0] == {"primary": "cand-b", "canary": "cand-b"}
 
 
 def test_a_candidate_without_an_evaluation_is_refused(project):
     with pytest.raises(ClearanceRefused, match="no recorded evaluation"):
-        stages.deploy_candidate(project, "v0", "canary")
+        Project(project).deploy_candidate("v0", "canary")
 
 
 def test_the_canary_analysis_reads_only_traffic_since_both_slots_took_their_versions(project):
     from autoretrain.runs.archive import RunArchive
     from autoretrain_tests.defs.test_runs_assets import make_run
 
-    stages.deploy_candidate(project, "cand-b", "canary")
+    Project(project).deploy_candidate("cand-b", "canary")
     now, before = datetime.now(UTC) + timedelta(seconds=1), datetime.now(UTC) - timedelta(hours=1)
 
     def runs(slot: str, model: str, n: int, passed: int, at: datetime) -> list:
@@ -133,8 +133,8 @@ def test_the_canary_analysis_reads_only_traffic_since_both_slots_took_their_vers
         + runs("primary", "v0", 300, 120, now)
         + runs("canary", "cand-b", 300, 150, now)
     )
-    stages.ingest_days(project, RunArchive(project.paths.landing).days())
-    analysis, primary = stages.analyze_canary(project, "cand-b")
+    Project(project).ingest_days(RunArchive(project.paths.landing).days())
+    analysis, primary = Project(project).analyze_canary("cand-b")
     assert primary == "v0"
     assert {s["slot"]: s["runs"] for s in analysis.slots} == {"primary": 300, "canary": 300}
     assert analysis.window["since"] is not None

@@ -1,4 +1,4 @@
-"""A candidate as a hosted fine-tune through `stages.train_candidate` (training.backend: azure),
+"""A candidate as a hosted fine-tune through `Project.train_candidate` (training.backend: azure),
 against the loopback Azure OpenAI double: submitted once, re-attached after a crash or a
 timeout, cancelled on interrupt, registered only when it succeeds."""
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from autoretrain import stages
+from autoretrain.project import Project
 from autoretrain.runs.store import RunStore
 from autoretrain.training.hosted import HostedBackend, HostedFineTuneError
 from autoretrain.training.hosted_candidate import cancel_hosted, job_record
@@ -39,11 +39,11 @@ def registered(settings, version_id: str):
     if not settings.paths.database.exists():
         return None  # nothing was ever registered
     with RunStore.from_settings(settings, read_only=True) as store:
-        return stages._registry(store, settings, read_only=True).get(version_id)
+        return Project(settings).registry(store, read_only=True).get(version_id)
 
 
 def test_a_hosted_candidate_is_submitted_recorded_and_registered(hosted, dataset, double):  # noqa: F811
-    result = stages.train_hosted_candidate(hosted, dataset, VERSION, backend=azure_backend(double))
+    result = Project(hosted).train_hosted_candidate(dataset, VERSION, backend=azure_backend(double))
     assert result.method == "hosted" and not result.reattached
     record = json.loads(job_record(hosted.paths.models, VERSION).read_text())
     assert record["job_id"] == result.job_id and record["status"] == "succeeded"
@@ -59,17 +59,17 @@ def test_a_second_attempt_reattaches_instead_of_submitting_again(hosted, dataset
     double.polls_per_status = 10_000  # the job stays queued: the first wait times out
     hosted.training.hosted_timeout_s = 0.2
     with pytest.raises(HostedFineTuneError, match="timeout"):
-        stages.train_hosted_candidate(hosted, dataset, VERSION, backend=azure_backend(double))
+        Project(hosted).train_hosted_candidate(dataset, VERSION, backend=azure_backend(double))
     assert registered(hosted, VERSION) is None
     assert json.loads(job_record(hosted.paths.models, VERSION).read_text())["status"] == "timeout"
 
     double.polls_per_status = 1  # the service moves on; a re-materialization attaches to it
     hosted.training.hosted_timeout_s = 20
-    result = stages.train_hosted_candidate(hosted, dataset, VERSION, backend=azure_backend(double))
+    result = Project(hosted).train_hosted_candidate(dataset, VERSION, backend=azure_backend(double))
     assert result.reattached and jobs_created(double) == 1
     assert registered(hosted, VERSION).hosted_model_id == result.model_id
     # Once ended, the recorded outcome is used: no third submission, no new poll needed.
-    again = stages.train_hosted_candidate(hosted, dataset, VERSION, backend=azure_backend(double))
+    again = Project(hosted).train_hosted_candidate(dataset, VERSION, backend=azure_backend(double))
     assert again.reattached and again.model_id == result.model_id and jobs_created(double) == 1
 
 
@@ -84,7 +84,7 @@ def test_an_interrupted_wait_cancels_the_job(hosted, dataset, double):  # noqa: 
     double.polls_per_status = 10_000
     backend = InterruptedWait(azure_backend(double).client, backoff=azure_backend(double).backoff)
     with pytest.raises(KeyboardInterrupt):
-        stages.train_hosted_candidate(hosted, dataset, VERSION, backend=backend)
+        Project(hosted).train_hosted_candidate(dataset, VERSION, backend=backend)
     (job_id,) = double.jobs
     assert double.jobs[job_id]["status"] in ("cancelled", "cancelling")
     assert registered(hosted, VERSION) is None
@@ -93,7 +93,7 @@ def test_an_interrupted_wait_cancels_the_job(hosted, dataset, double):  # noqa: 
 def test_a_failed_job_registers_nothing_and_says_why(hosted, dataset, double):  # noqa: F811
     double.job_outcome = "failed"
     with pytest.raises(HostedFineTuneError, match="invalid_training_file"):
-        stages.train_hosted_candidate(hosted, dataset, VERSION, backend=azure_backend(double))
+        Project(hosted).train_hosted_candidate(dataset, VERSION, backend=azure_backend(double))
     assert registered(hosted, VERSION) is None
 
 
@@ -101,7 +101,7 @@ def test_cancel_names_the_recorded_job(hosted, dataset, double):  # noqa: F811
     double.polls_per_status = 10_000
     hosted.training.hosted_timeout_s = 0.2
     with pytest.raises(HostedFineTuneError):
-        stages.train_hosted_candidate(hosted, dataset, VERSION, backend=azure_backend(double))
+        Project(hosted).train_hosted_candidate(dataset, VERSION, backend=azure_backend(double))
     job_id = cancel_hosted(azure_backend(double), hosted.paths.models, VERSION)
     assert double.jobs[job_id]["status"] in ("cancelled", "cancelling")
     with pytest.raises(HostedFineTuneError, match="no hosted job recorded"):

@@ -1,0 +1,710 @@
+"""The project: an opened data root, and every stage of the loop as one of its methods.
+
+`Project(settings)` owns what the stages share: the data root's paths, the run store (one
+connection policy: open, use, close; read-only for readers outside the `duckdb` pool, so they
+never take the writer lock), the model registry, the scenario catalog (loaded once) and the
+landing archive. Every caller goes through it: the Dagster assets (via `ProjectResource`), the
+loop, the CLI and the tests. Domain packages below it (runs, curation, training, evaluation,
+deploy) do the work; this module only wires them, and says in one place what each stage
+returns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from autoretrain.runs.archive import RunArchive
+from autoretrain.runs.store import IngestReport, RunStore
+from autoretrain.settings import Paths, Settings, load_settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from autoretrain.agents.promotion_guard import DecisionReport
+    from autoretrain.curation.manifest import DatasetVersion
+    from autoretrain.deploy.registry import LedgerEntry, ModelRegistry, ModelVersion
+    from autoretrain.evaluation.canary import CanaryAnalysis
+    from autoretrain.evaluation.compare import Comparison
+    from autoretrain.providers.base import ChatModel
+    from autoretrain.runs.scoring import ScoreReport
+    from autoretrain.scenarios import Catalog
+    from autoretrain.selfplay import SelfPlayReport
+    from autoretrain.training.config import TrainResult
+    from autoretrain.training.hosted import HostedBackend
+
+
+@dataclass
+class IngestSummary:
+    reports: dict[str, IngestReport] = field(default_factory=dict)
+
+    def _sum(self, name: str) -> int:
+        return sum(getattr(r, name) for r in self.reports.values())
+
+    @property
+    def read(self) -> int:
+        return self._sum("read")
+
+    @property
+    def inserted(self) -> int:
+        return self._sum("inserted")
+
+    @property
+    def replaced(self) -> int:
+        return self._sum("replaced")
+
+    @property
+    def quarantined(self) -> int:
+        return self._sum("quarantined")
+
+    @property
+    def quarantine_rate(self) -> float:
+        return self.quarantined / self.read if self.read else 0.0
+
+    @property
+    def unknown_schema_versions(self) -> int:
+        return sum(sum(r.unknown_schema_versions.values()) for r in self.reports.values())
+
+    @property
+    def schema_versions(self) -> set[int]:
+        return {v for r in self.reports.values() for v in r.schema_versions}
+
+    @property
+    def top_reasons(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for r in self.reports.values():
+            total.update(r.quarantine_reasons)
+        return dict(total.most_common(5))
+
+
+# -- models -----------------------------------------------------------------------------------
+
+EMBEDDED = "embedded"  # the models/<name>/ folder of the embedded default
+BASE_VERSION = "v0"
+
+
+# -- curation ---------------------------------------------------------------------------------
+
+
+def _agent_version() -> str:
+    from autoretrain.agents.workflow import AGENT_VERSION
+
+    return AGENT_VERSION
+
+
+# -- training ---------------------------------------------------------------------------------
+
+
+@dataclass
+class HostedTrainResult:
+    """What `train_candidate` returns for a hosted fine-tune (the local trainer's shape)."""
+
+    method: str
+    model_dir: Any
+    adapter_dir: Any
+    metrics: dict[str, Any]
+    job_id: str
+    model_id: str
+    reattached: bool
+
+
+# -- evaluation and deployment ----------------------------------------------------------------
+
+
+@dataclass
+class CanaryTraffic:
+    """What the canary stage played and what the analysis said."""
+
+    candidate: str
+    runs_played: int
+    rounds: int
+    analysis: CanaryAnalysis
+
+
+def _insufficient(analysis: Any) -> bool:
+    from autoretrain.evaluation.canary import INSUFFICIENT
+
+    return any(INSUFFICIENT in (g.detail or "") for g in analysis.failed_gates)
+
+
+def _read_json(path: Any) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Project:
+    """An opened data root. Cheap to make: nothing is opened until a stage needs it."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @classmethod
+    def open(cls, config_file: Path | None = None, **overrides: Any) -> Project:
+        """The project the environment names (AUTORETRAIN_HOME, autoretrain.yaml)."""
+        return cls(load_settings(config_file, **overrides))
+
+    @property
+    def paths(self) -> Paths:
+        return self.settings.paths
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """The scenario catalog, loaded once per project handle."""
+        from autoretrain.scenarios import load_catalog
+
+        return load_catalog(self.settings.scenarios_dir)
+
+    @property
+    def archive(self) -> RunArchive:
+        """The landing zone (append-only JSONL by day)."""
+        return RunArchive(self.settings.paths.landing)
+
+    @contextmanager
+    def store(self, read_only: bool = False) -> Iterator[RunStore]:
+        """The run store, open for the length of a `with` block (DuckDB allows one writer
+        process: writers run in the `duckdb` pool; readers elsewhere ask for read_only)."""
+        with RunStore.from_settings(self.settings, read_only=read_only) as store:
+            yield store
+
+    def model_for(self, slot_or_version: str) -> ChatModel:
+        """A chat model for a slot (`primary`, `canary`, ...) or a registered version id."""
+        if self.settings.paths.database.exists():
+            with self.store(read_only=True) as store:
+                version = self.registry(store, read_only=True).get(slot_or_version)
+            if version is not None:
+                return self.model_for_version(version)
+        return self._slot_model(slot_or_version)
+
+    def ingest_days(self, days: list[str]) -> IngestSummary:
+        """Ingest the landing zone's files for each day (idempotent; bad lines to quarantine)."""
+        archive = self.archive
+        summary = IngestSummary()
+        with self.store() as store:
+            for day in days:
+                summary.reports[day] = store.ingest_day(day, archive.files(day))
+        return summary
+
+    def score_days(self, start_day: str, end_day: str) -> ScoreReport:
+        """Per-run metrics for a day range into `scored_runs` (replaces those days' rows)."""
+        from autoretrain.runs.scoring import score_days as score
+
+        with self.store() as store:
+            return score(store.con, start_day, end_day, self.settings.promotion_gates())
+
+    def decide_days(self, start_day: str, end_day: str, reviewer: Any = None) -> DecisionReport:
+        """PromotionGuardAgent decisions for a day range into `promotion_decisions`."""
+        from autoretrain.agents.promotion_guard import PromotionGuardAgent
+        from autoretrain.agents.promotion_guard import decide_days as decide
+
+        guard = PromotionGuardAgent(self.settings.promotion_gates(), reviewer=reviewer)
+        with self.store() as store:
+            return decide(store.con, start_day, end_day, guard)
+
+    def selfplay(
+        self,
+        n: int,
+        *,
+        slot: str = "primary",
+        concurrency: int | None = None,
+        workers: int | None = None,
+        seed: int | None = None,
+        canary_share: float | None = None,
+        progress: bool = True,
+        primary_model: Any = None,
+        canary_model: Any = None,
+    ) -> SelfPlayReport:
+        """Run `n` self-play runs against the model in `slot` (and a share on the canary slot),
+        landing every run in the landing zone. Returns the SelfPlayReport."""
+        from autoretrain.agents.verifier import VerifierAgent
+        from autoretrain.agents.workflow import WorkflowConfig
+        from autoretrain.providers.base import Sampling
+        from autoretrain.runs.pricing import PriceTable
+        from autoretrain.selfplay import SelfPlayRunner, SlotTarget
+
+        cfg = self.settings.selfplay
+        catalog = self.catalog
+        share = cfg.canary_share if canary_share is None else canary_share
+        primary = SlotTarget(slot, primary_model or self._slot_model(slot), self.settings.provider)
+        canary = None
+        if share > 0:
+            canary = SlotTarget(
+                "canary", canary_model or self._slot_model("canary"), self.settings.provider
+            )
+        seed = cfg.seed if seed is None else seed
+        runner = SelfPlayRunner(
+            catalog,
+            catalog.registry,
+            VerifierAgent(),
+            self.archive,
+            primary,
+            canary=canary,
+            canary_share=share,
+            prices=PriceTable.from_settings(self.settings),
+            # Seeded sampling too: the same seed, model and concurrency give the same runs.
+            workflow=WorkflowConfig(
+                sampling=Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed)
+            ),
+            concurrency=concurrency or cfg.concurrency,
+            workers=workers or cfg.workers,
+            progress=progress,
+            exclude=catalog.evaluation_hashes(self.settings.evaluation.instances_per_scenario),
+        )
+        return runner.run(n, seed=seed, weights=cfg.category_weights or None)
+
+    def registry(self, store: RunStore, read_only: bool = False) -> ModelRegistry:
+        """The model registry over an open store."""
+        from autoretrain.deploy.registry import ModelRegistry
+
+        return ModelRegistry(store.con, self.settings, read_only=read_only)
+
+    def ensure_base_model(self, **bootstrap_options: Any) -> str | None:
+        """The first incumbent. For a local profile with an empty primary slot: bootstrap the
+        embedded model (if not on disk), register it as `v0` and put it in primary. Otherwise the
+        incumbent is whatever primary holds (or, for remote profiles, what the profile names)."""
+        if self.settings.profile.kind != "local":
+            return None
+        with self.store() as store:
+            registry = self.registry(store)
+            current = registry.slots().get("primary")
+            if current is not None:
+                return current
+        model_dir = self.settings.paths.models / EMBEDDED / BASE_VERSION
+        if not (model_dir / "config.json").exists():
+            from autoretrain.training.bootstrap import bootstrap_base_model
+
+            catalog = self.catalog
+            training = self.settings.training
+            options = {
+                "demos_per_scenario": training.bootstrap_demos_per_scenario,
+                "seed": training.seed,
+                "time_budget_s": training.bootstrap_time_budget_s,
+                **bootstrap_options,
+            }
+            bootstrap_base_model(
+                catalog,
+                model_dir,
+                evaluation_per_scenario=self.settings.evaluation.instances_per_scenario,
+                **options,
+            )
+        with self.store() as store:
+            registry = self.registry(store)
+            if registry.get(BASE_VERSION) is None:
+                registry.register(
+                    version_id=BASE_VERSION,
+                    base_model=f"{EMBEDDED}-tiny-llama",
+                    kind="local",
+                    model_dir=model_dir,
+                    training_metrics=_read_json(model_dir / "training_metrics.json"),
+                )
+            registry.promote(
+                BASE_VERSION,
+                "primary",
+                reason="bootstrap: the first incumbent",
+                actor="autoretrain",
+            )
+        return BASE_VERSION
+
+    def _slot_model(self, slot: str) -> ChatModel:
+        """The model serving a slot. Local profiles follow the registry (runs are recorded under
+        the version id, which canary analysis and the ledger speak); others follow the profile."""
+        from autoretrain.providers.factory import chat_model_for
+
+        if self.settings.profile.kind == "local" and not self.settings.profile.slots.get(slot):
+            version = self.slot_version(slot)
+            if version is not None:
+                return self.model_for_version(version)
+        return chat_model_for(self.settings, slot)
+
+    def slot_version(self, slot: str = "primary") -> ModelVersion | None:
+        """The registered version in a slot of the active profile, or None (read-only: callers
+        outside the `duckdb` pool, such as self-play, must not take the writer lock)."""
+        if not self.settings.paths.database.exists():
+            return None
+        with self.store(read_only=True) as store:
+            return self.registry(store, read_only=True).resolve_slot(slot)
+
+    def model_for_version(self, version: ModelVersion) -> ChatModel:
+        """A chat model for a registered version: local directories load in-process."""
+        from autoretrain.providers.factory import chat_model_for
+
+        if version.kind == "local":
+            model = chat_model_for(
+                self.settings, model_dir=version.adapter_dir or version.model_dir
+            )
+            model.name = version.id
+            return model
+        # Hosted: the slot's deployment serves it (see deploy/targets.py).
+        return chat_model_for(
+            self.settings, "candidate" if "candidate" in self.settings.profile.slots else "canary"
+        )
+
+    def build_training_dataset(self) -> DatasetVersion:
+        """Promotable runs (human decisions over automatic ones) → a new dataset version."""
+        from autoretrain.curation.builder import build_dataset
+        from autoretrain.curation.source import promoted_records
+
+        catalog = self.catalog
+        incumbent = self.slot_version("primary")
+        # Streamed: the records wait in a temporary file, not as Run objects in memory.
+        with promoted_records(self.settings) as (_, records):
+            return build_dataset(
+                records,
+                out_root=self.settings.paths.datasets,
+                eval_hashes=catalog.evaluation_hashes(
+                    self.settings.evaluation.instances_per_scenario
+                ),
+                eval_scenario_ids={s.id for s in catalog.eval_scenarios},
+                settings=self.settings,
+                manifest_extra={
+                    "catalog_hash": catalog.hash,
+                    "source": f"run store {self.settings.paths.database}",
+                    "source_model": incumbent.id if incumbent else None,
+                    "agent_version": _agent_version(),
+                },
+            )
+
+    def train_candidate(
+        self, dataset_dir: Any, version_id: str, **overrides: Any
+    ) -> TrainResult | HostedTrainResult:
+        """Fine-tune the incumbent (primary) on a dataset version; register the result as
+        `version_id`. The base model's demonstrations are mixed back in (REFERENCE.md's recipe:
+        verified self-play plus the original demos), so the model keeps what it was taught."""
+        from pathlib import Path
+
+        from autoretrain.providers.local import TINY_MODEL_PARAMS
+        from autoretrain.training.base_model import parameter_count
+        from autoretrain.training.bootstrap import DEMOS_FILE
+        from autoretrain.training.config import TrainConfig
+        from autoretrain.training.lora import train
+
+        if self.settings.training.backend == "azure":
+            return self.train_hosted_candidate(dataset_dir, version_id)
+        incumbent = self.slot_version("primary")
+        if incumbent is None or incumbent.kind != "local":
+            raise ValueError(
+                "local training needs a local model in the primary slot; for hosted models set "
+                "training.backend: azure (docs/configuration.md)"
+            )
+        base_dir = Path(incumbent.model_dir or incumbent.adapter_dir)
+        demos = self.settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
+        mix_in = [str(demos)] if demos.exists() else []
+        # A merged model, never a bare adapter: the next round trains on top of this version.
+        # Tiny models train on one thread: their 128-wide matrices are too small for intra-op
+        # threads to pay off, and on a busy machine the threads' spin-waiting cost ~5x.
+        defaults: dict[str, Any] = {"merge_adapter": True}
+        if parameter_count(base_dir) < TINY_MODEL_PARAMS:
+            defaults["torch_threads"] = 1
+        config = TrainConfig.from_settings(
+            self.settings.training, mix_in=mix_in, **{**defaults, **overrides}
+        )
+        output_dir = self.settings.paths.models / EMBEDDED / version_id
+        result = train(Path(dataset_dir), base_dir, output_dir, config)
+        dataset_version = Path(dataset_dir).name
+        with self.store() as store:
+            registry = self.registry(store)
+            registry.register(
+                version_id=version_id,
+                base_model=incumbent.base_model,
+                kind="local",
+                model_dir=result.merged_dir or result.model_dir,
+                adapter_dir=result.adapter_dir if not result.merged_dir else None,
+                dataset_version=dataset_version,
+                training_metrics=result.metrics,
+                parent_version=incumbent.id,
+            )
+        return result
+
+    def hosted_backend(self, backend: Any = None) -> HostedBackend:
+        from autoretrain.training.hosted import HostedBackend
+
+        if backend is not None:
+            return backend
+        name = self.settings.training.hosted_profile or self.settings.provider
+        if name not in self.settings.providers:
+            raise ValueError(f"training.hosted_profile {name!r} is not a provider profile")
+        return HostedBackend.from_profile(self.settings.providers[name])
+
+    def train_hosted_candidate(
+        self, dataset_dir: Any, version_id: str, backend: Any = None
+    ) -> HostedTrainResult:
+        """The candidate as an Azure OpenAI fine-tuning job (submitted once, re-attached after a
+        crash), registered as a hosted version when it succeeds."""
+        from pathlib import Path
+
+        from autoretrain.training.hosted import HostedFineTuneError
+        from autoretrain.training.hosted_candidate import train_hosted
+
+        training = self.settings.training
+        incumbent = self.slot_version("primary")
+        # A hosted incumbent's fine-tuned model is the next round's base (Azure fine-tunes further).
+        base = (
+            incumbent.hosted_model_id
+            if incumbent is not None and incumbent.kind == "hosted"
+            else training.hosted_base_model
+        )
+        if not base:
+            raise ValueError(
+                "training.backend is azure but there is no base model: set training.hosted_base_model "
+                "(e.g. gpt-4o-mini-2024-07-18) or register a hosted incumbent in primary"
+            )
+        candidate = train_hosted(
+            self.hosted_backend(backend),
+            Path(dataset_dir),
+            base,
+            version_id,
+            self.settings.paths.models,
+            config={"suffix": "autoretrain", "seed": training.seed, "n_epochs": training.epochs},
+            timeout_s=training.hosted_timeout_s,
+            price_per_1k_training_tokens=training.hosted_price_per_1k_training_tokens,
+        )
+        outcome = candidate.outcome
+        if not outcome.succeeded:
+            raise HostedFineTuneError(
+                f"hosted fine-tune {candidate.job_id} for {version_id} {outcome.status}: "
+                f"{outcome.reason} (record: {candidate.record})"
+            )
+        metrics = {**candidate.metrics, "job_id": candidate.job_id, "backend": "azure"}
+        with self.store() as store:
+            registry = self.registry(store)
+            if registry.get(version_id) is None:
+                registry.register(
+                    version_id=version_id,
+                    base_model=base,
+                    kind="hosted",
+                    hosted_model_id=outcome.model_id,
+                    dataset_version=Path(dataset_dir).name,
+                    training_metrics=metrics,
+                    parent_version=incumbent.id if incumbent else None,
+                )
+        return HostedTrainResult(
+            "hosted", None, None, metrics, candidate.job_id, outcome.model_id, candidate.reattached
+        )
+
+    def evaluate_candidate(self, version_id: str, progress: bool = True) -> Comparison:
+        """Replay both evaluation tiers through the incumbent (primary) and the candidate; decide;
+        save the comparison, its report and chart. Returns the Comparison (with evaluation_id)."""
+        from autoretrain.evaluation.harness import evaluate
+        from autoretrain.evaluation.report import save_comparison
+
+        catalog = self.catalog
+        with self.store() as store:
+            registry = self.registry(store)
+            incumbent = registry.get(registry.slots().get("primary") or "")
+            candidate = registry.get(version_id)
+        if incumbent is None or candidate is None:
+            raise ValueError(
+                f"cannot evaluate: incumbent {incumbent} / candidate {version_id!r} not registered"
+            )
+        comparison = evaluate(
+            self.model_for_version(incumbent),
+            self.model_for_version(candidate),
+            catalog,
+            self.settings,
+            incumbent_name=incumbent.id,
+            candidate_name=candidate.id,
+            progress=progress,
+        )
+        with self.store() as store:
+            save_comparison(store.con, comparison, self.settings)
+        return comparison
+
+    def deploy(
+        self, version_id: str, slot: str, reason: str, evaluation_id: str | None = None
+    ) -> LedgerEntry:
+        """Serve a version in a slot through the profile's target (serving.json, an Azure
+        deployment, an LM Studio id), then record it in the ledger. Returns the ledger entry."""
+        from autoretrain.deploy.targets import deploy_to_slot, slot_target
+
+        with self.store() as store:
+            entry, _ = deploy_to_slot(
+                self.registry(store),
+                slot_target(self.settings),
+                version_id,
+                slot,
+                reason=reason,
+                evaluation_id=evaluation_id,
+                actor="autoretrain",
+            )
+            return entry
+
+    def deploy_candidate(self, candidate: str, slot: str) -> LedgerEntry:
+        """Automation's deployment: re-read the candidate's own recorded decisions (its evaluation,
+        and for primary its canary analysis) and move the slot only if they clear it; the ledger
+        cites the evaluation that did. Raises ClearanceRefused, changing nothing, otherwise."""
+        from autoretrain.deploy.clearance import clear
+        from autoretrain.deploy.targets import deploy_to_slot, slot_target
+
+        with self.store() as store:
+            registry = self.registry(store)
+            clearance = clear(store.con, registry, candidate, slot)
+            entry, _ = deploy_to_slot(
+                registry,
+                slot_target(self.settings),
+                candidate,
+                slot,
+                reason=clearance.reason,
+                evaluation_id=clearance.evaluation_id,
+                actor="autoretrain",
+            )
+            return entry
+
+    def canary_runs_needed(self, share: float) -> int:
+        """Self-play runs for one canary round: enough that each slot clears the analysis's
+        minimum with room (2.5x), and at least half an iteration's self-play, so the
+        non-inferiority test has the power the loop's figures were measured with."""
+        min_runs = self.settings.evaluation_lifts().min_canary_runs
+        return max(
+            self.settings.selfplay.runs_per_iteration // 2,
+            int(2.5 * min_runs / min(share, 1 - share)),
+        )
+
+    def canary_traffic(
+        self, candidate: str, progress: bool = False, max_rounds: int = 3
+    ) -> CanaryTraffic:
+        """Canary traffic for a candidate in the canary slot: self-play split between canary and
+        primary, ingested, then analysed (canary vs the current primary) and recorded. Plays
+        another round while the analysis lacks traffic, up to `max_rounds`; a candidate that no
+        longer holds canary gets a failed analysis without traffic."""
+        from autoretrain.deploy.clearance import save_canary_analysis
+
+        share = self.settings.selfplay.canary_share or 0.5
+        played = rounds = 0
+        while True:
+            analysis, primary = self.analyze_canary(candidate)
+            holds = primary is not None and analysis.window.get("canary_model") == candidate
+            if analysis.passed or not holds or rounds >= max_rounds:
+                break
+            if not _insufficient(analysis):
+                break
+            before = set(self.archive.days())
+            report = self.selfplay(
+                self.canary_runs_needed(share), canary_share=share, progress=progress
+            )
+            played += report.finished
+            rounds += 1
+            days = sorted(set(self.archive.days()) - before | self._today())
+            self.ingest_days(days)
+        with self.store() as store:
+            save_canary_analysis(store.con, candidate, primary, analysis)
+        return CanaryTraffic(candidate, played, rounds, analysis)
+
+    def _today(self) -> set[str]:
+        """Landing days self-play may just have written (UTC today; yesterday across midnight)."""
+        from datetime import UTC, datetime, timedelta
+
+        now = datetime.now(UTC)
+        days = {f"{now:%Y-%m-%d}", f"{now - timedelta(days=1):%Y-%m-%d}"}
+        return days & set(self.archive.days())
+
+    def analyze_canary(self, candidate: str) -> tuple[CanaryAnalysis, str | None]:
+        """The candidate's canary analysis against the current primary, over the runs since both
+        slots took their current versions; a candidate that does not hold the canary slot fails it
+        without looking at traffic."""
+        from autoretrain.evaluation.canary import CanaryAnalysis, canary_analysis
+        from autoretrain.evaluation.compare import Gate
+
+        with self.store(read_only=True) as store:
+            registry = self.registry(store, read_only=True)
+            slots = registry.slots()
+            primary = slots.get("primary")
+            if slots.get("canary") != candidate:
+                held = slots.get("canary")
+                gate = Gate(
+                    "canary_slot", False, None, None, f"{candidate} does not hold canary ({held})"
+                )
+                window = {"canary_model": slots.get("canary"), "primary_model": primary}
+                return CanaryAnalysis(passed=False, reasons=[gate], window=window), primary
+            analysis = canary_analysis(
+                store.con,
+                # Only traffic both slots served as they are now: earlier primary runs (older
+                # self-play, another mix of scenarios) are no comparison for this canary.
+                since=registry.held_since(("canary", "primary")),
+                lifts=self.settings.evaluation_lifts(),
+                canary_model=candidate,
+                primary_model=primary,
+                bootstrap_samples=self.settings.evaluation.bootstrap_samples,
+            )
+            return analysis, primary
+
+    def rollback(self, slot: str = "primary", reason: str = "rollback") -> LedgerEntry:
+        """Serve the slot's previously promoted version again and record the rollback."""
+        from autoretrain.deploy.targets import rollback_slot, slot_target
+
+        with self.store() as store:
+            entry, _ = rollback_slot(
+                self.registry(store),
+                slot_target(self.settings),
+                slot,
+                reason=reason,
+                actor="autoretrain",
+            )
+            return entry
+
+    def new_promotable_runs(self) -> tuple[int, str | None]:
+        """How many promotable runs are not yet in the newest dataset version (and its name).
+        A new version is worth building once this passes `dataset.min_new_promotable_runs`."""
+        import json
+
+        from autoretrain.curation.manifest import MANIFEST
+        from autoretrain.runs.review import promotable_run_ids
+
+        with self.store(read_only=True) as store:
+            promotable = set(promotable_run_ids(store.con))
+        root = self.settings.paths.datasets
+        versions = (
+            sorted(p for p in root.iterdir() if (p / MANIFEST).exists()) if root.exists() else []
+        )
+        if not versions:
+            return len(promotable), None
+        manifest = json.loads((versions[-1] / MANIFEST).read_text())
+        used = {rid for ids in manifest.get("run_ids", {}).values() for rid in ids}
+        used |= {x["run_id"] for x in manifest.get("excluded_runs", [])}
+        return len(promotable - used), versions[-1].name
+
+    def pass_rates(self, model: Any, per_scenario: int | None = None) -> dict[str, Any]:
+        """One model's verified pass rate on both evaluation tiers (greedy; nothing recorded).
+        For a quick look at a model; the regression gate compares two models with `evaluate`."""
+        from collections import defaultdict
+
+        from autoretrain.agents.play import play
+        from autoretrain.agents.verifier import VerifierAgent
+        from autoretrain.agents.workflow import WorkflowConfig
+        from autoretrain.providers.base import Sampling
+        from autoretrain.runs.tracker import RunTracker
+
+        catalog = self.catalog
+        per_scenario = per_scenario or self.settings.evaluation.instances_per_scenario
+        sampling = Sampling(temperature=0.0, max_tokens=self.settings.evaluation.max_tokens)
+        tracker = RunTracker(None, model=getattr(model, "name", "model"), traffic="evaluation")
+        verifier = VerifierAgent()
+        out: dict[str, Any] = {}
+        for tier in ("in_distribution", "held_out"):
+            instances = catalog.eval_instances(tier, per_scenario)  # type: ignore[arg-type]
+            by_category: dict[str, list[bool]] = defaultdict(list)
+            for run in play(
+                instances,
+                model,
+                tracker=tracker,
+                tools=catalog.registry,
+                verifier=verifier,
+                workflow=WorkflowConfig(sampling=sampling),
+                batch_size=self.settings.evaluation.batch_size,
+            ):
+                by_category[run.category or "?"].append(run.status == "succeeded")
+            results = [ok for oks in by_category.values() for ok in oks]
+            out[tier] = {
+                "instances": len(results),
+                "pass_rate": sum(results) / len(results) if results else 0.0,
+                "by_category": {
+                    c: round(sum(v) / len(v), 4) for c, v in sorted(by_category.items())
+                },
+            }
+        return out
