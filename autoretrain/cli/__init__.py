@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rollback": ("autoretrain.cli.models:rollback", "Return a slot to its last promoted version."),
     "eval": ("autoretrain.cli.evaluation:eval_", "Show evaluation comparisons."),
     "ui": ("autoretrain.cli.ui:ui", "Open the Dagster UI on the project's instance."),
-    "azure": ("autoretrain.deploy.azure:azure_cli", "Azure deployments (keep-alive)."),
+    "azure": ("autoretrain.cli.azure:azure_cli", "Azure deployments (keep-alive, retire)."),
 }
 
 

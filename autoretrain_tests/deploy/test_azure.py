@@ -11,13 +11,13 @@ import yaml
 from azure.core.credentials import AccessToken
 from click.testing import CliRunner
 
+from autoretrain.cli.azure import keep_alive_command
 from autoretrain.deploy.azure import (
     ARM_API_VERSION,
     AzureDeployments,
     DeploymentError,
     deployment_name,
     keep_alive,
-    keep_alive_command,
     slot_deployments,
 )
 from autoretrain.settings import ProviderProfile

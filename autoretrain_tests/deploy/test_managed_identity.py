@@ -148,7 +148,7 @@ def test_the_retire_command_signs_in_with_managed_identity(double, identity, tmp
     import yaml
     from click.testing import CliRunner
 
-    from autoretrain.deploy.azure import retire_command
+    from autoretrain.cli.azure import retire_command
     from autoretrain.deploy.registry import ModelRegistry
     from autoretrain.deploy.targets import AzureTarget, deploy_to_slot
 
