@@ -12,7 +12,7 @@ returns.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from autoretrain.agents.promotion_guard import DecisionReport
     from autoretrain.curation.manifest import DatasetVersion
     from autoretrain.deploy.registry import LedgerEntry, ModelRegistry, ModelVersion
+    from autoretrain.deploy.targets import TargetResult
     from autoretrain.evaluation.canary import CanaryAnalysis
     from autoretrain.evaluation.compare import Comparison
     from autoretrain.providers.base import ChatModel
@@ -113,6 +114,15 @@ class HostedTrainResult:
 
 
 # -- evaluation and deployment ----------------------------------------------------------------
+
+
+@dataclass
+class SlotChange:
+    """A slot moved (or re-applied): the ledger entry, None when the slot already held the
+    version, and what the serving side did (a deployment, serving.json, an id to load)."""
+
+    entry: LedgerEntry | None
+    target: TargetResult
 
 
 @dataclass
@@ -346,15 +356,29 @@ class Project:
             self.settings, "candidate" if "candidate" in self.settings.profile.slots else "canary"
         )
 
-    def build_training_dataset(self) -> DatasetVersion:
-        """Promotable runs (human decisions over automatic ones) → a new dataset version."""
+    def build_training_dataset(
+        self,
+        runs: Iterable[Any] | None = None,
+        *,
+        decisions: Mapping[str, str] | None = None,
+        catalog: Catalog | None = None,
+        source: str | None = None,
+        manifest_extra: dict[str, Any] | None = None,
+        require_runs: bool = False,
+    ) -> DatasetVersion:
+        """Promotable runs (human decisions over automatic ones) → a new dataset version.
+
+        The same build for every caller: by default the run store's promotable runs and the
+        project's catalog. `runs` (records from elsewhere, with optional `decisions`: run_id →
+        decision), `catalog` (another catalog) and `source` replace those inputs; the manifest
+        has the same keys either way (`manifest_extra` adds to them). `require_runs` refuses,
+        with a ValueError, to build from a store that has no promotable run."""
         from autoretrain.curation.builder import build_dataset
         from autoretrain.curation.source import promoted_records
 
-        catalog = self.catalog
-        incumbent = self.slot_version("primary")
-        # Streamed: the records wait in a temporary file, not as Run objects in memory.
-        with promoted_records(self.settings) as (_, records):
+        catalog = catalog or self.catalog
+
+        def build(records: Iterable[Any], source: str, source_model: str | None) -> DatasetVersion:
             return build_dataset(
                 records,
                 out_root=self.settings.paths.datasets,
@@ -365,18 +389,50 @@ class Project:
                 settings=self.settings,
                 manifest_extra={
                     "catalog_hash": catalog.hash,
-                    "source": f"run store {self.settings.paths.database}",
-                    "source_model": incumbent.id if incumbent else None,
+                    "source": source,
+                    "source_model": source_model,
                     "agent_version": _agent_version(),
+                    **(manifest_extra or {}),
                 },
+                decisions=decisions,
+            )
+
+        if runs is not None:
+            # Runs from outside the store: no slot's model is known to have produced them.
+            return build(runs, source or "runs given by the caller", None)
+        incumbent = self.slot_version("primary")
+        # Streamed: the records wait in a temporary file, not as Run objects in memory.
+        with promoted_records(self.settings) as (n, records):
+            if require_runs and not n:
+                raise ValueError(
+                    f"no promoted runs in {self.settings.paths.database}: score and decide runs "
+                    "first (`autoretrain review` settles the ones that need a human)"
+                )
+            return build(
+                records,
+                source or f"run store {self.settings.paths.database}",
+                incumbent.id if incumbent else None,
             )
 
     def train_candidate(
-        self, dataset_dir: Any, version_id: str, **overrides: Any
+        self,
+        dataset_dir: Any,
+        version_id: str,
+        *,
+        backend: str | None = None,
+        base_dir: Path | None = None,
+        output_dir: Path | None = None,
+        **overrides: Any,
     ) -> TrainResult | HostedTrainResult:
         """Fine-tune the incumbent (primary) on a dataset version; register the result as
-        `version_id`. The base model's demonstrations are mixed back in (REFERENCE.md's recipe:
-        verified self-play plus the original demos), so the model keeps what it was taught."""
+        `version_id`, its parent the incumbent. The base model's demonstrations are mixed back
+        in (REFERENCE.md's recipe: verified self-play plus the original demos), so the model
+        keeps what it was taught. `overrides` are TrainConfig fields (`mix_in` adds files).
+
+        `backend` overrides `training.backend`; `output_dir` replaces
+        `<models>/embedded/<version_id>`. `base_dir` trains a model directory from outside the
+        registry instead of the incumbent: no demonstrations, no merge default, and nothing is
+        registered (register it yourself, docs/guides/own-model.md)."""
         from pathlib import Path
 
         from autoretrain.providers.local import TINY_MODEL_PARAMS
@@ -385,38 +441,49 @@ class Project:
         from autoretrain.training.config import TrainConfig
         from autoretrain.training.lora import train
 
-        if self.settings.training.backend == "azure":
+        if (backend or self.settings.training.backend) == "azure":
             return self.train_hosted_candidate(dataset_dir, version_id)
-        incumbent = self.slot_version("primary")
-        if incumbent is None or incumbent.kind != "local":
-            raise ValueError(
-                "local training needs a local model in the primary slot; for hosted models set "
-                "training.backend: azure (docs/configuration.md)"
-            )
-        base_dir = Path(incumbent.model_dir or incumbent.adapter_dir)
-        demos = self.settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
-        mix_in = [str(demos)] if demos.exists() else []
-        # A merged model, never a bare adapter: the next round trains on top of this version.
-        # Tiny models train on one thread: their 128-wide matrices are too small for intra-op
-        # threads to pay off, and on a busy machine the threads' spin-waiting cost ~5x.
-        defaults: dict[str, Any] = {"merge_adapter": True}
-        if parameter_count(base_dir) < TINY_MODEL_PARAMS:
-            defaults["torch_threads"] = 1
+        incumbent = None
+        defaults: dict[str, Any] = {}
+        mix_in = [str(p) for p in overrides.pop("mix_in", None) or []]
+        if base_dir is None:
+            incumbent = self.slot_version("primary")
+            if incumbent is None or incumbent.kind != "local":
+                raise ValueError(
+                    "local training needs a local model in the primary slot; for hosted models "
+                    "set training.backend: azure (docs/configuration.md)"
+                )
+            with self.store(read_only=True) as store:
+                if self.registry(store, read_only=True).get(version_id) is not None:
+                    raise ValueError(
+                        f"version {version_id!r} is already registered; versions are never "
+                        "overwritten: pick a new version id"
+                    )
+            base_dir = Path(incumbent.model_dir or incumbent.adapter_dir)
+            demos = self.settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
+            mix_in = ([str(demos)] if demos.exists() else []) + mix_in
+            # A merged model, never a bare adapter: the next round trains on top of this version.
+            defaults["merge_adapter"] = True
+            # Tiny models train on one thread: their 128-wide matrices are too small for intra-op
+            # threads to pay off, and on a busy machine the threads' spin-waiting cost ~5x.
+            if parameter_count(base_dir) < TINY_MODEL_PARAMS:
+                defaults["torch_threads"] = 1
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         config = TrainConfig.from_settings(
             self.settings.training, mix_in=mix_in, **{**defaults, **overrides}
         )
-        output_dir = self.settings.paths.models / EMBEDDED / version_id
-        result = train(Path(dataset_dir), base_dir, output_dir, config)
-        dataset_version = Path(dataset_dir).name
+        output_dir = output_dir or self.settings.paths.models / EMBEDDED / version_id
+        result = train(Path(dataset_dir), Path(base_dir), output_dir, config)
+        if incumbent is None:
+            return result
         with self.store() as store:
-            registry = self.registry(store)
-            registry.register(
+            self.registry(store).register(
                 version_id=version_id,
                 base_model=incumbent.base_model,
                 kind="local",
                 model_dir=result.merged_dir or result.model_dir,
                 adapter_dir=result.adapter_dir if not result.merged_dir else None,
-                dataset_version=dataset_version,
+                dataset_version=Path(dataset_dir).name,
                 training_metrics=result.metrics,
                 parent_version=incumbent.id,
             )
@@ -517,23 +584,22 @@ class Project:
         return comparison
 
     def deploy(
-        self, version_id: str, slot: str, reason: str, evaluation_id: str | None = None
+        self,
+        version_id: str,
+        slot: str,
+        reason: str | None,
+        evaluation_id: str | None = None,
+        *,
+        actor: str | None = "autoretrain",
+        profile: str | None = None,
     ) -> LedgerEntry:
         """Serve a version in a slot through the profile's target (serving.json, an Azure
-        deployment, an LM Studio id), then record it in the ledger. Returns the ledger entry."""
-        from autoretrain.deploy.targets import deploy_to_slot, slot_target
-
-        with self.store() as store:
-            entry, _ = deploy_to_slot(
-                self.registry(store),
-                slot_target(self.settings),
-                version_id,
-                slot,
-                reason=reason,
-                evaluation_id=evaluation_id,
-                actor="autoretrain",
-            )
-            return entry
+        deployment, an LM Studio id), then record it in the ledger. Returns the ledger entry
+        (see `move_slot` for what the serving side did)."""
+        return self.move_slot(
+            version_id, slot, reason=reason, evaluation_id=evaluation_id, actor=actor,
+            profile=profile,
+        ).entry  # fmt: skip
 
     def deploy_candidate(self, candidate: str, slot: str) -> LedgerEntry:
         """Automation's deployment: re-read the candidate's own recorded decisions (its evaluation,
@@ -634,19 +700,18 @@ class Project:
             )
             return analysis, primary
 
-    def rollback(self, slot: str = "primary", reason: str = "rollback") -> LedgerEntry:
+    def rollback(
+        self,
+        slot: str = "primary",
+        reason: str | None = "rollback",
+        *,
+        actor: str | None = "autoretrain",
+        profile: str | None = None,
+    ) -> LedgerEntry:
         """Serve the slot's previously promoted version again and record the rollback."""
-        from autoretrain.deploy.targets import rollback_slot, slot_target
-
-        with self.store() as store:
-            entry, _ = rollback_slot(
-                self.registry(store),
-                slot_target(self.settings),
-                slot,
-                reason=reason,
-                actor="autoretrain",
-            )
-            return entry
+        entry = self.roll_back_slot(slot, reason=reason, actor=actor, profile=profile).entry
+        assert entry is not None  # a rollback always moves the slot
+        return entry
 
     def new_promotable_runs(self) -> tuple[int, str | None]:
         """How many promotable runs are not yet in the newest dataset version (and its name).
@@ -708,3 +773,65 @@ class Project:
                 },
             }
         return out
+
+    def move_slot(
+        self,
+        version_id: str,
+        slot: str,
+        *,
+        reason: str | None = None,
+        evaluation_id: str | None = None,
+        actor: str | None = None,
+        profile: str | None = None,
+    ) -> SlotChange:
+        """`deploy`, with what the serving side did. Everything the registry would refuse is
+        refused before the target is built or moves (so a bad version id is named before an
+        Azure credential is looked for); the registry records the move once the target did it."""
+        from autoretrain.deploy.targets import deploy_to_slot, slot_target
+
+        with self.store() as store:
+            registry = self.registry(store)
+            registry.check_promotable(version_id, slot, profile)
+            entry, result = deploy_to_slot(
+                registry,
+                slot_target(self.settings, profile),
+                version_id,
+                slot,
+                reason=reason,
+                evaluation_id=evaluation_id,
+                actor=actor,
+                profile=profile,
+            )
+            return SlotChange(entry, result)
+
+    def roll_back_slot(
+        self,
+        slot: str = "primary",
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        profile: str | None = None,
+    ) -> SlotChange:
+        """`rollback`, with what the serving side did; a slot with nothing to roll back to, or
+        whose previous version would not load, is refused before the target is built."""
+        from autoretrain.deploy.targets import rollback_slot, slot_target
+
+        with self.store() as store:
+            registry = self.registry(store)
+            previous = registry.rollback_target(slot, profile)
+            if previous is not None:
+                registry.check_promotable(previous, slot, profile)
+            entry, result = rollback_slot(
+                registry,
+                slot_target(self.settings, profile),
+                slot,
+                reason=reason,
+                actor=actor,
+                profile=profile,
+            )
+            return SlotChange(entry, result)
+
+    def candidate_id(self, dataset_version: str) -> str:
+        """The version id of the candidate trained on a dataset version: `cand-<version>`, the
+        automation's partition key (defs/automation.py `candidate_key`)."""
+        return f"cand-{dataset_version}"

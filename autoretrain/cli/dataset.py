@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,9 +63,9 @@ def scan(path: Path, as_json: bool) -> None:
     if anything is found."""
     from autoretrain.curation.redact import PatternError
     from autoretrain.curation.scan import DATASET_FILES, scan_dataset, scan_file
-    from autoretrain.settings import load_settings
+    from autoretrain.project import Project
 
-    extra = load_settings().dataset.extra_secret_patterns
+    extra = Project.open().settings.dataset.extra_secret_patterns
     try:
         if path.is_dir():
             if not any((path / name).is_file() for name in DATASET_FILES):
@@ -107,9 +106,9 @@ def scan(path: Path, as_json: bool) -> None:
 def list_(as_json: bool, limit: int) -> None:
     """Dataset versions, newest first."""
     from autoretrain.curation.manifest import list_versions
-    from autoretrain.settings import load_settings
+    from autoretrain.project import Project
 
-    rows = list_versions(load_settings().paths.datasets)
+    rows = list_versions(Project.open().paths.datasets)
     rows = rows[:limit] if limit > 0 else rows
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
@@ -152,49 +151,29 @@ def build(
 ) -> None:
     """Build a dataset version from promoted runs (the run store's effective decisions, human
     over automatic), or from --runs files. Evaluation instances and eval scenarios of the
-    catalog are kept out of both splits."""
-    from autoretrain.settings import load_settings
-
-    settings = load_settings()
-    # The store's promoted records stream from a temporary file that lives until the build ends.
-    with contextlib.ExitStack() as stack:
-        version, unreadable = _build(settings, stack, run_files, decisions, catalog)
-    _report(version, unreadable, as_json)
-
-
-def _build(settings, stack, run_files, decisions, catalog):  # type: ignore[no-untyped-def]
-    from autoretrain.curation.builder import build_dataset
+    catalog are kept out of both splits. The same build as the `training_dataset` asset."""
     from autoretrain.curation.redact import PatternError
+    from autoretrain.project import Project
+    from autoretrain.runs.store import StoreNotFound
 
+    project = Project.open()
     unreadable: list[str] = []
-    chosen: dict[str, str] | None = None
+    options: dict[str, Any] = {"catalog": _catalog(project, catalog)}
     if run_files:
-        runs: Any = list(_read_records(run_files, unreadable))
-        if decisions is not None:
-            chosen = _read_decisions(decisions)
-        source = "files: " + ", ".join(str(p) for p in run_files)
-    else:
-        if decisions is not None:
-            raise click.ClickException("--decisions goes with --runs; the run store has its own")
-        runs = _promoted_from_store(settings, stack)
-        source = f"run store {settings.paths.database}"
-    cat = _catalog(catalog or settings.scenarios_dir)
-    eval_hashes = cat.evaluation_hashes(settings.evaluation.instances_per_scenario)
-    eval_ids = {scenario.id for scenario in cat.eval_scenarios}
-    extra = {"catalog_hash": cat.hash, "source": source, "unreadable_input_lines": unreadable}
+        options["runs"] = _read_records(run_files, unreadable)
+        options["decisions"] = _read_decisions(decisions) if decisions is not None else None
+        options["source"] = "files: " + ", ".join(str(p) for p in run_files)
+        # Filled while the build reads the records: the manifest takes the final list.
+        options["manifest_extra"] = {"unreadable_input_lines": unreadable}
+    elif decisions is not None:
+        raise click.ClickException("--decisions goes with --runs; the run store has its own")
     try:
-        version = build_dataset(
-            runs,
-            out_root=settings.paths.datasets,
-            eval_hashes=eval_hashes,
-            eval_scenario_ids=eval_ids,
-            settings=settings,
-            manifest_extra=extra,
-            decisions=chosen,
-        )
+        version = project.build_training_dataset(**options, require_runs=True)
+    except StoreNotFound as exc:
+        raise click.ClickException(f"{exc}; or pass --runs FILE") from None
     except (PatternError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    return version, unreadable
+    _report(version, unreadable, as_json)
 
 
 def _report(version, unreadable: list[str], as_json: bool) -> None:  # type: ignore[no-untyped-def]
@@ -221,15 +200,17 @@ def _report(version, unreadable: list[str], as_json: bool) -> None:  # type: ign
         click.echo(f"  {len(unreadable)} unreadable input line(s), e.g. {unreadable[0]}", err=True)
 
 
-def _catalog(path: Path):  # type: ignore[no-untyped-def]
+def _catalog(project: Any, path: Path | None):  # type: ignore[no-untyped-def]
+    """The catalog at `path`, or the project's own one."""
     from autoretrain.scenarios import CatalogError, load_catalog
 
+    where = path or project.settings.scenarios_dir
     try:
-        return load_catalog(path)
+        return load_catalog(path) if path is not None else project.catalog
     except (CatalogError, FileNotFoundError) as exc:
         raise click.ClickException(
             f"{exc}\nThe builder needs the catalog to keep evaluation instances out of the "
-            f"dataset: fix it (`autoretrain scenarios validate {path}`) or pass --catalog."
+            f"dataset: fix it (`autoretrain scenarios validate {where}`) or pass --catalog."
         ) from None
 
 
@@ -263,19 +244,3 @@ def _read_decisions(path: Path) -> dict[str, str]:
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise click.ClickException(f'{path}: expected a JSON object {{"run_id": "promote", ...}}')
     return data
-
-
-def _promoted_from_store(settings: Any, stack: contextlib.ExitStack) -> Any:
-    from autoretrain.curation.source import promoted_records
-    from autoretrain.runs.store import StoreNotFound
-
-    try:
-        n, records = stack.enter_context(promoted_records(settings))
-    except StoreNotFound as exc:
-        raise click.ClickException(f"{exc}; or pass --runs FILE") from None
-    if not n:
-        raise click.ClickException(
-            f"no promoted runs in {settings.paths.database}: score and decide runs first "
-            "(`autoretrain review` settles the ones that need a human)"
-        )
-    return records

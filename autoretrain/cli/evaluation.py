@@ -17,13 +17,14 @@ def eval_() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def show(evaluation_id: str | None, as_json: bool) -> None:
     """Print the comparison EVALUATION_ID, or the most recent one."""
-    from autoretrain.cli.models import read_connection
+    from autoretrain.cli.models import read_registry
     from autoretrain.evaluation.report import load_comparison, render_markdown, report_dir
-    from autoretrain.settings import load_settings
+    from autoretrain.project import Project
 
-    settings = load_settings()
-    with read_connection(settings) as con:
-        comparison = load_comparison(con, evaluation_id) if con is not None else None
+    project = Project.open()
+    settings = project.settings
+    with read_registry(project) as (store, _):
+        comparison = load_comparison(store.con, evaluation_id) if store is not None else None
     if comparison is None:
         what = f"evaluation {evaluation_id!r}" if evaluation_id else "any evaluation"
         raise click.ClickException(

@@ -9,44 +9,19 @@ from typing import Any
 
 import click
 
-from autoretrain.settings import Settings, load_settings
+from autoretrain.project import Project
+from autoretrain.settings import Settings
 
 
 @contextmanager
-def read_connection(settings: Settings) -> Iterator[Any]:
-    """A read-only DuckDB connection, or None when the database does not exist yet."""
-
-    if not settings.paths.database.exists():
-        yield None
+def read_registry(project: Project) -> Iterator[tuple[Any, Any]]:
+    """(the run store, the registry), read-only; (None, None) when the database does not exist
+    yet."""
+    if not project.paths.database.exists():
+        yield None, None
         return
-    con = _connect(settings, read_only=True)
-    try:
-        yield con
-    finally:
-        con.close()
-
-
-@contextmanager
-def write_connection(settings: Settings) -> Iterator[Any]:
-    settings.paths.database.parent.mkdir(parents=True, exist_ok=True)
-    con = _connect(settings, read_only=False)
-    try:
-        yield con
-    finally:
-        con.close()
-
-
-def _connect(settings: Settings, *, read_only: bool) -> Any:
-    import duckdb
-
-    from autoretrain.cli.errors import LOCK_TEXT, lock_message
-
-    try:
-        return duckdb.connect(str(settings.paths.database), read_only=read_only)
-    except duckdb.IOException as exc:
-        if LOCK_TEXT in str(exc):
-            raise click.ClickException(lock_message(exc, exc)) from exc
-        raise click.ClickException(f"cannot open {settings.paths.database}: {exc}") from exc
+    with project.store(read_only=True) as store:
+        yield store, project.registry(store, read_only=True)
 
 
 def _check_profile(settings: Settings, profile: str | None) -> None:
@@ -63,15 +38,13 @@ def _check_profile(settings: Settings, profile: str | None) -> None:
 @click.option("--limit", default=10, show_default=True, help="Ledger entries to show.")
 def models(as_json: bool, limit: int) -> None:
     """List model versions, the slots of every provider profile, and recent slot changes."""
-    from autoretrain.deploy.registry import ModelRegistry, RegistryError
+    from autoretrain.deploy.registry import RegistryError
 
-    settings = load_settings()
     dangling: list[dict[str, Any]] = []
-    with read_connection(settings) as con:
-        if con is None:
+    with read_registry(Project.open()) as (_, registry):
+        if registry is None:
             versions, slots, ledger = [], [], []
         else:
-            registry = ModelRegistry(con, settings, read_only=True)
             try:
                 versions = [v.to_dict() for v in registry.versions()]
                 slots = registry.all_slots()
@@ -125,31 +98,22 @@ def promote(
     version: str, slot: str, reason: str | None, evaluation_id: str | None, profile: str | None
 ) -> None:
     """Move model VERSION into a slot (recorded in the promotion ledger)."""
-    from autoretrain.deploy.registry import ModelRegistry, RegistryError
-    from autoretrain.deploy.targets import DeploymentError, deploy_to_slot, slot_target
+    from autoretrain.deploy.registry import RegistryError
+    from autoretrain.deploy.targets import DeploymentError
 
-    settings = load_settings()
-    _check_profile(settings, profile)
-    with write_connection(settings) as con:
-        try:
-            registry = ModelRegistry(con, settings)
-            # Everything the registry would refuse, refused before the serving side moves.
-            registry.check_promotable(version, slot, profile)
-            # The serving side moves first (Azure deployment, serving.json, LM Studio id);
-            # the registry records it only once that succeeded.
-            entry, result = deploy_to_slot(
-                registry,
-                slot_target(settings, profile),
-                version,
-                slot,
-                reason=reason,
-                evaluation_id=evaluation_id,
-                actor=None,
-                profile=profile,
-            )
-        except (RegistryError, DeploymentError) as exc:
-            raise click.ClickException(str(exc)) from exc
-    _echo_target(result)
+    project = Project.open()
+    _check_profile(project.settings, profile)
+    try:
+        # Everything the registry would refuse is refused before the serving side moves; the
+        # serving side moves first (Azure deployment, serving.json, LM Studio id), and the
+        # registry records it only once that succeeded.
+        change = project.move_slot(
+            version, slot, reason=reason, evaluation_id=evaluation_id, actor=None, profile=profile
+        )
+    except (RegistryError, DeploymentError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _echo_target(change.target)
+    entry = change.entry
     if entry is None:
         click.echo(f"{slot} already holds {version}; nothing changed")
     else:
@@ -167,23 +131,17 @@ def promote(
 @click.option("--profile", default=None, help="Provider profile (default: the active one).")
 def rollback(slot: str, reason: str | None, profile: str | None) -> None:
     """Return a slot to the version promoted there before the current one."""
-    from autoretrain.deploy.registry import ModelRegistry, RegistryError
-    from autoretrain.deploy.targets import DeploymentError, rollback_slot, slot_target
+    from autoretrain.deploy.registry import RegistryError
+    from autoretrain.deploy.targets import DeploymentError
 
-    settings = load_settings()
-    _check_profile(settings, profile)
-    with write_connection(settings) as con:
-        try:
-            registry = ModelRegistry(con, settings)
-            previous = registry.rollback_target(slot, profile)
-            if previous is not None:
-                registry.check_promotable(previous, slot, profile)
-            entry, result = rollback_slot(
-                registry, slot_target(settings, profile), slot, reason=reason, profile=profile
-            )
-        except (RegistryError, DeploymentError) as exc:
-            raise click.ClickException(str(exc)) from exc
-    _echo_target(result)
+    project = Project.open()
+    _check_profile(project.settings, profile)
+    try:
+        change = project.roll_back_slot(slot, reason=reason, actor=None, profile=profile)
+    except (RegistryError, DeploymentError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _echo_target(change.target)
+    entry = change.entry
     click.echo(
         f"{entry.provider_profile}/{slot}: rolled back {entry.from_version} -> "
         f"{entry.to_version} (ledger #{entry.seq})"

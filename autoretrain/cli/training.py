@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-
-from autoretrain.settings import load_settings
 
 
 @click.command()
@@ -25,11 +22,13 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
     """Build the tokenizer and a tiny Llama and train it on the catalog's reference demonstrations."""
     import shutil
 
-    from autoretrain.scenarios import CatalogError, load_catalog
+    from autoretrain.project import Project
+    from autoretrain.scenarios import CatalogError
     from autoretrain.training.bootstrap import bootstrap_base_model, embedded_model_dir
     from autoretrain.training.lora import METRICS_FILE
 
-    settings = load_settings()
+    project = Project.open()
+    settings = project.settings
     training = settings.training
     target = output or embedded_model_dir(settings)
     if target.exists():
@@ -37,7 +36,7 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
             raise click.ClickException(f"{target} already exists; pass --force to rebuild it")
         shutil.rmtree(target)
     try:
-        catalog = load_catalog(settings.scenarios_dir)
+        catalog = project.catalog
     except CatalogError as exc:
         raise click.ClickException(f"scenario catalog {settings.scenarios_dir}: {exc}") from exc
     bootstrap_base_model(
@@ -62,16 +61,13 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
         "tokens_per_s": metrics["tokens_per_s"],
     }
     if not no_eval:
-        from autoretrain.project import Project
         from autoretrain.providers.local import LocalChatModel
 
-        summary["pass_rates"] = Project(settings).pass_rates(LocalChatModel(target, name="v0"))
+        summary["pass_rates"] = project.pass_rates(LocalChatModel(target, name="v0"))
     if output is None:
         # The default location is the project's base model: register it as v0 and fill primary
         # (once: a primary already held by a later version is left alone), so `selfplay` works.
-        from autoretrain.project import Project
-
-        summary["registered"] = Project(settings).ensure_base_model()
+        summary["registered"] = project.ensure_base_model()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -98,10 +94,15 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
     "--base",
     "base_model_dir",
     type=click.Path(path_type=Path),
-    help="Hugging Face model directory. Default: the embedded v0.",
+    help="Train this Hugging Face model directory instead of the primary slot's version; "
+    "the result is not registered (register it yourself, docs/guides/own-model.md).",
 )
 @click.option("--name", default="embedded", show_default=True, help="Model name under <models>/.")
-@click.option("--version", help="Version folder. Default: a UTC timestamp.")
+@click.option(
+    "--version",
+    help="Version id (and folder). Default: cand-<dataset version>, the name the automation "
+    "gives the candidate of a dataset version.",
+)
 @click.option(
     "--output",
     type=click.Path(path_type=Path),
@@ -122,7 +123,8 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
     "--mix-in",
     multiple=True,
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
-    help="Extra JSONL added to the train split (e.g. the base model's demonstrations).",
+    help="Extra JSONL added to the train split (the base model's demonstrations are mixed in "
+    "already when training the primary slot's version).",
 )
 @click.option(
     "--backend",
@@ -137,34 +139,50 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
 def train(
     dataset_dir, base_model_dir, name, version, output, mix_in, backend, cancel, as_json, **options
 ) -> None:
-    """Fine-tune a model on a dataset version (full, LoRA or QLoRA) into <models>/<name>/<version>,
-    or as a hosted Azure OpenAI fine-tune (--backend azure)."""
-    from autoretrain.training.bootstrap import embedded_model_dir
-    from autoretrain.training.config import TrainConfig
+    """Fine-tune the primary slot's version on a dataset version (full, LoRA or QLoRA) and
+    register the candidate as --version, its parent the primary: the `candidate_model` asset's
+    training. Or a model directory of your own (--base), or a hosted Azure OpenAI fine-tune
+    (--backend azure)."""
+    from autoretrain.deploy.registry import RegistryError
+    from autoretrain.project import Project
     from autoretrain.training.data import DatasetError, LossMaskError
     from autoretrain.training.lora import TrainingError
-    from autoretrain.training.lora import train as run_training
 
-    settings = load_settings()
+    project = Project.open()
+    settings = project.settings
+    version = version or project.candidate_id(dataset_dir.name)
     if (backend or settings.training.backend) == "azure":
-        _train_hosted(settings, dataset_dir, version, cancel, as_json)
+        _train_hosted(project, dataset_dir, version, cancel, as_json)
         return
-    base = base_model_dir or embedded_model_dir(settings)
-    if not base.exists():
-        raise click.ClickException(
-            f"base model {base} not found; run `autoretrain bootstrap` or pass --base"
-        )
-    version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    parent = None
+    if base_model_dir is None:
+        incumbent = project.slot_version("primary")
+        if incumbent is None:
+            raise click.ClickException(
+                "no model in the primary slot to train from: run `autoretrain bootstrap` (it "
+                "registers the embedded v0 there), promote a version, or pass --base DIR"
+            )
+        parent = incumbent.id
+    elif not base_model_dir.exists():
+        raise click.ClickException(f"base model {base_model_dir} not found")
     target = output or settings.paths.models / name / version
-    config = TrainConfig.from_settings(
-        settings.training, mix_in=[str(p) for p in mix_in], **options
-    )
     try:
-        result = run_training(dataset_dir, base, target, config)
-    except (DatasetError, LossMaskError, TrainingError) as exc:
+        result = project.train_candidate(
+            dataset_dir,
+            version,
+            backend="local",
+            base_dir=base_model_dir,
+            output_dir=target,
+            mix_in=list(mix_in),
+            **options,
+        )
+    except (DatasetError, LossMaskError, TrainingError, RegistryError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     m = result.metrics
     summary = {
+        "version": version,
+        "registered": parent is not None,
+        "parent_version": parent,
         "output_dir": str(result.output_dir),
         "model_dir": str(result.model_dir),
         "method": result.method,
@@ -182,23 +200,29 @@ def train(
         f"{result.output_dir} ({result.method}): {m['steps']} steps, loss {m['final_train_loss']}, "
         f"eval {m['best_eval_loss']}, {m['tokens_per_s']} tokens/s, {m['train_seconds']} s ({m['stopped_by']})"
     )
+    if parent is not None:
+        click.echo(
+            f"registered {version} (trained from {parent}). Next: "
+            f"`autoretrain promote {version} --slot canary`."
+        )
+    else:
+        click.echo(
+            "not registered (trained from --base): register it to promote it "
+            "(docs/guides/own-model.md)."
+        )
 
 
-def _train_hosted(settings, dataset_dir: Path, version: str | None, cancel: bool, as_json: bool):  # type: ignore[no-untyped-def]
+def _train_hosted(project, dataset_dir: Path, version: str, cancel: bool, as_json: bool):  # type: ignore[no-untyped-def]
     """`train --backend azure`: submit (or re-attach to) the job, register the candidate."""
-    from autoretrain.project import Project
     from autoretrain.training.hosted import HostedFineTuneError
     from autoretrain.training.hosted_candidate import cancel_hosted
 
-    version = version or f"cand-{dataset_dir.name}"
     try:
         if cancel:
-            job_id = cancel_hosted(
-                Project(settings).hosted_backend(), settings.paths.models, version
-            )
+            job_id = cancel_hosted(project.hosted_backend(), project.paths.models, version)
             click.echo(f"cancellation of job {job_id} ({version}) requested")
             return
-        result = Project(settings).train_hosted_candidate(dataset_dir, version)
+        result = project.train_hosted_candidate(dataset_dir, version)
     except (HostedFineTuneError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     summary = {
