@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -32,6 +32,8 @@ from starlette.routing import Route
 from autoretrain.gateway.grouping import RunBook, bucket
 from autoretrain.gateway.recorder import Recorder
 from autoretrain.gateway.targets import SLOTS, SlotResolver, Target
+from autoretrain.gateway.upstream import Response as UpstreamResponse
+from autoretrain.gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from autoretrain.runs.archive import RunArchive
 from autoretrain.runs.pricing import PriceTable
 from autoretrain.settings import Settings
@@ -166,7 +168,7 @@ class Gateway:
         self.book = RunBook(max_open_runs=self.config.max_open_runs, agent_version=agent_version)
         self.prices = PriceTable.from_settings(settings)
         self.recorder: Recorder | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.client: UpstreamPool | None = None
         self.calls = 0
         self.upstream_failures = 0
         self.record_errors = 0  # the book failed on a call or a run (a bug; logged)
@@ -175,10 +177,7 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.config.timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
-        )
+        self.client = UpstreamPool(self.config.timeout_s)
         self.recorder = Recorder(
             self.archive,
             max_buffered=self.config.max_buffered_runs,
@@ -394,34 +393,9 @@ def create_app(
             ours = {"x-autoretrain-run": run_id, SLOT_HEADER: slot}
             t0 = time.perf_counter()
             try:
-                upstream = gw.client.build_request(
-                    "POST", target.url, content=payload, headers=headers
-                )
-                response = await gw.client.send(upstream, stream=stream)
-            except httpx.HTTPError as exc:
-                latency = time.perf_counter() - t0
-                timeout = isinstance(exc, httpx.TimeoutException)
-                status = 504 if timeout else 502
-                message = (
-                    f"upstream {target.kind} for {slot!r} "
-                    f"{'timed out' if timeout else 'unreachable'}: {type(exc).__name__}: {exc}"
-                )
-                if call is not None:
-                    gw.record(
-                        call,
-                        slot,
-                        target,
-                        reply=None,
-                        usage=None,
-                        latency_s=latency,
-                        http_status=status,
-                        error=message,
-                        stream=stream,
-                    )
-                code = "upstream_timeout" if timeout else "upstream_unreachable"
-                return JSONResponse(
-                    error_body(message, "server_error", code), status_code=status, headers=ours
-                )
+                response = await gw.client.post(target.url, payload, headers)
+            except UpstreamError as exc:
+                return unreachable(call, slot, target, exc, t0, stream, ours)
             if response.status_code == 404 and target.kind == "serve" and attempt == 0:
                 # `autoretrain serve` no longer serves the version we resolved (a promotion
                 # just moved it): read the registry now and try once more if it changed.
@@ -435,10 +409,21 @@ def create_app(
         for name in ("retry-after", "x-request-id"):
             if name in response.headers:
                 ours[name] = response.headers[name]
-        if response.status_code >= 400:
-            content = await response.aread() if stream else response.content
+        if stream and response.status_code < 400:
+            return StreamingResponse(
+                _relay(gw, call, slot, target, response, drop_usage, t0),
+                status_code=response.status_code,
+                media_type=response.headers.get("content-type", "text/event-stream"),
+                headers=ours,
+            )
+        try:
+            content = await response.read()
+        except UpstreamError as exc:
+            return unreachable(call, slot, target, exc, t0, stream, ours)
+        finally:
             await response.aclose()
-            latency = time.perf_counter() - t0
+        latency = time.perf_counter() - t0
+        if response.status_code >= 400:
             if call is not None:
                 gw.record(
                     call,
@@ -457,25 +442,18 @@ def create_app(
                 media_type="application/json",
                 headers=ours,
             )
-        if stream:
-            return StreamingResponse(
-                _relay(gw, call, slot, target, response, drop_usage, t0),
-                status_code=response.status_code,
-                media_type=response.headers.get("content-type", "text/event-stream"),
-                headers=ours,
-            )
-        content = response.content
-        latency = time.perf_counter() - t0
-        if call is not None:
+        status = response.status_code
+
+        async def record_reply() -> None:
+            # After the answer went out (the agent does not wait for it), and before the next
+            # request on this connection starts (uvicorn runs a connection's requests in
+            # turn); no await inside, so no other request runs in between either.
             reply, usage, finish, problem = None, None, None, None
             try:
                 parsed = json.loads(content)
                 choice = parsed["choices"][0]
-                reply, usage, finish = (
-                    choice.get("message"),
-                    parsed.get("usage"),
-                    choice.get("finish_reason"),
-                )
+                reply, usage = choice.get("message"), parsed.get("usage")
+                finish = choice.get("finish_reason")
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 problem = "the upstream's reply is not a chat completion"
             gw.record(
@@ -485,15 +463,43 @@ def create_app(
                 reply=reply,
                 usage=usage,
                 latency_s=latency,
-                http_status=response.status_code,
+                http_status=status,
                 error=problem,
                 finish_reason=finish,
             )
+
         return Response(
             content,
-            status_code=response.status_code,
+            status_code=status,
             media_type=response.headers.get("content-type", "application/json"),
             headers=ours,
+            background=BackgroundTask(record_reply) if call is not None else None,
+        )
+
+    def unreachable(call, slot, target, exc, t0, stream, ours) -> Response:
+        """502 (504 for a timeout) with an OpenAI-shaped body; the failed call is recorded."""
+        latency = time.perf_counter() - t0
+        timeout = isinstance(exc, UpstreamTimeout)
+        status = 504 if timeout else 502
+        message = (
+            f"upstream {target.kind} for {slot!r} "
+            f"{'timed out' if timeout else 'unreachable'}: {exc}"
+        )
+        if call is not None:
+            gw.record(
+                call,
+                slot,
+                target,
+                reply=None,
+                usage=None,
+                latency_s=latency,
+                http_status=status,
+                error=message,
+                stream=stream,
+            )
+        code = "upstream_timeout" if timeout else "upstream_unreachable"
+        return JSONResponse(
+            error_body(message, "server_error", code), status_code=status, headers=ours
         )
 
     async def models(request: Request) -> Response:
@@ -615,7 +621,7 @@ async def _relay(
     call: Any,
     slot: str,
     target: Target,
-    response: httpx.Response,
+    response: UpstreamResponse,
     drop_usage: bool,
     t0: float,
 ) -> AsyncIterator[bytes]:
@@ -624,7 +630,7 @@ async def _relay(
     state = StreamReply(drop_usage)
     error: str | None = None
     try:
-        async for data in response.aiter_raw():
+        async for data in response.iter_raw():
             out = state.feed(data)
             if out:
                 yield out
@@ -635,8 +641,8 @@ async def _relay(
             error = "the upstream closed the stream before it finished"
             body = error_body(error, "server_error", "upstream_stream_closed")
             yield f"data: {json.dumps(body)}\n\n".encode()
-    except httpx.HTTPError as exc:
-        error = f"the upstream's stream broke: {type(exc).__name__}: {exc}"
+    except UpstreamError as exc:
+        error = f"the upstream's stream broke: {exc}"
         # The status line is gone already: an `error` event, which the openai client raises.
         yield f"data: {json.dumps(error_body(error, 'server_error', 'upstream_stream_broken'))}\n\n".encode()
     except BaseException:

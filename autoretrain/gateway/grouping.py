@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import uuid
 from collections import OrderedDict
@@ -59,7 +60,7 @@ def text_of(content: Any) -> str | None:
     if isinstance(content, list):
         pieces = []
         for part in content:
-            if isinstance(part, Mapping):
+            if isinstance(part, dict):
                 kind = part.get("type")
                 text = part.get("text")
                 pieces.append(text if isinstance(text, str) else f"[{kind or 'part'}]")
@@ -77,8 +78,8 @@ def _arguments(value: Any) -> str:
 
 def record_message(message: Any, index: int = 0) -> dict[str, Any] | None:
     """One OpenAI chat message as the run schema's Message (a plain dict), or None when it is
-    not one. `developer` is the newer name of `system`; `function` the old shape of `tool`."""
-    if not isinstance(message, Mapping):
+    not one (decoded JSON: plain dicts, checked as such, which is cheaper than Mapping). `developer` is the newer name of `system`; `function` the old shape of `tool`."""
+    if not isinstance(message, dict):
         return None
     role = message.get("role")
     role = {"developer": "system", "function": "tool"}.get(role, role)
@@ -87,9 +88,9 @@ def record_message(message: Any, index: int = 0) -> dict[str, Any] | None:
     out: dict[str, Any] = {"role": role, "content": text_of(message.get("content"))}
     calls = []
     for i, call in enumerate(message.get("tool_calls") or []):
-        if not isinstance(call, Mapping):
+        if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
         calls.append(
             {
                 "id": str(call.get("id") or f"call_{index}_{i}"),
@@ -115,34 +116,35 @@ def _canonical(message: Mapping[str, Any]) -> bytes:
     """What makes two messages the same for stitching: role, text, tool calls (arguments as
     parsed JSON, so a client that re-serialises them still matches) and the tool call id. A
     client that echoes the reply with `content: null` or `""`, extra null fields, or another key
-    order still matches."""
-    calls = []
-    for call in message.get("tool_calls") or []:
+    order still matches. Fields are joined by control characters (cheaper than JSON on every
+    call's every message; a separator inside a text can only merge two fields of one message,
+    which the length prefix rules out)."""
+    parts = [message["role"], message.get("content") or "", message.get("tool_call_id") or ""]
+    for call in message.get("tool_calls") or ():
         args = call["function"]["arguments"]
         with contextlib.suppress(ValueError, RecursionError):
             args = json.dumps(json.loads(args), sort_keys=True)
-        calls.append([call["id"], call["function"]["name"], args])
-    body = [message["role"], message.get("content") or "", calls, message.get("tool_call_id") or ""]
-    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+        parts += [call["id"], call["function"]["name"], args]
+    return "\x1f".join(f"{len(p)}:{p}" for p in parts).encode("utf-8", "surrogatepass")
 
 
-def prefix_hashes(messages: list[dict[str, Any]]) -> list[bytes]:
-    """The hash of every prefix: entry i covers messages[0..i]. Chained, so all of them cost
-    one pass over the conversation."""
+def prefix_hashes(messages: list[dict[str, Any]]) -> tuple[list[bytes], Any]:
+    """The hash of every prefix (entry i covers messages[0..i]) and the hasher after the last,
+    to extend with a reply. Chained, so all of them cost one pass over the conversation."""
     out = []
     h = hashlib.blake2b(digest_size=16)
     for message in messages:
         h.update(_canonical(message))
         h.update(b"\x00")
         out.append(h.digest())
-    return out
+    return out, h
 
 
-def extend_hash(messages: list[dict[str, Any]], more: dict[str, Any]) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for message in [*messages, more]:
-        h.update(_canonical(message))
-        h.update(b"\x00")
+def extend_hash(chain: Any, more: dict[str, Any]) -> bytes:
+    """The hash of a conversation (given by its hasher) with one more message."""
+    h = chain.copy()
+    h.update(_canonical(more))
+    h.update(b"\x00")
     return h.digest()
 
 
@@ -179,6 +181,7 @@ class Call:
     grouped_by: str  # header | traceparent | stitched | new
     messages: list[dict[str, Any]]
     hashes: list[bytes]
+    chain: Any  # the hasher after the request's messages
     tools: list[dict[str, Any]]
     started_at: datetime
     requested: str  # the model the agent asked for
@@ -241,6 +244,13 @@ class RunBook:
         # a partial copy that ingest would take for the newer version of the whole run.
         self.forgotten: OrderedDict[str, None] = OrderedDict()
         self.evicted: list[dict[str, Any]] = []  # records pushed out by the size bound
+        # Run ids: a random prefix per process and a counter (uuid4 per call costs a read of
+        # the system's entropy on every new run).
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._id_counter = itertools.count()
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):012x}"
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -250,7 +260,7 @@ class RunBook:
         listed = raw_messages if isinstance(raw_messages, list) else []
         converted = (record_message(m, i) for i, m in enumerate(listed))
         messages = [m for m in converted if m is not None]
-        hashes = prefix_hashes(messages)
+        hashes, chain = prefix_hashes(messages)
         run_id, how = None, "new"
         explicit = (headers.get(RUN_HEADER) or "").strip()
         if explicit:
@@ -269,13 +279,14 @@ class RunBook:
                         break
         if run_id is not None and run_id in self.forgotten and run_id not in self.runs:
             # Its earlier part is written and no longer in memory: continue under a new id.
-            run_id, how = f"{run_id}~{uuid.uuid4().hex[:8]}", how
-        specs = [t for t in tools if isinstance(t, Mapping)] if isinstance(tools, list) else []
+            run_id, how = f"{run_id}~{self._new_id()[-8:]}", how
+        specs = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
         return Call(
-            run_id or uuid.uuid4().hex,
+            run_id or self._new_id(),
             how,
             messages,
             hashes,
+            chain,
             specs,
             datetime.now(UTC),
             requested,
@@ -324,7 +335,7 @@ class RunBook:
         for spec in call.tools:
             name = (
                 (spec.get("function") or {}).get("name")
-                if isinstance(spec.get("function"), Mapping)
+                if isinstance(spec.get("function"), dict)
                 else None
             )
             run.tools.setdefault(str(name or len(run.tools)), dict(spec))
@@ -349,13 +360,14 @@ class RunBook:
         # The transcript follows the calls that extend it; a call that does not (another
         # sub-agent's conversation under the same header or trace) keeps its messages in its
         # own event, so nothing is lost and the transcript stays one conversation.
+        reply_key = extend_hash(call.chain, reply_message) if reply_message is not None else None
         n = len(run.messages)
         extends = n == 0 or (len(call.hashes) >= n and call.hashes[n - 1] == run.transcript_hash)
         if extends:
             run.messages = list(call.messages)
             run.transcript_hash = call.hashes[-1] if call.hashes else None
             if reply_message is not None:
-                run.transcript_hash = extend_hash(run.messages, reply_message)
+                run.transcript_hash = reply_key
                 run.messages.append(reply_message)
         else:
             payload["messages"] = call.messages + ([reply_message] if reply_message else [])
@@ -364,8 +376,8 @@ class RunBook:
         # call continues the run) and the request with its reply (the next turn).
         if any(m["role"] == "assistant" for m in call.messages) and call.hashes:
             self._index(call.hashes[-1], run.run_id)
-        if reply_message is not None:
-            self._index(extend_hash(call.messages, reply_message), run.run_id)
+        if reply_key is not None:
+            self._index(reply_key, run.run_id)
         return run
 
     def _index(self, key: bytes, run_id: str) -> None:

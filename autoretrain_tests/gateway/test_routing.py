@@ -239,7 +239,12 @@ def test_a_failing_recorder_never_fails_the_agent(tmp_path, upstream):
         ]
         assert answers == [f"model-a: q{i}" for i in range(12)]
         health = lambda: httpx.get(f"{server.url.removesuffix('/v1')}/health").json()  # noqa: E731
-        state = wait_for(lambda: (h := health())["recorder"]["dropped"] > 0 and h, what="drops")
+        state = wait_for(
+            lambda: (
+                (h := health())["recorder"]["dropped"] and h["recorder"]["write_failures"] and h
+            ),
+            what="drops and failed writes",
+        )
         assert state["status"] == "degraded" and state["recorder"]["write_failures"] > 0
         assert state["recorder"]["buffered"] <= 3
     recorder = server.gateway.recorder
