@@ -12,7 +12,7 @@ returns.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -193,13 +193,18 @@ class Project:
                 return self.model_for_version(version)
         return self._slot_model(slot_or_version)
 
-    def ingest_days(self, days: list[str]) -> IngestSummary:
-        """Ingest the landing zone's files for each day (idempotent; bad lines to quarantine)."""
+    def ingest_days(
+        self, days: list[str], on_day: Callable[[IngestReport], None] | None = None
+    ) -> IngestSummary:
+        """Ingest the landing zone's files for each day (idempotent; bad lines to quarantine).
+        `on_day` hears each day's report as soon as that day is in."""
         archive = self.archive
         summary = IngestSummary()
         with self.store() as store:
             for day in days:
                 summary.reports[day] = store.ingest_day(day, archive.files(day))
+                if on_day is not None:
+                    on_day(summary.reports[day])
         return summary
 
     def score_days(self, start_day: str, end_day: str) -> ScoreReport:

@@ -8,7 +8,7 @@ import os
 
 import click
 
-from autoretrain.settings import SettingsError, load_settings
+from autoretrain.settings import SettingsError
 
 
 @click.command()
@@ -30,12 +30,13 @@ def loop(iterations: int | None, selfplay_runs: int | None, as_json: bool) -> No
     self-play → ingest → score → decide → dataset → train → evaluate → gate → canary →
     canary analysis → primary. Open `autoretrain ui` afterwards to see it in Dagster."""
     from autoretrain.loop import LoopError, run_loop
+    from autoretrain.project import Project
 
     verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     if not verbose:
         quiet_libraries()
     try:
-        settings = load_settings()
+        settings = Project.open().settings
         say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
         say(f"autoretrain loop: data under {settings.paths.root}")
         results = run_loop(

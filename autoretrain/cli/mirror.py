@@ -98,13 +98,14 @@ def _mirror_from_settings(
 ) -> M:
     """The mirror `from_settings` builds from autoretrain.yaml; a ClickException when the
     settings are wrong or the mirror is off (`switch` unset)."""
-    from autoretrain.settings import SettingsError, load_settings
+    from autoretrain.project import Project
+    from autoretrain.settings import SettingsError
 
     # The SDK logs every HTTP request at INFO; keep its lines for --verbose.
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("azure").setLevel(logging.WARNING)
     try:
-        built = from_settings(load_settings())
+        built = from_settings(Project.open().settings)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     if built is None:

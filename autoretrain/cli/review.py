@@ -13,23 +13,20 @@ import click
 
 @contextmanager
 def _connect(read_only: bool) -> Iterator[Any]:
-    from autoretrain.runs.store import RunStore, StoreLocked
-    from autoretrain.settings import load_settings
+    from autoretrain.project import Project
+    from autoretrain.runs.store import StoreLocked
 
-    settings = load_settings()
-    path = settings.paths.database
+    project = Project.open()
+    path = project.paths.database
     if not path.exists():
         raise click.ClickException(
             f"no run store at {path}: run `autoretrain ingest` (and score the days) first"
         )
     try:
-        store = RunStore.from_settings(settings, read_only=read_only)
+        with project.store(read_only=read_only) as store:
+            yield store.con
     except StoreLocked as exc:  # it waited; the message names the holder
         raise click.ClickException(str(exc)) from None
-    try:
-        yield store.con
-    finally:
-        store.close()
 
 
 def _plain(value: Any) -> Any:

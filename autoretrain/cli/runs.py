@@ -10,8 +10,6 @@ from pathlib import Path
 
 import click
 
-from autoretrain.settings import load_settings
-
 
 def _day(value: str | None, flag: str) -> str | None:
     if value is None:
@@ -23,16 +21,15 @@ def _day(value: str | None, flag: str) -> str | None:
 
 
 @contextmanager
-def _open(settings, read_only: bool) -> Iterator:
+def _open(project, read_only: bool) -> Iterator:
     """The run store, or one line saying who holds its lock (after a bounded wait)."""
-    from autoretrain.runs.store import RunStore, StoreLocked
+    from autoretrain.runs.store import StoreLocked
 
     try:
-        store = RunStore.from_settings(settings, read_only=read_only)
+        with project.store(read_only=read_only) as store:
+            yield store
     except StoreLocked as exc:
         raise click.ClickException(str(exc)) from None
-    with store:
-        yield store
 
 
 @click.command()
@@ -42,16 +39,17 @@ def _open(settings, read_only: bool) -> Iterator:
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 def ingest(day: str | None, start: str | None, end: str | None, as_json: bool) -> None:
     """Ingest landing-zone days into the run store (default: every day there is)."""
-    from autoretrain.runs.archive import RunArchive
+    from autoretrain.project import Project
+    from autoretrain.runs.store import StoreLocked
 
     if day and (start or end):
         raise click.ClickException("give either --date or --from/--to, not both")
     day, start, end = _day(day, "--date"), _day(start, "--from"), _day(end, "--to")
-    settings = load_settings()
-    archive = RunArchive(settings.paths.landing)
+    project = Project.open()
+    settings = project.settings
     days = [
         d
-        for d in archive.days()
+        for d in project.archive.days()
         if (day is None or d == day) and (start is None or d >= start) and (end is None or d <= end)
     ]
     if day and not days:
@@ -59,23 +57,24 @@ def ingest(day: str | None, start: str | None, end: str | None, as_json: bool) -
             f"no landing files for {day} under {settings.paths.landing}: "
             "check the date, or AUTORETRAIN_HOME"
         )
-    reports = []
     limit = settings.ingest.max_quarantine_rate
-    with _open(settings, read_only=False) as store:
-        for d in days:
-            report = store.ingest_day(d, archive.files(d))
-            reports.append(report)
-            if not as_json:
-                flag = (
-                    "  (over ingest.max_quarantine_rate)" if report.quarantine_rate > limit else ""
-                )
-                click.echo(
-                    f"{d}: {report.read} read, {report.inserted} new, {report.replaced} replaced, "
-                    f"{report.unchanged} unchanged, {report.quarantined} quarantined "
-                    f"({report.seconds:.1f} s){flag}"
-                )
-                for entry in report.skipped:
-                    click.echo(f"  skipped {entry['file']}: {entry['reason']}", err=True)
+
+    def echo(report) -> None:  # type: ignore[no-untyped-def]
+        if as_json:
+            return
+        flag = "  (over ingest.max_quarantine_rate)" if report.quarantine_rate > limit else ""
+        click.echo(
+            f"{report.day}: {report.read} read, {report.inserted} new, {report.replaced} "
+            f"replaced, {report.unchanged} unchanged, {report.quarantined} quarantined "
+            f"({report.seconds:.1f} s){flag}"
+        )
+        for entry in report.skipped:
+            click.echo(f"  skipped {entry['file']}: {entry['reason']}", err=True)
+
+    try:
+        reports = list(project.ingest_days(days, on_day=echo).reports.values())
+    except StoreLocked as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
     elif not days:
@@ -86,11 +85,11 @@ def ingest(day: str | None, start: str | None, end: str | None, as_json: bool) -
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def runs(as_json: bool) -> None:
     """Counts of stored runs by day, category, model and slot; quarantine count and reasons."""
+    from autoretrain.project import Project
     from autoretrain.runs.store import StoreNotFound
 
-    settings = load_settings()
     try:
-        with _open(settings, read_only=True) as store:
+        with _open(Project.open(), read_only=True) as store:
             summary = store.summary()
     except StoreNotFound as exc:
         raise click.ClickException(str(exc)) from None
@@ -118,13 +117,14 @@ def runs(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def import_(file: Path, as_json: bool) -> None:
     """Import runs from another app's JSONL: run records or OpenAI chat transcripts."""
-    from autoretrain.runs.archive import RunArchive
+    from autoretrain.project import Project
     from autoretrain.runs.importer import import_file
 
     if not file.is_file():
         raise click.ClickException(f"{file}: no such file; give the path of a JSONL file")
-    settings = load_settings()
-    report = import_file(file, RunArchive(settings.paths.landing))
+    project = Project.open()
+    settings = project.settings
+    report = import_file(file, project.archive)
     if as_json:
         click.echo(
             json.dumps(

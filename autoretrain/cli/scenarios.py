@@ -9,18 +9,15 @@ from pathlib import Path
 import click
 
 
-def _default_path() -> Path:
-    from autoretrain.settings import load_settings
-
-    return load_settings().scenarios_dir
-
-
 def _load(path: Path | None):  # type: ignore[no-untyped-def]
+    """The catalog at `path` (a domain call on a path the user gave), or the project's own."""
+    from autoretrain.project import Project
     from autoretrain.scenarios import CatalogError, load_catalog
 
-    where = path or _default_path()
+    project = None if path is not None else Project.open()
+    where = path or project.settings.scenarios_dir
     try:
-        return load_catalog(where)
+        return load_catalog(path) if project is None else project.catalog
     except CatalogError as exc:
         raise click.ClickException(
             f"{exc}\nFix the fields named above (format: docs/scenarios.md), then run "

@@ -7,7 +7,7 @@ import json
 import click
 
 from autoretrain.providers.base import ProviderError
-from autoretrain.settings import SettingsError, load_settings
+from autoretrain.settings import SettingsError
 
 
 @click.command()
@@ -47,7 +47,7 @@ def selfplay(
     from autoretrain.project import Project
 
     try:
-        report = Project(load_settings()).selfplay(
+        report = Project.open().selfplay(
             n,
             slot=slot,
             concurrency=concurrency,

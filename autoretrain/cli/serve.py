@@ -64,11 +64,12 @@ def serve(
     and from --model. Clients pick one with the request's `model` field.
     """
     from autoretrain.deploy.serving import SERVING_FILE, ServingEntry
+    from autoretrain.project import Project
     from autoretrain.serve import ModelPool, serve_forever
-    from autoretrain.settings import SettingsError, load_settings
+    from autoretrain.settings import SettingsError
 
     try:
-        settings = load_settings()
+        settings = Project.open().settings
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
     config_path = config_path or settings.paths.root / SERVING_FILE

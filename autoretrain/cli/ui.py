@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from autoretrain.instance import ensure_dagster_home
-from autoretrain.settings import load_settings
 
 
 def dev_command(host: str, port: int, project: Path) -> list[str]:
@@ -30,7 +29,9 @@ def dev_command(host: str, port: int, project: Path) -> list[str]:
 def ui(port: int, host: str) -> None:
     """Open the Dagster UI (dg dev, daemon included) on the instance `autoretrain loop` records
     into."""
-    home = ensure_dagster_home(load_settings())
+    from autoretrain.project import Project
+
+    home = ensure_dagster_home(Project.open().settings)
     project = Path.cwd()
     missing = [n for n in ("pyproject.toml", "workspace.yaml") if not (project / n).exists()]
     if missing:
