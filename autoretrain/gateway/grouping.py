@@ -571,12 +571,13 @@ class RunBook:
             "status": status,
             "started_at": started.isoformat(),
             "ended_at": ended.isoformat(),
-            "messages": run.messages,
+            # Copies: the recorder reads them in its thread while later calls grow the run.
+            "messages": list(run.messages),
             "tools": list(run.tools.values()),
-            "events": run.events,
-            "verifications": run.verifications,
-            "recoveries": run.recoveries,
-            "escalations": run.escalations,
+            "events": list(run.events),
+            "verifications": list(run.verifications),
+            "recoveries": list(run.recoveries),
+            "escalations": list(run.escalations),
             "final_answer": final_answer,
             "usage": {
                 "prompt_tokens": run.prompt_tokens,

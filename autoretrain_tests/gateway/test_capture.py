@@ -322,3 +322,62 @@ def openai_errors():
     import openai
 
     return openai.APIStatusError
+
+
+def test_the_command_serves_and_flushes_on_ctrl_c(tmp_path, upstream):
+    """`autoretrain gateway` as a user starts it: settings from autoretrain.yaml, a call, then
+    Ctrl-C (SIGINT): the open run is in the landing zone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from autoretrain.settings import load_settings
+    from autoretrain_tests.servers import free_port
+
+    _, url = upstream
+    port = free_port()
+    config = tmp_path / "autoretrain.yaml"
+    config.write_text(
+        f"home: {tmp_path / 'home'}\n"
+        "gateway:\n"
+        f"  port: {port}\n"
+        "  targets:\n"
+        f"    primary: {{base_url: '{url}', model: model-a}}\n"
+    )
+    env = {**os.environ, "AUTORETRAIN_CONFIG": str(config)}
+    env.pop("AUTORETRAIN_HOME", None)
+    binary = Path(sys.executable).with_name("autoretrain")
+    process = subprocess.Popen(
+        [str(binary), "gateway"], env=env, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                return False
+
+        wait_for(up, timeout_s=60, what="the gateway to start")
+        api = openai_client(f"{base}/v1")
+        assert call(api, [SYSTEM, {"role": "user", "content": "cli"}])["content"] == "model-a: cli"
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    settings = load_settings(config_file=config)
+    [run] = landed(settings).values()
+    # Written at shutdown, long before run_idle_s (300 s by default).
+    assert run.messages[-1].content == "model-a: cli"
+
+
+def openai_client(base_url: str):
+    import openai
+
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
