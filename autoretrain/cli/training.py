@@ -162,6 +162,11 @@ def train(
                 "no model in the primary slot to train from: run `autoretrain bootstrap` (it "
                 "registers the embedded v0 there), promote a version, or pass --base DIR"
             )
+        if incumbent.kind != "local":
+            raise click.ClickException(
+                f"the primary slot holds {incumbent.id}, a hosted version: fine-tune it with "
+                "--backend azure, or pass --base DIR to train a local model directory"
+            )
         parent = incumbent.id
     elif not base_model_dir.exists():
         raise click.ClickException(f"base model {base_model_dir} not found")
