@@ -166,7 +166,12 @@ class Gateway:
         self.resolver = resolver or SlotResolver(settings)
         self.archive = archive or RunArchive(settings.paths.landing)
         self.book = RunBook(max_open_runs=self.config.max_open_runs, agent_version=agent_version)
-        self.prices = PriceTable.from_settings(settings)
+        # A local model served by `autoretrain serve` costs nothing per token (the project's
+        # price table says so for a local profile); a remote target is priced only by
+        # `pricing` (its model's entry, or "*"), never silently at $0.
+        self.local_prices = PriceTable.from_settings(settings)
+        prices = dict(settings.pricing)
+        self.remote_prices = PriceTable(prices=prices, default=prices.pop("*", None))
         self.recorder: Recorder | None = None
         self.client: UpstreamPool | None = None
         self.calls = 0
@@ -287,6 +292,7 @@ class Gateway:
             completion = _count(usage.get("completion_tokens"))
             if error is not None or http_status >= 400:
                 self.upstream_failures += 1
+            prices = self.local_prices if target.kind == "serve" else self.remote_prices
             self.book.finish(
                 call,
                 reply=reply,
@@ -298,7 +304,7 @@ class Gateway:
                 http_status=http_status,
                 prompt_tokens=prompt,
                 completion_tokens=completion,
-                cost=self.prices.cost(target.model, prompt, completion),
+                cost=prices.cost(target.model, prompt, completion),
                 error=error,
                 stream=stream,
                 finish_reason=finish_reason,

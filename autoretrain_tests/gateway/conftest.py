@@ -29,7 +29,9 @@ def upstream() -> Iterator[tuple[Upstream, str]]:
         yield server, thread.url
 
 
-def make_settings(home: Path, upstream_url: str, **gateway: Any) -> Settings:
+def make_settings(
+    home: Path, upstream_url: str, *, pricing: dict | None = None, **gateway: Any
+) -> Settings:
     """A hosted (OpenAI-compatible) profile, so registry versions can be hosted model ids, and
     fixed targets `model-a` (primary) and `model-b` (canary) unless `targets` is given."""
     targets = {
@@ -48,6 +50,7 @@ def make_settings(home: Path, upstream_url: str, **gateway: Any) -> Settings:
         provider="up",
         providers={"up": {"kind": "openai_compatible", "base_url": upstream_url}},
         gateway=config,
+        pricing=pricing or {},
     )
 
 

@@ -381,3 +381,24 @@ def openai_client(base_url: str):
     import openai
 
     return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+def test_cost_comes_from_pricing_and_is_never_a_silent_zero(tmp_path, upstream):
+    _, url = upstream
+    pricing = {"model-a": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+    settings = make_settings(tmp_path, url, pricing=pricing)
+    with running(settings) as server:
+        call(
+            client(server, **{"X-Autoretrain-Run": "priced"}),
+            [SYSTEM, {"role": "user", "content": "hi"}],
+        )
+        call(
+            client(server, **{"X-Autoretrain-Run": "unpriced"}),
+            [SYSTEM, {"role": "user", "content": "hi"}],
+            model="canary",
+        )
+    runs = landed(settings)
+    priced = runs["priced"]
+    expected = (priced.usage.prompt_tokens * 1.0 + priced.usage.completion_tokens * 2.0) / 1e6
+    assert priced.cost_usd == pytest.approx(expected) and expected > 0
+    assert runs["unpriced"].cost_usd is None and runs["unpriced"].tags["cost"] == "unpriced_model"
