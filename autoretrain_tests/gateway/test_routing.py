@@ -284,3 +284,46 @@ def test_health_and_unknown_model(tmp_path, upstream):
         assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
         bad = httpx.post(f"{server.url}/chat/completions", content=b"{not json")
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+
+
+def test_local_versions_through_autoretrain_serve_follow_a_promotion(tmp_path, upstream):
+    """A real `autoretrain serve` app (models from a watched serving.json, scripted so no
+    weights load) behind the gateway. The registry moves primary from v3 to v4 and serve drops
+    v3 before the gateway's cache expires: serve answers 404 for v3, and the gateway re-reads
+    the registry at once and sends the call to v4."""
+    from autoretrain.deploy.serving import ServingEntry, write_serving_config
+    from autoretrain.gateway import create_app
+    from autoretrain.providers.scripted import ScriptedModel
+    from autoretrain.serve import ModelPool, ServerThread
+    from autoretrain.serve import create_app as serve_app
+
+    _, url = upstream
+    serving = tmp_path / "serving.json"
+    entry = ServingEntry(tmp_path / "model")
+    write_serving_config(serving, {"primary": entry, "v3": entry})
+    pool = ModelPool(
+        serving, loader=lambda name, e: ScriptedModel([], name=name, default=f"from {name}")
+    )
+    registry = {
+        "snapshot": RegistrySnapshot(
+            {"primary": "v3"}, {"v3": ("local", None), "v4": ("local", None)}
+        )
+    }
+    with ServerThread(serve_app(pool)) as serve:
+        settings = make_settings(
+            tmp_path / "home", url, targets={}, serve_url=serve.url, registry_ttl_s=60.0
+        )
+        resolver = SlotResolver(settings, reader=lambda s: registry["snapshot"])
+        app = create_app(settings, resolver=resolver)
+        with ServerThread(app) as server:
+            api = client(server)
+            assert ask(api, "one")[0] == "from v3"
+            write_serving_config(serving, {"primary": entry, "v4": entry})
+            registry["snapshot"] = RegistrySnapshot(
+                {"primary": "v4"}, {"v3": ("local", None), "v4": ("local", None)}
+            )
+            assert ask(api, "two") == ("from v4", "primary")
+    runs = landed(settings)
+    by_answer = {r.messages[-1].content: r for r in runs.values()}
+    assert by_answer["from v3"].model == "v3" and by_answer["from v4"].model == "v4"
+    assert all(r.status == "succeeded" for r in runs.values())
