@@ -36,6 +36,8 @@ from autoretrain.gateway.upstream import Response as UpstreamResponse
 from autoretrain.gateway.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from autoretrain.runs.archive import RunArchive
 from autoretrain.runs.pricing import PriceTable
+from autoretrain.serve_limits import read_body
+from autoretrain.serve_requests import RequestError
 from autoretrain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -349,9 +351,18 @@ def create_app(
 ) -> Starlette:
     """The gateway app. `app.state.gateway` is the Gateway (counters, book, recorder)."""
     gw = Gateway(settings, resolver=resolver, archive=archive, agent_version=agent_version)
+    limits = settings.serve
 
     async def chat_completions(request: Request) -> Response:
-        raw = await request.body()
+        try:
+            # Bounded as `autoretrain serve` bounds it (settings' serve block): 413, 408.
+            raw = await read_body(
+                request.receive, request.headers, limits.max_body_bytes, limits.body_timeout_s
+            )
+        except RequestError as exc:
+            response = _error(exc.status, exc.message, exc.code, exc.param)
+            response.headers["connection"] = "close"  # the rest of the body is not a request
+            return response
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
@@ -543,7 +554,12 @@ def create_app(
 
     async def _json(request: Request) -> tuple[Any, Response | None]:
         try:
-            return json.loads(await request.body()), None
+            raw = await read_body(
+                request.receive, request.headers, limits.max_body_bytes, limits.body_timeout_s
+            )
+            return json.loads(raw), None
+        except RequestError as exc:
+            return None, _error(exc.status, exc.message, exc.code, exc.param)
         except (ValueError, RecursionError):
             return None, _error(400, "the body is not JSON", "invalid_json")
 

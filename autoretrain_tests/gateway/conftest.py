@@ -30,7 +30,12 @@ def upstream() -> Iterator[tuple[Upstream, str]]:
 
 
 def make_settings(
-    home: Path, upstream_url: str, *, pricing: dict | None = None, **gateway: Any
+    home: Path,
+    upstream_url: str,
+    *,
+    pricing: dict | None = None,
+    serve: dict | None = None,
+    **gateway: Any,
 ) -> Settings:
     """A hosted (OpenAI-compatible) profile, so registry versions can be hosted model ids, and
     fixed targets `model-a` (primary) and `model-b` (canary) unless `targets` is given."""
@@ -51,6 +56,7 @@ def make_settings(
         providers={"up": {"kind": "openai_compatible", "base_url": upstream_url}},
         gateway=config,
         pricing=pricing or {},
+        serve=serve or {},
     )
 
 

@@ -273,7 +273,7 @@ def test_refused_upstream_while_streaming_is_a_502(tmp_path, upstream):
 
 def test_health_and_unknown_model(tmp_path, upstream):
     _, url = upstream
-    settings = make_settings(tmp_path, url, default_slot=None)
+    settings = make_settings(tmp_path, url, default_slot=None, serve={"max_body_bytes": 4096})
     with running(settings) as server:
         base = server.url.removesuffix("/v1")
         assert httpx.get(f"{base}/health").json()["status"] == "ok"
@@ -282,6 +282,12 @@ def test_health_and_unknown_model(tmp_path, upstream):
             json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
         )
         assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+        big = {"model": "primary", "messages": [{"role": "user", "content": "x" * 5000}]}
+        too_big = httpx.post(f"{server.url}/chat/completions", json=big)
+        assert (
+            too_big.status_code == 413
+            and too_big.json()["error"]["type"] == "invalid_request_error"
+        )
         bad = httpx.post(f"{server.url}/chat/completions", content=b"{not json")
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
 
