@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import quote
 
+from autoretrain.azure_identity import COGNITIVE_SERVICES_SCOPE, token_provider
 from autoretrain.training.backend import Backoff
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 ARM_ENDPOINT = "https://management.azure.com"
 ARM_SCOPE = "https://management.azure.com/.default"
 ARM_API_VERSION = "2023-05-01"
-COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 TERMINAL_STATES = ("Succeeded", "Failed", "Canceled")
 IDLE_DELETION_DAYS = 15
 DEVELOPER_SKU = "developertier"
@@ -75,23 +75,6 @@ _HINTS = {
 class DeploymentError(RuntimeError):
     """A deployment could not be created, updated or read; the message says what, where and
     what to do."""
-
-
-def token_provider(scope: str, credential: Any = None) -> tuple[Callable[[], str] | None, str]:
-    """A bearer-token provider for `scope` that has already produced a token, or why there is
-    none. Asking once up front matters: DefaultAzureCredential fails only when asked."""
-    from azure.identity import DefaultAzureCredential, get_bearer_token_provider
-
-    try:
-        credential = credential or DefaultAzureCredential(
-            exclude_interactive_browser_credential=True
-        )
-        provider = get_bearer_token_provider(credential, scope)
-        provider()
-    except Exception as exc:  # azure-identity raises several unrelated types here
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        return None, f"{type(exc).__name__}: {first}"
-    return provider, ""
 
 
 def azure_openai_client(profile: Any, credential: Any = None, use_entra_id: bool = True) -> Any:

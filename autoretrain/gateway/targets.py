@@ -21,13 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoretrain.azure_identity import COGNITIVE_SERVICES_SCOPE, token_provider
 from autoretrain.settings import GatewayTarget, Settings
 
 log = logging.getLogger(__name__)
 
 SLOTS = ("primary", "canary")  # the registry's slots (deploy/registry.py)
 SERVE_API_KEY_ENV = "AUTORETRAIN_SERVE_API_KEY"  # what `autoretrain serve` reads by default
-COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 # Re-read the registry at least this often even when its files look unchanged (a clock that
 # jumped, a file system that keeps mtimes coarse).
 FORCED_REREAD_S = 30.0
@@ -229,18 +229,10 @@ class SlotResolver:
         (then the key is used), decided once per endpoint as providers/azure_openai.py does."""
         if endpoint in self._tokens:
             return self._tokens[endpoint]
-        provider = None
-        try:
-            from azure.identity import DefaultAzureCredential, get_bearer_token_provider
-
-            credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
-            provider = get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
-            provider()
+        provider, why = token_provider(COGNITIVE_SERVICES_SCOPE)
+        if provider is not None:
             log.info("%s: authenticating with Microsoft Entra ID", endpoint)
-        except Exception as exc:  # azure-identity raises several unrelated types here
-            log.info(
-                "%s: Entra ID unavailable (%s); using the API key", endpoint, type(exc).__name__
-            )
-            provider = None
+        else:
+            log.info("%s: Entra ID unavailable (%s); using the API key", endpoint, why)
         self._tokens[endpoint] = provider
         return provider

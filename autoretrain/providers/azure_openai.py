@@ -13,12 +13,11 @@ import logging
 import os
 from typing import Any
 
+from autoretrain.azure_identity import COGNITIVE_SERVICES_SCOPE, token_provider
 from autoretrain.providers.base import ProviderError
 from autoretrain.providers.openai_compatible import OpenAICompatibleChatModel
 
 log = logging.getLogger(__name__)
-
-COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
 class AzureOpenAIChatModel(OpenAICompatibleChatModel):
@@ -84,17 +83,6 @@ class AzureOpenAIChatModel(OpenAICompatibleChatModel):
         return openai.AzureOpenAI(api_key=key, **common)
 
     def _entra_token_provider(self) -> tuple[Any, str]:
-        """A bearer-token provider that has already produced one token, or why there is none."""
-        from azure.identity import DefaultAzureCredential, get_bearer_token_provider
-
-        try:
-            credential = self.credential or DefaultAzureCredential(
-                exclude_interactive_browser_credential=True
-            )
-            provider = get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
-            # Ask once now: DefaultAzureCredential only fails when a token is requested, and
-            # the fallback to a key has to be decided before the client is built.
-            provider()
-        except Exception as exc:  # azure-identity raises several unrelated types here
-            return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return provider, ""
+        """A bearer-token provider that has already produced one token, or why there is none
+        (the fallback to a key has to be decided before the client is built)."""
+        return token_provider(COGNITIVE_SERVICES_SCOPE, self.credential)
