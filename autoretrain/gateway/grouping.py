@@ -35,6 +35,8 @@ from typing import Any
 
 RUN_HEADER = "x-autoretrain-run"
 ROLES = {"system", "user", "assistant", "tool"}
+# What a run can be (the schema's Traffic): the `scenario` event may say which.
+TRAFFIC = ("production", "selfplay", "evaluation", "import", "demo")
 # Statuses an agent may close a run with (the schema's, less "running").
 CLOSING_STATUSES = {"succeeded", "failed", "escalated", "error"}
 EVENT_TYPES = (
@@ -45,6 +47,7 @@ EVENT_TYPES = (
     "scenario",
     "task",
     "metadata",
+    "error",
     "close",
 )
 
@@ -464,10 +467,23 @@ class RunBook:
                 for key in ("instance_hash", "category"):
                     if event.get(key) is not None and not isinstance(event.get(key), str):
                         return 400, f"{key}: a string"
+                seed = event.get("instance_seed", event.get("seed"))
+                if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                    return 400, "instance_seed: an integer"
+                traffic = event.get("traffic")
+                if traffic is not None and traffic not in TRAFFIC:
+                    return 400, f"traffic: one of {', '.join(TRAFFIC)}, not {traffic!r}"
+                tags = event.get("tags")
+                if tags is not None and not isinstance(tags, Mapping):
+                    return 400, "tags: a JSON object"
             elif kind == "metadata":
                 metadata = event.get("metadata")
                 if not isinstance(metadata, Mapping):
                     return 400, "metadata: a JSON object"
+            elif kind == "error":
+                what = event.get("error", event.get("message"))
+                if not isinstance(what, str) or not what:
+                    return 400, "error: a non-empty string"
             elif kind == "close":
                 status = event.get("status")
                 if status is not None and status not in CLOSING_STATUSES:
@@ -495,9 +511,26 @@ class RunBook:
             for key in ("instance_hash", "category"):
                 if event.get(key) is not None:
                     run.fields[key] = event[key]
+            if seed is not None:
+                run.fields["instance_seed"] = seed
+            if traffic is not None:
+                # Self-play and the replay through an agent's /run say what the run is; a
+                # run without it stays production traffic.
+                run.fields["traffic"] = traffic
+            for key, value in (tags or {}).items():
+                run.tags[str(key)] = value if isinstance(value, str) else json.dumps(value)
         elif kind == "metadata":
             for key, value in metadata.items():
                 run.tags[str(key)] = value if isinstance(value, str) else json.dumps(value)
+        elif kind == "error":
+            # What went wrong outside the model calls (an agent that timed out or answered
+            # garbage), as the schema's error event, so the replay can count it.
+            payload = {"error": what[:2000]}
+            if isinstance(event.get("reason"), str):
+                payload["reason"] = event["reason"][:200]
+            run.events.append(
+                _event("error", str(event.get("agent") or "agent"), at, None, payload)
+            )
         elif kind == "close":
             run.closed = True
             run.status = status
