@@ -238,6 +238,7 @@ class Project:
     ) -> SelfPlayReport:
         """Run `n` self-play runs against the model in `slot` (and a share on the canary slot),
         landing every run in the landing zone. Returns the SelfPlayReport."""
+        from autoretrain.agents.play import agent_from_settings
         from autoretrain.agents.verifier import VerifierAgent
         from autoretrain.agents.workflow import WorkflowConfig
         from autoretrain.providers.base import Sampling
@@ -247,11 +248,18 @@ class Project:
         cfg = self.settings.selfplay
         catalog = self.catalog
         share = cfg.canary_share if canary_share is None else canary_share
-        primary = SlotTarget(slot, primary_model or self._slot_model(slot), self.settings.provider)
+        agent = agent_from_settings(self.settings)
+        slot_model = self._slot_model
+        if agent is not None:
+            # The team's agent reaches each slot through the gateway: nothing to load here.
+            from autoretrain.agents.http_agent import AgentSlot
+
+            slot_model = AgentSlot
+        primary = SlotTarget(slot, primary_model or slot_model(slot), self.settings.provider)
         canary = None
         if share > 0:
             canary = SlotTarget(
-                "canary", canary_model or self._slot_model("canary"), self.settings.provider
+                "canary", canary_model or slot_model("canary"), self.settings.provider
             )
         seed = cfg.seed if seed is None else seed
         runner = SelfPlayRunner(
@@ -271,6 +279,7 @@ class Project:
             workers=workers or cfg.workers,
             progress=progress,
             exclude=catalog.evaluation_hashes(self.settings.evaluation.instances_per_scenario),
+            agent=agent,
         )
         return runner.run(n, seed=seed, weights=cfg.category_weights or None)
 
@@ -575,14 +584,26 @@ class Project:
             raise ValueError(
                 f"cannot evaluate: incumbent {incumbent} / candidate {version_id!r} not registered"
             )
+        from autoretrain.agents.play import agent_from_settings
+
+        agent = agent_from_settings(self.settings)
+        model_for = self.model_for_version
+        if agent is not None:
+            # The team's agent plays both versions through the gateway, by version id.
+            from autoretrain.agents.http_agent import AgentSlot
+
+            def model_for(version: Any) -> Any:
+                return AgentSlot(version.id)
+
         comparison = evaluate(
-            self.model_for_version(incumbent),
-            self.model_for_version(candidate),
+            model_for(incumbent),
+            model_for(candidate),
             catalog,
             self.settings,
             incumbent_name=incumbent.id,
             candidate_name=candidate.id,
             progress=progress,
+            **({"agent": agent} if agent is not None else {}),
         )
         with self.store() as store:
             save_comparison(store.con, comparison, self.settings)

@@ -97,6 +97,7 @@ class SelfPlayRunner:
         traffic: Traffic = "selfplay",
         progress: bool = True,
         exclude: set[str] | frozenset[str] = frozenset(),
+        agent: Any = None,
     ):
         if canary_share and canary is None:
             raise ValueError("canary_share > 0 needs a model in the canary slot")
@@ -116,6 +117,9 @@ class SelfPlayRunner:
         self.progress = progress
         # Hashes of evaluation instances: self-play never plays (and so never trains on) them.
         self.exclude = exclude
+        # None: the built-in workflow on each target's model; an HttpAgent (settings
+        # `agent.kind: http`): the team's own /run, told each target's slot.
+        self.agent = agent
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -225,14 +229,16 @@ class SelfPlayRunner:
             tags=lambda inst: {"selfplay_seed": str(inst.seed)},
             should_stop=should_stop,
             seed_per_call=True,
+            agent=self.agent,
+            slot=target.slot,
         )
 
     def _workers_for(self, target: SlotTarget, n: int) -> int:
         """Processes to play `n` runs in: several only for a local model (a worker loads its own
         copy from the model's recipe) with the catalog's own tools (a worker rebuilds them from
         the catalog folder), and never more than there are chunks of runs to share."""
-        if self.workers == 1:
-            return 1
+        if self.workers == 1 or self.agent is not None:
+            return 1  # an HTTP agent's concurrency is its own thread pool
         from autoretrain.providers.local import LocalChatModel
 
         why_not = None

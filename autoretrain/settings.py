@@ -362,6 +362,29 @@ class GatewaySettings(_Section):
     timeout_s: Positive = 600.0  # one upstream call
 
 
+class AgentSettings(_Section):
+    """Which agent self-play and the evaluation replay run (autoretrain/agents/http_agent.py):
+    the built-in workflow, or a team's own agent behind `POST /run`."""
+
+    kind: Literal["builtin", "http"] = "builtin"
+    url: str | None = None  # the agent's /run endpoint, e.g. http://localhost:9000/run
+    auth_header: str = "Authorization"
+    # The header's value is read from this variable at call time (never stored in settings);
+    # for `Authorization` it is sent as `Bearer <value>` unless it already names a scheme.
+    auth_env: str | None = None
+    timeout_s: Positive = 120.0  # one /run call, the agent's whole run
+    concurrency: PositiveInt = 8  # /run calls in flight
+    # The gateway's OpenAI base URL (…/v1): sent to the agent, and where autoretrain attaches
+    # the scenario, verification and final answer to the run the gateway captured.
+    gateway_url: str | None = None
+
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> AgentSettings:
+        if self.kind == "http" and not self.url:
+            raise ValueError("agent.kind = 'http' needs agent.url (the agent's POST /run URL)")
+        return self
+
+
 class TelemetrySettings(_Section):
     """OpenTelemetry spans and metrics per run and per model call (autoretrain/telemetry.py),
     following the GenAI semantic conventions. Off unless `enabled`; then exported by OTLP/HTTP
@@ -396,6 +419,7 @@ class Settings(_Section):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
     scenarios_dir: Path = Path("scenarios")
 
     model_config = ConfigDict(extra="forbid", ignored_types=(cached_property,))

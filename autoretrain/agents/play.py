@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from autoretrain.agents.workflow import WorkflowConfig, agent_run, run_many, start_run
 from autoretrain.providers.base import ChatModel, ChatResponse, Messages, Sampling, Tools
@@ -80,6 +80,33 @@ def driven(model: ChatModel, concurrency: int) -> Iterator[Any]:
         pool.close()
 
 
+class Agent(Protocol):
+    """An agent other than the built-in workflow (agents/http_agent.py: a team's `POST /run`).
+    It plays instances and yields one finished Run per instance, never raising for its own
+    faults (those are runs recorded as `error`)."""
+
+    def play(
+        self,
+        instances: Iterable[Any],
+        *,
+        tracker: RunTracker,
+        verifier: Any,
+        slot: str | None,
+        tags: Callable[[Any], dict[str, str]] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[Run]: ...
+
+
+def agent_from_settings(settings: Any) -> Agent | None:
+    """The agent the settings' `agent` block names: None for the built-in workflow."""
+    block = getattr(settings, "agent", None)
+    if block is None or block.kind == "builtin":
+        return None
+    from autoretrain.agents.http_agent import HttpAgent
+
+    return HttpAgent.from_settings(block)
+
+
 def play(
     instances: Iterable[Any],
     model: ChatModel,
@@ -92,12 +119,29 @@ def play(
     tags: Callable[[Any], dict[str, str]] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     seed_per_call: bool = False,
+    agent: Agent | None = None,
+    slot: str | None = None,
 ) -> Iterator[Run]:
     """Play every instance through the workflow on `model`, yielding each run as it finishes.
 
     `tags(instance)` adds tags to each run; `should_stop` stops starting new runs (those in
     flight finish); `seed_per_call` gives every call a seed of its own (self-play), otherwise
-    every call uses the workflow's seed (the replay: one seed per sample, for both models)."""
+    every call uses the workflow's seed (the replay: one seed per sample, for both models).
+
+    `agent`: another implementation of the agent (an HttpAgent: the team's own `/run`), which
+    plays each instance itself against `slot` through the gateway; the tracker, verifier, tags
+    and `should_stop` mean the same, and a run is yielded per instance either way. None: the
+    built-in workflow on `model`, as below."""
+    if agent is not None:
+        yield from agent.play(
+            instances,
+            tracker=tracker,
+            verifier=verifier,
+            slot=slot,
+            tags=tags,
+            should_stop=should_stop,
+        )
+        return
     agents = (
         agent_run(
             instance,

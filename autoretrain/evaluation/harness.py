@@ -118,6 +118,7 @@ def replay(
     instances_per_scenario: int | None = None,
     samples_per_instance: int | None = None,
     progress: bool = True,
+    agent: Any = None,
 ) -> Replay:
     """Run every evaluation instance through both models and return the paired rows.
 
@@ -214,6 +215,10 @@ def replay(
                                 workflow=config,
                                 batch_size=ev.batch_size,
                                 tags=lambda _, tags=tags: dict(tags),
+                                # An HTTP agent plays against the role's version by name,
+                                # which the gateway resolves like a slot.
+                                agent=agent,
+                                slot=names[role],
                             ):
                                 runs.append(run)
                                 result.runs[role] += 1
