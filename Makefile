@@ -10,7 +10,7 @@ AZURITE := autoretrain_tests/azurite
 export AUTORETRAIN_HOME ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(AUTORETRAIN_HOME)/dagster
 
-.PHONY: venv demo test test-fast lint format azurite chromium ui validate bench clean
+.PHONY: venv demo test test-fast lint format azurite node-agent chromium ui validate bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ azurite:
 	@if [ -f $(AZURITE)/package.json ] && [ ! -d $(AZURITE)/node_modules ]; then \
 		npm ci --prefix $(AZURITE) --no-audit --no-fund --loglevel=error; fi
 
+# The Node.js reference agent (examples/node-agent), its `openai` package pinned in its
+# package-lock: the end-to-end test runs it against the gateway.
+node-agent:
+	@if command -v npm >/dev/null 2>&1 && [ ! -d examples/node-agent/node_modules ]; then \
+		npm ci --prefix examples/node-agent --no-audit --no-fund --loglevel=error; fi
+
 # Debian's Chromium for the browser test of the UI (Playwright drives it; it downloads no
 # browser). Installed when missing and we are root (CI, on a fresh machine); otherwise it says how.
 chromium:
@@ -40,7 +46,7 @@ chromium:
 		fi; \
 	fi
 
-test: venv azurite chromium
+test: venv azurite node-agent chromium
 	$(BIN)/pytest -q
 
 test-fast: venv

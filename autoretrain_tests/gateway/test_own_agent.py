@@ -1,0 +1,284 @@
+"""Your own agent in the loop, end to end: the Python reference agent (examples/python-agent, its
+own process, the official `openai` client) does self-play's work through the capture gateway
+via `POST /run`; autoretrain verifies each answer and attaches the scenario, traffic,
+verification and final answer to the run the gateway captured; the runs ingest cleanly. Faults
+of the agent (a timeout, a 500, garbage, nothing listening) are recorded runs, counted, and
+never crash self-play. The Node.js agent (examples/node-agent) is captured by its base URL
+alone.
+
+The model behind the gateway is the gateway tests' deterministic upstream (upstream.py): with
+tools offered it calls the first one with the user's text, and after the tool's result it
+answers `<model>: <result>`, so the reference agent's own `compute` tool decides the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from autoretrain.project import Project
+from autoretrain.runs.archive import RunArchive
+from autoretrain.serve import ServerThread
+from autoretrain.settings import Settings
+from autoretrain_tests.gateway.conftest import landed, running, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON_AGENT = ROOT / "examples" / "python-agent" / "agent.py"
+NODE_AGENT = ROOT / "examples" / "node-agent"
+TOKEN = "agent-secret-token"
+OTHERS = ("clarify", "conversion", "decline", "lookup", "multi_step", "text")
+
+
+def settings_for(home: Path, upstream_url: str, **agent) -> Settings:
+    return Settings(
+        home=home,
+        scenarios_dir=ROOT / "scenarios",
+        provider="up",
+        providers={"up": {"kind": "openai_compatible", "base_url": upstream_url}},
+        gateway={
+            "targets": {
+                "primary": {"base_url": upstream_url, "model": "model-a"},
+                "canary": {"base_url": upstream_url, "model": "model-b"},
+            },
+            "flush_interval_s": 0.05,
+            "run_idle_s": 60.0,
+        },
+        # Arithmetic only for the happy path's pass rate; fewer evaluation instances to
+        # exclude keeps the test quick.
+        selfplay={"category_weights": {**{c: 0.0 for c in OTHERS}, "arithmetic": 1.0}},
+        evaluation={"instances_per_scenario": 5},
+        agent=agent,
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway_settings(tmp_path_factory, upstream) -> Iterator[tuple[Settings, str]]:
+    """A gateway over the upstream; yields its settings and base URL (…/v1)."""
+    _, upstream_url = upstream
+    settings = settings_for(tmp_path_factory.mktemp("own-agent"), upstream_url)
+    with running(settings) as server:
+        yield settings, server.url
+
+
+@pytest.fixture(scope="module")
+def python_agent(gateway_settings) -> Iterator[str]:
+    """The reference agent as its own process, pointed at the gateway; yields its /run URL."""
+    _, gateway_url = gateway_settings
+    env = {**os.environ, "OPENAI_BASE_URL": gateway_url, "AGENT_TOKEN": TOKEN}
+    proc = subprocess.Popen(
+        [sys.executable, str(PYTHON_AGENT), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), f"the agent did not start: {line!r}"
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def project_for(gateway_settings, url: str, **agent) -> Project:
+    settings, gateway_url = gateway_settings
+    block = {
+        "kind": "http",
+        "url": url,
+        "gateway_url": gateway_url,
+        "concurrency": 4,
+        "timeout_s": 10,
+        **agent,
+    }
+    return Project(settings.model_copy(update={"agent": Settings(agent=block).agent}))
+
+
+def captured(settings: Settings, run_ids: set[str]) -> dict:
+    """The landed runs of `run_ids`, once the gateway has written every one of them."""
+    return wait_for(
+        lambda: (
+            found
+            if run_ids <= set(found := {k: v for k, v in landed(settings).items() if k in run_ids})
+            else None
+        ),
+        timeout_s=10,
+        what=f"{len(run_ids)} runs in the landing zone",
+    )
+
+
+def test_selfplay_through_the_python_agent_is_captured_verified_and_ingests(
+    gateway_settings, python_agent, monkeypatch
+):
+    monkeypatch.setenv("MY_AGENT_TOKEN", TOKEN)
+    project = project_for(gateway_settings, python_agent, auth_env="MY_AGENT_TOKEN")
+    before = set(landed(project.settings))
+    report = project.selfplay(20, progress=False, seed=7)
+    assert report.finished == 20 and report.by_slot == {"primary": 20}
+    assert report.by_status["error"] == 0, report.to_dict()
+    # The agent's own tool does the arithmetic: every answer checks out.
+    assert report.by_status["succeeded"] == 20, report.to_dict()
+
+    runs = wait_for(
+        lambda: r if len(r := set(landed(project.settings)) - before) >= 20 else None,
+        timeout_s=10,
+        what="20 runs captured",
+    )
+    found = captured(project.settings, runs)
+    assert len(found) == 20
+    for run in found.values():
+        # The scenario's identity and the traffic, from autoretrain through the run API.
+        assert run.traffic == "selfplay" and run.category == "arithmetic"
+        assert run.scenario_id and run.instance_hash and run.instance_seed is not None
+        assert run.tags["selfplay_seed"] == str(run.instance_seed)
+        assert run.tags["grouped_by"] == "header" and run.slot == "primary"
+        # The agent's own verification, then autoretrain's, which decides.
+        verifiers = [v.verifier for v in run.verifications]
+        assert verifiers == ["python-agent:self-check", "expected:numeric"], verifiers
+        assert run.status == "succeeded" and run.verified
+        # The agent's model calls and its own tool, as the gateway saw them.
+        calls = [e for e in run.events if e.type == "model_call"]
+        assert len(calls) == 2 and all(c.payload["model"] == "model-a" for c in calls)
+        tool_calls = [c.function.name for m in run.messages for c in m.tool_calls or []]
+        assert tool_calls == ["compute"]
+        assert run.messages[0].content.startswith("You are the support desk")
+        assert run.final_answer and run.final_answer.startswith("model-a: ")
+        assert {t["function"]["name"] for t in run.tools} == {"compute", "count_words"}
+
+    summary = project.ingest_days(RunArchive(project.settings.paths.landing).days())
+    assert summary.quarantined == 0 and summary.read >= 20
+
+
+async def _slow(request):
+    await asyncio.sleep(5)
+    return JSONResponse({"final_answer": "late"})
+
+
+async def _boom(request):
+    return JSONResponse({"error": "the agent crashed"}, status_code=500)
+
+
+async def _garbage(request):
+    return Response("<html>not an answer</html>", media_type="text/html")
+
+
+async def _wrong_shape(request):
+    return JSONResponse({"answer": 42})
+
+
+@pytest.fixture(scope="module")
+def faulty_agents() -> Iterator[str]:
+    """An HTTP server whose /run endpoints misbehave, one way each."""
+    app = Starlette(
+        routes=[
+            Route("/slow/run", _slow, methods=["POST"]),
+            Route("/boom/run", _boom, methods=["POST"]),
+            Route("/garbage/run", _garbage, methods=["POST"]),
+            Route("/wrong-shape/run", _wrong_shape, methods=["POST"]),
+        ]
+    )
+    with ServerThread(app) as server:
+        yield server.url.removesuffix("/v1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("path", "fault", "reason"),
+    [
+        ("/slow/run", "timeout", "timed out after 1 s"),
+        ("/boom/run", "http_error", "answered HTTP 500"),
+        ("/garbage/run", "garbage", "not JSON"),
+        ("/wrong-shape/run", "garbage", "no final_answer"),
+        (None, "unreachable", "unreachable"),
+    ],
+)
+def test_agent_faults_are_recorded_counted_and_never_crash(
+    gateway_settings, faulty_agents, path, fault, reason
+):
+    url = f"{faulty_agents}{path}" if path else f"http://127.0.0.1:{_free_port()}/run"
+    project = project_for(gateway_settings, url, timeout_s=1)
+    before = set(landed(project.settings))
+    report = project.selfplay(3, progress=False, seed=11)
+    assert report.finished == 3 and report.by_status == {"error": 3}, report.to_dict()
+    new = wait_for(
+        lambda: r if len(r := set(landed(project.settings)) - before) >= 3 else None,
+        timeout_s=10,
+        what="3 failed runs captured",
+    )
+    for run in captured(project.settings, new).values():
+        assert run.status == "error" and run.traffic == "selfplay" and run.scenario_id
+        assert run.tags["agent_fault"] == fault
+        errors = [e.payload["error"] for e in run.events if e.type == "error"]
+        assert len(errors) == 1 and reason in errors[0], errors
+        # The harness counts it as a provider failure: trouble never helps a candidate.
+        assert errors[0].startswith("model call failed")
+        assert not run.verifications
+    summary = project.ingest_days(RunArchive(project.settings.paths.landing).days())
+    assert summary.quarantined == 0
+
+
+def test_without_a_gateway_autoretrain_records_the_runs_itself(upstream, faulty_agents, tmp_path):
+    """No gateway_url: the run (here a 500 from the agent) lands through self-play's own
+    writer, so nothing is lost."""
+    _, upstream_url = upstream
+    settings = settings_for(tmp_path, upstream_url, kind="http", url=f"{faulty_agents}/boom/run")
+    report = Project(settings).selfplay(2, progress=False)
+    assert report.by_status == {"error": 2}
+    runs = landed(settings)
+    assert len(runs) == 2
+    assert all(r.tags["agent_fault"] == "http_error" for r in runs.values())
+    assert all(r.traffic == "selfplay" and r.scenario_id for r in runs.values())
+
+
+def test_the_node_agent_is_captured_by_its_base_url_alone(upstream, tmp_path):
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed: the Node.js reference agent cannot run")
+    if not (NODE_AGENT / "node_modules" / "openai").exists():
+        pytest.skip("examples/node-agent is not installed: run `make node-agent` (npm ci)")
+    _, upstream_url = upstream
+    settings = settings_for(tmp_path, upstream_url)
+    questions = ["How many letters in 'hello world'?", "Count the letters of 'abc'"]
+    answers = []
+    # The gateway's shutdown writes the runs still open (the agent closes none: it knows
+    # nothing of the run API).
+    with running(settings) as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.url}
+        for question in questions:
+            done = subprocess.run(
+                ["node", str(NODE_AGENT / "agent.mjs"), question],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=30,
+            )
+            assert done.returncode == 0, done.stderr
+            answers.append(json.loads(done.stdout))
+    assert [a["tool_calls"] for a in answers] == [1, 1]
+    runs = list(landed(settings).values())
+    assert len(runs) == 2  # one run per question: its two calls stitched together
+    for run, question, answer in zip(
+        sorted(runs, key=lambda r: r.started_at), questions, answers, strict=True
+    ):
+        calls = [e.payload["grouped_by"] for e in run.events if e.type == "model_call"]
+        assert calls == ["new", "stitched"]
+        assert run.messages[1].content == question
+        assert [c.function.name for m in run.messages for c in m.tool_calls or []] == [
+            "letter_count"
+        ]
+        assert run.final_answer == answer["final_answer"] and run.traffic == "production"
