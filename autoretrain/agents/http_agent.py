@@ -213,6 +213,9 @@ class HttpAgent:
                 active.message({"role": "assistant", "content": outcome.final_answer})
         status = _status(active.run, verification, outcome)
         run = active.finish(status, final_answer=outcome.final_answer)
+        # The agent's model calls are not seen here (the gateway's copy has their usage and
+        # cost): unknown, not $0, so the replay's cost gate says it cannot judge.
+        run.cost_usd = None
         attached = self._attach(http, run, traffic, outcome, verification)
         if not attached and tracker.sink is not None:
             tracker.sink.append(run)

@@ -282,3 +282,99 @@ def test_the_node_agent_is_captured_by_its_base_url_alone(upstream, tmp_path):
             "letter_count"
         ]
         assert run.final_answer == answer["final_answer"] and run.traffic == "production"
+
+
+def test_the_replay_plays_both_versions_through_the_agent(gateway_settings, python_agent):
+    """The evaluation replay through /run: each role's runs ask the agent for that role's
+    slot, land as evaluation traffic with the replay's tags, and tabulate as the built-in
+    workflow's do."""
+    from autoretrain.agents.http_agent import AgentSlot, HttpAgent
+    from autoretrain.evaluation.harness import replay
+
+    settings, gateway_url = gateway_settings
+    project = Project(settings)
+    agent = HttpAgent(python_agent, gateway_url=gateway_url, auth_env=None, concurrency=4)
+    # The agent demands its token: this one sends it from the environment the test sets.
+    agent.auth_env = "OWN_AGENT_REPLAY_TOKEN"
+    os.environ["OWN_AGENT_REPLAY_TOKEN"] = TOKEN
+    try:
+        before = set(landed(settings))
+        result = replay(
+            AgentSlot("primary"),
+            AgentSlot("canary"),
+            project.catalog,
+            settings,
+            instances_per_scenario=1,
+            progress=False,
+            agent=agent,
+        )
+    finally:
+        del os.environ["OWN_AGENT_REPLAY_TOKEN"]
+    assert result.error is None and not result.provider_failures
+    n = sum(result.instances.values())
+    assert result.runs == {"incumbent": n, "candidate": n} and len(result.rows) == 2 * n
+    assert {r["role"] for r in result.rows} == {"incumbent", "candidate"}
+    # Arithmetic is the agent's strength; the rest fail on their verdict, not on faults.
+    passed = [r for r in result.rows if r["passed"]]
+    assert passed and {r["category"] for r in passed} == {"arithmetic"}
+    new = wait_for(
+        lambda: r if len(r := set(landed(settings)) - before) >= 2 * n else None,
+        timeout_s=10,
+        what="the replay's runs captured",
+    )
+    runs = captured(settings, new)
+    assert {r.traffic for r in runs.values()} == {"evaluation"}
+    by_role = {r.tags["role"]: r for r in runs.values()}
+    # Each role's calls went to its own slot's target (primary: model-a, canary: model-b).
+    assert by_role["incumbent"].slot == "primary" and by_role["candidate"].slot == "canary"
+    assert by_role["candidate"].final_answer.startswith("model-b: ")
+    assert all(r.tags["evaluation_id"] == result.evaluation_id for r in runs.values())
+
+
+def test_an_agent_in_trouble_fails_the_replay(gateway_settings, faulty_agents):
+    from autoretrain.agents.http_agent import AgentSlot, HttpAgent
+    from autoretrain.evaluation.harness import evaluate
+
+    settings, gateway_url = gateway_settings
+    agent = HttpAgent(f"{faulty_agents}/boom/run", gateway_url=gateway_url)
+    comparison = evaluate(
+        AgentSlot("primary"),
+        AgentSlot("canary"),
+        Project(settings).catalog,
+        settings,
+        instances_per_scenario=1,
+        progress=False,
+        agent=agent,
+    )
+    assert comparison.decision == "reject"
+    [why] = [g.detail for g in comparison.reasons if g.name == "evaluation_ran"]
+    assert "failed at the provider" in why and "HTTP 500" in why, why
+    assert agent.faults["http_error"] > 0
+
+
+def test_the_run_api_takes_traffic_seed_tags_and_errors():
+    """The scenario event's fields for runs autoretrain drives, and what it refuses."""
+    from autoretrain.gateway.grouping import RunBook
+    from autoretrain.runs.schema import Run
+
+    book = RunBook()
+    ok = {"type": "scenario", "scenario_id": "arith_add"}
+    assert book.apply("r1", {**ok, "traffic": "replay"})[0] == 400
+    assert book.apply("r1", {**ok, "instance_seed": "7"})[0] == 400
+    assert book.apply("r1", {**ok, "instance_seed": True})[0] == 400
+    assert book.apply("r1", {**ok, "tags": ["a"]})[0] == 400
+    assert book.apply("r1", {"type": "error", "error": ""})[0] == 400
+    event = {**ok, "instance_seed": 7, "traffic": "selfplay", "tags": {"seed": 7, "k": "v"}}
+    assert book.apply("r1", event) == (201, "applied")
+    assert book.apply("r1", {"type": "error", "error": "the agent timed out", "reason": "t"})[0]
+    assert book.apply("r1", {"type": "close", "status": "error"})[0] == 201
+    [record] = book.due(idle_s=60)
+    run = Run.model_validate(record)
+    assert run.traffic == "selfplay" and run.instance_seed == 7 and run.status == "error"
+    assert run.tags["seed"] == "7" and run.tags["k"] == "v"
+    [error] = [e for e in run.events if e.type == "error"]
+    assert error.payload == {"error": "the agent timed out", "reason": "t"}
+    # A run that never says what it is stays production traffic.
+    book.apply("r2", ok)
+    book.apply("r2", {"type": "close"})
+    assert Run.model_validate(book.due(idle_s=60)[0]).traffic == "production"
