@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,12 +217,20 @@ def test_agent_faults_are_recorded_counted_and_never_crash(
     before = set(landed(project.settings))
     report = project.selfplay(3, progress=False, seed=11)
     assert report.finished == 3 and report.by_status == {"error": 3}, report.to_dict()
-    new = wait_for(
-        lambda: r if len(r := set(landed(project.settings)) - before) >= 3 else None,
-        timeout_s=10,
-        what="3 failed runs captured",
-    )
-    for run in captured(project.settings, new).values():
+
+    def faulted() -> list | None:
+        # This case's runs, by the agent's URL in their error (other tests' may be landing).
+        runs = [
+            r
+            for k, r in landed(project.settings).items()
+            if k not in before
+            and any(url in str(e.payload.get("error")) for e in r.events if e.type == "error")
+        ]
+        return runs if len(runs) >= 3 else None
+
+    runs = wait_for(faulted, timeout_s=10, what="3 failed runs captured")
+    assert len(runs) == 3
+    for run in runs:
         assert run.status == "error" and run.traffic == "selfplay" and run.scenario_id
         assert run.tags["agent_fault"] == fault
         errors = [e.payload["error"] for e in run.events if e.type == "error"]
@@ -378,3 +387,34 @@ def test_the_run_api_takes_traffic_seed_tags_and_errors():
     book.apply("r2", ok)
     book.apply("r2", {"type": "close"})
     assert Run.model_validate(book.due(idle_s=60)[0]).traffic == "production"
+
+
+def test_canary_share_sends_the_agent_to_the_canary_slot(gateway_settings, python_agent):
+    """Self-play's canary share through /run: the agent is told `slot: canary` for its share,
+    and the gateway serves and records those runs on canary's target."""
+    os.environ["OWN_AGENT_CANARY_TOKEN"] = TOKEN
+    try:
+        project = project_for(gateway_settings, python_agent, auth_env="OWN_AGENT_CANARY_TOKEN")
+        before = set(landed(project.settings))
+        report = project.selfplay(12, progress=False, seed=5, canary_share=0.5)
+    finally:
+        del os.environ["OWN_AGENT_CANARY_TOKEN"]
+    assert report.finished == 12 and report.by_status == {"succeeded": 12}, report.to_dict()
+    assert report.by_slot["canary"] > 0 and report.by_slot["primary"] > 0
+
+    def played() -> list | None:
+        # This test's runs: other tests' runs may still be landing (an agent fault has no
+        # model call, so no slot; the replay's are evaluation traffic).
+        runs = [
+            r
+            for k, r in landed(project.settings).items()
+            if k not in before and r.traffic == "selfplay" and r.slot is not None
+        ]
+        return runs if len(runs) >= 12 else None
+
+    runs = wait_for(played, timeout_s=10, what="12 runs captured")
+    slots = Counter(r.slot for r in runs)
+    assert slots == Counter({k: v for k, v in report.by_slot.items()})
+    for run in runs:
+        model = {"primary": "model-a", "canary": "model-b"}[run.slot]
+        assert run.model == model and run.final_answer.startswith(f"{model}: ")
