@@ -128,6 +128,7 @@ class HttpAgent:
         """Play every instance through the agent, yielding each run as it finishes (at most
         `concurrency` in flight; `should_stop` stops starting new ones)."""
         headers = self._headers()
+        faults: Counter = Counter()  # this play's faults, by kind
         limits = httpx.Limits(max_connections=self.concurrency + 2)
         with (
             httpx.Client(timeout=self.timeout_s, limits=limits, transport=self._transport) as http,
@@ -149,10 +150,22 @@ class HttpAgent:
                         )
                     )
                 if not pending:
-                    return
+                    break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield future.result()
+                    run = future.result()
+                    if "agent_fault" in run.tags:
+                        faults[run.tags["agent_fault"]] += 1
+                    yield run
+        if faults:
+            # Each is a recorded run already; one line says how many, of which kind.
+            log.warning(
+                "agent %s: %d run(s) failed at the agent (%s)",
+                self.url,
+                sum(faults.values()),
+                ", ".join(f"{k} {v}" for k, v in sorted(faults.items())),
+                extra={"agent_faults": dict(faults)},
+            )
 
     def _headers(self) -> dict[str, str]:
         if not self.auth_env:
@@ -248,6 +261,11 @@ class HttpAgent:
             )
         except httpx.HTTPError as exc:
             return Outcome(fault="unreachable", reason=f"at {self.url} is unreachable: {exc}")
+        except Exception as exc:  # a malformed URL, a body it cannot send: still one run's fault
+            return Outcome(
+                fault="unreachable",
+                reason=f"at {self.url} cannot be called: {type(exc).__name__}: {exc}",
+            )
         text = response.text
         if response.status_code >= 400:
             return Outcome(

@@ -54,6 +54,10 @@ def settings_for(home: Path, upstream_url: str, **agent) -> Settings:
             },
             "flush_interval_s": 0.05,
             "run_idle_s": 60.0,
+            # The slots are fixed targets: the gateway need not re-read the registry, and in
+            # this process its read-only connection would clash with ingest's writer (DuckDB
+            # allows one configuration per file per process; in production they are two).
+            "registry_ttl_s": 3600.0,
         },
         # Arithmetic only for the happy path's pass rate; fewer evaluation instances to
         # exclude keeps the test quick.
