@@ -12,11 +12,12 @@ export DAGSTER_HOME ?= $(AUTORETRAIN_HOME)/dagster
 
 .PHONY: venv demo test test-fast lint format azurite node-agent chromium ui validate bench clean
 
+# -qq keeps pip's warnings and the build backend's editable-install notice out of `make demo`.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --quiet -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

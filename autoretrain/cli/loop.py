@@ -60,10 +60,13 @@ def loop(iterations: int | None, selfplay_runs: int | None, as_json: bool) -> No
 
 
 def quiet_libraries() -> None:
-    """One line per stage: the instance's migrations (alembic), Dagster's per-event log and
-    the weight-loading bars stay out of the output unless `-v` is given."""
+    """One line per stage: the instance's migrations (alembic), Dagster's per-event log, the
+    stages' INFO logs and the weight-loading bars stay out of the output unless `-v` is given."""
     for name in ("alembic", "dagster", "httpx", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The stages' own INFO lines (training steps, ingest counts, the replay's plan) repeat what
+    # the stage lines and progress lines say; warnings still show.
+    logging.getLogger("autoretrain").setLevel(logging.WARNING)
     # Read by transformers when it is imported, here and in self-play's worker processes.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
