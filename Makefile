@@ -16,7 +16,7 @@ export DAGSTER_HOME ?= $(AUTORETRAIN_HOME)/dagster
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --quiet -e '.[dev]'
 	touch $(STAMP)
 
