@@ -7,6 +7,12 @@ dice). Then only `dagster-daemon run` works: the landing-zone sensor ingests, sc
 decides; automation builds the dataset; the dataset sensor asks for a candidate; the
 regression gate passes for it; automation deploys it to canary, plays canary traffic,
 analyses it and promotes it to primary. Every step is a run in its own process.
+
+This test is about automation, not efficacy: the daemon's candidate is trained again (its
+dataset is built anew), so it is a second roll of the dice, and on a catalog's edge it can
+regress one held-out category past the default bound (seen in CI: held_out/conversion -10.7
+points). Its lifts are loosened to "not a collapse"; the default gate's verdicts are tested in
+test_loop_e2e.py (the loop's own candidate), defs/test_automation.py and deploy/test_clearance.py.
 """
 
 from __future__ import annotations
@@ -28,6 +34,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 1500  # the daemon's whole journey, on a busy 2-core CI machine
+LOOSE_LIFTS = """
+lifts:
+  default:
+    min_lift: 0.0
+    significance: 0.5
+    max_heldout_regression: 0.5
+    max_category_regression: 1.0
+    max_latency_ratio: 10.0
+    max_cost_ratio: 10.0
+    canary_margin: 0.5
+"""
 
 
 def land_the_loops_selfplay(loop_run: LoopRun, landing: Path) -> int:
@@ -56,10 +73,12 @@ def land_the_loops_selfplay(loop_run: LoopRun, landing: Path) -> int:
 
 def test_the_daemon_alone_turns_landed_runs_into_a_new_primary(loop_run, tmp_path, monkeypatch):
     home = tmp_path / "data"
+    config = tmp_path / "autoretrain.yaml"
+    config.write_text(LOOP_CONFIG.read_text() + LOOSE_LIFTS)
     env = {
         "AUTORETRAIN_HOME": str(home),
         "DAGSTER_HOME": str(home / "dagster"),
-        "AUTORETRAIN_CONFIG": str(LOOP_CONFIG),
+        "AUTORETRAIN_CONFIG": str(config),
         "AUTORETRAIN_SENSOR_INTERVAL_S": "5",
     }
     for key, value in env.items():
@@ -118,5 +137,19 @@ def wait_for_new_primary(settings, daemon: DagsterDaemon) -> str:
             held = None
         if held is not None and held.id != "v0":
             return held.id
+        rejected = _rejections(settings)
+        if rejected:  # nothing more will come: say why now, not at the deadline
+            pytest.fail(f"the regression gate rejected the daemon's candidate: {rejected}")
         time.sleep(10)
     pytest.fail(f"no new primary after {DEADLINE_S} s; daemon log:\n{daemon.tail()}")
+
+
+def _rejections(settings) -> list:
+    """Evaluations that decided reject, with their failed gates (empty while none did)."""
+    try:
+        with RunStore.from_settings(settings, read_only=True) as store:
+            return store.con.execute(
+                "SELECT candidate, id FROM evaluations WHERE decision = 'reject'"
+            ).fetchall()
+    except Exception:  # noqa: BLE001 - no table yet, or a run holds the write lock
+        return []
