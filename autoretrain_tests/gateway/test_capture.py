@@ -324,9 +324,11 @@ def openai_errors():
     return openai.APIStatusError
 
 
-def test_the_command_serves_and_flushes_on_ctrl_c(tmp_path, upstream):
+def test_the_command_serves_and_flushes_on_ctrl_c(tmp_path, upstream, monkeypatch):
     """`autoretrain gateway` as a user starts it: settings from autoretrain.yaml, a call, then
     Ctrl-C (SIGINT): the open run is in the landing zone."""
+    # `make test` exports AUTORETRAIN_HOME, which would override the file's `home` here too.
+    monkeypatch.delenv("AUTORETRAIN_HOME", raising=False)
     import os
     import signal
     import subprocess
