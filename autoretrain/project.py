@@ -91,6 +91,12 @@ BASE_VERSION = "v0"
 # -- curation ---------------------------------------------------------------------------------
 
 
+def candidate_key(dataset_version: str) -> str:
+    """The candidate trained on a dataset version is named after it: its registry version id and
+    its `candidates` partition key (no commas, stable)."""
+    return f"cand-{dataset_version}"
+
+
 def _agent_version() -> str:
     from autoretrain.agents.workflow import AGENT_VERSION
 
@@ -856,8 +862,3 @@ class Project:
                 profile=profile,
             )
             return SlotChange(entry, result)
-
-    def candidate_id(self, dataset_version: str) -> str:
-        """The version id of the candidate trained on a dataset version: `cand-<version>`, the
-        automation's partition key (defs/automation.py `candidate_key`)."""
-        return f"cand-{dataset_version}"

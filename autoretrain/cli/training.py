@@ -144,13 +144,13 @@ def train(
     training. Or a model directory of your own (--base), or a hosted Azure OpenAI fine-tune
     (--backend azure)."""
     from autoretrain.deploy.registry import RegistryError
-    from autoretrain.project import Project
+    from autoretrain.project import Project, candidate_key
     from autoretrain.training.data import DatasetError, LossMaskError
     from autoretrain.training.lora import TrainingError
 
     project = Project.open()
     settings = project.settings
-    version = version or project.candidate_id(dataset_dir.name)
+    version = version or candidate_key(dataset_dir.name)
     if (backend or settings.training.backend) == "azure":
         _train_hosted(project, dataset_dir, version, cancel, as_json)
         return

@@ -19,6 +19,7 @@ import dagster as dg
 
 from autoretrain.defs.partitions import candidate_partitions, daily_partitions
 from autoretrain.defs.resources import ProjectResource
+from autoretrain.project import candidate_key
 
 AC = dg.AutomationCondition
 # How often the sensors look (seconds). Sensors are ticks, not work: a shorter interval costs a
@@ -158,11 +159,6 @@ def failed_checks(instance: dg.DagsterInstance, asset: dg.AssetKey, run_id: str)
         if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
             failed.append(key.name)
     return failed
-
-
-def candidate_key(dataset_version: str) -> str:
-    """The candidate trained on a dataset version is named after it (no commas, stable)."""
-    return f"cand-{dataset_version}"
 
 
 @dg.op(
