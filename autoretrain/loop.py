@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoretrain.instance import ensure_dagster_home
-from autoretrain.project import EMBEDDED, Project
+from autoretrain.project import EMBEDDED, Project, candidate_key
 from autoretrain.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,6 @@ class LoopRunner:
         return self.run("selfplay", config=config).output_for_node("play")
 
     def iteration(self, number: int, selfplay_runs: int) -> IterationResult:
-        from autoretrain.defs.automation import candidate_key
         from autoretrain.defs.partitions import candidate_partitions
 
         out = IterationResult(iteration=number)
