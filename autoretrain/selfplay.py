@@ -286,6 +286,7 @@ class SelfPlayRunner:
         job = _Job(
             catalog_root=self.catalog.root,
             catalog_hash=self.catalog.hash,
+            catalog_tools=getattr(self.catalog, "tool_refs", []),
             verifier=self.verifier,
             landing=self.archive.landing,
             slot=target.slot,
@@ -360,6 +361,7 @@ class _Job:
 
     catalog_root: Path
     catalog_hash: str
+    catalog_tools: list[dict]  # the settings' tools: the worker's catalog needs the same ones
     verifier: Any
     landing: Path
     slot: str
@@ -418,7 +420,7 @@ def _worker_main(index: int, job: _Job, next_chunk: Any, events: Any, stop: Any)
     try:
         from autoretrain.scenarios import load_catalog
 
-        catalog = load_catalog(job.catalog_root)
+        catalog = load_catalog(job.catalog_root, job.catalog_tools)
         if catalog.hash != job.catalog_hash:
             raise RuntimeError(
                 f"{job.catalog_root} changed while self-play started (catalog hash "

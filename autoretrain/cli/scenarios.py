@@ -60,7 +60,7 @@ def validate(path: Path | None, seeds: int, as_json: bool) -> None:
                 checked += 1
                 if instance.expected.get("kind") == "rubric":
                     continue
-                outcome = check_expected(instance.expected, instance.reference_answer)
+                outcome = check_expected(instance.expected, instance.reference_answer, instance)
                 if not outcome.passed:
                     failures.append(
                         f"{scenario.file}: scenario {scenario.id!r}: field 'reference.answer': "
