@@ -361,7 +361,6 @@ class _Job:
 
     catalog_root: Path
     catalog_hash: str
-    catalog_tools: list[dict]  # the settings' tools: the worker's catalog needs the same ones
     verifier: Any
     landing: Path
     slot: str
@@ -372,6 +371,8 @@ class _Job:
     workflow: WorkflowConfig
     concurrency: int
     traffic: Traffic
+    # The settings' tools the catalog was loaded with: the worker's copy needs the same ones.
+    catalog_tools: list[dict] = field(default_factory=list)
 
 
 def _play_chunks(

@@ -275,6 +275,20 @@ def test_settings_tools_join_the_projects_catalog(tmp_path, plugin_dir, monkeypa
     assert "scenario 'fx_eur': field 'tools[0]': unknown tool 'fx_rate'" in problems(root)
 
 
+def test_validate_at_a_path_uses_the_settings_tools(tmp_path, plugin_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from autoretrain.cli import cli
+
+    root = write_catalog(tmp_path, SCENARIO)
+    config = tmp_path / "autoretrain.yaml"
+    config.write_text(f"tools:\n  - {plugin_dir[1]}:fx_rate\n")
+    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(config))
+    result = CliRunner().invoke(cli, ["scenarios", "validate", str(root)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: ")
+
+
 def test_a_settings_tool_that_fails_to_import_names_the_settings_field(tmp_path):
     root = write_catalog(tmp_path, SCENARIO.replace("fx_rate", "calculator"))
     message = problems(root, tools=[ToolSpec(function="nowhere_xyz:tool")])
@@ -369,3 +383,44 @@ def test_the_shipped_catalog_keeps_its_hash():
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     assert load_catalog(root).hash == digest.hexdigest()
     assert load_catalog(root, tools=[]).hash == digest.hexdigest()
+
+
+def test_a_self_play_worker_reloads_the_catalog_with_the_settings_tools(tmp_path, plugin_dir):
+    """Self-play's spawned workers load the catalog again: the job carries the settings' tools,
+    so the worker finds the same registry and hash (here the worker runs in this process)."""
+    import multiprocessing
+    import queue
+    import signal
+    import threading
+
+    from autoretrain.agents.verifier import VerifierAgent
+    from autoretrain.agents.workflow import WorkflowConfig
+    from autoretrain.providers.scripted import ScriptedModel
+    from autoretrain.selfplay import _Job, _worker_main
+
+    root = write_catalog(tmp_path, SCENARIO)
+    catalog = load_catalog(root, [f"{plugin_dir[1]}:fx_rate"])
+    job = _Job(
+        catalog_root=root,
+        catalog_hash=catalog.hash,
+        verifier=VerifierAgent(),
+        landing=tmp_path / "landing",
+        slot="primary",
+        provider="test",
+        model=lambda: ScriptedModel([], default="I do not know."),
+        chunks=[catalog.selfplay_instances(2, seed=1)],
+        prices=None,
+        workflow=WorkflowConfig(),
+        concurrency=2,
+        traffic="selfplay",
+        catalog_tools=catalog.tool_refs,
+    )
+    events: queue.Queue = queue.Queue()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        _worker_main(1, job, multiprocessing.Value("i", 0), events, threading.Event())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    kinds = [events.get_nowait() for _ in range(events.qsize())]
+    assert [k for k in kinds if k[0] == "error"] == []
+    assert sum(k[0] == "run" for k in kinds) == 2
