@@ -153,8 +153,10 @@ def derive_parameters(function: Callable[..., Any]) -> dict[str, Any]:
             schema, nullable = _schema_for(hints[name])
         except PluginError as exc:
             raise PluginError(f"parameter {name!r}: {exc}; give 'parameters'") from None
-        if nullable:
-            schema = {**schema, "type": [schema["type"], "null"]} if "type" in schema else schema
+        if nullable:  # Optional[X]: null is a value the model may send, as the hint says
+            schema = {**schema, "type": [schema["type"], "null"]}
+            if "enum" in schema:
+                schema["enum"] = [*schema["enum"], None]
         if name in described:
             schema = {**schema, "description": described[name]}
         properties[name] = schema

@@ -46,6 +46,10 @@ def shout(text: str, times: int) -> str:
     return " ".join([text.upper()] * times)
 
 
+def pick(mode: Optional[Literal["a", "b"]]) -> str:
+    return str(mode)
+
+
 def tags(words: list[str], joined: bool) -> list:
     return sorted(words) if not joined else ["-".join(words)]
 
@@ -151,6 +155,10 @@ def test_the_schema_comes_from_type_hints_and_the_docstring(plugin_dir):
     assert tool.description == "Convert an amount of a currency to US dollars."
     assert derive_parameters(module.shout)["required"] == ["text", "times"]
     assert derive_parameters(module.shout)["properties"]["times"] == {"type": "integer"}
+    assert derive_parameters(module.pick)["properties"]["mode"] == {
+        "type": ["string", "null"],
+        "enum": ["a", "b", None],
+    }
     listed = derive_parameters(module.tags)["properties"]
     assert listed == {
         "words": {"type": "array", "items": {"type": "string"}},
