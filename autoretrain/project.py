@@ -159,8 +159,11 @@ def _read_json(path: Any) -> dict[str, Any]:
 class Project:
     """An opened data root. Cheap to make: nothing is opened until a stage needs it."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, grader: Any = None):
         self.settings = settings
+        # The rubric judge, when a caller brings its own ChatModel; otherwise the one
+        # `graders.rubric_profile` names is built when needed (plugins.verifier_from_settings).
+        self.grader = grader
 
     @classmethod
     def open(cls, config_file: Path | None = None, **overrides: Any) -> Project:
@@ -176,7 +179,7 @@ class Project:
         """The scenario catalog, loaded once per project handle."""
         from autoretrain.scenarios import load_catalog
 
-        return load_catalog(self.settings.scenarios_dir)
+        return load_catalog(self.settings.scenarios_dir, self.settings.tools)
 
     @property
     def archive(self) -> RunArchive:
@@ -245,8 +248,8 @@ class Project:
         """Run `n` self-play runs against the model in `slot` (and a share on the canary slot),
         landing every run in the landing zone. Returns the SelfPlayReport."""
         from autoretrain.agents.play import agent_from_settings
-        from autoretrain.agents.verifier import VerifierAgent
         from autoretrain.agents.workflow import WorkflowConfig
+        from autoretrain.plugins import verifier_from_settings
         from autoretrain.providers.base import Sampling
         from autoretrain.runs.pricing import PriceTable
         from autoretrain.selfplay import SelfPlayRunner, SlotTarget
@@ -271,7 +274,7 @@ class Project:
         runner = SelfPlayRunner(
             catalog,
             catalog.registry,
-            VerifierAgent(),
+            verifier_from_settings(self.settings, self.grader),
             self.archive,
             primary,
             canary=canary,
@@ -580,6 +583,7 @@ class Project:
         save the comparison, its report and chart. Returns the Comparison (with evaluation_id)."""
         from autoretrain.evaluation.harness import evaluate
         from autoretrain.evaluation.report import save_comparison
+        from autoretrain.plugins import verifier_from_settings
 
         catalog = self.catalog
         with self.store() as store:
@@ -609,6 +613,7 @@ class Project:
             incumbent_name=incumbent.id,
             candidate_name=candidate.id,
             progress=progress,
+            verifier=verifier_from_settings(self.settings, self.grader),
             **({"agent": agent} if agent is not None else {}),
         )
         with self.store() as store:
@@ -772,8 +777,8 @@ class Project:
         from collections import defaultdict
 
         from autoretrain.agents.play import play
-        from autoretrain.agents.verifier import VerifierAgent
         from autoretrain.agents.workflow import WorkflowConfig
+        from autoretrain.plugins import verifier_from_settings
         from autoretrain.providers.base import Sampling
         from autoretrain.runs.tracker import RunTracker
 
@@ -781,7 +786,7 @@ class Project:
         per_scenario = per_scenario or self.settings.evaluation.instances_per_scenario
         sampling = Sampling(temperature=0.0, max_tokens=self.settings.evaluation.max_tokens)
         tracker = RunTracker(None, model=getattr(model, "name", "model"), traffic="evaluation")
-        verifier = VerifierAgent()
+        verifier = verifier_from_settings(self.settings, self.grader)
         out: dict[str, Any] = {}
         for tier in ("in_distribution", "held_out"):
             instances = catalog.eval_instances(tier, per_scenario)  # type: ignore[arg-type]

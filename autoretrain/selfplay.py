@@ -286,6 +286,7 @@ class SelfPlayRunner:
         job = _Job(
             catalog_root=self.catalog.root,
             catalog_hash=self.catalog.hash,
+            catalog_tools=getattr(self.catalog, "tool_refs", []),
             verifier=self.verifier,
             landing=self.archive.landing,
             slot=target.slot,
@@ -370,6 +371,8 @@ class _Job:
     workflow: WorkflowConfig
     concurrency: int
     traffic: Traffic
+    # The settings' tools the catalog was loaded with: the worker's copy needs the same ones.
+    catalog_tools: list[dict] = field(default_factory=list)
 
 
 def _play_chunks(
@@ -418,7 +421,7 @@ def _worker_main(index: int, job: _Job, next_chunk: Any, events: Any, stop: Any)
     try:
         from autoretrain.scenarios import load_catalog
 
-        catalog = load_catalog(job.catalog_root)
+        catalog = load_catalog(job.catalog_root, job.catalog_tools)
         if catalog.hash != job.catalog_hash:
             raise RuntimeError(
                 f"{job.catalog_root} changed while self-play started (catalog hash "

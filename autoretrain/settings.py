@@ -399,6 +399,26 @@ class TelemetrySettings(_Section):
     export_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class ToolSpec(_Section):
+    """A tool by import path (autoretrain/plugins.py): it joins the catalog's tool registry, and
+    scenarios may list it in `tools`. A plain string in `tools:` is the `function` alone."""
+
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # module:function
+    name: str | None = None  # default: the function's name
+    description: str | None = None  # default: the docstring's first paragraph
+    # JSON Schema of the arguments object; default: derived from the type hints and docstring.
+    parameters: dict[str, Any] | None = None
+
+
+class GraderSettings(_Section):
+    """Who grades `rubric` scenarios: the model of a provider profile's slot (a judge). Without
+    a profile, rubric answers fail with "no grader configured", so they never train a model."""
+
+    rubric_profile: str | None = None
+    rubric_slot: str = "primary"
+    timeout_s: Positive = 30.0  # one grading call (rubric judge or python grader)
+
+
 class Settings(_Section):
     home: Path = Path("data")
     environment: str = "local"
@@ -421,6 +441,9 @@ class Settings(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     scenarios_dir: Path = Path("scenarios")
+    # Tools by import path that join every catalog's registry (see docs/scenarios.md).
+    tools: list[ToolSpec] = Field(default_factory=list)
+    graders: GraderSettings = Field(default_factory=GraderSettings)
 
     model_config = ConfigDict(extra="forbid", ignored_types=(cached_property,))
 
@@ -466,6 +489,24 @@ class Settings(_Section):
             except ValidationError as exc:
                 raise ValueError(_problems(exc, prefix=f"{name}.{where}.")) from None
         return layers
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tool_strings(cls, tools: Any) -> Any:
+        # `- mypkg.tools:weather` is shorthand for `- function: mypkg.tools:weather`.
+        if isinstance(tools, list):
+            return [{"function": t} if isinstance(t, str) else t for t in tools]
+        return tools
+
+    @model_validator(mode="after")
+    def _rubric_profile_is_defined(self) -> Settings:
+        name = self.graders.rubric_profile
+        if name is not None and name not in self.providers:
+            raise ValueError(
+                f"graders.rubric_profile = {name!r}: no such profile; known profiles: "
+                f"{sorted(self.providers)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _provider_is_defined(self) -> Settings:

@@ -1,8 +1,9 @@
 """VerifierAgent: scores a final answer against a scenario instance's expected outcome.
 
-Deterministic kinds (exact, numeric, regex, contains, json_schema) are checked by
-`autoretrain.scenarios.expected` (the catalog loader needs them too); a `rubric` is graded by any
-ChatModel. Every score is in [0, 1]. A missing or empty answer, a rubric with no
+Deterministic kinds (exact, numeric, regex, contains, json_schema) and the team's own `python`
+graders are checked by `autoretrain.scenarios.expected` (the catalog loader needs them too); a
+`rubric` is graded by any ChatModel (`graders.rubric_profile` in the settings names one; see
+`autoretrain.plugins.verifier_from_settings`). Every score is in [0, 1]. A missing or empty answer, a rubric with no
 grader, and a grader that times out, fails or answers nonsense are all failures, never passes,
 with the reason in `feedback`, worded for a model that will retry ("expected a number close to
 42.5, got 'forty'").
@@ -44,7 +45,7 @@ class VerifierAgent:
             outcome = self._grade(instance, answer)
             verifier = f"rubric:{getattr(self.grader, 'name', 'none')}"
         else:
-            outcome = check_expected(instance.expected, answer)
+            outcome = check_expected(instance.expected, answer, instance, self.timeout_s)
             verifier = f"expected:{kind}"
         return Verification(
             verifier=verifier,

@@ -206,7 +206,7 @@ def _catalog(project: Any, path: Path | None):  # type: ignore[no-untyped-def]
 
     where = path or project.settings.scenarios_dir
     try:
-        return load_catalog(path) if path is not None else project.catalog
+        return load_catalog(path, project.settings.tools) if path is not None else project.catalog
     except (CatalogError, FileNotFoundError) as exc:
         raise click.ClickException(
             f"{exc}\nThe builder needs the catalog to keep evaluation instances out of the "

@@ -17,12 +17,24 @@ def _load(path: Path | None):  # type: ignore[no-untyped-def]
     project = None if path is not None else Project.open()
     where = path or project.settings.scenarios_dir
     try:
-        return load_catalog(path) if project is None else project.catalog
+        return load_catalog(path, _settings_tools()) if project is None else project.catalog
     except CatalogError as exc:
         raise click.ClickException(
             f"{exc}\nFix the fields named above (format: docs/scenarios.md), then run "
             f"`autoretrain scenarios validate {where}` again."
         ) from None
+
+
+def _settings_tools() -> list:
+    """The settings' `tools`, so a catalog whose scenarios use them validates at any path. A
+    path is validated without settings otherwise (it may be a catalog for another project), so
+    settings that do not load give no tools here; every other command reports them."""
+    from autoretrain.settings import SettingsError, load_settings
+
+    try:
+        return list(load_settings().tools)
+    except SettingsError:
+        return []
 
 
 @click.group()
@@ -60,7 +72,7 @@ def validate(path: Path | None, seeds: int, as_json: bool) -> None:
                 checked += 1
                 if instance.expected.get("kind") == "rubric":
                     continue
-                outcome = check_expected(instance.expected, instance.reference_answer)
+                outcome = check_expected(instance.expected, instance.reference_answer, instance)
                 if not outcome.passed:
                     failures.append(
                         f"{scenario.file}: scenario {scenario.id!r}: field 'reference.answer': "

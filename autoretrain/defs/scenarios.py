@@ -23,7 +23,7 @@ def scenario_catalog(
     from autoretrain.scenarios import load_catalog
 
     settings = autoretrain.settings()
-    catalog = load_catalog(settings.scenarios_dir)
+    catalog = load_catalog(settings.scenarios_dir, settings.tools)
     context.log.info(
         f"{len(catalog)} scenarios, categories {catalog.categories()}, hash {catalog.hash}"
     )

@@ -126,8 +126,8 @@ def replay(
     configured rate, set `error`. Problems of the harness itself (an unwritable landing zone)
     do raise; `evaluate` turns those into a rejected comparison too.
     """
-    from autoretrain.agents.verifier import VerifierAgent
     from autoretrain.evaluation.report import new_evaluation_id
+    from autoretrain.plugins import verifier_from_settings
 
     ev = settings.evaluation
     per_scenario = (
@@ -148,7 +148,7 @@ def replay(
     )
     workflow = workflow or WorkflowConfig()
     tools = tools if tools is not None else catalog.registry
-    verifier = verifier if verifier is not None else VerifierAgent()
+    verifier = verifier if verifier is not None else verifier_from_settings(settings)
     archive = archive if archive is not None else RunArchive(settings.paths.landing)
     prices = PriceTable.from_settings(settings)
     provider = provider or settings.provider

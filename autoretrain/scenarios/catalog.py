@@ -24,8 +24,18 @@ _DRAWS_PER_INSTANCE = 8
 
 
 class Catalog:
-    def __init__(self, scenarios: list[Scenario], root: Path, hash: str, registry: ToolRegistry):
+    def __init__(
+        self,
+        scenarios: list[Scenario],
+        root: Path,
+        hash: str,
+        registry: ToolRegistry,
+        tool_refs: list[dict] | None = None,
+    ):
         self.scenarios = scenarios
+        # The settings' tools it was loaded with: a process that reloads the catalog (a
+        # self-play worker) needs them to get the same registry and hash.
+        self.tool_refs = list(tool_refs or [])
         self.root = root
         self.hash = hash
         self.registry = registry

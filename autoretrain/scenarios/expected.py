@@ -1,7 +1,8 @@
 """Deterministic expected outcomes: does an answer meet a rendered instance's `expected`?
 
-The kinds exact, numeric, regex, contains and json_schema are checked here, without a model; a
-`rubric` needs a grader and is left to the VerifierAgent. Every score is in [0, 1], and a
+The kinds exact, numeric, regex, contains and json_schema are checked here, without a model;
+`python` calls the team's own grader function (autoretrain/plugins.py); a `rubric` needs a
+grader model and is left to the VerifierAgent. Every score is in [0, 1], and a
 missing answer or a malformed expected outcome is a failure, never a crash, with the reason in
 `feedback`, worded for a model that will retry ("expected a number close to 42.5, got 'forty'").
 The catalog loader uses `check_expected` to test each scenario's reference against its own
@@ -14,6 +15,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _NUMBER = re.compile(
     r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])|(?<![\w.])[-+]?\.\d+"
@@ -158,11 +160,19 @@ CHECKS = {
 }
 
 
-def check_expected(expected: dict, answer: str | None) -> Outcome:
-    """Check an answer against a rendered, deterministic expected outcome (not `rubric`)."""
+def check_expected(
+    expected: dict, answer: str | None, instance: Any = None, timeout_s: float | None = None
+) -> Outcome:
+    """Check an answer against a rendered expected outcome (not `rubric`). `instance` (the
+    ScenarioInstance) is what a `python` grader gets beside the answer; `timeout_s` bounds it."""
     if answer is None or not str(answer).strip():
         return Outcome(False, 0.0, "no answer was given; reply with a short final answer")
     kind = expected.get("kind")
+    if kind == "python":
+        from autoretrain.plugins import GRADER_TIMEOUT_S, check_python
+
+        outcome = check_python(expected, str(answer), instance, timeout_s or GRADER_TIMEOUT_S)
+        return Outcome(outcome.passed, min(max(outcome.score, 0.0), 1.0), outcome.feedback)
     if kind not in CHECKS:
         return Outcome(False, 0.0, f"cannot check expected outcome of kind {kind!r} here")
     try:

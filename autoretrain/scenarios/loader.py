@@ -69,8 +69,13 @@ def catalog_files(root: Path) -> list[Path]:
     return sorted([*root.glob("*.yaml"), *root.glob("*.yml")])
 
 
-def _content_hash(root: Path, files: list[Path]) -> str:
+def _content_hash(root: Path, files: list[Path], tool_refs: list[dict] | None = None) -> str:
     digest = hashlib.sha256()
+    if tool_refs:
+        # Tools from the settings change what the agent is offered, so they are part of the
+        # catalog's identity; without any, the hash is the files' alone (as it always was).
+        digest.update(json.dumps(tool_refs, sort_keys=True).encode())
+        digest.update(b"\0")
     base = root if root.is_dir() else root.parent
     data_dir = base / DATA_DIR
     data_files = sorted(p for p in data_dir.rglob("*") if p.is_file()) if data_dir.is_dir() else []
@@ -90,9 +95,12 @@ def _field_path(parts: Iterable[Any]) -> str:
 
 
 class _Loader:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, tools: list[Any] | None = None):
         self.root = root
+        self.tools = list(tools or [])
+        self.tool_refs: list[dict] = []  # the settings' tools, as plain data for the hash
         self.issues: list[CatalogIssue] = []
+        self._tool_origin: dict[str, str] = {}  # tool name -> where it was defined
 
     def issue(self, file: Path | str, scenario: str | None, field_name: str | None, msg: str):
         self.issues.append(CatalogIssue(str(file), scenario, field_name, msg))
@@ -113,40 +121,105 @@ class _Loader:
             registry = default_registry(data_dir)
         except ValueError as exc:
             raise CatalogError([CatalogIssue(str(data_dir), None, None, str(exc))]) from None
+        self._tool_origin = {name: "the built-in tools" for name in registry.names}
+        self._add_plugin_tools(registry)
         validator = jsonschema.Draft202012Validator(CATALOG_SCHEMA)
+        # Every file is read before any scenario is built: a file's top-level `tools` serve the
+        # whole catalog, so a scenario may use a tool another file defines.
+        parsed = [(path, self._parse_file(path, validator)) for path in files]
+        for path, (data, _) in parsed:
+            for index, raw in enumerate((data or {}).get("tools") or []):
+                self._add_tool(registry, raw, str(path), f"tools[{index}]")
         scenarios: list[Scenario] = []
-        for path in files:
-            scenarios.extend(self._load_file(path, validator, registry))
+        for path, (data, bad) in parsed:
+            if data is not None:
+                scenarios.extend(self._build_file(path, data, bad, registry))
         self._check_catalog(scenarios)
         if self.issues:
             raise CatalogError(self.issues)
-        catalog = Catalog(scenarios, root, _content_hash(root, files), registry)
+        catalog = Catalog(
+            scenarios, root, _content_hash(root, files, self.tool_refs), registry, self.tool_refs
+        )
         self._check_rendering(catalog)
         if self.issues:
             raise CatalogError(self.issues)
         return catalog
 
-    def _load_file(self, path: Path, validator: Any, registry: ToolRegistry) -> list[Scenario]:
+    def _add_plugin_tools(self, registry: ToolRegistry) -> None:
+        """Installed `autoretrain.tools` entry points, then the settings' `tools`."""
+        from autoretrain.plugins import entry_point_tools
+
+        tools, problems = entry_point_tools()
+        for where, problem in problems:
+            self.issue(where, None, None, problem)
+        for tool in tools:
+            self._register(registry, tool, f"entry point {tool.name!r}", None)
+        for index, raw in enumerate(self.tools):
+            self._add_tool(registry, raw, "settings", f"tools[{index}]", from_settings=True)
+
+    def _add_tool(
+        self, registry: ToolRegistry, raw: Any, file: str, where: str, from_settings: bool = False
+    ) -> None:
+        from autoretrain.plugins import PluginError, ToolRef
+
+        try:
+            ref = ToolRef.parse(raw)
+            if from_settings:
+                self.tool_refs.append(ref.as_dict())
+            tool = ref.build()
+        except PluginError as exc:
+            function = raw if isinstance(raw, str) else getattr(raw, "function", None)
+            if isinstance(raw, dict):
+                function = raw.get("function")
+            field_name = where if isinstance(raw, str) else f"{where}.function"
+            self.issue(file, None, field_name, f"tool {function!r}: {exc}")
+            return
+        self._register(registry, tool, file, where)
+
+    def _register(self, registry: ToolRegistry, tool: Any, file: str, where: str | None) -> None:
+        import jsonschema
+
+        if tool.name in self._tool_origin:
+            self.issue(
+                file,
+                None,
+                where,
+                f"tool name {tool.name!r} is already taken by {self._tool_origin[tool.name]}; "
+                "give this one another 'name'",
+            )
+            return
+        try:
+            registry.register(tool)
+        except jsonschema.SchemaError as exc:
+            self.issue(file, None, where, f"tool {tool.name!r}: bad parameters: {exc.message}")
+            return
+        self._tool_origin[tool.name] = f"{file} ({where})" if where else file
+
+    def _parse_file(self, path: Path, validator: Any) -> tuple[dict | None, set[int | None]]:
+        """The file's data (None when unusable) and the scenario indexes with schema errors."""
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
             self.issue(where, None, None, f"not valid YAML: {getattr(exc, 'problem', exc)}")
-            return []
+            return None, set()
         except (OSError, UnicodeDecodeError) as exc:
             self.issue(path, None, None, f"cannot read: {exc}")
-            return []
+            return None, set()
         if not isinstance(data, dict):
             self.issue(path, None, None, "expected a mapping with a 'scenarios' list at the top")
-            return []
+            return None, set()
         errors = list(validator.iter_errors(data))
         for error in errors:
             self._schema_issue(path, data, error)
         # Scenarios without schema errors are still checked, so one pass reports every problem.
         bad = {_scenario_index(e) for e in errors}
-        if None in bad:
-            return []
+        return (None if None in bad else data), bad
+
+    def _build_file(
+        self, path: Path, data: dict, bad: set[int | None], registry: ToolRegistry
+    ) -> list[Scenario]:
         defaults = data.get("defaults") or {}
         out = []
         for index, raw in enumerate(data["scenarios"]):
@@ -294,6 +367,14 @@ class _Loader:
             except re.error as exc:
                 self.issue(path, sid, "expected.pattern", f"not a valid regular expression: {exc}")
                 return False
+        if kind == "python" and not placeholders(expected["function"]):
+            from autoretrain.plugins import PluginError, resolve_grader
+
+            try:
+                resolve_grader(expected["function"])
+            except PluginError as exc:
+                self.issue(path, sid, "expected.function", str(exc))
+                return False
         if kind == "json_schema":
             import jsonschema
 
@@ -346,7 +427,7 @@ class _Loader:
                     break
                 if instance.expected["kind"] == "rubric":
                     continue
-                outcome = check_expected(instance.expected, instance.reference_answer)
+                outcome = check_expected(instance.expected, instance.reference_answer, instance)
                 if not outcome.passed:
                     self.issue(
                         scenario.file,
@@ -382,7 +463,9 @@ def _generator_problem(kind: str, spec: dict, tables: dict[str, list[str]]) -> s
     return None
 
 
-def load_catalog(path: Path | str = "scenarios") -> Catalog:
+def load_catalog(path: Path | str = "scenarios", tools: list[Any] | None = None) -> Catalog:
     """Load and validate every `*.yaml` in `path` (or one file) with the tables in `data/` beside
-    them. Raises CatalogError listing every problem, each naming the file, scenario and field."""
-    return _Loader(Path(path)).load()
+    them. `tools` are the settings' tools by import path (`Settings.tools`); installed
+    `autoretrain.tools` entry points join too. Raises CatalogError listing every problem, each
+    naming the file, scenario and field."""
+    return _Loader(Path(path), tools).load()

@@ -22,7 +22,7 @@ SEED_RANGES: dict[str, tuple[int, int]] = {  # half-open [start, stop); disjoint
     "eval": (1_000_000_000, 2_000_000_000),
 }
 SPLITS = ("train", "eval")
-EXPECTED_KINDS = ("exact", "numeric", "regex", "contains", "json_schema", "rubric")
+EXPECTED_KINDS = ("exact", "numeric", "regex", "contains", "json_schema", "rubric", "python")
 DATA_DIR = "data"
 
 

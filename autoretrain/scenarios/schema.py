@@ -8,6 +8,7 @@ from autoretrain.scenarios.model import EXPECTED_KINDS, SPLITS
 
 _PAIR = {"type": "array", "minItems": 2, "maxItems": 2}
 _STRINGS = {"type": "array", "items": {"type": "string"}}
+_IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"  # module:function
 
 
 def _expected_case(kind: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -47,9 +48,35 @@ CATALOG_SCHEMA: dict[str, Any] = {
                 "selfplay_weight": {"$ref": "#/$defs/selfplay_weight"},
             },
         },
+        "tools": {
+            "description": "Tools by import path that join the catalog's registry: "
+            "'module:function', or {function, name, description, parameters}.",
+            "type": "array",
+            "items": {"$ref": "#/$defs/tool"},
+        },
         "scenarios": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/scenario"}},
     },
     "$defs": {
+        "tool": {
+            "oneOf": [
+                {"type": "string", "pattern": _IMPORT_PATH},
+                {
+                    "type": "object",
+                    "required": ["function"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "function": {"type": "string", "pattern": _IMPORT_PATH},
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        "description": {"type": "string", "minLength": 1},
+                        "parameters": {
+                            "description": "JSON Schema of the arguments object; default: "
+                            "derived from the function's type hints and docstring.",
+                            "type": "object",
+                        },
+                    },
+                },
+            ]
+        },
         "budgets": {
             "type": "object",
             "additionalProperties": False,
@@ -162,6 +189,19 @@ CATALOG_SCHEMA: dict[str, Any] = {
                         "pass_score": {"type": "number", "minimum": 0, "maximum": 1},
                     },
                     ["rubric"],
+                ),
+                _expected_case(
+                    "python",
+                    {
+                        "function": {
+                            "description": "'module:function', or the name of an installed "
+                            "autoretrain.graders entry point",
+                            "type": "string",
+                            "minLength": 1,
+                        },
+                        "args": {"type": "object"},
+                    },
+                    ["function"],
                 ),
             ],
         },

@@ -191,7 +191,7 @@ def ensure_base_model(settings: Any, catalog: Any | None = None, rebuild: bool =
     if catalog is None:
         from autoretrain.scenarios import load_catalog
 
-        catalog = load_catalog(settings.scenarios_dir)
+        catalog = load_catalog(settings.scenarios_dir, settings.tools)
     training = settings.training
     return bootstrap_base_model(
         catalog,
