@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 from autoretrain.runs.archive import RunArchive
@@ -32,9 +33,10 @@ if TYPE_CHECKING:
     from autoretrain.evaluation.canary import CanaryAnalysis
     from autoretrain.evaluation.compare import Comparison
     from autoretrain.providers.base import ChatModel
+    from autoretrain.runs.schema import Run
     from autoretrain.runs.scoring import ScoreReport
     from autoretrain.scenarios import Catalog
-    from autoretrain.selfplay import SelfPlayReport
+    from autoretrain.selfplay import SelfPlayReport, SelfPlayRunner
     from autoretrain.training.config import TrainResult
     from autoretrain.training.hosted import HostedBackend
 
@@ -145,6 +147,14 @@ def _insufficient(analysis: Any) -> bool:
     from autoretrain.evaluation.canary import INSUFFICIENT
 
     return any(INSUFFICIENT in (g.detail or "") for g in analysis.failed_gates)
+
+
+# A category this far below the incumbent in a rejected round is rehearsed harder next round.
+REGRESSION_NOTICED = 0.02
+
+
+def _added(report: SelfPlayReport | None, more: SelfPlayReport) -> SelfPlayReport:
+    return more if report is None else report.add(more)
 
 
 def _read_json(path: Any) -> dict[str, Any]:
@@ -290,7 +300,139 @@ class Project:
             exclude=catalog.evaluation_hashes(self.settings.evaluation.instances_per_scenario),
             agent=agent,
         )
-        return runner.run(n, seed=seed, weights=cfg.category_weights or None)
+        if cfg.allocation == "catalog":
+            return runner.run(n, seed=seed, weights=cfg.category_weights or None)
+        return self._measured_selfplay(runner, n, seed, primary.model.name)
+
+    def _measured_selfplay(
+        self, runner: SelfPlayRunner, n: int, seed: int, model: str
+    ) -> SelfPlayReport:
+        """Self-play shared out by measurement (autoretrain/allocation.py): an even pilot when
+        the store knows too little of `model`, then the rest by teaching value; scenarios the
+        incumbent never solved go to the teacher profile when one is set."""
+        from autoretrain.allocation import allocate, merge_counts, needs_pilot
+
+        cfg = self.settings.selfplay
+        policy = cfg.allocation_policy()
+        playable = [s for s in self.catalog.train_scenarios if s.selfplay_weight > 0]
+        ids = [s.id for s in playable]
+        counts = self.measured_counts(model)
+        source = f"{sum(c[0] for c in counts.values())} runs of {model} in the store"
+        report: SelfPlayReport | None = None
+        if needs_pilot(ids, counts, policy):
+            # Stratified: the same number of runs of every scenario, so each gets measured.
+            each = max(1, min(n, round(n * policy.pilot_share)) // len(ids))
+            pilot = [
+                instance
+                for s in ids
+                for instance in self.catalog.selfplay_instances(
+                    each,
+                    seed=seed,
+                    weights={**dict.fromkeys(ids, 0.0), s: 1.0},
+                    exclude=runner.exclude,
+                )
+            ]
+            report = runner.run(len(pilot), instances=pilot)
+            counts = merge_counts(counts, report.scenario_counts())
+            source += f" and an even pilot of {report.finished}"
+        allocation = allocate(
+            [(s.id, s.category) for s in playable],
+            counts,
+            policy,
+            # What the catalog or the settings weigh by hand stays as they say.
+            overrides={
+                **{s.id: s.selfplay_weight for s in playable if s.selfplay_weight_set},
+                **cfg.category_weights,
+            },
+            boost_categories=self.regressed_categories(model),
+            source=source,
+        )
+        rest = n - (report.requested if report else 0)
+        if rest > 0 and not runner.stopped:
+            instances = self.catalog.selfplay_instances(
+                rest, seed=seed + 1, weights=allocation.weights, exclude=runner.exclude
+            )
+            teacher = self._teacher_runner(runner) if allocation.unsolved else None
+            if teacher is not None:
+                unsolved = set(allocation.unsolved)
+                taught = [i for i in instances if i.scenario_id in unsolved]
+                instances = [i for i in instances if i.scenario_id not in unsolved]
+                report = _added(report, teacher.run(len(taught), instances=taught))
+                if teacher.stopped:  # Ctrl-C while the teacher played: stop the round too
+                    runner.stop()
+            report = _added(report, runner.run(len(instances), instances=instances))
+        assert report is not None
+        report.allocation = allocation.to_dict()
+        return report
+
+    def _teacher_runner(self, runner: SelfPlayRunner) -> SelfPlayRunner | None:
+        """A runner like `runner` whose model is the `selfplay.teacher` profile's, or None."""
+        from dataclasses import replace as _replace
+
+        from autoretrain.providers.factory import chat_model_for
+        from autoretrain.selfplay import SelfPlayRunner, SlotTarget
+
+        name = self.settings.selfplay.teacher
+        if not name:
+            return None
+        if name not in self.settings.providers:
+            raise ValueError(
+                f"selfplay.teacher {name!r} is not a provider profile; known: "
+                f"{sorted(self.settings.providers)}"
+            )
+        model = chat_model_for(self.settings.model_copy(update={"provider": name}), "primary")
+        teacher = SelfPlayRunner(
+            runner.catalog,
+            runner.tools,
+            runner.verifier,
+            runner.archive,
+            SlotTarget("teacher", model, name),
+            prices=runner.prices,
+            workflow=_replace(runner.workflow),
+            concurrency=runner.concurrency,
+            progress=runner.progress,
+            exclude=runner.exclude,
+        )
+        return teacher
+
+    def measured_counts(self, model: str) -> dict[str, tuple[int, int]]:
+        """scenario id → (runs, verified) of `model`'s self-play and evaluation in the store."""
+        from autoretrain.allocation import measured_counts
+
+        if not self.settings.paths.database.exists():
+            return {}
+        with self.store(read_only=True) as store:
+            return measured_counts(store.con, model)
+
+    def regressed_categories(self, incumbent: str) -> list[str]:
+        """The categories (either tier) in which the last candidate evaluated against
+        `incumbent` fell more than 2 points below it, if the gate rejected that candidate: what
+        the next round must rehearse. [] when there is none."""
+        comparison = self._last_comparison(incumbent)
+        if comparison is None or comparison.get("decision") != "reject":
+            return []
+        rates: dict[tuple[str, str], dict[str, float]] = {}
+        for row in comparison.get("categories", []):
+            rates.setdefault((row["tier"], row["category"]), {})[row["role"]] = row["pass_rate"]
+        return sorted(
+            {
+                category
+                for (_tier, category), by_role in rates.items()
+                if by_role.get("candidate", 1.0)
+                < by_role.get("incumbent", 0.0) - REGRESSION_NOTICED
+            }
+        )
+
+    def _last_comparison(self, incumbent: str) -> dict[str, Any] | None:
+        root = self.settings.paths.reports
+        if not root.exists():
+            return None
+        # Evaluation ids start with their UTC time, so the newest sorts last.
+        for path in sorted(root.glob("*/comparison.json"), reverse=True):
+            comparison = _read_json(path)
+            if comparison.get("incumbent") == incumbent:
+                return comparison
+        return None
 
     def registry(self, store: RunStore, read_only: bool = False) -> ModelRegistry:
         """The model registry over an open store."""
@@ -431,11 +573,45 @@ class Project:
                     f"no promoted runs in {self.settings.paths.database}: score and decide runs "
                     "first (`autoretrain review` settles the ones that need a human)"
                 )
+            references = self.reference_demonstrations(incumbent.id if incumbent else None)
+            if references:
+                manifest_extra = {
+                    **(manifest_extra or {}),
+                    "reference_demonstrations": {
+                        "why": "the incumbent verified none of its runs of these scenarios",
+                        "runs": len(references),
+                        "by_scenario": dict(Counter(r.scenario_id for r in references)),
+                    },
+                }
             return build(
-                records,
+                chain(records, references),
                 source or f"run store {self.settings.paths.database}",
                 incumbent.id if incumbent else None,
             )
+
+    def reference_demonstrations(self, incumbent: str | None) -> list[Run]:
+        """Reference-solution runs (curation/reference.py) of every train scenario `incumbent`
+        never solved in `selfplay.min_observations` runs or more; none when
+        `dataset.reference_demos_per_unsolved_scenario` is 0."""
+        from autoretrain.curation.reference import reference_runs
+
+        per_scenario = self.settings.dataset.reference_demos_per_unsolved_scenario
+        if not per_scenario or incumbent is None:
+            return []
+        least = self.settings.selfplay.min_observations
+        unsolved = [
+            scenario_id
+            for scenario_id, (runs, verified) in self.measured_counts(incumbent).items()
+            if verified == 0 and runs >= least
+        ]
+        train = {s.id for s in self.catalog.train_scenarios}
+        return reference_runs(
+            self.catalog,
+            [s for s in unsolved if s in train],
+            per_scenario,
+            self.catalog.evaluation_hashes(self.settings.evaluation.instances_per_scenario),
+            agent_version=_agent_version(),
+        )
 
     def train_candidate(
         self,

@@ -52,9 +52,34 @@ class SelfPlayReport:
     by_status: Counter = field(default_factory=Counter)
     by_slot: Counter = field(default_factory=Counter)
     by_category: Counter = field(default_factory=Counter)
+    by_scenario: Counter = field(default_factory=Counter)
+    verified_by_scenario: Counter = field(default_factory=Counter)
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    # How the runs were shared out (Allocation.to_dict()), when self-play measured it.
+    allocation: dict[str, Any] | None = None
+
+    def scenario_counts(self) -> dict[str, tuple[int, int]]:
+        """scenario id → (runs, verified runs), the measurement allocation reads."""
+        return {s: (n, self.verified_by_scenario[s]) for s, n in self.by_scenario.items()}
+
+    def add(self, other: SelfPlayReport) -> SelfPlayReport:
+        """This report with `other`'s runs added (a pilot and the rest of its round)."""
+        self.requested += other.requested
+        self.finished += other.finished
+        for mine, theirs in (
+            (self.by_status, other.by_status),
+            (self.by_slot, other.by_slot),
+            (self.by_category, other.by_category),
+            (self.by_scenario, other.by_scenario),
+            (self.verified_by_scenario, other.verified_by_scenario),
+        ):
+            mine.update(theirs)
+        self.files += other.files
+        self.seconds += other.seconds
+        self.interrupted = self.interrupted or other.interrupted
+        return self
 
     @property
     def runs_per_second(self) -> float:
@@ -76,6 +101,7 @@ class SelfPlayReport:
             "by_slot": dict(self.by_slot),
             "by_category": dict(self.by_category),
             "files": self.files,
+            **({"allocation": self.allocation} if self.allocation else {}),
         }
 
 
@@ -125,6 +151,10 @@ class SelfPlayRunner:
     def stop(self) -> None:
         """Finish the runs in flight, start no new ones."""
         self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def run(
         self,
@@ -184,8 +214,11 @@ class SelfPlayRunner:
         if not instances:
             return
 
-        def count(status: str, category: str | None) -> None:
+        def count(status: str, category: str | None, scenario_id: str | None) -> None:
             report.finished += 1
+            report.by_scenario[scenario_id or "?"] += 1
+            if status == "succeeded":
+                report.verified_by_scenario[scenario_id or "?"] += 1
             report.by_status[status] += 1
             report.by_slot[target.slot] += 1
             report.by_category[category or "?"] += 1
@@ -196,7 +229,7 @@ class SelfPlayRunner:
         workers = self._workers_for(target, len(instances))
         if workers == 1:
             for run in self._drive(target, instances, sink, self.workflow, self._stop.is_set):
-                count(run.status, run.category)
+                count(run.status, run.category, run.scenario_id)
             return
         sink.written += self._play_in_processes(target, instances, sink, workers, count)
 
@@ -262,7 +295,7 @@ class SelfPlayRunner:
         instances: list,
         sink: BufferedArchive,
         workers: int,
-        count: Callable[[str, str | None], None],
+        count: Callable[[str, str | None, str | None], None],
     ) -> list[Any]:
         """Play `instances` here and in `workers - 1` spawned processes, each with its own model
         copy and landing-zone writer. Returns the files the workers wrote (this process's go to
@@ -333,7 +366,7 @@ class SelfPlayRunner:
                 self, target, chunks, self.workflow, next_chunk, sink, self._stop.is_set
             )
             for run in plays:
-                count(run.status, run.category)
+                count(run.status, run.category, run.scenario_id)
                 drain(block=False)
             while done < len(procs):
                 drain(block=True)
@@ -445,7 +478,7 @@ def _worker_main(index: int, job: _Job, next_chunk: Any, events: Any, stop: Any)
                     runner, target, job.chunks, job.workflow, next_chunk, sink, should_stop
                 )
                 for run in plays:
-                    events.put(("run", run.status, run.category))
+                    events.put(("run", run.status, run.category, run.scenario_id))
             finally:
                 sink.flush()
                 events.put(("files", [str(p) for p in sink.written]))

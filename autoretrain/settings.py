@@ -231,6 +231,32 @@ class SelfPlaySettings(_Section):
     canary_share: Share = 0.0
     category_weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     seed: int = 0
+    # How a round's runs are shared out among train scenarios (autoretrain/allocation.py):
+    # `catalog`, by the catalog's `selfplay_weight`s; `measured`, by the incumbent's measured
+    # pass rate per scenario (p(1 - p), a floor for solved behaviours, an exploration share for
+    # unsolved ones, a boost for the categories the last rejected round regressed), after an
+    # even pilot of `pilot_share` of the runs when the store knows too little of the incumbent.
+    # Weights set in the catalog or in `category_weights` stay as they are either way.
+    allocation: Literal["catalog", "measured"] = "catalog"
+    pilot_share: Share = 0.1
+    min_observations: Count = 30
+    allocation_floor: Share = 0.2
+    explore_share: Share = 0.1
+    regression_boost: float = Field(default=3.0, ge=1)
+    # A provider profile (a stronger model: Azure OpenAI, vLLM, ...) that plays the scenarios
+    # the incumbent never solved, so their verified runs can train it (measured allocation).
+    teacher: str | None = None
+
+    def allocation_policy(self) -> Any:
+        from autoretrain.allocation import AllocationPolicy
+
+        return AllocationPolicy(
+            pilot_share=self.pilot_share,
+            min_observations=self.min_observations,
+            floor=self.allocation_floor,
+            explore_share=self.explore_share,
+            regression_boost=self.regression_boost,
+        )
 
 
 class DatasetSettings(_Section):
@@ -251,6 +277,9 @@ class DatasetSettings(_Section):
     # whitespace estimate and the manifest says so.
     tokenizer_dir: Path | None = None
     max_example_tokens: PositiveInt | None = None  # target context; longer ones are excluded
+    # Reference solutions (curation/reference.py) added for each train scenario the incumbent
+    # never solved in `selfplay.min_observations` runs or more: self-play cannot teach those.
+    reference_demos_per_unsolved_scenario: Count = 0
 
     @field_validator("extra_secret_patterns")
     @classmethod

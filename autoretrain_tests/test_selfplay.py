@@ -349,8 +349,8 @@ class Watched(SelfPlayRunner):
     def _play_in_processes(self, target, instances, sink, workers, count):
         seen = [0]
 
-        def counted(status, category):
-            count(status, category)
+        def counted(status, category, scenario_id):
+            count(status, category, scenario_id)
             seen[0] += 1
             if seen[0] > Watched.own:
                 print("worker-run", flush=True)

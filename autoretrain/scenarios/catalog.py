@@ -92,6 +92,15 @@ class Catalog:
                 found.append(instance)
         return found
 
+    def reference_instances(
+        self, scenario_id: str, count: int, exclude: Collection[str] = ()
+    ) -> list[ScenarioInstance]:
+        """Distinct instances of one train scenario from the upper half of the demo seed range,
+        which the bootstrap's demonstrations (drawn from its start) never reach: reference
+        solutions for what the incumbent cannot solve yet (curation/reference.py)."""
+        start, stop = SEED_RANGES["demo"]
+        return self._distinct(self.get(scenario_id), (start + stop) // 2, stop, count, exclude)
+
     def demo_instances(
         self, per_scenario: int, exclude: Collection[str] = ()
     ) -> list[ScenarioInstance]:

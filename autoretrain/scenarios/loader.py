@@ -322,6 +322,7 @@ class _Loader:
             file=str(path),
             description=raw.get("description", ""),
             selfplay_weight=float(raw.get("selfplay_weight", 1.0)),
+            selfplay_weight_set="selfplay_weight" in raw,
         )
 
     def _check_placeholders(

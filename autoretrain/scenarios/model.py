@@ -51,6 +51,8 @@ class Scenario:
     file: str
     description: str = ""
     selfplay_weight: float = 1.0
+    # Set in the YAML (not the default): measured allocation leaves such a weight as it is.
+    selfplay_weight_set: bool = False
 
     def space_size(self, tables: dict[str, list[str]]) -> int:
         size = 1
