@@ -56,7 +56,25 @@ def main() -> None:
         default={},
         help='settings over the defaults as JSON, e.g. \'{"training": {"learning_rate": 3e-4}}\'',
     )
-    parser.add_argument("--work", type=Path, default=WORK / "loop")
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        default=None,
+        help="a scenario catalog folder (default: the settings' scenarios_dir, the shipped one)",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="the catalog's name in the results (default: the catalog folder's name; the "
+        "shipped catalog is 'shipped' and writes loop.json, others loop-<name>.json)",
+    )
+    parser.add_argument(
+        "--strip-weights",
+        action="store_true",
+        help="play a copy of the catalog without its selfplay_weight lines (a trial of "
+        "measured allocation on a hand-weighted catalog)",
+    )
+    parser.add_argument("--work", type=Path, default=None)
     parser.add_argument(
         "--reuse-base",
         type=Path,
@@ -82,6 +100,8 @@ def main() -> None:
         help="a reading to add to an existing loop.json (runs no arm)",
     )
     args = parser.parse_args()
+    args.name = args.name or (args.catalog.resolve().name if args.catalog else "shipped")
+    args.work = args.work or WORK / ("loop" if args.name == "shipped" else f"loop-{args.name}")
     if args.selfplay_runs is None:  # the settings' value, with --settings' selfplay over it
         from autoretrain.settings import SelfPlaySettings
 
@@ -102,7 +122,10 @@ class Bench:
             "benchmark": "loop efficacy: lift of loop iterations over the incumbent vs controls",
             "command": command_line(),
             "machine": machine_facts(),
+            "catalog": args.name,
             "parameters": {
+                "catalog_dir": str(args.catalog) if args.catalog else None,
+                "strip_weights": args.strip_weights,
                 "selfplay_runs": args.selfplay_runs,
                 "instances_per_scenario": args.instances_per_scenario,
                 "selfplay_seed": args.selfplay_seed,
@@ -130,6 +153,8 @@ class Bench:
         os.environ["AUTORETRAIN_CONFIG"] = str(config)
         os.environ["DAGSTER_HOME"] = str(home / ".dagster")
         overrides = dict(self.args.settings)
+        if self.args.catalog:
+            overrides["scenarios_dir"] = str(self.catalog_dir())
         return load_settings(
             home=str(home),
             **{
@@ -142,12 +167,27 @@ class Bench:
             },
         )
 
+    def catalog_dir(self) -> Path:
+        """The catalog played: `--catalog`, or a weightless copy of it under the work folder."""
+        source = self.args.catalog
+        if not self.args.strip_weights:
+            return source
+        copy = self.args.work / "catalog"
+        if not copy.exists():
+            shutil.copytree(source, copy)
+            for path in copy.rglob("*.yaml"):
+                lines = path.read_text().splitlines()
+                path.write_text("".join(f"{x}\n" for x in lines if "selfplay_weight:" not in x))
+        return copy
+
     def run(self) -> None:
         from autoretrain.project import BASE_VERSION, EMBEDDED, Project
         from autoretrain.scenarios import load_catalog
 
         if self.args.work.exists():
             shutil.rmtree(self.args.work)
+        if self.args.strip_weights and not self.args.catalog:
+            self.args.catalog = Path("scenarios")
         settings = self.settings()
         self.catalog = load_catalog(settings.scenarios_dir)
         t0 = time.perf_counter()
@@ -171,7 +211,7 @@ class Bench:
             self.no_filter(settings)
             self.save()
         if "it2" in wanted:
-            it2 = self.iteration(settings, "it2", previous="it1")
+            it2 = self.iteration(settings, "it2")
             self.save()
             if "compute_matched_2" in wanted:
                 steps = it1["training"]["steps"] + it2["training"]["steps"]
@@ -201,12 +241,16 @@ class Bench:
             self.save()
 
     # -- arms -----------------------------------------------------------------------------------
-    def iteration(self, settings: Any, name: str, previous: str | None = None) -> dict[str, Any]:
+    def iteration(self, settings: Any, name: str) -> dict[str, Any]:
+        """One round as the product runs it: self-play from the primary, judge, dataset,
+        fine-tune the primary, the regression gate against it; promoted, it becomes the
+        primary (the next round starts from it); rejected, the next round starts again from
+        the same primary, informed by the rejection. Lifts are reported against v0."""
         from autoretrain.project import BASE_VERSION, Project
         from autoretrain.runs.archive import RunArchive
 
-        if previous:
-            Project(settings).deploy(previous, "primary", "bench: next iteration")
+        project = Project(settings)
+        incumbent = project.slot_version("primary").id
         seconds: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -216,34 +260,41 @@ class Bench:
             seconds[step] = round(now - clock, 1)
             clock = now
 
-        report = Project(settings).selfplay(self.args.selfplay_runs, progress=False)
+        report = project.selfplay(self.args.selfplay_runs, progress=False)
         lap("selfplay")
         days = RunArchive(settings.paths.landing).days()
-        Project(settings).ingest_days(days)
-        Project(settings).score_days(days[0], days[-1])
-        Project(settings).decide_days(days[0], days[-1])
+        project.ingest_days(days)
+        project.score_days(days[0], days[-1])
+        project.decide_days(days[0], days[-1])
         lap("ingest_score_decide")
-        dataset = Project(settings).build_training_dataset()
+        dataset = project.build_training_dataset()
         lap("dataset")
-        trained = Project(settings).train_candidate(dataset.path, name)
+        trained = project.train_candidate(dataset.path, name)
         lap("training")
         self.dirs[name] = Path(trained.model_dir)
-        arm = self.compare(settings, BASE_VERSION, name)
+        t0 = time.perf_counter()
+        gate = _summary(project.evaluate_candidate(name, progress=False), incumbent)
+        gate["evaluation_seconds"] = round(time.perf_counter() - t0, 1)
         lap("evaluation")
+        if incumbent == BASE_VERSION:
+            arm = gate
+        else:
+            arm = self.compare(settings, BASE_VERSION, name)
+            arm["gate_vs_previous"] = gate
+        arm["promoted"] = gate["gate"] == "promote"
+        if arm["promoted"]:
+            project.deploy(name, "primary", "bench: promoted by the regression gate")
         arm.update(
             selfplay={
                 "runs": report.finished,
                 "pass_rate": round(report.pass_rate, 4),
-                "source_model": previous or "v0",
+                "source_model": incumbent,
+                **({"allocation": report.allocation} if report.allocation else {}),
             },
             dataset=_dataset_facts(dataset),
             training=_training_facts(trained.metrics),
             seconds={**seconds, "total": round(sum(seconds.values()), 1)},
         )
-        if previous:
-            # The product's gate compares a round with the model it would replace.
-            gate = self.compare(settings, BASE_VERSION, name, incumbent_version=previous)
-            arm["gate_vs_previous"] = gate
         self.record(name, arm)
         return arm
 
@@ -316,7 +367,6 @@ class Bench:
     def compare(
         self, settings: Any, base: str, name: str, incumbent_version: str | None = None
     ) -> dict[str, Any]:
-        from autoretrain.evaluation.compare import ALL
         from autoretrain.evaluation.harness import evaluate
         from autoretrain.providers.factory import chat_model_for
 
@@ -337,28 +387,9 @@ class Bench:
             progress=False,
             instances_per_scenario=self.args.instances_per_scenario,
         )
-        seconds = round(time.perf_counter() - t0, 1)
-        tiers = {}
-        for row in comparison.paired:
-            if row["category"] != ALL:
-                continue
-            tiers[row["tier"]] = {
-                "instances": row["instances"],
-                "incumbent_pass_rate": round(row["incumbent_pass_rate"], 4),
-                "candidate_pass_rate": round(row["candidate_pass_rate"], 4),
-                "diff_points": round(100 * row["pass_rate_diff"], 2),
-                "diff_ci_points": [round(100 * x, 2) for x in row["pass_rate_diff_ci"]],
-                "candidate_better": row["candidate_better"],
-                "incumbent_better": row["incumbent_better"],
-                "mcnemar_p": _p(row["p_value_exact"]),
-            }
-        return {
-            "incumbent": incumbent,
-            "tiers": tiers,
-            "gate": comparison.decision,
-            "failed_gates": [{"name": g.name, "detail": g.detail} for g in comparison.failed_gates],
-            "evaluation_seconds": seconds,
-        }
+        found = _summary(comparison, incumbent)
+        found["evaluation_seconds"] = round(time.perf_counter() - t0, 1)
+        return found
 
     # -- results --------------------------------------------------------------------------------
     def record(self, name: str, arm: dict[str, Any]) -> None:
@@ -374,12 +405,65 @@ class Bench:
             self.result["iteration_wall_seconds"] = arms["it1"]["seconds"]["total"]
         self.result["verdict"] = _verdict(arms)
         self.result["ratio_to_target"] = self.result["verdict"].get("ratio_to_target")
-        name = "loop"
+        catalog = self.result.get("catalog", "shipped")
+        name = "loop" if catalog == "shipped" else f"loop-{catalog}"
         self.args.out.mkdir(parents=True, exist_ok=True)
+        index = self.args.out / "loop.json"
+        # loop.json also indexes every catalog's results (`catalogs`); a run keeps the others'.
+        catalogs = _read(index).get("catalogs", {})
+        catalogs[catalog] = {
+            "file": f"{name}.json",
+            "best_promoted_lift_points": self.result["verdict"].get("best_promoted_lift_points", 0),
+            "promoted": [a for a, arm in arms.items() if arm.get("promoted")],
+            "verdict": self.result["verdict"],
+            "command": self.result["command"],
+        }
+        if name == "loop":
+            self.result["catalogs"] = catalogs
+        else:
+            shipped = _read(index)
+            shipped["catalogs"] = catalogs
+            index.write_text(json.dumps(shipped, indent=2, default=str) + "\n")
         (self.args.out / f"{name}.json").write_text(
             json.dumps(self.result, indent=2, default=str) + "\n"
         )
         (self.args.out / f"{name}.md").write_text(_markdown(self.result).rstrip() + "\n")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _summary(comparison: Any, incumbent: str) -> dict[str, Any]:
+    """A comparison's overall rows per tier, its decision and failed gates, and its categories."""
+    from autoretrain.evaluation.compare import ALL
+
+    tiers: dict[str, Any] = {}
+    categories: dict[str, Any] = {}
+    for row in comparison.paired:
+        facts = {
+            "instances": row["instances"],
+            "incumbent_pass_rate": round(row["incumbent_pass_rate"], 4),
+            "candidate_pass_rate": round(row["candidate_pass_rate"], 4),
+            "diff_points": round(100 * row["pass_rate_diff"], 2),
+        }
+        if row["category"] != ALL:
+            categories[f"{row['tier']}/{row['category']}"] = facts
+            continue
+        tiers[row["tier"]] = {
+            **facts,
+            "diff_ci_points": [round(100 * x, 2) for x in row["pass_rate_diff_ci"]],
+            "candidate_better": row["candidate_better"],
+            "incumbent_better": row["incumbent_better"],
+            "mcnemar_p": _p(row["p_value_exact"]),
+        }
+    return {
+        "incumbent": incumbent,
+        "tiers": tiers,
+        "categories": categories,
+        "gate": comparison.decision,
+        "failed_gates": [{"name": g.name, "detail": g.detail} for g in comparison.failed_gates],
+    }
 
 
 def _p(p: float) -> float:
@@ -405,16 +489,23 @@ def _verdict(arms: dict[str, Any]) -> dict[str, Any]:
         arm = arms.get(name)
         return arm["tiers"].get(tier, {}).get("diff_points") if arm else None
 
+    promoted = [
+        arms[n]["tiers"]["in_distribution"]["diff_points"]
+        for n in ("it1", "it2")
+        if n in arms and arms[n].get("promoted")
+    ]
     best = None
     for name in ("it1", "it2"):
         value = lift(name, "in_distribution")
         if value is not None and (best is None or value > best[1]):
             best = (name, value)
-    out: dict[str, Any] = {}
+    # The issue's figure: the in-distribution lift over v0 of the best candidate the gate let
+    # through within two iterations (0 when none was promoted).
+    out: dict[str, Any] = {"best_promoted_lift_points": max(promoted, default=0)}
     if best:
         name, value = best
         tier = arms[name]["tiers"]["in_distribution"]
-        out = {
+        out |= {
             "best_iteration": name,
             "in_distribution_lift_points": value,
             "significant": tier["mcnemar_p"] < 0.05 and tier["diff_ci_points"][0] > 0,
@@ -507,7 +598,7 @@ def _markdown(r: dict[str, Any]) -> str:
         )
     v = r["verdict"]
     lines = [
-        "# Loop efficacy on the embedded default (issue 8, item 7)",
+        f"# Loop efficacy on the embedded default: catalog `{r.get('catalog', 'shipped')}`",
         "",
         table(
             [
