@@ -1,0 +1,25 @@
+"""The shipping catalog's own tool, loaded by import path (`pricing.yaml`, top-level `tools`).
+
+`examples.catalogs.shipping.shipdesk:parcel_cost` is importable wherever the repository root is
+on `sys.path`: `python -m ...` or pytest started there, or `PYTHONPATH=.` for the `autoretrain`
+command and `bench/loop.py` (see README.md). The tool's name, description and argument schema
+come from the signature and docstring below.
+"""
+
+from typing import Literal
+
+# USD: a fixed fee per parcel plus a price per kg, by service. Illustrative, like the tables.
+BASE_FEE = {"economy": 3.5, "standard": 5.0, "express": 9.0}
+PER_KG = {"economy": 1.2, "standard": 1.8, "express": 3.4}
+
+
+def parcel_cost(weight_kg: float, service: Literal["economy", "standard", "express"]) -> float:
+    """Price in USD of one parcel, by weight and service.
+
+    Args:
+        weight_kg: the parcel's weight in kg.
+        service: economy, standard or express.
+    """
+    if weight_kg <= 0:
+        raise ValueError(f"weight_kg must be above 0, got {weight_kg}")
+    return BASE_FEE[service] + PER_KG[service] * weight_kg
