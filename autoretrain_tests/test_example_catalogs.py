@@ -1,7 +1,7 @@
 """The example catalogs in examples/catalogs/ (issue #20 item 6) stay usable: each loads and
 validates, every reference solution passes its own verifier through the real tools, every
 category is in both tiers, nothing sets a hand weight, and the shipping catalog's own tool (by
-import path, examples.catalogs.shipping.shipdesk) is loaded and used.
+import path, shipdesk:parcel_cost beside the YAML) is loaded and used.
 
 The tool's module is importable because the repository root is on sys.path, as it is for
 Python started there (pytest puts it there too; the fixture only makes sure).
@@ -161,27 +161,33 @@ def test_the_shipping_catalog_loads_and_uses_its_own_tool(catalogs):
     assert not zero.ok and "above 0" in zero.content
 
 
-def test_the_cli_validates_shipping_from_the_root_with_pythonpath(tmp_path):
-    """The README's command: the console script has no working directory on sys.path, so the
-    tool's module needs PYTHONPATH=. (without it, the import error names the file and field)."""
+def test_the_cli_validates_shipping_from_any_directory_without_pythonpath(tmp_path):
+    """The README's command: the console script has no working directory on sys.path and no
+    PYTHONPATH, yet the catalog's own tool module beside its YAML loads (the loader puts the
+    catalog folder on sys.path while it imports the catalog's tools)."""
     config = tmp_path / "autoretrain.yaml"
     config.write_text("")
-    base = {**os.environ, "AUTORETRAIN_CONFIG": str(config), "AUTORETRAIN_HOME": str(tmp_path)}
-    base.pop("PYTHONPATH", None)
+    env = {**os.environ, "AUTORETRAIN_CONFIG": str(config), "AUTORETRAIN_HOME": str(tmp_path)}
+    env.pop("PYTHONPATH", None)
     # The console script's sys.path has no working directory on it; `python -P` neither.
     command = [
         sys.executable,
         "-P",
         "-c",
         "import sys; from autoretrain.cli import main; sys.argv[0] = 'autoretrain'; main()",
-        *("scenarios", "validate", "examples/catalogs/shipping", "--seeds", "1"),
+        *("scenarios", "validate", str(REPO / "examples/catalogs/shipping"), "--seeds", "1"),
     ]
-    missing = subprocess.run(command, cwd=REPO, env=base, capture_output=True, text=True)
-    assert missing.returncode != 0
-    assert "pricing.yaml: field 'tools[0]'" in missing.stderr
-    assert "No module named 'examples'" in missing.stderr
-    found = subprocess.run(
-        command, cwd=REPO, env={**base, "PYTHONPATH": "."}, capture_output=True, text=True
-    )
+    found = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
     assert found.stdout.startswith("ok: ")
+
+
+def test_a_catalog_tools_source_is_part_of_the_catalog_hash(tmp_path):
+    import shutil
+
+    copy = tmp_path / "shipping"
+    shutil.copytree(REPO / "examples/catalogs/shipping", copy)
+    before = load_catalog(copy).hash
+    source = copy / "shipdesk.py"
+    source.write_text(source.read_text() + "\n# a change to the tool's code\n")
+    assert load_catalog(copy).hash != before

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +71,51 @@ def catalog_files(root: Path) -> list[Path]:
     return sorted([*root.glob("*.yaml"), *root.glob("*.yml")])
 
 
-def _content_hash(root: Path, files: list[Path], tool_refs: list[dict] | None = None) -> str:
+@contextmanager
+def _importable(folder: Path) -> Iterator[None]:
+    """`folder` (and the working directory, as `python -m` has it) first on sys.path."""
+    added = [str(p) for p in (folder.resolve(), Path.cwd()) if str(p) not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for entry in added:
+            if entry in sys.path:
+                sys.path.remove(entry)
+
+
+def _forget_other_copies(function: str, root: Path) -> None:
+    """A module of the same name already imported from elsewhere (another copy of this
+    catalog) is dropped, so this catalog's own file is the one that loads."""
+    name = function.split(":", 1)[0]
+    base = root if root.is_dir() else root.parent
+    own = (base / (name.replace(".", "/") + ".py")).resolve()
+    loaded = sys.modules.get(name)
+    if own.is_file() and loaded is not None and getattr(loaded, "__file__", None) != str(own):
+        del sys.modules[name]
+
+
+def _source_file(function: str) -> Path | None:
+    """The file that defines an imported tool's module, when it is a plain file."""
+    module = sys.modules.get(function.split(":", 1)[0])
+    path = getattr(module, "__file__", None)
+    return Path(path).resolve() if path and Path(path).is_file() else None
+
+
+def _content_hash(
+    root: Path,
+    files: list[Path],
+    tool_refs: list[dict] | None = None,
+    tool_sources: list[Path] | None = None,
+) -> str:
     digest = hashlib.sha256()
+    for source in sorted(tool_sources or []):
+        # A catalog tool's code decides its results, which the references and the verifier
+        # read: changing it changes the catalog. Catalogs without such tools hash as before.
+        digest.update(source.name.encode())
+        digest.update(b"\0")
+        digest.update(source.read_bytes())
+        digest.update(b"\0")
     if tool_refs:
         # Tools from the settings change what the agent is offered, so they are part of the
         # catalog's identity; without any, the hash is the files' alone (as it always was).
@@ -101,6 +146,8 @@ class _Loader:
         self.tool_refs: list[dict] = []  # the settings' tools, as plain data for the hash
         self.issues: list[CatalogIssue] = []
         self._tool_origin: dict[str, str] = {}  # tool name -> where it was defined
+        # Source files of the catalog's own tools: their code is part of the catalog's identity.
+        self.tool_sources: list[Path] = []
 
     def issue(self, file: Path | str, scenario: str | None, field_name: str | None, msg: str):
         self.issues.append(CatalogIssue(str(file), scenario, field_name, msg))
@@ -127,9 +174,13 @@ class _Loader:
         # Every file is read before any scenario is built: a file's top-level `tools` serve the
         # whole catalog, so a scenario may use a tool another file defines.
         parsed = [(path, self._parse_file(path, validator)) for path in files]
-        for path, (data, _) in parsed:
-            for index, raw in enumerate((data or {}).get("tools") or []):
-                self._add_tool(registry, raw, str(path), f"tools[{index}]")
+        base = root if root.is_dir() else root.parent
+        # A catalog's own tool modules sit beside its YAML (`shipdesk:parcel_cost`), so the
+        # folder is importable while they load, from any working directory or command.
+        with _importable(base):
+            for path, (data, _) in parsed:
+                for index, raw in enumerate((data or {}).get("tools") or []):
+                    self._add_tool(registry, raw, str(path), f"tools[{index}]")
         scenarios: list[Scenario] = []
         for path, (data, bad) in parsed:
             if data is not None:
@@ -137,9 +188,8 @@ class _Loader:
         self._check_catalog(scenarios)
         if self.issues:
             raise CatalogError(self.issues)
-        catalog = Catalog(
-            scenarios, root, _content_hash(root, files, self.tool_refs), registry, self.tool_refs
-        )
+        digest = _content_hash(root, files, self.tool_refs, self.tool_sources)
+        catalog = Catalog(scenarios, root, digest, registry, self.tool_refs)
         self._check_rendering(catalog)
         if self.issues:
             raise CatalogError(self.issues)
@@ -166,7 +216,13 @@ class _Loader:
             ref = ToolRef.parse(raw)
             if from_settings:
                 self.tool_refs.append(ref.as_dict())
+            else:
+                _forget_other_copies(ref.function, self.root)
             tool = ref.build()
+            if not from_settings:
+                source = _source_file(ref.function)
+                if source is not None and source not in self.tool_sources:
+                    self.tool_sources.append(source)
         except PluginError as exc:
             function = raw if isinstance(raw, str) else getattr(raw, "function", None)
             if isinstance(raw, dict):

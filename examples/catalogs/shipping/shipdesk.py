@@ -1,9 +1,9 @@
 """The shipping catalog's own tool, loaded by import path (`pricing.yaml`, top-level `tools`).
 
-`examples.catalogs.shipping.shipdesk:parcel_cost` is importable wherever the repository root is
-on `sys.path`: `python -m ...` or pytest started there, or `PYTHONPATH=.` for the `autoretrain`
-command and `bench/loop.py` (see README.md). The tool's name, description and argument schema
-come from the signature and docstring below.
+`pricing.yaml` names it `shipdesk:parcel_cost`: the loader puts the catalog's folder on
+`sys.path` while it imports the catalog's own tools, so this module loads from any working
+directory and command. The tool's name, description and argument schema come from the
+signature and docstring below.
 """
 
 from typing import Literal
