@@ -469,6 +469,8 @@ class Project:
                 evaluation_per_scenario=self.settings.evaluation.instances_per_scenario,
                 **options,
             )
+        else:
+            self._warn_if_bootstrapped_elsewhere(model_dir)
         with self.store() as store:
             registry = self.registry(store)
             if registry.get(BASE_VERSION) is None:
@@ -486,6 +488,24 @@ class Project:
                 actor="autoretrain",
             )
         return BASE_VERSION
+
+    def _warn_if_bootstrapped_elsewhere(self, model_dir: Path) -> None:
+        """An existing v0 from another catalog is kept (it may be wanted: a catalog edited
+        since), but its tokenizer and demonstrations are that catalog's: say so."""
+        import logging
+
+        built = _read_json(model_dir / "train_config.json").get("bootstrap") or {}
+        if built.get("catalog_hash") and built["catalog_hash"] != self.catalog.hash:
+            logging.getLogger(__name__).warning(
+                "%s was bootstrapped from catalog %s (%s…), not this one (%s, %s…): its "
+                "tokenizer and demonstrations are that catalog's. For a new catalog, use a fresh "
+                "AUTORETRAIN_HOME or rebuild it (`autoretrain bootstrap --force`).",
+                model_dir,
+                built.get("catalog_root", "?"),
+                built["catalog_hash"][:12],
+                self.catalog.root,
+                self.catalog.hash[:12],
+            )
 
     def _slot_model(self, slot: str) -> ChatModel:
         """The model serving a slot. Local profiles follow the registry (runs are recorded under

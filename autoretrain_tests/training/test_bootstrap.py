@@ -55,3 +55,23 @@ def test_bootstrap_command_builds_v0_from_train_demos_only(settings, monkeypatch
         assert instance.instance_hash not in evaluation
     again = CliRunner().invoke(cli, ["bootstrap"])
     assert again.exit_code != 0 and "already exists" in again.output
+
+
+def test_a_v0_from_another_catalog_is_kept_with_a_warning(settings, tmp_path_factory, caplog):
+    import json
+    import logging
+
+    from autoretrain.project import BASE_VERSION, EMBEDDED, Project
+    from autoretrain_tests.deploy.model_files import copy_model, tiny_model
+
+    project = Project(settings)
+    model_dir = copy_model(
+        tiny_model(tmp_path_factory), settings.paths.models / EMBEDDED / BASE_VERSION
+    )
+    (model_dir / "train_config.json").write_text(
+        json.dumps({"bootstrap": {"catalog_hash": "f" * 64, "catalog_root": "elsewhere"}})
+    )
+    with caplog.at_level(logging.WARNING, logger="autoretrain.project"):
+        assert project.ensure_base_model() == BASE_VERSION
+    (warning,) = [r.getMessage() for r in caplog.records if "bootstrapped from" in r.getMessage()]
+    assert "elsewhere" in warning and "ffffffffffff" in warning and "--force" in warning
