@@ -22,7 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoretrain.training.config import FULL_FINETUNE_MAX_PARAMS, TrainConfig, TrainResult
+from autoretrain.training.config import (
+    FULL_FINETUNE_MAX_PARAMS,
+    TrainConfig,
+    TrainMetrics,
+    TrainResult,
+)
 from autoretrain.training.data import DatasetError, encode_all, end_of_turn_ids, load_splits
 from autoretrain.training.precision import stored_dtype
 from autoretrain.training.templates import end_of_turn_ids as family_end_of_turn_ids
@@ -196,7 +201,9 @@ def _train(
         merged_dir = output_dir / "merged" if config.merge_adapter else None
     model_dir = merged_dir or adapter_dir or output_dir
     log.info("saved %s (%s) in %.1f s", output_dir, method, metrics.get("wall_seconds", 0.0))
-    return TrainResult(output_dir, method, metrics, model_dir, adapter_dir, merged_dir)
+    return TrainResult(
+        output_dir, method, TrainMetrics(metrics), model_dir, adapter_dir, merged_dir
+    )
 
 
 def resolve_method(config: TrainConfig, n_params: int) -> str:
