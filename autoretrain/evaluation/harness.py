@@ -136,94 +136,40 @@ def replay(
     samples = ev.samples_per_instance if samples_per_instance is None else samples_per_instance
     if samples < 1:
         raise ValueError(f"samples_per_instance must be at least 1, not {samples}")
-    names = {
-        "incumbent": incumbent_name or incumbent.name,
-        "candidate": candidate_name or candidate.name,
-    }
     result = Replay(
         evaluation_id=evaluation_id or new_evaluation_id(),
-        incumbent=names["incumbent"],
-        candidate=names["candidate"],
+        incumbent=incumbent_name or incumbent.name,
+        candidate=candidate_name or candidate.name,
         samples_per_instance=samples,
     )
+    names = {"incumbent": result.incumbent, "candidate": result.candidate}
     workflow = workflow or WorkflowConfig()
     tools = tools if tools is not None else catalog.registry
     verifier = verifier if verifier is not None else verifier_from_settings(settings)
     archive = archive if archive is not None else RunArchive(settings.paths.landing)
     prices = PriceTable.from_settings(settings)
     provider = provider or settings.provider
+    models = {"incumbent": incumbent, "candidate": candidate}
 
     by_tier = {
         tier: _distinct(catalog.eval_instances(tier, per_scenario), tier, result) for tier in tiers
     }
     result.instances = {tier: len(found) for tier, found in by_tier.items()}
     total = sum(result.instances.values()) * samples * len(ROLES)
-    log.info(
-        "replay %s: %s vs %s, instances %s, %d sample(s) each, %d runs",
-        result.evaluation_id,
-        names["incumbent"],
-        names["candidate"],
-        result.instances,
-        samples,
-        total,
-        extra={
-            "evaluation_id": result.evaluation_id,
-            "instances": result.instances,
-            "samples_per_instance": samples,
-            "runs": total,
-        },
-    )
+    _log_start(result, total)
 
-    models = {"incumbent": incumbent, "candidate": candidate}
     runs: list[Run] = []
     bar = _progress(total, progress, result.evaluation_id)
     started = time.perf_counter()
     try:
         with BufferedArchive(archive) as sink:
-            trackers = {
-                role: RunTracker(
-                    sink,
-                    prices,
-                    agent_version=AGENT_VERSION,
-                    provider=provider,
-                    model=names[role],
-                    slot=None,
-                    traffic="evaluation",
-                )
-                for role in ROLES
-            }
-            for tier, instances in by_tier.items():
-                for sample in range(samples):
-                    sampling = _sampling(workflow.sampling, ev, samples, sample)
-                    config = replace(workflow, sampling=sampling)
-                    for turn, chunk in enumerate(_chunks(instances, CHUNK_INSTANCES)):
-                        # Alternate who goes first, so neither role always meets a warmer machine.
-                        order = ROLES if turn % 2 == 0 else ROLES[::-1]
-                        for role in order:
-                            tags = {
-                                "evaluation_id": result.evaluation_id,
-                                "tier": tier,
-                                "sample": str(sample),
-                                "role": role,
-                            }
-                            for run in play(
-                                chunk,
-                                models[role],
-                                tracker=trackers[role],
-                                tools=tools,
-                                verifier=verifier,
-                                workflow=config,
-                                batch_size=ev.batch_size,
-                                tags=lambda _, tags=tags: dict(tags),
-                                # An HTTP agent plays against the role's version by name,
-                                # which the gateway resolves like a slot.
-                                agent=agent,
-                                slot=names[role],
-                            ):
-                                runs.append(run)
-                                result.runs[role] += 1
-                                if bar is not None:
-                                    bar.update(1)
+            trackers = _evaluation_trackers(sink, prices, provider, names)
+            turns = _Turns(models, names, trackers, tools, verifier, workflow, agent, ev.batch_size)
+            for role, run in turns.play(result.evaluation_id, by_tier, samples, ev):
+                runs.append(run)
+                result.runs[role] += 1
+                if bar is not None:
+                    bar.update(1)
             sink.flush()
             result.files = [str(p) for p in sink.written]
     finally:
@@ -231,6 +177,96 @@ def replay(
             bar.close()
     result.seconds = time.perf_counter() - started
     _tabulate(runs, result, ev.max_provider_error_rate)
+    _log_finish(result)
+    return result
+
+
+def _evaluation_trackers(
+    sink: BufferedArchive, prices: PriceTable, provider: str, names: dict[str, str]
+) -> dict[str, RunTracker]:
+    """One tracker per role: runs recorded as evaluation traffic, under the role's model name."""
+    return {
+        role: RunTracker(
+            sink,
+            prices,
+            agent_version=AGENT_VERSION,
+            provider=provider,
+            model=names[role],
+            slot=None,
+            traffic="evaluation",
+        )
+        for role in ROLES
+    }
+
+
+@dataclass
+class _Turns:
+    """How both roles play: their models, names, trackers, and what every run shares."""
+
+    models: dict[str, ChatModel]
+    names: dict[str, str]
+    trackers: dict[str, RunTracker]
+    tools: Any
+    verifier: Any
+    workflow: WorkflowConfig
+    agent: Any
+    batch_size: int
+
+    def play(
+        self, evaluation_id: str, by_tier: dict[str, list[Any]], samples: int, ev: Any
+    ) -> Iterator[tuple[str, Run]]:
+        """(role, run) for every instance, sample and role: per tier and sample, the roles take
+        turns chunk by chunk (see the module's docstring)."""
+        for tier, instances in by_tier.items():
+            for sample in range(samples):
+                sampling = _sampling(self.workflow.sampling, ev, samples, sample)
+                config = replace(self.workflow, sampling=sampling)
+                for turn, chunk in enumerate(_chunks(instances, CHUNK_INSTANCES)):
+                    # Alternate who goes first, so neither role always meets a warmer machine.
+                    order = ROLES if turn % 2 == 0 else ROLES[::-1]
+                    for role in order:
+                        tags = {
+                            "evaluation_id": evaluation_id,
+                            "tier": tier,
+                            "sample": str(sample),
+                            "role": role,
+                        }
+                        for run in play(
+                            chunk,
+                            self.models[role],
+                            tracker=self.trackers[role],
+                            tools=self.tools,
+                            verifier=self.verifier,
+                            workflow=config,
+                            batch_size=self.batch_size,
+                            tags=lambda _, tags=tags: dict(tags),
+                            # An HTTP agent plays against the role's version by name,
+                            # which the gateway resolves like a slot.
+                            agent=self.agent,
+                            slot=self.names[role],
+                        ):
+                            yield role, run
+
+
+def _log_start(result: Replay, total: int) -> None:
+    log.info(
+        "replay %s: %s vs %s, instances %s, %d sample(s) each, %d runs",
+        result.evaluation_id,
+        result.incumbent,
+        result.candidate,
+        result.instances,
+        result.samples_per_instance,
+        total,
+        extra={
+            "evaluation_id": result.evaluation_id,
+            "instances": result.instances,
+            "samples_per_instance": result.samples_per_instance,
+            "runs": total,
+        },
+    )
+
+
+def _log_finish(result: Replay) -> None:
     log.info(
         "replay %s finished: %d runs in %.1f s (%s), provider failures %s%s",
         result.evaluation_id,
@@ -241,7 +277,6 @@ def replay(
         f"; failed: {result.error}" if result.error else "",
         extra={"evaluation_id": result.evaluation_id, "replay": result.summary()},
     )
-    return result
 
 
 def evaluate(
