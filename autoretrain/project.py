@@ -653,7 +653,7 @@ class Project:
             **({"agent": agent} if agent is not None else {}),
         )
         with self.store() as store:
-            save_comparison(store.con, comparison, self.settings)
+            save_comparison(store.con, comparison, self.settings.paths.reports)
         return comparison
 
     def deploy(
