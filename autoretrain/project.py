@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from autoretrain.deploy.targets import TargetResult
     from autoretrain.evaluation.canary import CanaryAnalysis
     from autoretrain.evaluation.compare import Comparison
+    from autoretrain.evaluation.harness import ReplaySetup
     from autoretrain.providers.base import ChatModel
     from autoretrain.runs.schema import Run
     from autoretrain.runs.scoring import ScoreReport
@@ -619,7 +620,6 @@ class Project:
         save the comparison, its report and chart. Returns the Comparison (with evaluation_id)."""
         from autoretrain.evaluation.harness import evaluate
         from autoretrain.evaluation.report import save_comparison
-        from autoretrain.plugins import verifier_from_settings
 
         catalog = self.catalog
         with self.store() as store:
@@ -645,16 +645,32 @@ class Project:
             model_for(incumbent),
             model_for(candidate),
             catalog,
-            self.settings,
+            self.replay_setup(),
             incumbent_name=incumbent.id,
             candidate_name=candidate.id,
             progress=progress,
-            verifier=verifier_from_settings(self.settings, self.grader),
             **({"agent": agent} if agent is not None else {}),
         )
         with self.store() as store:
             save_comparison(store.con, comparison, self.settings.paths.reports)
         return comparison
+
+    def replay_setup(self) -> ReplaySetup:
+        """What the replay harness takes from the settings: the evaluation section, the gates'
+        thresholds for the active profile, the landing zone, prices, the profile's name, and
+        the verifier (with the rubric judge, when there is one)."""
+        from autoretrain.evaluation.harness import ReplaySetup
+        from autoretrain.plugins import verifier_from_settings
+        from autoretrain.runs.pricing import PriceTable
+
+        return ReplaySetup(
+            evaluation=self.settings.evaluation,
+            lifts=self.settings.evaluation_lifts(),
+            landing=self.settings.paths.landing,
+            prices=PriceTable.from_settings(self.settings),
+            provider=self.settings.provider,
+            verifier=verifier_from_settings(self.settings, self.grader),
+        )
 
     def deploy(
         self,

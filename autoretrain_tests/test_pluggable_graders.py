@@ -260,7 +260,7 @@ def test_the_replay_grades_rubrics_with_the_settings_judge(judged, tmp_path):
         incumbent,
         candidate,
         catalog,
-        settings,
+        Project(settings).replay_setup(),
         archive=RunArchive(tmp_path / "landing"),
         instances_per_scenario=2,
         progress=False,

@@ -318,6 +318,7 @@ class Bench:
     ) -> dict[str, Any]:
         from autoretrain.evaluation.compare import ALL
         from autoretrain.evaluation.harness import evaluate
+        from autoretrain.project import Project
         from autoretrain.providers.factory import chat_model_for
 
         def load(version: str) -> Any:
@@ -331,7 +332,7 @@ class Bench:
             load(incumbent),
             load(name),
             self.catalog,
-            settings,
+            Project(settings).replay_setup(),
             incumbent_name=incumbent,
             candidate_name=name,
             progress=False,

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from autoretrain.agents.play import play
@@ -34,13 +35,26 @@ from autoretrain.runs.archive import BufferedArchive, RunArchive
 from autoretrain.runs.pricing import PriceTable
 from autoretrain.runs.schema import EventType, Run
 from autoretrain.runs.tracker import RunTracker
-from autoretrain.settings import Settings
+from autoretrain.settings import EvaluationLifts, EvaluationSettings
 
 log = logging.getLogger(__name__)
 
 # Instances per role before the other role takes its turn (a few full batches).
 CHUNK_INSTANCES = 512
 MODEL_CALL_FAILED = "model call failed"  # the workflow's wording for a provider error
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """What a replay and its decision take from the project's settings, as plain values
+    (`Project.replay_setup()` builds it from the settings)."""
+
+    evaluation: EvaluationSettings  # sizes, sampling, batch size, provider-error limit, bootstrap
+    lifts: EvaluationLifts  # the gates' thresholds
+    landing: Path  # where the replay's runs are recorded (evaluation traffic)
+    prices: PriceTable  # the runs' cost
+    provider: str  # the provider profile recorded on the runs
+    verifier: Any  # grades the answers (VerifierAgent)
 
 
 @dataclass
@@ -104,7 +118,7 @@ def replay(
     incumbent: ChatModel,
     candidate: ChatModel,
     catalog: Any,
-    settings: Settings,
+    setup: ReplaySetup,
     *,
     incumbent_name: str | None = None,
     candidate_name: str | None = None,
@@ -127,9 +141,8 @@ def replay(
     do raise; `evaluate` turns those into a rejected comparison too.
     """
     from autoretrain.evaluation.report import new_evaluation_id
-    from autoretrain.plugins import verifier_from_settings
 
-    ev = settings.evaluation
+    ev = setup.evaluation
     per_scenario = (
         ev.instances_per_scenario if instances_per_scenario is None else instances_per_scenario
     )
@@ -145,10 +158,10 @@ def replay(
     names = {"incumbent": result.incumbent, "candidate": result.candidate}
     workflow = workflow or WorkflowConfig()
     tools = tools if tools is not None else catalog.registry
-    verifier = verifier if verifier is not None else verifier_from_settings(settings)
-    archive = archive if archive is not None else RunArchive(settings.paths.landing)
-    prices = PriceTable.from_settings(settings)
-    provider = provider or settings.provider
+    verifier = verifier if verifier is not None else setup.verifier
+    archive = archive if archive is not None else RunArchive(setup.landing)
+    prices = setup.prices
+    provider = provider or setup.provider
     models = {"incumbent": incumbent, "candidate": candidate}
 
     by_tier = {
@@ -283,7 +296,7 @@ def evaluate(
     incumbent: ChatModel,
     candidate: ChatModel,
     catalog: Any,
-    settings: Settings,
+    setup: ReplaySetup,
     *,
     incumbent_name: str | None = None,
     candidate_name: str | None = None,
@@ -299,13 +312,13 @@ def evaluate(
         "incumbent": incumbent_name or getattr(incumbent, "name", "incumbent"),
         "candidate": candidate_name or getattr(candidate, "name", "candidate"),
     }
-    lifts = settings.evaluation_lifts()
+    lifts = setup.lifts
     try:
         outcome = replay(
             incumbent,
             candidate,
             catalog,
-            settings,
+            setup,
             incumbent_name=names["incumbent"],
             candidate_name=names["candidate"],
             archive=archive,
@@ -328,8 +341,8 @@ def evaluate(
         candidate=names["candidate"],
         incumbent=names["incumbent"],
         lifts=lifts,
-        bootstrap_samples=settings.evaluation.bootstrap_samples,
-        seed=settings.evaluation.seed,
+        bootstrap_samples=setup.evaluation.bootstrap_samples,
+        seed=setup.evaluation.seed,
         error=outcome.error,
     )
     comparison.evaluation_id = evaluation_id
