@@ -60,10 +60,10 @@ Facts = dict[str, Any]
 # -- conditions: each written once, read both as SQL (a day range) and in Python (one run) ------
 #
 # A gate's condition is a small tree of these. `sql` renders it for the bulk CASE over every run
-# of a day range, `holds` evaluates it on one run's facts; the two are generated from the same
-# tree, so they cannot drift apart. `$name` in SQL is a PromotionGates setting, bound by
-# `gate_params`. Earlier gates guarantee what later ones read is not NULL (so Python never
-# compares None), as they always did.
+# of a day range, `holds` evaluates it on one run's facts: a gate is written once, and the two
+# readings live only in the few condition kinds below (the agreement test over random facts
+# still holds them equal). `$name` in SQL is a PromotionGates setting, bound by `gate_params`.
+# Earlier gates guarantee what later ones read is not NULL (so Python never compares None).
 
 
 class Condition:

@@ -31,14 +31,17 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
+
+from autoretrain.runs.schema import RunStatus, Traffic
 
 RUN_HEADER = "x-autoretrain-run"
 ROLES = {"system", "user", "assistant", "tool"}
-# What a run can be (the schema's Traffic): the `scenario` event may say which.
-TRAFFIC = ("production", "selfplay", "evaluation", "import", "demo")
+# What a run can be (the schema's Traffic, production first: what a run is unless it says):
+# the `scenario` event may say which.
+TRAFFIC = ("production", *(t for t in get_args(Traffic) if t != "production"))
 # Statuses an agent may close a run with (the schema's, less "running").
-CLOSING_STATUSES = {"succeeded", "failed", "escalated", "error"}
+CLOSING_STATUSES = set(get_args(RunStatus)) - {"running"}
 EVENT_TYPES = (
     "verification",
     "recovery",
