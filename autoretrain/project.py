@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -32,12 +32,13 @@ if TYPE_CHECKING:
     from autoretrain.deploy.targets import TargetResult
     from autoretrain.evaluation.canary import CanaryAnalysis
     from autoretrain.evaluation.compare import Comparison
+    from autoretrain.evaluation.harness import ReplaySetup
     from autoretrain.providers.base import ChatModel
     from autoretrain.runs.schema import Run
     from autoretrain.runs.scoring import ScoreReport
     from autoretrain.scenarios import Catalog
     from autoretrain.selfplay import SelfPlayReport, SelfPlayRunner
-    from autoretrain.training.config import TrainResult
+    from autoretrain.training.config import TrainMetrics, TrainResult
     from autoretrain.training.hosted import HostedBackend
 
 
@@ -110,12 +111,13 @@ def _agent_version() -> str:
 
 @dataclass
 class HostedTrainResult:
-    """What `train_candidate` returns for a hosted fine-tune (the local trainer's shape)."""
+    """What `train_candidate` returns for a hosted fine-tune (the local trainer's shape; no
+    folder on disk: the model lives at the provider as `model_id`)."""
 
     method: str
-    model_dir: Any
-    adapter_dir: Any
-    metrics: dict[str, Any]
+    model_dir: Path | None
+    adapter_dir: Path | None
+    metrics: TrainMetrics
     job_id: str
     model_id: str
     reattached: bool
@@ -143,7 +145,28 @@ class CanaryTraffic:
     analysis: CanaryAnalysis
 
 
-def _insufficient(analysis: Any) -> bool:
+@dataclass(frozen=True)
+class TierPassRate:
+    """One evaluation tier's verified pass rate, over all and per category."""
+
+    instances: int
+    pass_rate: float
+    by_category: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PassRates:
+    """What `pass_rates` measured: one model on both evaluation tiers."""
+
+    in_distribution: TierPassRate
+    held_out: TierPassRate
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """{tier: {instances, pass_rate, by_category}}, as the CLI's --json prints it."""
+        return asdict(self)
+
+
+def _insufficient(analysis: CanaryAnalysis) -> bool:
     from autoretrain.evaluation.canary import INSUFFICIENT
 
     return any(INSUFFICIENT in (g.detail or "") for g in analysis.failed_gates)
@@ -157,7 +180,7 @@ def _added(report: SelfPlayReport | None, more: SelfPlayReport) -> SelfPlayRepor
     return more if report is None else report.add(more)
 
 
-def _read_json(path: Any) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any]:
     import json
 
     try:
@@ -169,7 +192,7 @@ def _read_json(path: Any) -> dict[str, Any]:
 class Project:
     """An opened data root. Cheap to make: nothing is opened until a stage needs it."""
 
-    def __init__(self, settings: Settings, grader: Any = None):
+    def __init__(self, settings: Settings, grader: ChatModel | None = None):
         self.settings = settings
         # The rubric judge, when a caller brings its own ChatModel; otherwise the one
         # `graders.rubric_profile` names is built when needed (plugins.verifier_from_settings).
@@ -233,7 +256,9 @@ class Project:
         with self.store() as store:
             return score(store.con, start_day, end_day, self.settings.promotion_gates())
 
-    def decide_days(self, start_day: str, end_day: str, reviewer: Any = None) -> DecisionReport:
+    def decide_days(
+        self, start_day: str, end_day: str, reviewer: ChatModel | None = None
+    ) -> DecisionReport:
         """PromotionGuardAgent decisions for a day range into `promotion_decisions`."""
         from autoretrain.agents.promotion_guard import PromotionGuardAgent
         from autoretrain.agents.promotion_guard import decide_days as decide
@@ -252,8 +277,8 @@ class Project:
         seed: int | None = None,
         canary_share: float | None = None,
         progress: bool = True,
-        primary_model: Any = None,
-        canary_model: Any = None,
+        primary_model: ChatModel | None = None,
+        canary_model: ChatModel | None = None,
     ) -> SelfPlayReport:
         """Run `n` self-play runs against the model in `slot` (and a share on the canary slot),
         landing every run in the landing zone. Returns the SelfPlayReport."""
@@ -543,7 +568,7 @@ class Project:
 
     def build_training_dataset(
         self,
-        runs: Iterable[Any] | None = None,
+        runs: Iterable[Run | Mapping[str, Any] | str | bytes] | None = None,
         *,
         decisions: Mapping[str, str] | None = None,
         catalog: Catalog | None = None,
@@ -563,7 +588,11 @@ class Project:
 
         catalog = catalog or self.catalog
 
-        def build(records: Iterable[Any], source: str, source_model: str | None) -> DatasetVersion:
+        def build(
+            records: Iterable[Run | Mapping[str, Any] | str | bytes],
+            source: str,
+            source_model: str | None,
+        ) -> DatasetVersion:
             return build_dataset(
                 records,
                 out_root=self.settings.paths.datasets,
@@ -635,7 +664,7 @@ class Project:
 
     def train_candidate(
         self,
-        dataset_dir: Any,
+        dataset_dir: str | Path,
         version_id: str,
         *,
         backend: str | None = None,
@@ -703,12 +732,12 @@ class Project:
                 model_dir=result.merged_dir or result.model_dir,
                 adapter_dir=result.adapter_dir if not result.merged_dir else None,
                 dataset_version=Path(dataset_dir).name,
-                training_metrics=result.metrics,
+                training_metrics=result.metrics.record,
                 parent_version=incumbent.id,
             )
         return result
 
-    def hosted_backend(self, backend: Any = None) -> HostedBackend:
+    def hosted_backend(self, backend: HostedBackend | None = None) -> HostedBackend:
         from autoretrain.training.hosted import HostedBackend
 
         if backend is not None:
@@ -719,12 +748,13 @@ class Project:
         return HostedBackend.from_profile(self.settings.providers[name])
 
     def train_hosted_candidate(
-        self, dataset_dir: Any, version_id: str, backend: Any = None
+        self, dataset_dir: str | Path, version_id: str, backend: HostedBackend | None = None
     ) -> HostedTrainResult:
         """The candidate as an Azure OpenAI fine-tuning job (submitted once, re-attached after a
         crash), registered as a hosted version when it succeeds."""
         from pathlib import Path
 
+        from autoretrain.training.config import TrainMetrics
         from autoretrain.training.hosted import HostedFineTuneError
         from autoretrain.training.hosted_candidate import train_hosted
 
@@ -771,7 +801,13 @@ class Project:
                     parent_version=incumbent.id if incumbent else None,
                 )
         return HostedTrainResult(
-            "hosted", None, None, metrics, candidate.job_id, outcome.model_id, candidate.reattached
+            "hosted",
+            None,
+            None,
+            TrainMetrics(metrics),
+            candidate.job_id,
+            outcome.model_id,
+            candidate.reattached,
         )
 
     def evaluate_candidate(self, version_id: str, progress: bool = True) -> Comparison:
@@ -779,7 +815,6 @@ class Project:
         save the comparison, its report and chart. Returns the Comparison (with evaluation_id)."""
         from autoretrain.evaluation.harness import evaluate
         from autoretrain.evaluation.report import save_comparison
-        from autoretrain.plugins import verifier_from_settings
 
         catalog = self.catalog
         with self.store() as store:
@@ -798,23 +833,39 @@ class Project:
             # The team's agent plays both versions through the gateway, by version id.
             from autoretrain.agents.http_agent import AgentSlot
 
-            def model_for(version: Any) -> Any:
+            def model_for(version: ModelVersion) -> Any:  # an AgentSlot stands in for the model
                 return AgentSlot(version.id)
 
         comparison = evaluate(
             model_for(incumbent),
             model_for(candidate),
             catalog,
-            self.settings,
+            self.replay_setup(),
             incumbent_name=incumbent.id,
             candidate_name=candidate.id,
             progress=progress,
-            verifier=verifier_from_settings(self.settings, self.grader),
             **({"agent": agent} if agent is not None else {}),
         )
         with self.store() as store:
-            save_comparison(store.con, comparison, self.settings)
+            save_comparison(store.con, comparison, self.settings.paths.reports)
         return comparison
+
+    def replay_setup(self) -> ReplaySetup:
+        """What the replay harness takes from the settings: the evaluation section, the gates'
+        thresholds for the active profile, the landing zone, prices, the profile's name, and
+        the verifier (with the rubric judge, when there is one)."""
+        from autoretrain.evaluation.harness import ReplaySetup
+        from autoretrain.plugins import verifier_from_settings
+        from autoretrain.runs.pricing import PriceTable
+
+        return ReplaySetup(
+            evaluation=self.settings.evaluation,
+            lifts=self.settings.evaluation_lifts(),
+            landing=self.settings.paths.landing,
+            prices=PriceTable.from_settings(self.settings),
+            provider=self.settings.provider,
+            verifier=verifier_from_settings(self.settings, self.grader),
+        )
 
     def deploy(
         self,
@@ -967,7 +1018,7 @@ class Project:
         used |= {x["run_id"] for x in manifest.get("excluded_runs", [])}
         return len(promotable - used), versions[-1].name
 
-    def pass_rates(self, model: Any, per_scenario: int | None = None) -> dict[str, Any]:
+    def pass_rates(self, model: ChatModel, per_scenario: int | None = None) -> PassRates:
         """One model's verified pass rate on both evaluation tiers (greedy; nothing recorded).
         For a quick look at a model; the regression gate compares two models with `evaluate`."""
         from collections import defaultdict
@@ -983,7 +1034,7 @@ class Project:
         sampling = Sampling(temperature=0.0, max_tokens=self.settings.evaluation.max_tokens)
         tracker = RunTracker(None, model=getattr(model, "name", "model"), traffic="evaluation")
         verifier = verifier_from_settings(self.settings, self.grader)
-        out: dict[str, Any] = {}
+        out: dict[str, TierPassRate] = {}
         for tier in ("in_distribution", "held_out"):
             instances = catalog.eval_instances(tier, per_scenario)  # type: ignore[arg-type]
             by_category: dict[str, list[bool]] = defaultdict(list)
@@ -998,14 +1049,12 @@ class Project:
             ):
                 by_category[run.category or "?"].append(run.status == "succeeded")
             results = [ok for oks in by_category.values() for ok in oks]
-            out[tier] = {
-                "instances": len(results),
-                "pass_rate": sum(results) / len(results) if results else 0.0,
-                "by_category": {
-                    c: round(sum(v) / len(v), 4) for c, v in sorted(by_category.items())
-                },
-            }
-        return out
+            out[tier] = TierPassRate(
+                instances=len(results),
+                pass_rate=sum(results) / len(results) if results else 0.0,
+                by_category={c: round(sum(v) / len(v), 4) for c, v in sorted(by_category.items())},
+            )
+        return PassRates(**out)
 
     def move_slot(
         self,

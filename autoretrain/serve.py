@@ -79,6 +79,8 @@ from autoretrain.serve_requests import (
 )
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+
     from autoretrain.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -497,28 +499,41 @@ def create_app(pool: ModelPool, api_key: str | None = None, limits: ServeSetting
     `limits`: body and message sizes, the prompt-token cap and the body deadline (settings'
     `serve` block; its defaults when not given)."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     from autoretrain.settings import ServeSettings
 
-    limits = limits or ServeSettings()
+    handlers = _Handlers(pool, api_key, limits or ServeSettings())
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
+            Route("/v1/models", handlers.models, methods=["GET"]),
+            Route("/health", handlers.health, methods=["GET"]),
+        ],
+        exception_handlers={404: handlers.not_found, 405: handlers.not_found},
+        lifespan=_closing(pool),
+    )
 
-    def authorized(request: Request) -> bool:
-        if not api_key:
+
+class _Handlers:
+    """The server's endpoints over one pool. Bound methods, so Starlette calls each with the
+    request."""
+
+    def __init__(self, pool: ModelPool, api_key: str | None, limits: ServeSettings):
+        self.pool, self.api_key, self.limits = pool, api_key, limits
+
+    def authorized(self, request: Request) -> bool:
+        if not self.api_key:
             return True
         given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+        return hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode())
 
-    async def chat_completions(request: Request):
-        if not authorized(request):
-            return _error(
-                401,
-                "missing or wrong API key (Authorization: Bearer ...)",
-                "unauthorized",
-                close=True,
-            )
+    async def chat_completions(self, request: Request):
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        pool, limits = self.pool, self.limits
+        if not self.authorized(request):
+            return _unauthorized()
         try:
             raw = await read_body(
                 request.receive, request.headers, limits.max_body_bytes, limits.body_timeout_s
@@ -559,21 +574,21 @@ def create_app(pool: ModelPool, api_key: str | None = None, limits: ServeSetting
             )
         return JSONResponse(_completion(reply, name))
 
-    async def models(request: Request):
-        if not authorized(request):
-            return _error(
-                401,
-                "missing or wrong API key (Authorization: Bearer ...)",
-                "unauthorized",
-                close=True,
-            )
+    async def models(self, request: Request):
+        from starlette.responses import JSONResponse
+
+        if not self.authorized(request):
+            return _unauthorized()
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "autoretrain", "root": root}
-            for name, root in sorted(model_roots(pool.specs()).items())
+            for name, root in sorted(model_roots(self.pool.specs()).items())
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    async def health(request: Request):
+    async def health(self, request: Request):
+        from starlette.responses import JSONResponse
+
+        pool = self.pool
         names = pool.names()
         status = "degraded" if pool.config_error else "ok"
         return JSONResponse(
@@ -586,20 +601,19 @@ def create_app(pool: ModelPool, api_key: str | None = None, limits: ServeSetting
             }
         )
 
-    async def not_found(request: Request, exc: Exception):
+    async def not_found(self, request: Request, exc: Exception):
         status = getattr(exc, "status_code", 404)
         detail = getattr(exc, "detail", "not found")
         message = f"{request.method} {request.url.path}: {detail}"
         return _error(status, message, "not_found", close=True)
 
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-        ],
-        exception_handlers={404: not_found, 405: not_found},
-        lifespan=_closing(pool),
+
+def _unauthorized():
+    return _error(
+        401,
+        "missing or wrong API key (Authorization: Bearer ...)",
+        "unauthorized",
+        close=True,
     )
 
 

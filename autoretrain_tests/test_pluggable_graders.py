@@ -233,11 +233,11 @@ def test_pass_rates_use_the_rubric_judge(judged):
     settings, judge, _ = judged
     player = ScriptedModel([], name="player", default="Hello, dear friend!")
     rates = Project(settings).pass_rates(player, per_scenario=3)
-    assert rates["in_distribution"]["pass_rate"] == 1.0
-    assert rates["held_out"]["pass_rate"] == 1.0
+    assert rates.in_distribution.pass_rate == 1.0
+    assert rates.held_out.pass_rate == 1.0
     judge.script = ['{"score": 0.2, "reason": "rude"}'] * 100  # now every answer falls short
     rates = Project(settings).pass_rates(player, per_scenario=3)
-    assert rates["in_distribution"]["pass_rate"] == 0.0
+    assert rates.in_distribution.pass_rate == 0.0
 
 
 def test_self_play_lands_rubric_runs_verified_by_the_judge(judged):
@@ -260,7 +260,7 @@ def test_the_replay_grades_rubrics_with_the_settings_judge(judged, tmp_path):
         incumbent,
         candidate,
         catalog,
-        settings,
+        Project(settings).replay_setup(),
         archive=RunArchive(tmp_path / "landing"),
         instances_per_scenario=2,
         progress=False,

@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
         "stopped": metrics["stopped_by"],
         "train_loss": metrics["final_train_loss"],
         "eval_loss": metrics["best_eval_loss"],
-        **{tier: (round(r["pass_rate"], 3), r["by_category"]) for tier, r in rates.items()},
+        **{
+            tier: (round(r["pass_rate"], 3), r["by_category"])
+            for tier, r in rates.to_dict().items()
+        },
     }
     print(json.dumps(result))
     return result

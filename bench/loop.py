@@ -368,6 +368,7 @@ class Bench:
         self, settings: Any, base: str, name: str, incumbent_version: str | None = None
     ) -> dict[str, Any]:
         from autoretrain.evaluation.harness import evaluate
+        from autoretrain.project import Project
         from autoretrain.providers.factory import chat_model_for
 
         def load(version: str) -> Any:
@@ -381,7 +382,7 @@ class Bench:
             load(incumbent),
             load(name),
             self.catalog,
-            settings,
+            Project(settings).replay_setup(),
             incumbent_name=incumbent,
             candidate_name=name,
             progress=False,

@@ -6,7 +6,9 @@ A run is `promote`d only when every gate passes; `reject` when it clearly fails 
 
 Gates come in two kinds, checked in this order:
 - fact gates (GATES), on columns of `runs` and `scored_runs`: for a day range they run as one
-  SQL CASE over every run, so most runs are decided without parsing their record;
+  SQL CASE over every run, so most runs are decided without parsing their record; one run is
+  checked in Python. Each gate's condition is written once (a `Condition`), and both its SQL
+  and its Python check are read off it;
 - transcript gates, in Python, for the runs that cleared every fact gate: the transcript must
   hold together (every tool message answers a call, every call is answered, it ends on an answer).
 
@@ -27,10 +29,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import duckdb
-import polars as pl
 
 from autoretrain.providers.base import ChatModel, Sampling
-from autoretrain.runs.review import render_transcript
+from autoretrain.runs.review import (
+    DecisionRow,
+    ensure_promotion_decisions_table,
+    render_transcript,
+    replace_decisions,
+)
 from autoretrain.runs.schema import Run
 from autoretrain.runs.scoring import SCORER_VERSION
 from autoretrain.settings import PromotionGates
@@ -38,18 +44,6 @@ from autoretrain.settings import PromotionGates
 log = logging.getLogger(__name__)
 
 PROMOTE, REJECT, NEEDS_HUMAN = "promote", "reject", "needs_human"
-
-PROMOTION_DECISIONS_DDL = """
-CREATE TABLE IF NOT EXISTS promotion_decisions (
-    run_id VARCHAR NOT NULL,
-    day DATE NOT NULL,
-    decision VARCHAR NOT NULL,
-    gate VARCHAR NOT NULL,
-    rationale VARCHAR NOT NULL,
-    scorer_version VARCHAR NOT NULL,
-    decided_at TIMESTAMPTZ NOT NULL
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -63,56 +57,243 @@ class Decision:
 Facts = dict[str, Any]
 
 
+# -- conditions: each written once, read both as SQL (a day range) and in Python (one run) ------
+#
+# A gate's condition is a small tree of these. `sql` renders it for the bulk CASE over every run
+# of a day range, `holds` evaluates it on one run's facts: a gate is written once, and the two
+# readings live only in the few condition kinds below (the agreement test over random facts
+# still holds them equal). `$name` in SQL is a PromotionGates setting, bound by `gate_params`.
+# Earlier gates guarantee what later ones read is not NULL (so Python never compares None).
+
+
+class Condition:
+    @property
+    def sql(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The PromotionGates fields the condition reads."""
+        return ()
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        raise NotImplementedError
+
+
+def _literal(value: str | int) -> str:
+    return f"'{value}'" if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class IsNull(Condition):
+    fact: str
+
+    @property
+    def sql(self) -> str:
+        return f"{self.fact} IS NULL"
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return facts[self.fact] is None
+
+
+@dataclass(frozen=True)
+class Is(Condition):
+    fact: str
+    value: str | int
+
+    @property
+    def sql(self) -> str:
+        return f"{self.fact} = {_literal(self.value)}"
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return facts[self.fact] == self.value
+
+
+@dataclass(frozen=True)
+class IsIn(Condition):
+    fact: str
+    values: tuple[str, ...]
+
+    @property
+    def sql(self) -> str:
+        return f"{self.fact} IN ({', '.join(_literal(v) for v in self.values)})"
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return facts[self.fact] in self.values
+
+
+@dataclass(frozen=True)
+class IsTrue(Condition):
+    fact: str
+
+    @property
+    def sql(self) -> str:
+        return self.fact
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return bool(facts[self.fact])
+
+
+@dataclass(frozen=True)
+class IsFalse(Condition):
+    fact: str
+
+    @property
+    def sql(self) -> str:
+        return f"NOT {self.fact}"
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return not facts[self.fact]
+
+
+@dataclass(frozen=True)
+class Below(Condition):
+    """fact < the setting (a minimum the run falls short of)."""
+
+    fact: str
+    setting: str
+
+    @property
+    def sql(self) -> str:
+        return f"{self.fact} < ${self.setting}"
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return (self.setting,)
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return facts[self.fact] < getattr(gates, self.setting)
+
+
+@dataclass(frozen=True)
+class Above(Condition):
+    """fact > the setting (a maximum the run exceeds)."""
+
+    fact: str
+    setting: str
+
+    @property
+    def sql(self) -> str:
+        return f"{self.fact} > ${self.setting}"
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return (self.setting,)
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return facts[self.fact] > getattr(gates, self.setting)
+
+
+@dataclass(frozen=True)
+class NotListed(Condition):
+    """The setting lists the allowed values (None: any) and the fact is not among them."""
+
+    fact: str
+    setting: str
+
+    @property
+    def sql(self) -> str:
+        s, f = self.setting, self.fact
+        return f"${s} IS NOT NULL AND ({f} IS NULL OR NOT list_contains(${s}::VARCHAR[], {f}))"
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return (self.setting,)
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        allowed = getattr(gates, self.setting)
+        return allowed is not None and facts[self.fact] not in allowed
+
+
+def _grouped(condition: Condition) -> str:
+    compound = isinstance(condition, AnyOf | AllOf)
+    return f"({condition.sql})" if compound else condition.sql
+
+
+@dataclass(frozen=True)
+class AnyOf(Condition):
+    parts: tuple[Condition, ...]
+
+    @property
+    def sql(self) -> str:
+        return " OR ".join(_grouped(c) for c in self.parts)
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return tuple(s for c in self.parts for s in c.settings)
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return any(c.holds(facts, gates) for c in self.parts)
+
+
+@dataclass(frozen=True)
+class AllOf(Condition):
+    parts: tuple[Condition, ...]
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(_grouped(c) for c in self.parts)
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return tuple(s for c in self.parts for s in c.settings)
+
+    def holds(self, facts: Facts, gates: PromotionGates) -> bool:
+        return all(c.holds(facts, gates) for c in self.parts)
+
+
 @dataclass(frozen=True)
 class Gate:
-    """One rule. `sql` and `fails` say the same thing, over the same fact names: `sql` for
-    bulk decisions, `fails` for one run. A test holds them to agreement on random facts.
-    Earlier gates guarantee what later ones read is not NULL."""
+    """One rule: the run fails it when `when` holds. Its SQL (bulk decisions) and its Python
+    check (one run) are both read off `when`; a test still holds them to agreement on random
+    facts."""
 
     name: str
     verdict: str
-    sql: str
-    fails: Callable[[Facts, PromotionGates], bool]
+    when: Condition
     explain: Callable[[Facts, PromotionGates], str]
+
+    @property
+    def sql(self) -> str:
+        return self.when.sql
+
+    def fails(self, facts: Facts, gates: PromotionGates) -> bool:
+        return self.when.holds(facts, gates)
 
 
 GATES: tuple[Gate, ...] = (
     Gate(
         "evaluation_traffic",
         REJECT,
-        "traffic = 'evaluation'",
-        lambda f, g: f["traffic"] == "evaluation",
+        Is("traffic", "evaluation"),
         lambda f, g: "evaluation traffic never enters a training set",
     ),
     Gate(
         "category",
         REJECT,
-        "$categories IS NOT NULL AND (category IS NULL "
-        "OR NOT list_contains($categories::VARCHAR[], category))",
-        lambda f, g: g.categories is not None and f["category"] not in g.categories,
+        NotListed("category", "categories"),
         lambda f, g: f"category {f['category']!r} is not among the included {g.categories}",
     ),
     Gate(
         "unfinished",
         NEEDS_HUMAN,
-        "status IS NULL OR status = 'running'",
-        lambda f, g: f["status"] in (None, "running"),
+        AnyOf((IsNull("status"), Is("status", "running"))),
         lambda f, g: f"run status is {f['status']!r}: the run never finished",
     ),
     Gate(
         "no_verification",
         NEEDS_HUMAN,
-        "score IS NULL",
-        lambda f, g: f["score"] is None,
+        IsNull("score"),
         lambda f, g: "the run has no verification: nothing says its answer is right",
     ),
     Gate(
         "status_contradiction",
         NEEDS_HUMAN,
-        "(status = 'succeeded' AND NOT verified) OR (verified AND status IN ('failed', 'error'))",
-        lambda f, g: (
-            (f["status"] == "succeeded" and not f["verified"])
-            or (f["verified"] and f["status"] in ("failed", "error"))
+        AnyOf(
+            (
+                AllOf((Is("status", "succeeded"), IsFalse("verified"))),
+                AllOf((IsTrue("verified"), IsIn("status", ("failed", "error")))),
+            )
         ),
         lambda f, g: (
             f"status {f['status']!r} contradicts the last verification "
@@ -122,71 +303,61 @@ GATES: tuple[Gate, ...] = (
     Gate(
         "not_verified",
         REJECT,
-        "NOT verified",
-        lambda f, g: not f["verified"],
+        IsFalse("verified"),
         lambda f, g: f"the last verification failed (score {f['score']:.3f})",
     ),
     Gate(
         "no_final_answer",
         NEEDS_HUMAN,
-        "NOT has_final_answer",
-        lambda f, g: not f["has_final_answer"],
+        IsFalse("has_final_answer"),
         lambda f, g: "verified, but the run recorded no final answer",
     ),
     Gate(
         "no_assistant_turn",
         NEEDS_HUMAN,
-        "n_turns = 0",
-        lambda f, g: f["n_turns"] == 0,
+        Is("n_turns", 0),
         lambda f, g: "the transcript has no assistant turn to learn from",
     ),
     Gate(
         "missing_metrics",
         NEEDS_HUMAN,
-        "latency_s IS NULL",
-        lambda f, g: f["latency_s"] is None,
+        IsNull("latency_s"),
         lambda f, g: "no latency recorded, so the runtime budget cannot be checked",
     ),
     Gate(
         "min_score",
         REJECT,
-        "score < $min_score",
-        lambda f, g: f["score"] < g.min_score,
+        Below("score", "min_score"),
         lambda f, g: f"score {f['score']:.3f} is below min_score {g.min_score}",
     ),
     Gate(
         "min_quality_score",
         REJECT,
-        "quality_score IS NULL OR quality_score < $min_quality_score",
-        lambda f, g: f["quality_score"] is None or f["quality_score"] < g.min_quality_score,
+        AnyOf((IsNull("quality_score"), Below("quality_score", "min_quality_score"))),
         lambda f, g: f"quality score {f['quality_score']} is below {g.min_quality_score}",
     ),
     Gate(
         "max_escalations",
         REJECT,
-        "n_escalations > $max_escalations",
-        lambda f, g: f["n_escalations"] > g.max_escalations,
+        Above("n_escalations", "max_escalations"),
         lambda f, g: f"{f['n_escalations']} escalation(s), at most {g.max_escalations} allowed",
     ),
     Gate(
         "max_recoveries",
         REJECT,
-        "n_recoveries > $max_recoveries",
-        lambda f, g: f["n_recoveries"] > g.max_recoveries,
+        Above("n_recoveries", "max_recoveries"),
         lambda f, g: f"{f['n_recoveries']} recoveries, at most {g.max_recoveries} allowed",
     ),
     Gate(
         "runtime_budget",
         REJECT,
-        "latency_s > $max_runtime_s",
-        lambda f, g: f["latency_s"] > g.max_runtime_s,
+        Above("latency_s", "max_runtime_s"),
         lambda f, g: f"ran {f['latency_s']:.1f}s, over the {g.max_runtime_s}s budget",
     ),
     Gate(
         "token_budget",
         REJECT,
-        "total_tokens > $max_total_tokens",
-        lambda f, g: f["total_tokens"] > g.max_total_tokens,
+        Above("total_tokens", "max_total_tokens"),
         lambda f, g: f"used {f['total_tokens']} tokens, over the {g.max_total_tokens} budget",
     ),
 )
@@ -209,15 +380,8 @@ FACT_NAMES = (
 
 
 def gate_params(gates: PromotionGates) -> dict[str, Any]:
-    return {
-        "categories": gates.categories,
-        "min_score": gates.min_score,
-        "min_quality_score": gates.min_quality_score,
-        "max_escalations": gates.max_escalations,
-        "max_recoveries": gates.max_recoveries,
-        "max_runtime_s": gates.max_runtime_s,
-        "max_total_tokens": gates.max_total_tokens,
-    }
+    """The settings the gates' SQL names (`$min_score`, ...), bound from `gates`."""
+    return {name: getattr(gates, name) for gate in GATES for name in gate.when.settings}
 
 
 def gate_case_sql() -> str:
@@ -438,10 +602,6 @@ class DecisionReport:
         return {**asdict(self), "runs_per_s": round(self.runs_per_s, 1)}
 
 
-def ensure_promotion_decisions_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(PROMOTION_DECISIONS_DDL)
-
-
 _FACTS_SQL = """
 CREATE OR REPLACE TEMP TABLE _guard_facts AS
 WITH facts AS (
@@ -469,112 +629,21 @@ def decide_days(
     calls0, failures0 = guard.reviewer_calls, guard.reviewer_failures
     ensure_promotion_decisions_table(con)
     days = {"start_day": start_day, "end_day": end_day}
-    unscored = con.execute(
-        """SELECT count(*) FROM runs r WHERE r.day BETWEEN $start_day AND $end_day
-           AND NOT EXISTS (SELECT 1 FROM scored_runs s
-                           WHERE s.run_id = r.run_id AND s.scorer_version = $v
-                             AND s.day BETWEEN $start_day AND $end_day)""",
-        {**days, "v": SCORER_VERSION},
-    ).fetchone()
-    if unscored and unscored[0]:
-        raise RuntimeError(
-            f"{unscored[0]} run(s) of {start_day}..{end_day} have no scored_runs row for "
-            f"scorer version {SCORER_VERSION}: score those days first (score_days)"
-        )
+    _refuse_unscored(con, start_day, end_day)
     con.execute(
         _FACTS_SQL.format(case=gate_case_sql()),
         {**days, "scorer_version": SCORER_VERSION, **gate_params(guard.gates)},
     )
-    rows: list[tuple[str, Any, str, str, str]] = []
-
-    # Runs a fact gate decided: explained from their facts, records never parsed.
-    decided = con.sql(
-        f"SELECT run_id, day, failed_gate, {', '.join(FACT_NAMES)} FROM _guard_facts "
-        "WHERE failed_gate IS NOT NULL"
-    ).to_arrow_table()
-    for rec in decided.to_pylist():
-        gate = GATES_BY_NAME[rec["failed_gate"]]
-        rows.append(
-            (rec["run_id"], rec["day"], gate.verdict, gate.name, gate.explain(rec, guard.gates))
-        )
-
-    # Runs that cleared every fact gate: read the transcript, then review the borderline ones.
-    cur = con.execute(
-        "SELECT f.*, r.record FROM _guard_facts f JOIN runs r USING (run_id) "
-        "WHERE f.failed_gate IS NULL AND r.day BETWEEN $start_day AND $end_day ORDER BY f.run_id",
-        days,
-    )
-    names = [d[0] for d in cur.description]
-    n_read = 0
-    pending: list[tuple[Run, dict[str, Any], Decision]] = []
-    while batch := cur.fetchmany(_SURVIVOR_CHUNK):
-        for values in batch:
-            metrics = dict(zip(names, values, strict=True))
-            n_read += 1
-            try:
-                run = Run.model_validate_json(metrics.pop("record"))
-            except ValueError as exc:
-                rows.append(
-                    (
-                        metrics["run_id"],
-                        metrics["day"],
-                        NEEDS_HUMAN,
-                        "unreadable_record",
-                        f"the stored record does not parse as a Run: {str(exc)[:300]}",
-                    )
-                )
-                continue
-            decision = guard.gate(run, metrics)
-            if decision.borderline and guard.reviewer is not None:
-                pending.append((run, metrics, decision))
-            else:
-                rows.append(
-                    (
-                        run.run_id,
-                        metrics["day"],
-                        decision.decision,
-                        decision.gate,
-                        decision.rationale,
-                    )
-                )
-    n_borderline = len(pending) + sum(1 for r in rows if r[3] == "borderline")
-    if pending:
-        for (run, metrics, _), decision in zip(pending, guard.review(pending), strict=True):
-            rows.append(
-                (run.run_id, metrics["day"], decision.decision, decision.gate, decision.rationale)
-            )
-
-    frame = pl.DataFrame(
-        rows,
-        schema={
-            "run_id": pl.String,
-            "day": pl.Date,
-            "decision": pl.String,
-            "gate": pl.String,
-            "rationale": pl.String,
-        },
-        orient="row",
-    )
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(
-            "DELETE FROM promotion_decisions WHERE day BETWEEN $start_day AND $end_day "
-            "AND scorer_version = $v",
-            {**days, "v": SCORER_VERSION},
-        )
-        con.register("_guard_decisions", frame)
-        con.execute(
-            "INSERT INTO promotion_decisions SELECT run_id, day, decision, gate, rationale, "
-            "$v, now() FROM _guard_decisions",
-            {"v": SCORER_VERSION},
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        rows = _decided_by_fact_gates(con, guard.gates)
+        survivors = _decide_survivors(con, days, guard)
     finally:
-        con.unregister("_guard_decisions")
         con.execute("DROP TABLE IF EXISTS _guard_facts")
+    rows += survivors.rows
+    # Borderline runs decided without a reviewer name the gate "borderline"; the rest wait for it.
+    n_borderline = len(survivors.pending) + sum(1 for r in rows if r[3] == "borderline")
+    rows += _reviewed(guard, survivors.pending)
+    replace_decisions(con, start_day, end_day, SCORER_VERSION, rows)
     return DecisionReport(
         start_day=start_day,
         end_day=end_day,
@@ -582,9 +651,98 @@ def decide_days(
         n_runs=len(rows),
         by_decision=dict(Counter(r[2] for r in rows)),
         by_gate=dict(Counter(r[3] for r in rows)),
-        n_transcripts_read=n_read,
+        n_transcripts_read=survivors.n_read,
         n_borderline=n_borderline,
         reviewer_calls=guard.reviewer_calls - calls0,
         reviewer_failures=guard.reviewer_failures - failures0,
         seconds=round(time.perf_counter() - t0, 3),
     )
+
+
+def _refuse_unscored(con: duckdb.DuckDBPyConnection, start_day: str, end_day: str) -> None:
+    """Deciding a run needs its scored metrics: a day range with unscored runs is refused."""
+    unscored = con.execute(
+        """SELECT count(*) FROM runs r WHERE r.day BETWEEN $start_day AND $end_day
+           AND NOT EXISTS (SELECT 1 FROM scored_runs s
+                           WHERE s.run_id = r.run_id AND s.scorer_version = $v
+                             AND s.day BETWEEN $start_day AND $end_day)""",
+        {"start_day": start_day, "end_day": end_day, "v": SCORER_VERSION},
+    ).fetchone()
+    if unscored and unscored[0]:
+        raise RuntimeError(
+            f"{unscored[0]} run(s) of {start_day}..{end_day} have no scored_runs row for "
+            f"scorer version {SCORER_VERSION}: score those days first (score_days)"
+        )
+
+
+def _decided_by_fact_gates(
+    con: duckdb.DuckDBPyConnection, gates: PromotionGates
+) -> list[DecisionRow]:
+    """Runs a fact gate decided: explained from their facts, records never parsed."""
+    decided = con.sql(
+        f"SELECT run_id, day, failed_gate, {', '.join(FACT_NAMES)} FROM _guard_facts "
+        "WHERE failed_gate IS NOT NULL"
+    ).to_arrow_table()
+    rows: list[DecisionRow] = []
+    for rec in decided.to_pylist():
+        gate = GATES_BY_NAME[rec["failed_gate"]]
+        rows.append((rec["run_id"], rec["day"], gate.verdict, gate.name, gate.explain(rec, gates)))
+    return rows
+
+
+@dataclass
+class _Survivors:
+    """What reading the transcripts of the runs that cleared every fact gate gave."""
+
+    rows: list[DecisionRow] = field(default_factory=list)  # decided here
+    pending: list[tuple[Run, dict[str, Any], Decision]] = field(default_factory=list)  # reviewer's
+    n_read: int = 0
+
+
+def _decide_survivors(
+    con: duckdb.DuckDBPyConnection, days: dict[str, str], guard: PromotionGuardAgent
+) -> _Survivors:
+    """Runs that cleared every fact gate: read the transcript and gate it; the borderline ones
+    wait for the reviewer when there is one. Streamed in chunks, so memory does not grow with
+    the day range."""
+    cur = con.execute(
+        "SELECT f.*, r.record FROM _guard_facts f JOIN runs r USING (run_id) "
+        "WHERE f.failed_gate IS NULL AND r.day BETWEEN $start_day AND $end_day ORDER BY f.run_id",
+        days,
+    )
+    names = [d[0] for d in cur.description]
+    out = _Survivors()
+    while batch := cur.fetchmany(_SURVIVOR_CHUNK):
+        for values in batch:
+            metrics = dict(zip(names, values, strict=True))
+            out.n_read += 1
+            try:
+                run = Run.model_validate_json(metrics.pop("record"))
+            except ValueError as exc:
+                why = f"the stored record does not parse as a Run: {str(exc)[:300]}"
+                out.rows.append(
+                    (metrics["run_id"], metrics["day"], NEEDS_HUMAN, "unreadable_record", why)
+                )
+                continue
+            decision = guard.gate(run, metrics)
+            if decision.borderline and guard.reviewer is not None:
+                out.pending.append((run, metrics, decision))
+            else:
+                out.rows.append(_row(run, metrics, decision))
+    return out
+
+
+def _reviewed(
+    guard: PromotionGuardAgent, pending: list[tuple[Run, dict[str, Any], Decision]]
+) -> list[DecisionRow]:
+    """The reviewer's decisions on the borderline runs (none asked when there are none)."""
+    if not pending:
+        return []
+    return [
+        _row(run, metrics, decision)
+        for (run, metrics, _), decision in zip(pending, guard.review(pending), strict=True)
+    ]
+
+
+def _row(run: Run, metrics: dict[str, Any], decision: Decision) -> DecisionRow:
+    return (run.run_id, metrics["day"], decision.decision, decision.gate, decision.rationale)

@@ -64,53 +64,11 @@ def agent_run(
     config: WorkflowConfig = WorkflowConfig(),
 ) -> AgentRun:
     """One agent run over a ScenarioInstance. Yields ModelRequests; returns the finished Run."""
-    budgets = instance.budgets
-    max_seconds = min(budgets.max_seconds, config.timeout_s or float("inf"))
-    started = time.monotonic()
-    messages: list[dict[str, Any]] = []
-    for message in instance.initial_messages():
-        messages.append(message)
-        run.message(message)
-    seen_call_ids: set[str] = set()
-
-    def check_budgets(turns: int) -> None:
-        if turns >= budgets.max_turns:
-            raise _BudgetExceeded(f"turn budget exhausted ({budgets.max_turns} model turns)")
-        if time.monotonic() - started > max_seconds:
-            raise _BudgetExceeded(f"time budget exhausted ({max_seconds:g} s)")
-        if run.run.usage.total_tokens > budgets.max_tokens:
-            raise _BudgetExceeded(
-                f"token budget exhausted ({run.run.usage.total_tokens} > {budgets.max_tokens})"
-            )
-
-    def ask(agent: str, convo: list[dict[str, Any]], with_tools: bool) -> Generator:
-        """Yield one model request; return the reply message, or None after a provider error."""
-        run.event(EventType.STEP_STARTED, agent=agent)
-        reply = yield ModelRequest(
-            messages=[dict(m) for m in convo],
-            tools=instance.tools if with_tools else None,
-            agent=agent,
-        )
-        if isinstance(reply, Exception):
-            run.error(f"model call failed: {reply}", agent=agent)
-            return None
-        message = _normalise_reply(reply.message, seen_call_ids, run)
-        run.model_call(
-            message,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            latency_s=reply.latency_s,
-            model=reply.model or None,
-            agent=agent,
-            finish_reason=reply.finish_reason,
-            **({"notes": reply.notes} if reply.notes else {}),
-        )
-        run.event(EventType.STEP_FINISHED, agent=agent)
-        return message
-
+    talk = _Conversation(instance, run, config)
+    messages = talk.messages
     try:
         if config.planner or instance.planner:
-            plan = yield from ask(
+            plan = yield from talk.ask(
                 "planner", [*messages, {"role": "user", "content": PLANNER_PROMPT}], False
             )
             if plan is None:
@@ -122,8 +80,8 @@ def agent_run(
         for attempt in range(config.max_recoveries + 1):
             answer: str | None = None
             while True:
-                check_budgets(turns)
-                message = yield from ask("executor", messages, True)
+                talk.check_budgets(turns)
+                message = yield from talk.ask("executor", messages, True)
                 turns += 1
                 if message is None:
                     run.escalate("executor model call failed")
@@ -133,19 +91,7 @@ def agent_run(
                 if not calls:
                     answer = message.get("content")
                     break
-                for call in calls:
-                    fn = call["function"]
-                    run.tool_call(call["id"], fn["name"], fn["arguments"])
-                    ok, content, duration = _execute(tools, instance, fn, config.tool_timeout_s)
-                    run.tool_result(call["id"], fn["name"], content, ok, duration)
-                    messages.append(
-                        {
-                            "role": "tool",
-                            "tool_call_id": call["id"],
-                            "name": fn["name"],
-                            "content": content,
-                        }
-                    )
+                talk.answer_tool_calls(calls, tools)
 
             verification = verifier.verify(instance, answer, attempt=attempt)
             run.verification(verification)
@@ -166,6 +112,70 @@ def agent_run(
     except _BudgetExceeded as exc:
         run.escalate(str(exc))
         return run.finish("escalated")
+
+
+class _Conversation:
+    """What one agent run carries from turn to turn: the messages so far, the budgets and the
+    clock, the tool-call ids already seen, and the recorded run."""
+
+    def __init__(self, instance: Any, run: ActiveRun, config: WorkflowConfig):
+        self.instance, self.run, self.config = instance, run, config
+        self.budgets = instance.budgets
+        self.max_seconds = min(self.budgets.max_seconds, config.timeout_s or float("inf"))
+        self.started = time.monotonic()
+        self.messages: list[dict[str, Any]] = []
+        for message in instance.initial_messages():
+            self.messages.append(message)
+            run.message(message)
+        self.seen_call_ids: set[str] = set()
+
+    def check_budgets(self, turns: int) -> None:
+        budgets, usage = self.budgets, self.run.run.usage
+        if turns >= budgets.max_turns:
+            raise _BudgetExceeded(f"turn budget exhausted ({budgets.max_turns} model turns)")
+        if time.monotonic() - self.started > self.max_seconds:
+            raise _BudgetExceeded(f"time budget exhausted ({self.max_seconds:g} s)")
+        if usage.total_tokens > budgets.max_tokens:
+            raise _BudgetExceeded(
+                f"token budget exhausted ({usage.total_tokens} > {budgets.max_tokens})"
+            )
+
+    def ask(self, agent: str, convo: list[dict[str, Any]], with_tools: bool) -> Generator:
+        """Yield one model request; return the reply message, or None after a provider error."""
+        run = self.run
+        run.event(EventType.STEP_STARTED, agent=agent)
+        reply = yield ModelRequest(
+            messages=[dict(m) for m in convo],
+            tools=self.instance.tools if with_tools else None,
+            agent=agent,
+        )
+        if isinstance(reply, Exception):
+            run.error(f"model call failed: {reply}", agent=agent)
+            return None
+        message = _normalise_reply(reply.message, self.seen_call_ids, run)
+        run.model_call(
+            message,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            latency_s=reply.latency_s,
+            model=reply.model or None,
+            agent=agent,
+            finish_reason=reply.finish_reason,
+            **({"notes": reply.notes} if reply.notes else {}),
+        )
+        run.event(EventType.STEP_FINISHED, agent=agent)
+        return message
+
+    def answer_tool_calls(self, calls: list[dict[str, Any]], tools: Any) -> None:
+        """Run each call the model made and add its result to the conversation."""
+        for call in calls:
+            fn = call["function"]
+            self.run.tool_call(call["id"], fn["name"], fn["arguments"])
+            ok, content, duration = _execute(tools, self.instance, fn, self.config.tool_timeout_s)
+            self.run.tool_result(call["id"], fn["name"], content, ok, duration)
+            self.messages.append(
+                {"role": "tool", "tool_call_id": call["id"], "name": fn["name"], "content": content}
+            )
 
 
 def _execute(

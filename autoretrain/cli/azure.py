@@ -64,6 +64,7 @@ def keep_alive_command(names: tuple[str, ...], as_json: bool) -> None:
 def retire_command(dry_run: bool, as_json: bool) -> None:
     """Delete the deployments of model versions that no slot serves and no rollback would
     restore (they bill by the hour while they exist). The models survive."""
+    from autoretrain.deploy.slot_config import slot_file
     from autoretrain.deploy.targets import AzureTarget
     from autoretrain.project import Project
 
@@ -80,7 +81,9 @@ def retire_command(dry_run: bool, as_json: bool) -> None:
         )
     with project.store(read_only=True) as store:
         try:
-            target = AzureTarget.from_settings(settings)
+            target = AzureTarget.for_profile(
+                settings.provider, settings.profile, slot_file(settings)
+            )
             names = target.retire_unused(project.registry(store, read_only=True), dry_run=dry_run)
         except DeploymentError as exc:
             raise click.ClickException(str(exc)) from exc

@@ -34,6 +34,6 @@ def show(evaluation_id: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(comparison.to_dict(), indent=2, sort_keys=True))
         return
-    folder = report_dir(settings, comparison.evaluation_id or "")
+    folder = report_dir(settings.paths.reports, comparison.evaluation_id or "")
     chart = folder / "pass_rate.png"
     click.echo(render_markdown(comparison, chart_name=str(chart) if chart.exists() else None))

@@ -63,7 +63,7 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
     if not no_eval:
         from autoretrain.providers.local import LocalChatModel
 
-        summary["pass_rates"] = project.pass_rates(LocalChatModel(target, name="v0"))
+        summary["pass_rates"] = project.pass_rates(LocalChatModel(target, name="v0")).to_dict()
     if output is None:
         # The default location is the project's base model: register it as v0 and fill primary
         # (once: a primary already held by a later version is left alone), so `selfplay` works.
@@ -235,7 +235,7 @@ def _train_hosted(project, dataset_dir: Path, version: str, cancel: bool, as_jso
         "job_id": result.job_id,
         "model_id": result.model_id,
         "reattached": result.reattached,
-        "metrics": result.metrics,
+        "metrics": result.metrics.record,
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))

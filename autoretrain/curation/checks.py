@@ -14,7 +14,7 @@ from typing import Any
 
 from autoretrain.curation.manifest import EVAL, MANIFEST, TRAIN
 from autoretrain.curation.scan import scan_dataset
-from autoretrain.curation.validate import validate_file
+from autoretrain.curation.validate import ValidationReport, validate_file
 from autoretrain.scenarios import prompt_hash
 
 OPENAI_MIN_EXAMPLES = 10  # both OpenAI and Azure refuse a training file with fewer
@@ -57,90 +57,101 @@ def check_dataset(
 ) -> list[CheckOutcome]:
     manifest = json.loads((dataset_dir / MANIFEST).read_text())
     files = {TRAIN: dataset_dir / TRAIN, EVAL: dataset_dir / EVAL}
-    outcomes: list[CheckOutcome] = []
+    reports = {name: validate_file(path) for name, path in files.items()}
+    return [
+        _dataset_validates(reports),
+        _splits_disjoint(manifest, eval_scenario_ids),
+        _no_evaluation_instances(files, evaluation_hashes),
+        _no_secrets(dataset_dir, extra_secret_patterns),
+        _enough_examples(manifest, reports),
+        _examples_per_category(manifest, min_examples_per_category),
+    ]
 
+
+def _dataset_validates(reports: dict[str, ValidationReport]) -> CheckOutcome:
     # Tool-aware: every called tool must be declared in the example's `tools` (examples that
     # answer without tools, e.g. a declined request, legitimately have none).
-    reports = {name: validate_file(path) for name, path in files.items()}
-    outcomes.append(
-        CheckOutcome(
-            "dataset_validates",
-            all(r.ok for r in reports.values()),
-            "Every line is a valid, tool-aware OpenAI chat fine-tuning example.",
-            metadata={
-                name: {"examples": r.n_examples, "errors": r.errors[:10]}
-                for name, r in reports.items()
-            },
-        )
+    return CheckOutcome(
+        "dataset_validates",
+        all(r.ok for r in reports.values()),
+        "Every line is a valid, tool-aware OpenAI chat fine-tuning example.",
+        metadata={
+            name: {"examples": r.n_examples, "errors": r.errors[:10]} for name, r in reports.items()
+        },
     )
 
+
+def _splits_disjoint(manifest: dict[str, Any], eval_scenario_ids: set[str]) -> CheckOutcome:
     split = manifest.get("split", {})
     shared = sorted(set(split.get("train_scenarios", [])) & set(split.get("eval_scenarios", [])))
     eval_in_data = sorted(
         (set(split.get("train_scenarios", [])) | set(split.get("eval_scenarios", [])))
         & eval_scenario_ids
     )
-    outcomes.append(
-        CheckOutcome(
-            "splits_disjoint",
-            not shared and not eval_in_data,
-            "No scenario is in both splits, and no held-out evaluation scenario is in either.",
-            metadata={"scenarios_in_both": shared, "heldout_scenarios_present": eval_in_data},
-        )
+    return CheckOutcome(
+        "splits_disjoint",
+        not shared and not eval_in_data,
+        "No scenario is in both splits, and no held-out evaluation scenario is in either.",
+        metadata={"scenarios_in_both": shared, "heldout_scenarios_present": eval_in_data},
     )
 
+
+def _no_evaluation_instances(files: dict[str, Path], evaluation_hashes: set[str]) -> CheckOutcome:
     leaked: dict[str, list[int]] = {}
     for name, path in files.items():
         for line, example in enumerate(_examples(path), start=1):
             h = _prompt_hash(example)
             if h is not None and h in evaluation_hashes:
                 leaked.setdefault(name, []).append(line)
-    outcomes.append(
-        CheckOutcome(
-            "no_evaluation_instances",
-            not leaked,
-            "No example's prompt hashes to an evaluation instance (either tier).",
-            metadata={
-                "evaluation_hashes": len(evaluation_hashes),
-                "leaked_lines": {k: v[:20] for k, v in leaked.items()},
-            },
-        )
+    return CheckOutcome(
+        "no_evaluation_instances",
+        not leaked,
+        "No example's prompt hashes to an evaluation instance (either tier).",
+        metadata={
+            "evaluation_hashes": len(evaluation_hashes),
+            "leaked_lines": {k: v[:20] for k, v in leaked.items()},
+        },
     )
 
+
+def _no_secrets(
+    dataset_dir: Path, extra_secret_patterns: list[str] | tuple[str, ...]
+) -> CheckOutcome:
     # The scan shares no detection code with the scrubber that cleaned the examples, and reads
     # the manifest too (run ids, model names and exclusion details are copied into it).
     found = scan_dataset(dataset_dir, extra_secret_patterns)
-    outcomes.append(
-        CheckOutcome(
-            "no_secrets",
-            not any(found.values()),
-            "An independent scan of train, eval and the manifest finds no secret or personal "
-            "data (keys, tokens, passwords, e-mail, card and phone numbers, SSNs, IBANs).",
-            metadata={
-                name: [f"line {line}: {kind}" for line, kind in hits[:20]]
-                for name, hits in found.items()
-            },
-        )
+    return CheckOutcome(
+        "no_secrets",
+        not any(found.values()),
+        "An independent scan of train, eval and the manifest finds no secret or personal "
+        "data (keys, tokens, passwords, e-mail, card and phone numbers, SSNs, IBANs).",
+        metadata={
+            name: [f"line {line}: {kind}" for line, kind in hits[:20]]
+            for name, hits in found.items()
+        },
     )
 
+
+def _enough_examples(
+    manifest: dict[str, Any], reports: dict[str, ValidationReport]
+) -> CheckOutcome:
     counts = manifest.get("counts", {})
     n_train = int(counts.get("train", reports[TRAIN].n_examples))
-    outcomes.append(
-        CheckOutcome(
-            "enough_examples",
-            n_train >= OPENAI_MIN_EXAMPLES,
-            f"At least {OPENAI_MIN_EXAMPLES} training examples (the fine-tuning APIs' minimum).",
-            metadata={"train_examples": n_train, "eval_examples": int(counts.get("eval", 0))},
-        )
+    return CheckOutcome(
+        "enough_examples",
+        n_train >= OPENAI_MIN_EXAMPLES,
+        f"At least {OPENAI_MIN_EXAMPLES} training examples (the fine-tuning APIs' minimum).",
+        metadata={"train_examples": n_train, "eval_examples": int(counts.get("eval", 0))},
     )
+
+
+def _examples_per_category(manifest: dict[str, Any], min_examples: int) -> CheckOutcome:
+    counts = manifest.get("counts", {})
     below = counts.get("categories_below_minimum", [])
-    outcomes.append(
-        CheckOutcome(
-            "examples_per_category",
-            not below,
-            f"Every category present has at least {min_examples_per_category} examples.",
-            blocking=False,
-            metadata={"below_minimum": below, "by_category": counts.get("by_category", {})},
-        )
+    return CheckOutcome(
+        "examples_per_category",
+        not below,
+        f"Every category present has at least {min_examples} examples.",
+        blocking=False,
+        metadata={"below_minimum": below, "by_category": counts.get("by_category", {})},
     )
-    return outcomes

@@ -5,6 +5,7 @@ import dagster as dg
 from autoretrain.defs.partitions import candidate_partitions
 from autoretrain.defs.resources import ProjectResource
 from autoretrain.project import HostedTrainResult
+from autoretrain.training.config import TrainMetrics
 
 
 @dg.asset(deps=["scenario_catalog"], pool="duckdb", group_name="training", kinds={"pytorch"})
@@ -64,22 +65,22 @@ def candidate_model(
             "version": key,
             "method": result.method,
             **where,
-            "tokens_per_s": float(m.get("tokens_per_s") or 0.0),
-            "final_train_loss": float(m.get("final_train_loss") or 0.0),
-            "best_eval_loss": float(m.get("best_eval_loss") or 0.0),
-            "train_seconds": float(m.get("train_seconds") or 0.0),
-            "trained_tokens": int(m.get("trained_tokens") or m.get("train_tokens") or 0),
-            "steps": int(m.get("steps") or 0),
+            "tokens_per_s": float(m.tokens_per_s or 0.0),
+            "final_train_loss": float(m.final_train_loss or 0.0),
+            "best_eval_loss": float(m.best_eval_loss or 0.0),
+            "train_seconds": float(m.train_seconds or 0.0),
+            "trained_tokens": int(m.trained_tokens or 0),
+            "steps": int(m.steps or 0),
             "loss_curve": dg.MetadataValue.md(loss_curves_markdown(m)),
         }
     )
 
 
-def loss_curves_markdown(metrics: dict, points: int = 12) -> str:
+def loss_curves_markdown(metrics: TrainMetrics, points: int = 12) -> str:
     """Train loss at evenly spaced steps and every validation loss, as a table the UI renders
     (the full curves are in the model folder's training_metrics.json)."""
-    train = [(int(s), float(v)) for s, v in metrics.get("train_loss") or []]
-    validation = [(int(s), float(v)) for s, v in metrics.get("eval_loss") or []]
+    train = metrics.train_loss
+    validation = metrics.eval_loss
     if not train and not validation:
         return "(no loss recorded)"
     picked = train[:: max(1, len(train) // points)]

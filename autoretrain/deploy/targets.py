@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from autoretrain.deploy.azure import (
     DEVELOPER_SKU,
@@ -37,7 +37,10 @@ from autoretrain.deploy.registry import (
     RegistryError,
 )
 from autoretrain.deploy.slot_config import read_slots, slot_file, write_slot
-from autoretrain.settings import Settings
+from autoretrain.settings import ProviderProfile
+
+if TYPE_CHECKING:
+    from autoretrain.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +67,9 @@ class SlotTarget(Protocol):
 class LocalServeTarget:
     name = "local"
 
-    def __init__(self, settings: Settings):
-        self.serving_file = settings.paths.root / SERVING_FILE
+    def __init__(self, root: Path):
+        """`root`: the data root, whose serving.json `autoretrain serve` reads."""
+        self.serving_file = root / SERVING_FILE
 
     def apply(self, slot: str, version: ModelVersion) -> TargetResult:
         if version.kind != "local":
@@ -95,9 +99,9 @@ class LocalServeTarget:
 class LMStudioTarget:
     name = "lmstudio"
 
-    def __init__(self, settings: Settings, profile: str | None = None):
-        self.profile_name = profile or settings.provider
-        self.profile = settings.providers[self.profile_name]
+    def __init__(self, profile_name: str, profile: ProviderProfile):
+        self.profile_name = profile_name
+        self.profile = profile
 
     def apply(self, slot: str, version: ModelVersion) -> TargetResult:
         if version.kind != "local":
@@ -128,31 +132,30 @@ class AzureTarget:
     name = "azure_openai"
 
     def __init__(
-        self, settings: Settings, deployments: AzureDeployments, profile: str | None = None
+        self,
+        profile_name: str,
+        profile: ProviderProfile,
+        deployments: AzureDeployments,
+        slot_file: Path,
     ):
-        self.settings = settings
-        self.profile_name = profile or settings.provider
-        self.profile = settings.providers[self.profile_name]
+        self.profile_name = profile_name
+        self.profile = profile
         self.deployments = deployments
+        self.slot_file = slot_file  # slot -> deployment, which the apps read
 
     @classmethod
-    def from_settings(
+    def for_profile(
         cls,
-        settings: Settings,
-        profile: str | None = None,
+        profile_name: str,
+        profile: ProviderProfile,
+        slot_file: Path,
         *,
         credential: Any = None,
         **kwargs: Any,
     ) -> AzureTarget:
-        name = profile or settings.provider
-        deployments = AzureDeployments.from_profile(
-            settings.providers[name], credential=credential, **kwargs
-        )
-        return cls(settings, deployments, name)
-
-    @property
-    def slot_file(self) -> Path:
-        return slot_file(self.settings, self.profile_name)
+        """The target of an azure_openai profile, its deployments client made from it."""
+        deployments = AzureDeployments.from_profile(profile, credential=credential, **kwargs)
+        return cls(profile_name, profile, deployments, slot_file)
 
     def sku_for(self, slot: str) -> str:
         """The canary slot's SKU when the profile sets `canary_deployment_sku` (e.g.
@@ -244,16 +247,17 @@ class AzureTarget:
 
 
 def slot_target(settings: Settings, profile: str | None = None, **kwargs: Any) -> SlotTarget:
-    """The target for a profile, by its kind."""
+    """The target for a profile, by its kind: the one place the targets meet the settings
+    (the classes above take the profile and the paths they need)."""
     name = profile or settings.provider
-    kind = settings.providers[name].kind
-    if kind == "local":
-        return LocalServeTarget(settings)
-    if kind == "openai_compatible":
-        return LMStudioTarget(settings, name)
-    if kind == "azure_openai":
-        return AzureTarget.from_settings(settings, name, **kwargs)
-    raise DeploymentError(f"profile {name!r} of kind {kind!r} has no slot target")
+    conf = settings.providers[name]
+    if conf.kind == "local":
+        return LocalServeTarget(settings.paths.root)
+    if conf.kind == "openai_compatible":
+        return LMStudioTarget(name, conf)
+    if conf.kind == "azure_openai":
+        return AzureTarget.for_profile(name, conf, slot_file(settings, name), **kwargs)
+    raise DeploymentError(f"profile {name!r} of kind {conf.kind!r} has no slot target")
 
 
 def deploy_to_slot(

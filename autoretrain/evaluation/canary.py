@@ -213,24 +213,16 @@ def canary_analysis(
     `traffic` filter both alike."""
     lifts = lifts or EvaluationLifts()
     min_runs = lifts.min_canary_runs if min_runs is None else min_runs
-    if hasattr(runs, "execute"):
-        records = load_slot_runs(
-            runs,
-            since=since,
-            until=until,
-            canary_model=canary_model,
-            primary_model=primary_model,
-            traffic=traffic,
-        )
-    else:
-        records = _filter(
-            runs,
-            since=since,
-            until=until,
-            canary_model=canary_model,
-            primary_model=primary_model,
-            traffic=traffic,
-        )
+    # A connection's `runs` table is filtered in SQL; records in hand, here.
+    select = load_slot_runs if hasattr(runs, "execute") else _filter
+    records = select(
+        runs,
+        since=since,
+        until=until,
+        canary_model=canary_model,
+        primary_model=primary_model,
+        traffic=traffic,
+    )
     window = {
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
@@ -242,42 +234,12 @@ def canary_analysis(
     base = {"window": window, "lifts": lifts.model_dump()}
     slots = [_slot_stats(slot, by_slot[slot]) for slot in SLOTS if by_slot[slot]]
 
-    counts = {slot: len(by_slot[slot]) for slot in SLOTS}
-    enough = all(n >= min_runs for n in counts.values()) and min(counts.values()) > 0
-    traffic_gate = Gate(
-        "canary_traffic",
-        enough,
-        min(counts.values()),
-        min_runs,
-        ("" if enough else f"{INSUFFICIENT}: ")
-        + f"canary {counts['canary']} runs, primary {counts['primary']} (need {min_runs} each)",
-    )
-    if not enough:
+    traffic_gate = _traffic_gate({slot: len(by_slot[slot]) for slot in SLOTS}, min_runs)
+    if not traffic_gate.passed:
         return CanaryAnalysis(passed=False, reasons=[traffic_gate], slots=slots, **base)
 
-    confidence = 1.0 - lifts.significance
     notes: list[str] = []
-    overall = _difference(
-        ALL,
-        by_slot["canary"],
-        by_slot["primary"],
-        lifts.canary_margin,
-        bootstrap_samples,
-        confidence,
-        seed,
-    )
-    categories = [
-        _difference(
-            category,
-            [r for r in by_slot["canary"] if r.category == category],
-            [r for r in by_slot["primary"] if r.category == category],
-            lifts.max_category_regression,
-            bootstrap_samples,
-            confidence,
-            seed,
-        )
-        for category in sorted({r.category for r in records})
-    ]
+    overall, categories = _differences(records, by_slot, lifts, bootstrap_samples, seed)
     gates = [
         traffic_gate,
         _non_inferiority_gate(overall, lifts),
@@ -294,6 +256,48 @@ def canary_analysis(
         notes=notes,
         **base,
     )
+
+
+def _traffic_gate(counts: dict[str, int], min_runs: int) -> Gate:
+    """Enough runs on both slots for the analysis to mean something."""
+    enough = all(n >= min_runs for n in counts.values()) and min(counts.values()) > 0
+    return Gate(
+        "canary_traffic",
+        enough,
+        min(counts.values()),
+        min_runs,
+        ("" if enough else f"{INSUFFICIENT}: ")
+        + f"canary {counts['canary']} runs, primary {counts['primary']} (need {min_runs} each)",
+    )
+
+
+def _differences(
+    records: list[SlotRun],
+    by_slot: dict[str, list[SlotRun]],
+    lifts: EvaluationLifts,
+    bootstrap_samples: int,
+    seed: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Canary minus primary pass rate: over all (against the non-inferiority margin) and per
+    category of the window's runs (against the category-regression limit)."""
+    confidence = 1.0 - lifts.significance
+    canary, primary = by_slot["canary"], by_slot["primary"]
+    overall = _difference(
+        ALL, canary, primary, lifts.canary_margin, bootstrap_samples, confidence, seed
+    )
+    categories = [
+        _difference(
+            category,
+            [r for r in canary if r.category == category],
+            [r for r in primary if r.category == category],
+            lifts.max_category_regression,
+            bootstrap_samples,
+            confidence,
+            seed,
+        )
+        for category in sorted({r.category for r in records})
+    ]
+    return overall, categories
 
 
 def _filter(

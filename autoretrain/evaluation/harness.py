@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from autoretrain.agents.play import play
@@ -34,13 +35,26 @@ from autoretrain.runs.archive import BufferedArchive, RunArchive
 from autoretrain.runs.pricing import PriceTable
 from autoretrain.runs.schema import EventType, Run
 from autoretrain.runs.tracker import RunTracker
-from autoretrain.settings import Settings
+from autoretrain.settings import EvaluationLifts, EvaluationSettings
 
 log = logging.getLogger(__name__)
 
 # Instances per role before the other role takes its turn (a few full batches).
 CHUNK_INSTANCES = 512
 MODEL_CALL_FAILED = "model call failed"  # the workflow's wording for a provider error
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """What a replay and its decision take from the project's settings, as plain values
+    (`Project.replay_setup()` builds it from the settings)."""
+
+    evaluation: EvaluationSettings  # sizes, sampling, batch size, provider-error limit, bootstrap
+    lifts: EvaluationLifts  # the gates' thresholds
+    landing: Path  # where the replay's runs are recorded (evaluation traffic)
+    prices: PriceTable  # the runs' cost
+    provider: str  # the provider profile recorded on the runs
+    verifier: Any  # grades the answers (VerifierAgent)
 
 
 @dataclass
@@ -104,7 +118,7 @@ def replay(
     incumbent: ChatModel,
     candidate: ChatModel,
     catalog: Any,
-    settings: Settings,
+    setup: ReplaySetup,
     *,
     incumbent_name: str | None = None,
     candidate_name: str | None = None,
@@ -127,103 +141,48 @@ def replay(
     do raise; `evaluate` turns those into a rejected comparison too.
     """
     from autoretrain.evaluation.report import new_evaluation_id
-    from autoretrain.plugins import verifier_from_settings
 
-    ev = settings.evaluation
+    ev = setup.evaluation
     per_scenario = (
         ev.instances_per_scenario if instances_per_scenario is None else instances_per_scenario
     )
     samples = ev.samples_per_instance if samples_per_instance is None else samples_per_instance
     if samples < 1:
         raise ValueError(f"samples_per_instance must be at least 1, not {samples}")
-    names = {
-        "incumbent": incumbent_name or incumbent.name,
-        "candidate": candidate_name or candidate.name,
-    }
     result = Replay(
         evaluation_id=evaluation_id or new_evaluation_id(),
-        incumbent=names["incumbent"],
-        candidate=names["candidate"],
+        incumbent=incumbent_name or incumbent.name,
+        candidate=candidate_name or candidate.name,
         samples_per_instance=samples,
     )
+    names = {"incumbent": result.incumbent, "candidate": result.candidate}
     workflow = workflow or WorkflowConfig()
     tools = tools if tools is not None else catalog.registry
-    verifier = verifier if verifier is not None else verifier_from_settings(settings)
-    archive = archive if archive is not None else RunArchive(settings.paths.landing)
-    prices = PriceTable.from_settings(settings)
-    provider = provider or settings.provider
+    verifier = verifier if verifier is not None else setup.verifier
+    archive = archive if archive is not None else RunArchive(setup.landing)
+    prices = setup.prices
+    provider = provider or setup.provider
+    models = {"incumbent": incumbent, "candidate": candidate}
 
     by_tier = {
         tier: _distinct(catalog.eval_instances(tier, per_scenario), tier, result) for tier in tiers
     }
     result.instances = {tier: len(found) for tier, found in by_tier.items()}
     total = sum(result.instances.values()) * samples * len(ROLES)
-    log.info(
-        "replay %s: %s vs %s, instances %s, %d sample(s) each, %d runs",
-        result.evaluation_id,
-        names["incumbent"],
-        names["candidate"],
-        result.instances,
-        samples,
-        total,
-        extra={
-            "evaluation_id": result.evaluation_id,
-            "instances": result.instances,
-            "samples_per_instance": samples,
-            "runs": total,
-        },
-    )
+    _log_start(result, total)
 
-    models = {"incumbent": incumbent, "candidate": candidate}
     runs: list[Run] = []
     bar = _progress(total, progress, result.evaluation_id)
     started = time.perf_counter()
     try:
         with BufferedArchive(archive) as sink:
-            trackers = {
-                role: RunTracker(
-                    sink,
-                    prices,
-                    agent_version=AGENT_VERSION,
-                    provider=provider,
-                    model=names[role],
-                    slot=None,
-                    traffic="evaluation",
-                )
-                for role in ROLES
-            }
-            for tier, instances in by_tier.items():
-                for sample in range(samples):
-                    sampling = _sampling(workflow.sampling, ev, samples, sample)
-                    config = replace(workflow, sampling=sampling)
-                    for turn, chunk in enumerate(_chunks(instances, CHUNK_INSTANCES)):
-                        # Alternate who goes first, so neither role always meets a warmer machine.
-                        order = ROLES if turn % 2 == 0 else ROLES[::-1]
-                        for role in order:
-                            tags = {
-                                "evaluation_id": result.evaluation_id,
-                                "tier": tier,
-                                "sample": str(sample),
-                                "role": role,
-                            }
-                            for run in play(
-                                chunk,
-                                models[role],
-                                tracker=trackers[role],
-                                tools=tools,
-                                verifier=verifier,
-                                workflow=config,
-                                batch_size=ev.batch_size,
-                                tags=lambda _, tags=tags: dict(tags),
-                                # An HTTP agent plays against the role's version by name,
-                                # which the gateway resolves like a slot.
-                                agent=agent,
-                                slot=names[role],
-                            ):
-                                runs.append(run)
-                                result.runs[role] += 1
-                                if bar is not None:
-                                    bar.update(1)
+            trackers = _evaluation_trackers(sink, prices, provider, names)
+            turns = _Turns(models, names, trackers, tools, verifier, workflow, agent, ev.batch_size)
+            for role, run in turns.play(result.evaluation_id, by_tier, samples, ev):
+                runs.append(run)
+                result.runs[role] += 1
+                if bar is not None:
+                    bar.update(1)
             sink.flush()
             result.files = [str(p) for p in sink.written]
     finally:
@@ -231,6 +190,96 @@ def replay(
             bar.close()
     result.seconds = time.perf_counter() - started
     _tabulate(runs, result, ev.max_provider_error_rate)
+    _log_finish(result)
+    return result
+
+
+def _evaluation_trackers(
+    sink: BufferedArchive, prices: PriceTable, provider: str, names: dict[str, str]
+) -> dict[str, RunTracker]:
+    """One tracker per role: runs recorded as evaluation traffic, under the role's model name."""
+    return {
+        role: RunTracker(
+            sink,
+            prices,
+            agent_version=AGENT_VERSION,
+            provider=provider,
+            model=names[role],
+            slot=None,
+            traffic="evaluation",
+        )
+        for role in ROLES
+    }
+
+
+@dataclass
+class _Turns:
+    """How both roles play: their models, names, trackers, and what every run shares."""
+
+    models: dict[str, ChatModel]
+    names: dict[str, str]
+    trackers: dict[str, RunTracker]
+    tools: Any
+    verifier: Any
+    workflow: WorkflowConfig
+    agent: Any
+    batch_size: int
+
+    def play(
+        self, evaluation_id: str, by_tier: dict[str, list[Any]], samples: int, ev: Any
+    ) -> Iterator[tuple[str, Run]]:
+        """(role, run) for every instance, sample and role: per tier and sample, the roles take
+        turns chunk by chunk (see the module's docstring)."""
+        for tier, instances in by_tier.items():
+            for sample in range(samples):
+                sampling = _sampling(self.workflow.sampling, ev, samples, sample)
+                config = replace(self.workflow, sampling=sampling)
+                for turn, chunk in enumerate(_chunks(instances, CHUNK_INSTANCES)):
+                    # Alternate who goes first, so neither role always meets a warmer machine.
+                    order = ROLES if turn % 2 == 0 else ROLES[::-1]
+                    for role in order:
+                        tags = {
+                            "evaluation_id": evaluation_id,
+                            "tier": tier,
+                            "sample": str(sample),
+                            "role": role,
+                        }
+                        for run in play(
+                            chunk,
+                            self.models[role],
+                            tracker=self.trackers[role],
+                            tools=self.tools,
+                            verifier=self.verifier,
+                            workflow=config,
+                            batch_size=self.batch_size,
+                            tags=lambda _, tags=tags: dict(tags),
+                            # An HTTP agent plays against the role's version by name,
+                            # which the gateway resolves like a slot.
+                            agent=self.agent,
+                            slot=self.names[role],
+                        ):
+                            yield role, run
+
+
+def _log_start(result: Replay, total: int) -> None:
+    log.info(
+        "replay %s: %s vs %s, instances %s, %d sample(s) each, %d runs",
+        result.evaluation_id,
+        result.incumbent,
+        result.candidate,
+        result.instances,
+        result.samples_per_instance,
+        total,
+        extra={
+            "evaluation_id": result.evaluation_id,
+            "instances": result.instances,
+            "samples_per_instance": result.samples_per_instance,
+            "runs": total,
+        },
+    )
+
+
+def _log_finish(result: Replay) -> None:
     log.info(
         "replay %s finished: %d runs in %.1f s (%s), provider failures %s%s",
         result.evaluation_id,
@@ -241,14 +290,13 @@ def replay(
         f"; failed: {result.error}" if result.error else "",
         extra={"evaluation_id": result.evaluation_id, "replay": result.summary()},
     )
-    return result
 
 
 def evaluate(
     incumbent: ChatModel,
     candidate: ChatModel,
     catalog: Any,
-    settings: Settings,
+    setup: ReplaySetup,
     *,
     incumbent_name: str | None = None,
     candidate_name: str | None = None,
@@ -264,13 +312,13 @@ def evaluate(
         "incumbent": incumbent_name or getattr(incumbent, "name", "incumbent"),
         "candidate": candidate_name or getattr(candidate, "name", "candidate"),
     }
-    lifts = settings.evaluation_lifts()
+    lifts = setup.lifts
     try:
         outcome = replay(
             incumbent,
             candidate,
             catalog,
-            settings,
+            setup,
             incumbent_name=names["incumbent"],
             candidate_name=names["candidate"],
             archive=archive,
@@ -293,8 +341,8 @@ def evaluate(
         candidate=names["candidate"],
         incumbent=names["incumbent"],
         lifts=lifts,
-        bootstrap_samples=settings.evaluation.bootstrap_samples,
-        seed=settings.evaluation.seed,
+        bootstrap_samples=setup.evaluation.bootstrap_samples,
+        seed=setup.evaluation.seed,
         error=outcome.error,
     )
     comparison.evaluation_id = evaluation_id

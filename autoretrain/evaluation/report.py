@@ -15,7 +15,6 @@ from typing import Any
 
 from autoretrain.evaluation.compare import ALL, Comparison
 from autoretrain.runs.archive import write_atomically
-from autoretrain.settings import Settings, load_settings
 
 EVALUATIONS_DDL = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -38,18 +37,18 @@ def new_evaluation_id(now: datetime | None = None) -> str:
 def save_comparison(
     con: Any,
     comparison: Comparison,
-    settings: Settings | None = None,
+    reports: Path,
     *,
     with_report: bool = True,
 ) -> str:
-    """Store the comparison (table `evaluations` and its report folder); returns its id.
+    """Store the comparison (table `evaluations` and its folder under `reports`, the settings'
+    `paths.reports`); returns its id.
 
     Files are written before the row, so a row always has its folder; the id is set on the
     comparison in place."""
-    settings = settings or load_settings()
     evaluation_id = comparison.evaluation_id or new_evaluation_id()
     comparison.evaluation_id = evaluation_id
-    folder = report_dir(settings, evaluation_id)
+    folder = report_dir(reports, evaluation_id)
     write_atomically(folder / "comparison.json", comparison.to_json().encode("utf-8"))
     if with_report:
         write_report(comparison, folder)
@@ -86,8 +85,9 @@ def load_comparison(con: Any, evaluation_id: str | None = None) -> Comparison | 
     return Comparison.from_dict(json.loads(row[0])) if row else None
 
 
-def report_dir(settings: Settings, evaluation_id: str) -> Path:
-    return settings.paths.reports / evaluation_id
+def report_dir(reports: Path, evaluation_id: str) -> Path:
+    """A comparison's folder under the reports root."""
+    return reports / evaluation_id
 
 
 def write_report(comparison: Comparison, folder: Path) -> tuple[Path, Path | None]:

@@ -351,29 +351,46 @@ def create_app(
 ) -> Starlette:
     """The gateway app. `app.state.gateway` is the Gateway (counters, book, recorder)."""
     gw = Gateway(settings, resolver=resolver, archive=archive, agent_version=agent_version)
-    limits = settings.serve
+    handlers = _Handlers(gw, settings.serve.max_body_bytes, settings.serve.body_timeout_s)
 
-    async def chat_completions(request: Request) -> Response:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.start()
         try:
-            # Bounded as `autoretrain serve` bounds it (settings' serve block): 413, 408.
-            raw = await read_body(
-                request.receive, request.headers, limits.max_body_bytes, limits.body_timeout_s
-            )
-        except RequestError as exc:
-            response = _error(exc.status, exc.message, exc.code, exc.param)
-            response.headers["connection"] = "close"  # the rest of the body is not a request
-            return response
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            return _error(400, "the body is not JSON", "invalid_json")
-        if not isinstance(body, dict):
-            return _error(400, "the body must be a JSON object", "invalid_body")
-        requested = request.headers.get(SLOT_HEADER) or body.get("model")
-        if not isinstance(requested, str) or not requested:
-            return _error(
-                400, "model: a slot name (primary, canary) or a version id", None, "model"
-            )
+            yield
+        finally:
+            await gw.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", handlers.chat_completions, methods=["POST"]),
+            Route("/v1/models", handlers.models, methods=["GET"]),
+            Route("/v1/runs/events", handlers.run_events, methods=["POST"]),
+            Route("/v1/runs/{run_id}/events", handlers.run_event, methods=["POST"]),
+            Route("/health", handlers.health, methods=["GET"]),
+        ],
+        exception_handlers={404: handlers.not_found, 405: handlers.not_found},
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    return app
+
+
+class _Handlers:
+    """The gateway's endpoints over one Gateway. Bound methods, so Starlette calls each with
+    the request; bodies are bounded as `autoretrain serve` bounds them (settings' serve block)."""
+
+    def __init__(self, gw: Gateway, max_body_bytes: int, body_timeout_s: float):
+        self.gw = gw
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+
+    async def chat_completions(self, request: Request) -> Response:
+        gw = self.gw
+        parsed = await self._chat_request(request)
+        if isinstance(parsed, Response):
+            return parsed
+        body, requested = parsed
         gw.calls += 1
         try:
             call = gw.book.start(
@@ -394,35 +411,11 @@ def create_app(
                 "model",
             )
         stream = body.get("stream") is True
-        drop_usage = False
-        if stream:
-            options = body.get("stream_options")
-            options = options if isinstance(options, dict) else {}
-            if not options.get("include_usage"):
-                # Usage is what the run's tokens and cost come from: ask for it, and keep the
-                # extra chunk from a client that did not.
-                body["stream_options"] = {**options, "include_usage": True}
-                drop_usage = True
-        for attempt in range(2):
-            body["model"] = target.model
-            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-            headers = await gw.upstream_headers(request, target)
-            ours = {"x-autoretrain-run": run_id, SLOT_HEADER: slot}
-            t0 = time.perf_counter()
-            try:
-                response = await gw.client.post(target.url, payload, headers)
-            except UpstreamError as exc:
-                return unreachable(call, slot, target, exc, t0, stream, ours)
-            if response.status_code == 404 and target.kind == "serve" and attempt == 0:
-                # `autoretrain serve` no longer serves the version we resolved (a promotion
-                # just moved it): read the registry now and try once more if it changed.
-                await asyncio.to_thread(gw.resolver.refresh, True)
-                fresh_slot, fresh = gw.route(requested, run_id)
-                if fresh is not None and fresh != target:
-                    await response.aclose()
-                    slot, target = fresh_slot, fresh
-                    continue
-            break
+        drop_usage = stream and _ask_for_usage(body)
+        forwarded = await self._forward(request, body, requested, call, slot, target, stream)
+        if isinstance(forwarded, Response):
+            return forwarded
+        response, slot, target, t0, ours = forwarded
         for name in ("retry-after", "x-request-id"):
             if name in response.headers:
                 ours[name] = response.headers[name]
@@ -433,10 +426,84 @@ def create_app(
                 media_type=response.headers.get("content-type", "text/event-stream"),
                 headers=ours,
             )
+        return await self._relay_whole(response, call, slot, target, t0, stream, ours)
+
+    async def _chat_request(self, request: Request) -> tuple[dict[str, Any], str] | Response:
+        """(the body, the slot or version it asks for), or the 4xx that says what is wrong."""
+        try:
+            # Bounded as `autoretrain serve` bounds it (settings' serve block): 413, 408.
+            raw = await read_body(
+                request.receive, request.headers, self.max_body_bytes, self.body_timeout_s
+            )
+        except RequestError as exc:
+            response = _error(exc.status, exc.message, exc.code, exc.param)
+            response.headers["connection"] = "close"  # the rest of the body is not a request
+            return response
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            return _error(400, "the body is not JSON", "invalid_json")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object", "invalid_body")
+        requested = request.headers.get(SLOT_HEADER) or body.get("model")
+        if not isinstance(requested, str) or not requested:
+            return _error(
+                400, "model: a slot name (primary, canary) or a version id", None, "model"
+            )
+        return body, requested
+
+    async def _forward(
+        self,
+        request: Request,
+        body: dict[str, Any],
+        requested: str,
+        call: Any,
+        slot: str,
+        target: Target,
+        stream: bool,
+    ) -> tuple[UpstreamResponse, str, Target, float, dict[str, str]] | Response:
+        """Send the call upstream: (the response, the slot and target that answered, when it
+        was sent, our headers), or the 502/504 when the upstream cannot be reached."""
+        gw = self.gw
+        run_id = call.run_id if call is not None else ""
+        for attempt in range(2):
+            body["model"] = target.model
+            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            headers = await gw.upstream_headers(request, target)
+            ours = {"x-autoretrain-run": run_id, SLOT_HEADER: slot}
+            t0 = time.perf_counter()
+            try:
+                response = await gw.client.post(target.url, payload, headers)
+            except UpstreamError as exc:
+                return self.unreachable(call, slot, target, exc, t0, stream, ours)
+            if response.status_code == 404 and target.kind == "serve" and attempt == 0:
+                # `autoretrain serve` no longer serves the version we resolved (a promotion
+                # just moved it): read the registry now and try once more if it changed.
+                await asyncio.to_thread(gw.resolver.refresh, True)
+                fresh_slot, fresh = gw.route(requested, run_id)
+                if fresh is not None and fresh != target:
+                    await response.aclose()
+                    slot, target = fresh_slot, fresh
+                    continue
+            break
+        return response, slot, target, t0, ours
+
+    async def _relay_whole(
+        self,
+        response: UpstreamResponse,
+        call: Any,
+        slot: str,
+        target: Target,
+        t0: float,
+        stream: bool,
+        ours: dict[str, str],
+    ) -> Response:
+        """A reply that is not streamed: read whole, passed on, recorded after it went out."""
+        gw = self.gw
         try:
             content = await response.read()
         except UpstreamError as exc:
-            return unreachable(call, slot, target, exc, t0, stream, ours)
+            return self.unreachable(call, slot, target, exc, t0, stream, ours)
         finally:
             await response.aclose()
         latency = time.perf_counter() - t0
@@ -493,8 +560,9 @@ def create_app(
             background=BackgroundTask(record_reply) if call is not None else None,
         )
 
-    def unreachable(call, slot, target, exc, t0, stream, ours) -> Response:
+    def unreachable(self, call, slot, target, exc, t0, stream, ours) -> Response:
         """502 (504 for a timeout) with an OpenAI-shaped body; the failed call is recorded."""
+        gw = self.gw
         latency = time.perf_counter() - t0
         timeout = isinstance(exc, UpstreamTimeout)
         status = 504 if timeout else 502
@@ -519,7 +587,8 @@ def create_app(
             error_body(message, "server_error", code), status_code=status, headers=ours
         )
 
-    async def models(request: Request) -> Response:
+    async def models(self, request: Request) -> Response:
+        gw = self.gw
         data = []
         for name in gw.resolver.names():
             target = gw.resolver.resolve(name)
@@ -535,7 +604,8 @@ def create_app(
             )
         return JSONResponse({"object": "list", "data": data})
 
-    async def health(request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
+        gw = self.gw
         recorder = gw.recorder.stats() if gw.recorder else {}
         return JSONResponse(
             {
@@ -552,10 +622,10 @@ def create_app(
             }
         )
 
-    async def _json(request: Request) -> tuple[Any, Response | None]:
+    async def _json(self, request: Request) -> tuple[Any, Response | None]:
         try:
             raw = await read_body(
-                request.receive, request.headers, limits.max_body_bytes, limits.body_timeout_s
+                request.receive, request.headers, self.max_body_bytes, self.body_timeout_s
             )
             return json.loads(raw), None
         except RequestError as exc:
@@ -563,19 +633,19 @@ def create_app(
         except (ValueError, RecursionError):
             return None, _error(400, "the body is not JSON", "invalid_json")
 
-    def _apply(run_id: Any, event: Any) -> tuple[int, str]:
+    def _apply(self, run_id: Any, event: Any) -> tuple[int, str]:
         try:
-            return gw.book.apply(run_id, event)
+            return self.gw.book.apply(run_id, event)
         except Exception as exc:
-            gw.record_errors += 1
+            self.gw.record_errors += 1
             log.exception("gateway: cannot apply a run event")
             return 500, f"cannot apply the event: {type(exc).__name__}"
 
-    async def run_event(request: Request) -> Response:
-        event, problem = await _json(request)
+    async def run_event(self, request: Request) -> Response:
+        event, problem = await self._json(request)
         if problem:
             return problem
-        status, message = _apply(request.path_params["run_id"], event)
+        status, message = self._apply(request.path_params["run_id"], event)
         event_id = event.get("event_id", event.get("id")) if isinstance(event, dict) else None
         if status >= 400:
             return _error(status, message, "invalid_event" if status == 400 else "run_gone")
@@ -583,8 +653,8 @@ def create_app(
             {"id": event_id, "status": status, "message": message}, status_code=status
         )
 
-    async def run_events(request: Request) -> Response:
-        body, problem = await _json(request)
+    async def run_events(self, request: Request) -> Response:
+        body, problem = await self._json(request)
         if problem:
             return problem
         batch = body.get("batch") if isinstance(body, dict) else None
@@ -598,7 +668,7 @@ def create_app(
         for item in batch:
             event_id = item.get("event_id", item.get("id")) if isinstance(item, dict) else None
             run_id = item.get("run_id") if isinstance(item, dict) else None
-            status, message = _apply(run_id, item)
+            status, message = self._apply(run_id, item)
             if status < 400:
                 successes.append({"id": event_id, "run_id": run_id, "status": status})
             else:
@@ -607,7 +677,7 @@ def create_app(
                 )
         return JSONResponse({"successes": successes, "errors": errors}, status_code=207)
 
-    async def not_found(request: Request, exc: Exception) -> Response:
+    async def not_found(self, request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
         return _error(
             status,
@@ -615,27 +685,16 @@ def create_app(
             "not_found",
         )
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gw.start()
-        try:
-            yield
-        finally:
-            await gw.stop()
 
-    app = Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/runs/events", run_events, methods=["POST"]),
-            Route("/v1/runs/{run_id}/events", run_event, methods=["POST"]),
-            Route("/health", health, methods=["GET"]),
-        ],
-        exception_handlers={404: not_found, 405: not_found},
-        lifespan=lifespan,
-    )
-    app.state.gateway = gw
-    return app
+def _ask_for_usage(body: dict[str, Any]) -> bool:
+    """Usage is what the run's tokens and cost come from: a streamed call asks for it. True when
+    the client did not, so the extra usage chunk is kept from it."""
+    options = body.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    if options.get("include_usage"):
+        return False
+    body["stream_options"] = {**options, "include_usage": True}
+    return True
 
 
 async def _relay(

@@ -31,14 +31,17 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
+
+from autoretrain.runs.schema import RunStatus, Traffic
 
 RUN_HEADER = "x-autoretrain-run"
 ROLES = {"system", "user", "assistant", "tool"}
-# What a run can be (the schema's Traffic): the `scenario` event may say which.
-TRAFFIC = ("production", "selfplay", "evaluation", "import", "demo")
+# What a run can be (the schema's Traffic, production first: what a run is unless it says):
+# the `scenario` event may say which.
+TRAFFIC = ("production", *(t for t in get_args(Traffic) if t != "production"))
 # Statuses an agent may close a run with (the schema's, less "running").
-CLOSING_STATUSES = {"succeeded", "failed", "escalated", "error"}
+CLOSING_STATUSES = set(get_args(RunStatus)) - {"running"}
 EVENT_TYPES = (
     "verification",
     "recovery",
@@ -335,13 +338,7 @@ class RunBook:
         run.prompt_tokens += prompt_tokens
         run.completion_tokens += completion_tokens
         run.cost = None if cost is None or run.cost is None else run.cost + cost
-        for spec in call.tools:
-            name = (
-                (spec.get("function") or {}).get("name")
-                if isinstance(spec.get("function"), dict)
-                else None
-            )
-            run.tools.setdefault(str(name or len(run.tools)), dict(spec))
+        _add_tools(run, call.tools)
         reply_message = record_message(reply, len(call.messages)) if reply else None
         payload: dict[str, Any] = {
             "model": model,
@@ -416,8 +413,32 @@ class RunBook:
         duplicate event id (nothing changes), 400 a bad event, 409 a run written and forgotten."""
         from pydantic import ValidationError
 
-        from autoretrain.runs.schema import Escalation, RecoveryAction, Verification
+        refused = self._refusal(run_id, event)
+        if refused is not None:
+            return refused
+        kind = event.get("type")
+        event_id = event.get("event_id", event.get("id"))
+        at = datetime.now(UTC)
+        try:
+            parsed = _parse_event(kind, event, self.runs.get(run_id))
+        except _BadEvent as exc:
+            return 400, str(exc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or kind
+            return 400, f"{kind}: {where}: {first['msg']}"
+        run = self._open(run_id, "header")
+        run.last_seen = self.clock()
+        run.dirty = True
+        _apply_event(run, kind, event, parsed, at)
+        if event_id is not None:
+            self.events_seen[event_id] = None
+            while len(self.events_seen) > 10 * self.max_open_runs:
+                self.events_seen.popitem(last=False)
+        return 201, "applied"
 
+    def _refusal(self, run_id: str, event: Any) -> tuple[int, str] | None:
+        """What every event must be, whatever its type: (status, message) when it is not."""
         if not isinstance(event, Mapping):
             return 400, "an event is a JSON object"
         if not isinstance(run_id, str) or not run_id.strip():
@@ -435,110 +456,7 @@ class RunBook:
                 f"run {run_id!r} was written and is no longer held in memory (run_idle_s, "
                 "max_open_runs): an event now would replace it with a partial record"
             )
-        existing = self.runs.get(run_id)
-        at = datetime.now(UTC)
-        try:
-            if kind == "verification":
-                count = len(existing.verifications) if existing else 0
-                item = Verification(
-                    verifier=str(event.get("verifier") or "agent"),
-                    passed=event.get("passed"),
-                    score=event.get("score", 1.0 if event.get("passed") else 0.0),
-                    feedback=str(event.get("feedback") or ""),
-                    attempt=event.get("attempt", count),
-                ).model_dump(mode="json")
-            elif kind == "recovery":
-                count = len(existing.recoveries) if existing else 0
-                item = RecoveryAction(
-                    attempt=event.get("attempt", count + 1),
-                    reason=event.get("reason"),
-                    action=str(event.get("action") or "retry_with_feedback"),
-                ).model_dump(mode="json")
-            elif kind == "escalation":
-                item = Escalation(reason=event.get("reason")).model_dump(mode="json")
-            elif kind == "final_answer":
-                answer = event.get("final_answer", event.get("content"))
-                if not isinstance(answer, str):
-                    return 400, "final_answer: a string"
-            elif kind in ("scenario", "task"):
-                scenario = event.get("scenario_id", event.get("task"))
-                if not isinstance(scenario, str) or not scenario:
-                    return 400, "scenario_id (or task): a non-empty string"
-                for key in ("instance_hash", "category"):
-                    if event.get(key) is not None and not isinstance(event.get(key), str):
-                        return 400, f"{key}: a string"
-                seed = event.get("instance_seed", event.get("seed"))
-                if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-                    return 400, "instance_seed: an integer"
-                traffic = event.get("traffic")
-                if traffic is not None and traffic not in TRAFFIC:
-                    return 400, f"traffic: one of {', '.join(TRAFFIC)}, not {traffic!r}"
-                tags = event.get("tags")
-                if tags is not None and not isinstance(tags, Mapping):
-                    return 400, "tags: a JSON object"
-            elif kind == "metadata":
-                metadata = event.get("metadata")
-                if not isinstance(metadata, Mapping):
-                    return 400, "metadata: a JSON object"
-            elif kind == "error":
-                what = event.get("error", event.get("message"))
-                if not isinstance(what, str) or not what:
-                    return 400, "error: a non-empty string"
-            elif kind == "close":
-                status = event.get("status")
-                if status is not None and status not in CLOSING_STATUSES:
-                    return 400, f"status: one of {sorted(CLOSING_STATUSES)}, not {status!r}"
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or kind
-            return 400, f"{kind}: {where}: {first['msg']}"
-        run = self._open(run_id, "header")
-        run.last_seen = self.clock()
-        run.dirty = True
-        if kind == "verification":
-            run.verifications.append(item)
-            run.events.append(_event("verification", item["verifier"], at, None, item))
-        elif kind == "recovery":
-            run.recoveries.append(item)
-            run.events.append(_event("recovery", "agent", at, None, dict(item)))
-        elif kind == "escalation":
-            run.escalations.append(item)
-            run.events.append(_event("escalation", "agent", at, None, dict(item)))
-        elif kind == "final_answer":
-            run.final_answer = answer
-        elif kind in ("scenario", "task"):
-            run.fields["scenario_id"] = scenario
-            for key in ("instance_hash", "category"):
-                if event.get(key) is not None:
-                    run.fields[key] = event[key]
-            if seed is not None:
-                run.fields["instance_seed"] = seed
-            if traffic is not None:
-                # Self-play and the replay through an agent's /run say what the run is; a
-                # run without it stays production traffic.
-                run.fields["traffic"] = traffic
-            for key, value in (tags or {}).items():
-                run.tags[str(key)] = value if isinstance(value, str) else json.dumps(value)
-        elif kind == "metadata":
-            for key, value in metadata.items():
-                run.tags[str(key)] = value if isinstance(value, str) else json.dumps(value)
-        elif kind == "error":
-            # What went wrong outside the model calls (an agent that timed out or answered
-            # garbage), as the schema's error event, so the replay can count it.
-            payload = {"error": what[:2000]}
-            if isinstance(event.get("reason"), str):
-                payload["reason"] = event["reason"][:200]
-            run.events.append(
-                _event("error", str(event.get("agent") or "agent"), at, None, payload)
-            )
-        elif kind == "close":
-            run.closed = True
-            run.status = status
-        if event_id is not None:
-            self.events_seen[event_id] = None
-            while len(self.events_seen) > 10 * self.max_open_runs:
-                self.events_seen.popitem(last=False)
-        return 201, "applied"
+        return None
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -635,3 +553,131 @@ def _event(
     if duration_s is not None:
         event["duration_s"] = round(max(duration_s, 0.0), 6)
     return event
+
+
+class _BadEvent(ValueError):
+    """A run-API event whose fields are wrong: the message names the field (a 400)."""
+
+
+def _parse_event(kind: str, event: Mapping[str, Any], existing: OpenRun | None) -> dict[str, Any]:
+    """The checked values of one event of type `kind` (raises _BadEvent or pydantic's
+    ValidationError when a field is wrong); nothing is changed yet."""
+    from autoretrain.runs.schema import Escalation, RecoveryAction, Verification
+
+    if kind == "verification":
+        count = len(existing.verifications) if existing else 0
+        item = Verification(
+            verifier=str(event.get("verifier") or "agent"),
+            passed=event.get("passed"),
+            score=event.get("score", 1.0 if event.get("passed") else 0.0),
+            feedback=str(event.get("feedback") or ""),
+            attempt=event.get("attempt", count),
+        ).model_dump(mode="json")
+        return {"item": item}
+    if kind == "recovery":
+        count = len(existing.recoveries) if existing else 0
+        item = RecoveryAction(
+            attempt=event.get("attempt", count + 1),
+            reason=event.get("reason"),
+            action=str(event.get("action") or "retry_with_feedback"),
+        ).model_dump(mode="json")
+        return {"item": item}
+    if kind == "escalation":
+        return {"item": Escalation(reason=event.get("reason")).model_dump(mode="json")}
+    if kind == "final_answer":
+        answer = event.get("final_answer", event.get("content"))
+        if not isinstance(answer, str):
+            raise _BadEvent("final_answer: a string")
+        return {"answer": answer}
+    if kind in ("scenario", "task"):
+        return _parse_scenario(event)
+    if kind == "metadata":
+        metadata = event.get("metadata")
+        if not isinstance(metadata, Mapping):
+            raise _BadEvent("metadata: a JSON object")
+        return {"metadata": metadata}
+    if kind == "error":
+        what = event.get("error", event.get("message"))
+        if not isinstance(what, str) or not what:
+            raise _BadEvent("error: a non-empty string")
+        return {"what": what}
+    if kind == "close":
+        status = event.get("status")
+        if status is not None and status not in CLOSING_STATUSES:
+            raise _BadEvent(f"status: one of {sorted(CLOSING_STATUSES)}, not {status!r}")
+        return {"status": status}
+    return {}
+
+
+def _parse_scenario(event: Mapping[str, Any]) -> dict[str, Any]:
+    scenario = event.get("scenario_id", event.get("task"))
+    if not isinstance(scenario, str) or not scenario:
+        raise _BadEvent("scenario_id (or task): a non-empty string")
+    for key in ("instance_hash", "category"):
+        if event.get(key) is not None and not isinstance(event.get(key), str):
+            raise _BadEvent(f"{key}: a string")
+    seed = event.get("instance_seed", event.get("seed"))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _BadEvent("instance_seed: an integer")
+    traffic = event.get("traffic")
+    if traffic is not None and traffic not in TRAFFIC:
+        raise _BadEvent(f"traffic: one of {', '.join(TRAFFIC)}, not {traffic!r}")
+    tags = event.get("tags")
+    if tags is not None and not isinstance(tags, Mapping):
+        raise _BadEvent("tags: a JSON object")
+    return {"scenario": scenario, "seed": seed, "traffic": traffic, "tags": tags}
+
+
+def _apply_event(
+    run: OpenRun, kind: str, event: Mapping[str, Any], parsed: dict[str, Any], at: datetime
+) -> None:
+    """Change the open run by one checked event."""
+    if kind == "verification":
+        item = parsed["item"]
+        run.verifications.append(item)
+        run.events.append(_event("verification", item["verifier"], at, None, item))
+    elif kind == "recovery":
+        run.recoveries.append(parsed["item"])
+        run.events.append(_event("recovery", "agent", at, None, dict(parsed["item"])))
+    elif kind == "escalation":
+        run.escalations.append(parsed["item"])
+        run.events.append(_event("escalation", "agent", at, None, dict(parsed["item"])))
+    elif kind == "final_answer":
+        run.final_answer = parsed["answer"]
+    elif kind in ("scenario", "task"):
+        run.fields["scenario_id"] = parsed["scenario"]
+        for key in ("instance_hash", "category"):
+            if event.get(key) is not None:
+                run.fields[key] = event[key]
+        if parsed["seed"] is not None:
+            run.fields["instance_seed"] = parsed["seed"]
+        if parsed["traffic"] is not None:
+            # Self-play and the replay through an agent's /run say what the run is; a
+            # run without it stays production traffic.
+            run.fields["traffic"] = parsed["traffic"]
+        for key, value in (parsed["tags"] or {}).items():
+            run.tags[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    elif kind == "metadata":
+        for key, value in parsed["metadata"].items():
+            run.tags[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    elif kind == "error":
+        # What went wrong outside the model calls (an agent that timed out or answered
+        # garbage), as the schema's error event, so the replay can count it.
+        payload = {"error": parsed["what"][:2000]}
+        if isinstance(event.get("reason"), str):
+            payload["reason"] = event["reason"][:200]
+        run.events.append(_event("error", str(event.get("agent") or "agent"), at, None, payload))
+    elif kind == "close":
+        run.closed = True
+        run.status = parsed["status"]
+
+
+def _add_tools(run: OpenRun, specs: list[dict[str, Any]]) -> None:
+    """The tools a call offered, by function name (the first spec of a name stays)."""
+    for spec in specs:
+        name = (
+            (spec.get("function") or {}).get("name")
+            if isinstance(spec.get("function"), dict)
+            else None
+        )
+        run.tools.setdefault(str(name or len(run.tools)), dict(spec))

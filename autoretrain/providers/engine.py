@@ -269,15 +269,7 @@ class Decoder:
         suffixes = [row[c:] for row, c in zip(rows, cached, strict=True)]
         width = max(len(s) for s in suffixes)
 
-        # Layout per row: [holes][cached blocks][holes][suffix]; the mask hides the holes and
-        # position ids count only real tokens, so every token sits at its true position.
-        input_ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n_rows, width_cached + width), dtype=torch.long)
-        for j, (suffix, c) in enumerate(zip(suffixes, cached, strict=True)):
-            input_ids[j, width - len(suffix) :] = torch.tensor(suffix)
-            mask[j, width_cached - c : width_cached] = 1
-            mask[j, width_cached + width - len(suffix) :] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        input_ids, mask = self._prompt_layout(suffixes, cached, width, width_cached)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         # Room for the prompt and the longest reply: the buffers never grow during the chunk.
         kv_cache = _growing_cache(width_cached + width + max_new)
@@ -335,6 +327,21 @@ class Decoder:
         if streamer is not None:
             streamer.end()
         return [Decoded(g, d) for g, d in zip(generated, done, strict=True)]
+
+    def _prompt_layout(
+        self, suffixes: list[list[int]], cached: list[int], width: int, width_cached: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask) of the uncached suffixes, on the device. Layout per row:
+        [holes][cached blocks][holes][suffix]; the mask hides the holes and position ids count
+        only real tokens, so every token sits at its true position."""
+        n_rows = len(suffixes)
+        input_ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n_rows, width_cached + width), dtype=torch.long)
+        for j, (suffix, c) in enumerate(zip(suffixes, cached, strict=True)):
+            input_ids[j, width - len(suffix) :] = torch.tensor(suffix)
+            mask[j, width_cached - c : width_cached] = 1
+            mask[j, width_cached + width - len(suffix) :] = 1
+        return input_ids.to(self.device), mask.to(self.device)
 
     def _logits(
         self,

@@ -18,6 +18,18 @@ from autoretrain.runs.schema import Run
 
 HUMAN_DECISIONS = ("promote", "reject")
 
+PROMOTION_DECISIONS_DDL = """
+CREATE TABLE IF NOT EXISTS promotion_decisions (
+    run_id VARCHAR NOT NULL,
+    day DATE NOT NULL,
+    decision VARCHAR NOT NULL,
+    gate VARCHAR NOT NULL,
+    rationale VARCHAR NOT NULL,
+    scorer_version VARCHAR NOT NULL,
+    decided_at TIMESTAMPTZ NOT NULL
+)
+"""
+
 HUMAN_REVIEWS_DDL = """
 CREATE TABLE IF NOT EXISTS human_reviews (
     run_id VARCHAR NOT NULL,
@@ -35,6 +47,56 @@ class ReviewError(ValueError):
 
 def ensure_human_reviews_table(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(HUMAN_REVIEWS_DDL)
+
+
+def ensure_promotion_decisions_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(PROMOTION_DECISIONS_DDL)
+
+
+# (run_id, day, decision, gate, rationale): one automatic decision, as the guard makes it.
+DecisionRow = tuple[str, Any, str, str, str]
+
+
+def replace_decisions(
+    con: duckdb.DuckDBPyConnection,
+    start_day: str,
+    end_day: str,
+    scorer_version: str,
+    rows: list[DecisionRow],
+) -> None:
+    """Replace the automatic decisions of start_day..end_day for one scorer version with `rows`,
+    in one transaction (a reader sees the old decisions or the new ones, never a mix)."""
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "run_id": pl.String,
+            "day": pl.Date,
+            "decision": pl.String,
+            "gate": pl.String,
+            "rationale": pl.String,
+        },
+        orient="row",
+    )
+    params = {"start_day": start_day, "end_day": end_day, "v": scorer_version}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "DELETE FROM promotion_decisions WHERE day BETWEEN $start_day AND $end_day "
+            "AND scorer_version = $v",
+            params,
+        )
+        con.register("_guard_decisions", frame)
+        con.execute(
+            "INSERT INTO promotion_decisions SELECT run_id, day, decision, gate, rationale, "
+            "$v, now() FROM _guard_decisions",
+            {"v": scorer_version},
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("_guard_decisions")
 
 
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:

@@ -149,6 +149,16 @@ class IngestReport:
         return {**asdict(self), "quarantine_rate": self.quarantine_rate}
 
 
+# A duplicate's quarantine reason; {id} and {winner} are SQL expressions.
+_DUPLICATE = (
+    "'duplicate run_id: ' || {id} || ' appears again at line ' || {winner} "
+    "|| ' of this file; the newer record was kept'"
+)
+# Only the batch's newest copy changes the store; an older file's copy that beat the stored row
+# still lost to it, so it counts as superseded and writes nothing.
+_WINS = "d.rk = 1"
+
+
 class RunStore:
     def __init__(
         self,
@@ -411,11 +421,21 @@ class RunStore:
         copy is then weighed against the stored row: the newest of all is kept; a copy from
         another file that lost is superseded (seen in this ingest) or unchanged (the stored
         row is older than this ingest); the landing zone keeps it either way."""
+        self._rank_within_files(day)
+        self._weigh_against_store()
+        self._quarantine_lost_copies(day)
+        replaced_any = self._count_decisions(report)
+        if replaced_any:  # a stored row is replaced: its events go with it
+            changed = f"SELECT run_id FROM decisions d WHERE {_WINS} AND d.action = 'newer'"
+            self.con.execute(f"DELETE FROM events WHERE run_id IN ({changed})")
+            self.con.execute(f"DELETE FROM runs WHERE run_id IN ({changed})")
+        self._insert_kept(day)
+        self.con.execute("DROP TABLE decisions")
+
+    def _rank_within_files(self, day: str) -> None:
+        """`in_file`: every good line ranked among its run_id's copies in the same file (newest
+        first); the older copies go to quarantine as duplicates."""
         con = self.con
-        dup = (
-            "'duplicate run_id: ' || {id} || ' appears again at line ' || {winner} "
-            "|| ' of this file; the newer record was kept'"
-        )
         con.execute(
             """CREATE OR REPLACE TEMP TABLE in_file AS
             SELECT s.file_idx, s.line, s.run_id, f.file AS source_file,
@@ -428,14 +448,17 @@ class RunStore:
         )
         con.execute(
             f"""INSERT INTO quarantine
-            SELECT ?::DATE, r.source_file, r.line, {dup.format(id="r.run_id", winner="r.win_line")},
+            SELECT ?::DATE, r.source_file, r.line, {_DUPLICATE.format(id="r.run_id", winner="r.win_line")},
                    left(b.text, {RAW_CHARS}), now()
             FROM in_file r JOIN batch_lines b USING (file_idx, line) WHERE r.file_rk > 1""",
             [day],
-        )
-        # Each file's newest copy, ranked across the batch (rk = 1 is the batch's newest), and
-        # weighed against the stored row as the store's order has it (time, file, line).
-        con.execute(
+        )  # fmt: skip
+
+    def _weigh_against_store(self) -> None:
+        """`decisions`: each file's newest copy, ranked across the batch (rk = 1 is the batch's
+        newest), and weighed against the stored row as the store's order has it (time, file,
+        line): insert, same, newer or older."""
+        self.con.execute(
             """CREATE OR REPLACE TEMP TABLE decisions AS
             SELECT w.file_idx, w.line, w.run_id, w.source_file, w.rk, o.source_line AS old_line,
               o.source_file = w.source_file AS same_file, o.ingested_at = ? AS seen_now,
@@ -454,24 +477,29 @@ class RunStore:
                        WHERE run_id IN (SELECT run_id FROM in_file)) o USING (run_id)""",
             [self._stamp],
         )
-        con.execute("DROP TABLE in_file")
-        # Only the batch's newest copy changes the store; an older file's copy that beat the
-        # stored row still lost to it, so it counts as superseded and writes nothing.
-        wins = "d.rk = 1"
-        con.execute(
+        self.con.execute("DROP TABLE in_file")
+
+    def _quarantine_lost_copies(self, day: str) -> None:
+        """Within one file, the copy that lost to the other is a duplicate: the stored row when
+        the batch's copy is newer, the batch's copy when it is older."""
+        self.con.execute(
             f"""INSERT INTO quarantine
             SELECT ?::DATE, d.source_file, d.old_line,
-                   {dup.format(id="d.run_id", winner="d.line")}, left(r.record, {RAW_CHARS}), now()
+                   {_DUPLICATE.format(id="d.run_id", winner="d.line")}, left(r.record, {RAW_CHARS}), now()
             FROM decisions d JOIN runs r USING (run_id)
-            WHERE {wins} AND d.action = 'newer' AND d.same_file
+            WHERE {_WINS} AND d.action = 'newer' AND d.same_file
             UNION ALL
             SELECT ?::DATE, d.source_file, d.line,
-                   {dup.format(id="d.run_id", winner="d.old_line")}, left(b.text, {RAW_CHARS}), now()
+                   {_DUPLICATE.format(id="d.run_id", winner="d.old_line")}, left(b.text, {RAW_CHARS}), now()
             FROM decisions d JOIN batch_lines b USING (file_idx, line)
             WHERE d.action = 'older' AND d.same_file""",
             [day, day],
-        )
-        counts = con.execute(
+        )  # fmt: skip
+
+    def _count_decisions(self, report: IngestReport) -> bool:
+        """Add the decisions to the report's counts; True when a stored row is replaced."""
+        wins = _WINS
+        counts = self.con.execute(
             f"""SELECT
               count(*) FILTER ({wins} AND action = 'insert'),
               count(*) FILTER ({wins} AND action = 'newer' AND NOT same_file AND NOT seen_now),
@@ -487,16 +515,16 @@ class RunStore:
         report.replaced += counts[1]
         report.unchanged += counts[2]
         report.superseded += counts[3] + counts[4]
-        if counts[5]:  # a stored row is replaced: its events go with it
-            changed = f"SELECT run_id FROM decisions d WHERE {wins} AND d.action = 'newer'"
-            con.execute(f"DELETE FROM events WHERE run_id IN ({changed})")
-            con.execute(f"DELETE FROM runs WHERE run_id IN ({changed})")
+        return bool(counts[5])
+
+    def _insert_kept(self, day: str) -> None:
+        """The batch's winning copies into `runs`, and their events into `events`."""
         kept = (
             "FROM staged s JOIN decisions d USING (file_idx, line) "
-            f"WHERE {wins} AND d.action IN ('insert', 'newer')"
+            f"WHERE {_WINS} AND d.action IN ('insert', 'newer')"
         )
         kept_text = kept.replace("FROM staged s", WITH_TEXT)
-        con.execute(
+        self.con.execute(
             f"""INSERT INTO runs
             SELECT s.run_id, ?::DATE, s.schema_version, s.scenario_id, s.instance_hash,
                    s.category, s.workflow, s.agent_version, s.provider, s.model, s.slot,
@@ -506,7 +534,7 @@ class RunStore:
             {kept_text}""",
             [day, self._stamp],
         )
-        con.execute(
+        self.con.execute(
             f"""INSERT INTO events
             SELECT run_id, seq::INTEGER, {unquote("ev.type")},
                    coalesce({unquote("ev.agent")}, 'executor'),
@@ -517,7 +545,6 @@ class RunStore:
               {kept} AND s.events IS NOT NULL
             )"""
         )
-        con.execute("DROP TABLE decisions")
 
     def _count_quarantine(self, day: str, report: IngestReport) -> None:
         where = "WHERE day = ?::DATE AND file IN (SELECT file FROM files)"

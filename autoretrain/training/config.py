@@ -1,9 +1,11 @@
-"""What a training run is asked to do (TrainConfig) and what it produced (TrainResult)."""
+"""What a training run is asked to do (TrainConfig) and what it produced (TrainResult, with its
+TrainMetrics)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,11 +69,69 @@ class TrainConfig:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class TrainMetrics(Mapping[str, Any]):
+    """What a training run reports. `record` is the whole record as written to
+    training_metrics.json and the registry (a local run's and a hosted job's keys differ); the
+    properties are the numbers the stages read (the UI's metadata and loss curves, the CLI's
+    summary), named once here. It still reads as a mapping, key by key, like the record."""
+
+    record: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.record[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.record)
+
+    def __len__(self) -> int:
+        return len(self.record)
+
+    @property
+    def steps(self) -> int | None:
+        return self.record.get("steps")
+
+    @property
+    def stopped_by(self) -> str | None:
+        return self.record.get("stopped_by")
+
+    @property
+    def final_train_loss(self) -> float | None:
+        return self.record.get("final_train_loss")
+
+    @property
+    def best_eval_loss(self) -> float | None:
+        return self.record.get("best_eval_loss")
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.record.get("tokens_per_s")
+
+    @property
+    def train_seconds(self) -> float | None:
+        return self.record.get("train_seconds")
+
+    @property
+    def trained_tokens(self) -> int | None:
+        """Tokens trained on: a hosted job says `trained_tokens`, the local trainer `train_tokens`."""
+        return self.record.get("trained_tokens") or self.record.get("train_tokens")
+
+    @property
+    def train_loss(self) -> list[tuple[int, float]]:
+        """(step, loss) of every optimizer step (empty for a hosted job)."""
+        return [(int(s), float(v)) for s, v in self.record.get("train_loss") or []]
+
+    @property
+    def eval_loss(self) -> list[tuple[int, float]]:
+        """(step, loss) of every validation pass."""
+        return [(int(s), float(v)) for s, v in self.record.get("eval_loss") or []]
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
     method: str
-    metrics: dict[str, Any]
+    metrics: TrainMetrics
     model_dir: Path  # what a provider loads: the full model, the merged model, or the adapter
     adapter_dir: Path | None = None
     merged_dir: Path | None = None

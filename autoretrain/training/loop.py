@@ -11,6 +11,7 @@ the weights an uninterrupted one would have.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -76,33 +77,14 @@ def train_loop(
     ]
     head = LabelledHead(accelerator.unwrap_model(model))
 
-    def batches(epoch: int) -> list[Batch]:
-        every = epoch_batches(
-            train_set,
-            batch_size=config.batch_size,
-            max_seq_len=config.max_seq_len,
-            packing=config.packing,
-            pad_id=pad_id,
-            seed=config.seed,
-            epoch=epoch,
-        )
-        per_rank = max(1, len(every) // world)
-        return [every[(i * world + rank) % len(every)] for i in range(per_rank)]
-
+    batches = functools.partial(_rank_batches, train_set, config, pad_id, rank, world)
     first_epoch = batches(0)
     steps_per_epoch = len(first_epoch)
     total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
-    state = LoopState()
-    best: dict[str, Any] | None = None
     checkpoint = workdir / CHECKPOINT_FILE
-    resumed_from = None
-    if checkpoint.exists():
-        state, best = _load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer)
-        resumed_from = state.step
-        log.info("resuming from step %d of %d (%s)", state.step, total_steps, checkpoint)
+    state, best, resumed_from = _resume(checkpoint, accelerator, model, optimizer, total_steps)
 
-    device = accelerator.device
     progress = _progress(config, total_steps, state.step, accelerator.is_main_process)
     stopped_by = "completed"
     cached_epoch, epoch_list = 0, first_epoch  # packing an epoch takes a moment: once
@@ -115,15 +97,7 @@ def train_loop(
             cached_epoch, epoch_list = epoch, batches(epoch)
         batch = epoch_list[index]
         lr = learning_rate(state.step, total_steps, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        total, count = head.loss(model, _tensors(batch, device))
-        loss = total / count.clamp(min=1)
-        accelerator.backward(loss)
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = _optimizer_step(model, head, optimizer, params, batch, lr, accelerator, config)
         state.step += 1
         state.tokens += batch.n_tokens * world
         state.train_loss.append([state.step, round(_mean(accelerator, loss.detach()), 5)])
@@ -131,18 +105,12 @@ def train_loop(
 
         if state.step % eval_every == 0 or state.step == total_steps:
             if eval_set and _evaluate(model, head, eval_set, config, pad_id, accelerator, state):
-                best = {
-                    n: p.detach().clone()
-                    for n, p in _named_trainable(accelerator.unwrap_model(model), trainable_names)
-                }
+                best = _trainable_copy(accelerator.unwrap_model(model), trainable_names)
             model.train()
-            patience = config.early_stopping_patience
-            if patience is not None and state.evals_without_improvement >= patience:
+            if _out_of_patience(config, state):
                 stopped_by = "early_stopping"
         state.train_seconds = time.monotonic() - started
-        if config.time_budget_s is not None and _any(
-            accelerator, state.train_seconds >= config.time_budget_s
-        ):
+        if _over_time_budget(config, state, accelerator):
             stopped_by = "time_budget"
         if on_step is not None:
             on_step(state.step)
@@ -152,25 +120,111 @@ def train_loop(
             time.monotonic() - last_checkpoint >= config.checkpoint_every_s
             and state.step < total_steps
         ):
-            if accelerator.is_main_process:
-                _save_checkpoint(
-                    checkpoint,
-                    state,
-                    best,
-                    accelerator.unwrap_model(model),
-                    optimizer,
-                    trainable_names,
-                )
-            accelerator.wait_for_everyone()
+            _checkpoint(checkpoint, accelerator, state, best, model, optimizer, trainable_names)
             last_checkpoint = time.monotonic()
     progress.close()
     head.close()
 
     if best is not None:
-        unwrapped = accelerator.unwrap_model(model)
-        with torch.no_grad():
-            for name, param in _named_trainable(unwrapped, trainable_names):
-                param.copy_(best[name])
+        _restore(accelerator.unwrap_model(model), best, trainable_names)
+    shape = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "world_size": world}
+    return _loop_metrics(state, stopped_by, resumed_from, **shape)
+
+
+def _out_of_patience(config: TrainConfig, state: LoopState) -> bool:
+    patience = config.early_stopping_patience
+    return patience is not None and state.evals_without_improvement >= patience
+
+
+def _over_time_budget(config: TrainConfig, state: LoopState, accelerator) -> bool:
+    """Decided by every process together (see `_any`); None: no budget."""
+    return config.time_budget_s is not None and _any(
+        accelerator, state.train_seconds >= config.time_budget_s
+    )
+
+
+def _resume(
+    checkpoint: Path, accelerator, model, optimizer, total_steps: int
+) -> tuple[LoopState, dict[str, Any] | None, int | None]:
+    """(state, best weights, the step resumed from): from the checkpoint a crashed run left,
+    else a fresh start."""
+    if not checkpoint.exists():
+        return LoopState(), None, None
+    state, best = _load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer)
+    log.info("resuming from step %d of %d (%s)", state.step, total_steps, checkpoint)
+    return state, best, state.step
+
+
+def _checkpoint(
+    path: Path, accelerator, state: LoopState, best, model, optimizer, names: list[str]
+) -> None:
+    """The main process saves; every process waits for it."""
+    if accelerator.is_main_process:
+        _save_checkpoint(path, state, best, accelerator.unwrap_model(model), optimizer, names)
+    accelerator.wait_for_everyone()
+
+
+def _rank_batches(
+    train_set: Sequence[Encoded],
+    config: TrainConfig,
+    pad_id: int,
+    rank: int,
+    world: int,
+    epoch: int,
+) -> list[Batch]:
+    """This process's share of one epoch's packed batches (the order depends only on the seed
+    and the epoch, so a resumed run sees what an uninterrupted one would)."""
+    every = epoch_batches(
+        train_set,
+        batch_size=config.batch_size,
+        max_seq_len=config.max_seq_len,
+        packing=config.packing,
+        pad_id=pad_id,
+        seed=config.seed,
+        epoch=epoch,
+    )
+    per_rank = max(1, len(every) // world)
+    return [every[(i * world + rank) % len(every)] for i in range(per_rank)]
+
+
+def _optimizer_step(model, head, optimizer, params, batch: Batch, lr: float, accelerator, config):
+    """One step at learning rate `lr`: loss over the labelled tokens, backward, clip, step.
+    Returns the (mean per-token) loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total, count = head.loss(model, _tensors(batch, accelerator.device))
+    loss = total / count.clamp(min=1)
+    accelerator.backward(loss)
+    if config.max_grad_norm:
+        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def _trainable_copy(model, names: list[str]) -> dict[str, Any]:
+    """The trainable weights, copied (the best so far, restored when training ends)."""
+    return {n: p.detach().clone() for n, p in _named_trainable(model, names)}
+
+
+def _restore(model, weights: dict[str, Any], names: list[str]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, param in _named_trainable(model, names):
+            param.copy_(weights[name])
+
+
+def _loop_metrics(
+    state: LoopState,
+    stopped_by: str,
+    resumed_from: int | None,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    world_size: int,
+) -> dict[str, Any]:
+    """The loop's part of training_metrics.json."""
     wall = state.train_seconds
     return {
         "steps": state.step,
@@ -179,7 +233,7 @@ def train_loop(
         "epochs_done": round(state.step / steps_per_epoch, 3),
         "stopped_by": stopped_by,
         "resumed_from_step": resumed_from,
-        "world_size": world,
+        "world_size": world_size,
         "train_seconds": round(wall, 3),
         "train_tokens": state.tokens,
         "tokens_per_s": round(state.tokens / wall, 1) if wall > 0 else None,

@@ -19,11 +19,23 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoretrain.training.config import FULL_FINETUNE_MAX_PARAMS, TrainConfig, TrainResult
-from autoretrain.training.data import DatasetError, encode_all, end_of_turn_ids, load_splits
+from autoretrain.training.config import (
+    FULL_FINETUNE_MAX_PARAMS,
+    TrainConfig,
+    TrainMetrics,
+    TrainResult,
+)
+from autoretrain.training.data import (
+    DatasetError,
+    Encoded,
+    encode_all,
+    end_of_turn_ids,
+    load_splits,
+)
 from autoretrain.training.precision import stored_dtype
 from autoretrain.training.templates import end_of_turn_ids as family_end_of_turn_ids
 from autoretrain.training.templates import ensure_generation_markers
@@ -73,10 +85,6 @@ def _train(
     extra_metadata: dict[str, Any] | None = None,
     extra_files: dict[str, Path] | None = None,
 ) -> TrainResult:
-    import torch
-    from accelerate import Accelerator
-    from transformers import AutoConfig, AutoTokenizer
-
     started = time.monotonic()
     dataset_dir, base_model_dir, output_dir = (
         Path(dataset_dir),
@@ -89,33 +97,10 @@ def _train(
         )
     if config.method == "qlora":
         _require_qlora()
-    train_examples, eval_examples = load_splits(dataset_dir, config.mix_in)
+    data = _encoded_data(dataset_dir, base_model_dir, config)
+    tokenizer, train_set, eval_set = data.tokenizer, data.train_set, data.eval_set
 
-    if not (base_model_dir / "config.json").is_file():
-        raise TrainingError(
-            f"{base_model_dir}: not a Hugging Face model directory (no config.json)"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
-    # A marker-less template of a known family (Qwen, Llama 3, ...) gets markers; else refused.
-    family = ensure_generation_markers(tokenizer, str(base_model_dir))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model_config = AutoConfig.from_pretrained(base_model_dir)
-    stop_ids = end_of_turn_ids(tokenizer, getattr(model_config, "eos_token_id", None))
-    stop_ids |= family_end_of_turn_ids(tokenizer, family)
-    train_set, train_too_long = encode_all(tokenizer, train_examples, stop_ids, config.max_seq_len)
-    eval_set, eval_too_long = encode_all(tokenizer, eval_examples, stop_ids, config.max_seq_len)
-    if not train_set:
-        raise DatasetError(
-            f"{dataset_dir}: every train example is longer than max_seq_len={config.max_seq_len} tokens"
-        )
-
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16"
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        else "no",
-    )
+    accelerator = _accelerator()
     partial = output_dir.with_name(f".{output_dir.name}.partial")
     fingerprint = config.fingerprint(
         _files_digest(dataset_dir, config.mix_in), str(base_model_dir.resolve())
@@ -129,13 +114,8 @@ def _train(
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
         "training %s: %s, %d of %d parameters, %d train / %d eval conversations",
-        base_model_dir,
-        method,
-        trainable_params,
-        total_params,
-        len(train_set),
-        len(eval_set),
-    )
+        base_model_dir, method, trainable_params, total_params, len(train_set), len(eval_set),
+    )  # fmt: skip
     from autoretrain.training.loop import CHECKPOINT_FILE, train_loop
 
     metrics = train_loop(
@@ -153,29 +133,15 @@ def _train(
         method=method,
         total_params=total_params,
         trainable_params=trainable_params,
-        examples={
-            "train": len(train_set),
-            "eval": len(eval_set),
-            "train_too_long": train_too_long,
-            "eval_too_long": eval_too_long,
-        },
+        examples=data.counts(),
         trained_tokens_per_epoch=sum(e.n_trained for e in train_set),
         peak_rss_mb=_peak_rss_mb(),
     )
 
-    adapter_dir = merged_dir = None
     if accelerator.is_main_process:
-        if method == "full":
-            model.save_pretrained(partial)
-            tokenizer.save_pretrained(partial)
-        else:
-            model.save_pretrained(partial / "adapter")
-            tokenizer.save_pretrained(partial / "adapter")
-            if config.merge_adapter:
-                _merge(model, tokenizer, partial / "merged")
+        _save_model(model, tokenizer, method, config, partial)
         (partial / CHECKPOINT_FILE).unlink(missing_ok=True)
         metrics["wall_seconds"] = round(time.monotonic() - started, 3)
-        (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
         record = {
             "config": config.to_dict(),
             "method": method,
@@ -185,18 +151,119 @@ def _train(
             "versions": _library_versions(),
             **(extra_metadata or {}),
         }
-        (partial / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        for name, source in (extra_files or {}).items():
-            shutil.copyfile(source, partial / name)
-        (partial / ".fingerprint").unlink(missing_ok=True)
-        os.replace(partial, output_dir)
+        _publish(partial, output_dir, metrics, record, extra_files or {})
     accelerator.wait_for_everyone()
+    log.info("saved %s (%s) in %.1f s", output_dir, method, metrics.get("wall_seconds", 0.0))
+    return _result(output_dir, method, metrics, config)
+
+
+def _result(
+    output_dir: Path, method: str, metrics: dict[str, Any], config: TrainConfig
+) -> TrainResult:
+    """Where the published version's weights are: the folder itself for a full fine-tune,
+    else the adapter (and the merged model, which providers load when there is one)."""
+    adapter_dir = merged_dir = None
     if method != "full":
         adapter_dir = output_dir / "adapter"
         merged_dir = output_dir / "merged" if config.merge_adapter else None
     model_dir = merged_dir or adapter_dir or output_dir
-    log.info("saved %s (%s) in %.1f s", output_dir, method, metrics.get("wall_seconds", 0.0))
-    return TrainResult(output_dir, method, metrics, model_dir, adapter_dir, merged_dir)
+    return TrainResult(
+        output_dir, method, TrainMetrics(metrics), model_dir, adapter_dir, merged_dir
+    )
+
+
+@dataclass
+class _EncodedData:
+    tokenizer: Any
+    train_set: list[Encoded]
+    eval_set: list[Encoded]
+    train_too_long: int  # examples dropped for being over max_seq_len
+    eval_too_long: int
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "train": len(self.train_set),
+            "eval": len(self.eval_set),
+            "train_too_long": self.train_too_long,
+            "eval_too_long": self.eval_too_long,
+        }
+
+
+def _accelerator():  # -> accelerate.Accelerator
+    """CPU when there is no GPU; bf16 mixed precision on a GPU that has it."""
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="bf16"
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        else "no",
+    )
+
+
+def _encoded_data(dataset_dir: Path, base_model_dir: Path, config: TrainConfig) -> _EncodedData:
+    """The dataset's splits (plus `mix_in`) encoded with the base model's tokenizer; refused
+    when no train example fits in max_seq_len."""
+    train_examples, eval_examples = load_splits(dataset_dir, config.mix_in)
+    tokenizer, stop_ids = _tokenizer(base_model_dir)
+    train_set, train_too_long = encode_all(tokenizer, train_examples, stop_ids, config.max_seq_len)
+    eval_set, eval_too_long = encode_all(tokenizer, eval_examples, stop_ids, config.max_seq_len)
+    if not train_set:
+        raise DatasetError(
+            f"{dataset_dir}: every train example is longer than max_seq_len={config.max_seq_len} tokens"
+        )
+    return _EncodedData(tokenizer, train_set, eval_set, train_too_long, eval_too_long)
+
+
+def _publish(
+    partial: Path,
+    output_dir: Path,
+    metrics: dict[str, Any],
+    record: dict[str, Any],
+    extra_files: dict[str, Path],
+) -> None:
+    """The metrics, the run's record and the extra files into the partial folder, which then
+    becomes `output_dir` in one rename: a crash never leaves a half-written version."""
+    (partial / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
+    (partial / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    for name, source in extra_files.items():
+        shutil.copyfile(source, partial / name)
+    (partial / ".fingerprint").unlink(missing_ok=True)
+    os.replace(partial, output_dir)
+
+
+def _tokenizer(base_model_dir: Path):  # -> (tokenizer, end-of-turn token ids)
+    """The base model's tokenizer, ready for training: generation markers in its template (a
+    marker-less template of a known family, Qwen, Llama 3, ..., gets them; else refused), a pad
+    token, and the ids that end an assistant turn."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not (base_model_dir / "config.json").is_file():
+        raise TrainingError(
+            f"{base_model_dir}: not a Hugging Face model directory (no config.json)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    family = ensure_generation_markers(tokenizer, str(base_model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model_config = AutoConfig.from_pretrained(base_model_dir)
+    stop_ids = end_of_turn_ids(tokenizer, getattr(model_config, "eos_token_id", None))
+    stop_ids |= family_end_of_turn_ids(tokenizer, family)
+    return tokenizer, stop_ids
+
+
+def _save_model(model, tokenizer, method: str, config: TrainConfig, partial: Path) -> None:
+    """The trained weights into the partial folder: the whole model for a full fine-tune, else
+    the adapter (and the merged model when asked)."""
+    if method == "full":
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+    else:
+        model.save_pretrained(partial / "adapter")
+        tokenizer.save_pretrained(partial / "adapter")
+        if config.merge_adapter:
+            _merge(model, tokenizer, partial / "merged")
 
 
 def resolve_method(config: TrainConfig, n_params: int) -> str:

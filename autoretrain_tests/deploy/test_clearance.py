@@ -38,7 +38,7 @@ def evaluate(con, settings, candidate: str, decision: str, incumbent: str = "v0"
     comparison = Comparison(
         candidate=candidate, incumbent=incumbent, decision=decision, reasons=[gate]
     )
-    return save_comparison(con, comparison, settings, with_report=False)
+    return save_comparison(con, comparison, settings.paths.reports, with_report=False)
 
 
 def canary_verdict(con, candidate: str, passed: bool, at: datetime | None = None) -> None:

@@ -150,6 +150,7 @@ def test_the_retire_command_signs_in_with_managed_identity(double, identity, tmp
 
     from autoretrain.cli.azure import retire_command
     from autoretrain.deploy.registry import ModelRegistry
+    from autoretrain.deploy.slot_config import slot_file
     from autoretrain.deploy.targets import AzureTarget, deploy_to_slot
 
     config = tmp_path / "autoretrain.yaml"
@@ -162,7 +163,9 @@ def test_the_retire_command_signs_in_with_managed_identity(double, identity, tmp
     double.known_models.add(MODEL + "-2")
     with duckdb.connect(str(settings.paths.database)) as con:
         registry = ModelRegistry(con, settings)
-        target = AzureTarget.from_settings(settings, backoff=FAST)
+        target = AzureTarget.for_profile(
+            settings.provider, settings.profile, slot_file(settings), backoff=FAST
+        )
         versions = [
             registry.register(base_model="b", kind="hosted", hosted_model_id=model).id
             for model in (MODEL, MODEL + "-2", MODEL)

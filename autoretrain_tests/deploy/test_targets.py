@@ -10,6 +10,7 @@ import pytest
 from autoretrain.deploy.azure import AzureDeployments, DeploymentError
 from autoretrain.deploy.registry import ModelRegistry, RegistryError
 from autoretrain.deploy.serving import read_serving_config
+from autoretrain.deploy.slot_config import slot_file
 from autoretrain.deploy.targets import (
     AzureTarget,
     LMStudioTarget,
@@ -58,7 +59,7 @@ def azure(tmp_path, settings, double):
     deployments = AzureDeployments(
         "sub-1", "rg-1", "acct-1", lambda: double.token, endpoint=double.url, backoff=FAST
     )
-    target = AzureTarget(settings, deployments)
+    target = AzureTarget(settings.provider, settings.profile, deployments, slot_file(settings))
     v1 = registry.register(base_model="gpt-4o-mini", kind="hosted", hosted_model_id=MODEL_A).id
     v2 = registry.register(base_model="gpt-4o-mini", kind="hosted", hosted_model_id=MODEL_B).id
     return registry, target, v1, v2
@@ -76,7 +77,7 @@ def slot_env(target: AzureTarget) -> dict[str, str]:
 def test_azure_canary_promote_and_rollback_flip_slots_not_models(azure, double):
     registry, target, v1, v2 = azure
     d1, d2 = f"autoretrain-{v1}", f"autoretrain-{v2}"
-    assert target.slot_file == target.settings.paths.root / "serving" / "p-slots.env"
+    assert target.slot_file == registry.settings.paths.root / "serving" / "p-slots.env"
     entry, result = deploy_to_slot(registry, target, v1, "primary", reason="first")
     assert entry.to_version == v1 and registry.slots()["primary"] == v1
     assert result.model_id == d1 and served(double, d1) == MODEL_A
@@ -136,11 +137,11 @@ def test_the_chat_provider_follows_the_slot_file(azure, double, monkeypatch, req
     for name, value in identity.environment().items():
         monkeypatch.setenv(name, value)
     # Before any promotion: the profile's hand-made deployment.
-    assert chat_model_for(target.settings, "primary").deployment == "base-deployment"
+    assert chat_model_for(registry.settings, "primary").deployment == "base-deployment"
     deploy_to_slot(registry, target, v1, "primary")
     deploy_to_slot(registry, target, v2, "canary")
-    primary = chat_model_for(target.settings, "primary")
-    canary = chat_model_for(target.settings, "canary")
+    primary = chat_model_for(registry.settings, "primary")
+    canary = chat_model_for(registry.settings, "canary")
     assert (primary.deployment, canary.deployment) == (
         f"autoretrain-{v1}",
         f"autoretrain-{v2}--dev",
@@ -152,7 +153,7 @@ def test_the_chat_provider_follows_the_slot_file(azure, double, monkeypatch, req
     )
     assert answer.model == MODEL_A
     promote_canary(registry, target)
-    assert chat_model_for(target.settings, "primary").deployment == f"autoretrain-{v2}"
+    assert chat_model_for(registry.settings, "primary").deployment == f"autoretrain-{v2}"
 
 
 def test_retire_keeps_slots_and_the_rollback_target_and_deletes_the_rest(azure, double):
@@ -255,7 +256,7 @@ def test_local_serve_target_rewrites_serving_json(settings, tmp_path, tmp_path_f
 
 def test_the_server_reads_what_a_local_promotion_writes(settings, tmp_path, tmp_path_factory):
     registry, base, adapter, v0, v1 = local_versions(settings, tmp_path, tmp_path_factory)
-    deploy_to_slot(registry, LocalServeTarget(settings), v1, "primary")
+    deploy_to_slot(registry, LocalServeTarget(settings.paths.root), v1, "primary")
     entries = read_serving_config(settings.paths.root / "serving.json")
     assert entries["primary"].adapter_dir == adapter.resolve()
     assert entries[v1].model_dir == base.resolve()
@@ -266,9 +267,9 @@ def test_local_target_refuses_missing_files(settings, tmp_path):
     gone = registry.register(base_model="b", kind="local", model_dir=tmp_path / "deleted").id
     # The registry's load check refuses first; the target's own check stays behind it.
     with pytest.raises(RegistryError, match="deleted does not exist"):
-        deploy_to_slot(registry, LocalServeTarget(settings), gone, "canary")
+        deploy_to_slot(registry, LocalServeTarget(settings.paths.root), gone, "canary")
     with pytest.raises(DeploymentError, match="model_dir .*deleted is missing"):
-        LocalServeTarget(settings).apply("canary", registry.get(gone))
+        LocalServeTarget(settings.paths.root).apply("canary", registry.get(gone))
     assert registry.slots() == {}
 
 

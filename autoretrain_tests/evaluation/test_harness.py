@@ -15,13 +15,19 @@ from collections import Counter, defaultdict
 import pytest
 
 from autoretrain.evaluation.compare import RESULT_COLUMNS, compare
-from autoretrain.evaluation.harness import evaluate, replay
+from autoretrain.evaluation.harness import ReplaySetup, evaluate, replay
+from autoretrain.project import Project
 from autoretrain.providers.base import ChatResponse, ProviderError, Sampling, SequentialBatchMixin
 from autoretrain.providers.scripted import ScriptedModel
 from autoretrain.runs.archive import RunArchive
 from autoretrain.runs.schema import Run
 from autoretrain.scenarios import load_catalog, prompt_hash
-from autoretrain.settings import load_settings
+from autoretrain.settings import Settings, load_settings
+
+
+def setup(settings: Settings) -> ReplaySetup:
+    """What the harness takes from these settings, as the project hands it over."""
+    return Project(settings).replay_setup()
 
 
 class ReferenceModel(SequentialBatchMixin):
@@ -112,7 +118,7 @@ def test_a_better_candidate_is_promoted_at_the_default_size(settings, catalog):
     candidate = ReferenceModel(catalog, 0.55, "v2")
     # Both models answer instantly: their latency ratio is the machine's load, not the model.
     relaxed = settings.model_copy(update={"lifts": {"default": {"max_latency_ratio": 1000.0}}})
-    comparison = evaluate(incumbent, candidate, catalog, relaxed, progress=False)
+    comparison = evaluate(incumbent, candidate, catalog, setup(relaxed), progress=False)
     assert comparison.promoted, [(g.name, g.detail) for g in comparison.failed_gates]
     lift = gate(comparison, "in_distribution_lift")
     # The default size reaches significance for a ~5-point paired lift with room to spare.
@@ -130,7 +136,7 @@ def test_an_identical_candidate_is_rejected_for_no_lift(settings, catalog):
         model,
         model,
         catalog,
-        settings,
+        setup(settings),
         incumbent_name="v1",
         candidate_name="v1-again",
         instances_per_scenario=10,
@@ -150,7 +156,7 @@ def test_a_candidate_worse_in_one_category_is_rejected(settings, catalog):
         incumbent,
         ReferenceModel(catalog, better, "v2"),
         catalog,
-        settings,
+        setup(settings),
         instances_per_scenario=30,
         progress=False,
     )
@@ -166,7 +172,7 @@ def test_an_empty_evaluation_is_rejected(settings, catalog):
         model,
         ReferenceModel(catalog, 1.0, "v2"),
         catalog,
-        settings,
+        setup(settings),
         instances_per_scenario=0,
         progress=False,
     )
@@ -181,7 +187,7 @@ def test_a_candidate_whose_provider_fails_every_call_is_rejected_with_the_reason
         ReferenceModel(catalog, 0.5, "v1"),
         down,
         catalog,
-        settings,
+        setup(settings),
         instances_per_scenario=3,
         progress=False,
     )
@@ -202,7 +208,7 @@ def test_an_incumbent_whose_provider_fails_is_rejected_too(settings, catalog):
         down,
         ReferenceModel(catalog, 0.9, "v2"),
         catalog,
-        settings,
+        setup(settings),
         instances_per_scenario=3,
         progress=False,
     )
@@ -235,7 +241,7 @@ def test_provider_failures_below_the_limit_never_help_the_candidate(catalog, tmp
         Flaky(catalog, 0.5, "v1"),
         ReferenceModel(catalog, 0.5, "v2"),
         catalog,
-        settings,
+        setup(settings),
         instances_per_scenario=10,
         progress=False,
     )
@@ -249,7 +255,7 @@ def test_provider_failures_below_the_limit_never_help_the_candidate(catalog, tmp
         ReferenceModel(catalog, 0.5, "v1"),
         Flaky(catalog, 0.5, "v2"),
         catalog,
-        settings,
+        setup(settings),
         instances_per_scenario=10,
         progress=False,
     )
@@ -267,7 +273,7 @@ def test_a_broken_harness_is_a_reject_not_a_crash(settings, catalog):
         ReferenceModel(catalog, 0.5, "v1"),
         ReferenceModel(catalog, 1.0, "v2"),
         catalog,
-        settings,
+        setup(settings),
         instances_per_scenario=3,
         progress=False,
     )
@@ -286,7 +292,7 @@ def test_several_samples_share_seeds_and_use_the_configured_temperature(
     )
     incumbent, candidate = ReferenceModel(catalog, 0.5, "v1"), ReferenceModel(catalog, 0.6, "v2")
     result = replay(
-        incumbent, candidate, catalog, settings, instances_per_scenario=2, progress=False
+        incumbent, candidate, catalog, setup(settings), instances_per_scenario=2, progress=False
     )
     assert {(s.temperature, s.seed) for s in incumbent.samplings} == {
         (s.temperature, s.seed) for s in candidate.samplings
@@ -302,7 +308,7 @@ def test_several_samples_share_seeds_and_use_the_configured_temperature(
         greedy,
         greedy,
         catalog,
-        load_settings(config_file=tmp_path / "absent.yaml"),
+        setup(load_settings(config_file=tmp_path / "absent.yaml")),
         instances_per_scenario=1,
         progress=False,
     )
@@ -314,7 +320,7 @@ def test_rows_have_the_comparison_columns_and_a_frame(settings, catalog):
         ReferenceModel(catalog, 0.5, "v1"),
         ReferenceModel(catalog, 0.5, "v2"),
         catalog,
-        settings,
+        setup(settings),
         instances_per_scenario=1,
         progress=False,
     )
@@ -362,7 +368,7 @@ def test_real_model_identical_candidate_is_rejected_and_runs_land_as_evaluation(
     incumbent = LocalChatModel(tiny_model, name="v0")
     candidate = LocalChatModel(tiny_model, name="v0-copy")  # the same model directory
     comparison = evaluate(
-        incumbent, candidate, catalog, settings, instances_per_scenario=1, progress=False
+        incumbent, candidate, catalog, setup(settings), instances_per_scenario=1, progress=False
     )
     assert comparison.decision == "reject"
     assert gate(comparison, "in_distribution_lift").value == 0.0

@@ -21,8 +21,8 @@ def test_saved_comparison_has_row_files_and_shows_in_the_cli(settings, tmp_path,
     )
     second = compare(evaluation(), candidate="v2", incumbent="v0", bootstrap_samples=200)
     with duckdb.connect(str(settings.paths.database)) as con:
-        first_id = save_comparison(con, first, settings)
-        second_id = save_comparison(con, second, settings)
+        first_id = save_comparison(con, first, settings.paths.reports)
+        second_id = save_comparison(con, second, settings.paths.reports)
         rows = con.execute(
             "SELECT id, candidate, decision FROM evaluations ORDER BY created_at"
         ).fetchall()
@@ -60,7 +60,7 @@ def test_eval_show_without_a_database_says_what_to_do(settings, tmp_path, monkey
 def test_rejected_empty_evaluation_is_saved_without_a_chart(settings):
     empty = compare([], candidate="v1", incumbent="v0")
     with duckdb.connect(str(settings.paths.database)) as con:
-        evaluation_id = save_comparison(con, empty, settings)
+        evaluation_id = save_comparison(con, empty, settings.paths.reports)
     folder = settings.paths.reports / evaluation_id
     assert not (folder / "pass_rate.png").exists()
     assert "REJECT" in (folder / "report.md").read_text()
