@@ -55,6 +55,7 @@ from autoretrain.gateway.grouping import bucket
 from autoretrain.project import Project, candidate_key
 from autoretrain.runs.schema import Run
 from autoretrain.settings import Settings, load_settings
+from autoretrain.training.bootstrap import DEMOS_FILE
 from autoretrain_tests.gateway.conftest import landed, wait_for
 from autoretrain_tests.servers import free_port
 
@@ -100,7 +101,9 @@ dataset:
   min_examples_per_category: 1
 training:
   method: lora
-  epochs: 2
+  epochs: 10
+  learning_rate: 0.003
+  early_stopping_patience: null
 lifts:
   default:
     min_lift: 0.0
@@ -218,6 +221,17 @@ class World:
         )
 
 
+def landed_where(settings: Settings, keep, at_least: int, what: str) -> list[Run]:
+    """The landed runs `keep` accepts, once there are at least `at_least` of them (the gateway
+    writes a closed run at its next flush, off the agent's path)."""
+
+    def found() -> list[Run] | None:
+        runs = [run for run in landed(settings).values() if keep(run)]
+        return runs if len(runs) >= at_least else None
+
+    return wait_for(found, timeout_s=30, what=f"{at_least} of {what} captured")
+
+
 def served_by(run: Run) -> set[tuple[str, str, str]]:
     """(slot, recorded model, model sent upstream) of each of the run's model calls."""
     return {
@@ -264,7 +278,14 @@ def world(tmp_path_factory, base_model) -> Iterator[World]:
         for key, value in env.items():
             mp.setenv(key, value)
         settings = load_settings()
-        shutil.copytree(base_model, settings.paths.models / "embedded" / "v0")
+        # Without its demonstrations, which a candidate's training mixes back in: the
+        # candidate learns from the agent's runs alone, a signal strong enough to clear the
+        # gate on a few dozen runs (the replay samples, as the agent sends no temperature).
+        shutil.copytree(
+            base_model,
+            settings.paths.models / "embedded" / "v0",
+            ignore=shutil.ignore_patterns(DEMOS_FILE),
+        )
         # Registers the copy as v0 in primary (no bootstrap): serving.json now names it.
         assert Project(settings).ensure_base_model() == "v0"
         child_env = {**os.environ, **env}
@@ -309,12 +330,7 @@ def test_an_outside_agent_is_self_played_gated_promoted_and_rolled_back_live(wor
     report = project.selfplay(200, progress=False, seed=1)
     assert report.finished == 200 and report.by_status.get("error", 0) == 0, report.to_dict()
     assert report.by_status.get("succeeded", 0) >= 20, report.to_dict()
-    runs = wait_for(
-        lambda: r if len(r := landed(settings)) >= 200 else None,
-        timeout_s=30,
-        what="200 self-play runs captured",
-    )
-    for run in runs.values():
+    for run in landed_where(settings, lambda r: True, 200, "the self-play runs"):
         # The gateway's record: the agent's own prompt and tools, the version that served it,
         # tokens counted by serve, and autoretrain's verdict attached through the run API.
         assert run.traffic == "selfplay" and run.scenario_id and run.instance_hash
@@ -360,7 +376,9 @@ def test_an_outside_agent_is_self_played_gated_promoted_and_rolled_back_live(wor
     # cost gate judges (a local model costs $0) instead of skipping unpriced runs.
     assert all(row["tokens_per_run"] > 0 and not row["unpriced_runs"] for row in comparison.tiers)
     assert gates["cost"][0] is True, gates["cost"]
-    replayed = [r for r in landed(settings).values() if r.traffic == "evaluation"]
+    replayed = landed_where(
+        settings, lambda r: r.traffic == "evaluation", played.total(), "the replay's runs"
+    )
     assert Counter(r.tags["role"] for r in replayed) == played
     for run in replayed:  # each role's calls went, by version id, to that version
         version = {"incumbent": "v0", "candidate": candidate}[run.tags["role"]]
@@ -380,12 +398,10 @@ def test_an_outside_agent_is_self_played_gated_promoted_and_rolled_back_live(wor
     before = set(landed(settings))
     live = project.selfplay(2 * MIN_CANARY_RUNS + 40, progress=False, seed=2)
     assert live.by_slot == {"primary": live.finished}  # the agent was told primary, always
-    new = wait_for(
-        lambda: r if len(r := set(landed(settings)) - before) >= live.finished else None,
-        timeout_s=30,
-        what="the live runs captured",
+    live_runs = landed_where(
+        settings, lambda r: r.run_id not in before, live.finished, "the live runs"
     )
-    live_runs = [landed(settings)[k] for k in new]
+    assert {run.traffic for run in live_runs} == {"selfplay"}
     routed = Counter(r.slot for r in live_runs)
     assert routed["canary"] >= MIN_CANARY_RUNS and routed["primary"] >= MIN_CANARY_RUNS, routed
     for run in live_runs:  # sticky: every call of a run on one slot, the version it held
@@ -413,6 +429,8 @@ def test_an_outside_agent_is_self_played_gated_promoted_and_rolled_back_live(wor
     assert after.model == candidate and after.slot == "primary"
 
     # -- 6. rollback: the agent's next call is served by the previous version -----------------
+    # (Canary still holds the candidate: nothing empties a slot, so a run inside the canary
+    # share would still be served by it. The call asked of the agent is outside that share.)
     rolled = project.roll_back_slot("primary", reason="e2e rollback", actor="e2e")
     assert rolled.entry.to_version == "v0" and rolled.entry.from_version == candidate
     world.wait_for_gateway("primary", "v0")
