@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from autoretrain.runs.schema import EventType, Run, Verification
+from autoretrain.runs.schema import EventType, Run, Usage, Verification
 from autoretrain.runs.tracker import RunTracker
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,9 @@ class HttpAgent:
                 active.message({"role": "assistant", "content": outcome.final_answer})
         status = _status(active.run, verification, outcome)
         run = active.finish(status, final_answer=outcome.final_answer)
-        # The agent's model calls are not seen here (the gateway's copy has their usage and
-        # cost): unknown, not $0, so the replay's cost gate says it cannot judge.
+        # The agent's model calls are not seen here: their usage and cost come from the
+        # gateway's answer to the close (`_attach`); without it unknown, not $0, so the
+        # replay's cost gate says it cannot judge.
         run.cost_usd = None
         attached = self._attach(http, run, traffic, outcome, verification)
         if not attached and tracker.sink is not None:
@@ -360,14 +361,31 @@ class HttpAgent:
                 # and the rest of the run stands.
                 log.warning("run %s: the gateway refused events: %s", rid, errors)
             closed = f"{rid}:{len(batch) - 1}"
-            if any(ok.get("id") == closed for ok in result.get("successes") or []):
-                return True
+            for ok in result.get("successes") or []:
+                if isinstance(ok, dict) and ok.get("id") == closed:
+                    _take_totals(run, ok.get("run"))
+                    return True
             why = f"refused the close: {errors}"
         with self._lock:
             self.gateway_failures += 1
         log.warning("run %s: the gateway did not take its events (%s); recording it here", rid, why)
         run.tags["gateway"] = "not_attached"
         return False
+
+
+def _take_totals(run: Run, totals: Any) -> None:
+    """The gateway's totals for the run (its answer to the close): the agent's model calls'
+    tokens and cost, which only the gateway saw. A gateway that sends none leaves the cost
+    unknown, never $0."""
+    if not isinstance(totals, dict) or not totals.get("calls"):
+        return
+    try:
+        usage = Usage.model_validate(totals.get("usage") or {})
+    except ValueError:
+        return
+    cost = totals.get("cost_usd")
+    run.usage = usage
+    run.cost_usd = float(cost) if isinstance(cost, int | float) and cost >= 0 else None
 
 
 def _merge_event(active: Any, event: dict[str, Any]) -> None:

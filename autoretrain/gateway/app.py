@@ -649,9 +649,10 @@ class _Handlers:
         event_id = event.get("event_id", event.get("id")) if isinstance(event, dict) else None
         if status >= 400:
             return _error(status, message, "invalid_event" if status == 400 else "run_gone")
-        return JSONResponse(
-            {"id": event_id, "status": status, "message": message}, status_code=status
-        )
+        answer = {"id": event_id, "status": status, "message": message}
+        if event.get("type") == "close":
+            answer["run"] = gw.book.totals(request.path_params["run_id"])
+        return JSONResponse(answer, status_code=status)
 
     async def run_events(self, request: Request) -> Response:
         body, problem = await self._json(request)
@@ -670,7 +671,11 @@ class _Handlers:
             run_id = item.get("run_id") if isinstance(item, dict) else None
             status, message = self._apply(run_id, item)
             if status < 400:
-                successes.append({"id": event_id, "run_id": run_id, "status": status})
+                success = {"id": event_id, "run_id": run_id, "status": status}
+                if item.get("type") == "close":
+                    # The run's calls, tokens and cost: its driver's own record can carry them.
+                    success["run"] = gw.book.totals(run_id)
+                successes.append(success)
             else:
                 errors.append(
                     {"id": event_id, "run_id": run_id, "status": status, "message": message}

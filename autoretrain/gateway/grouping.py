@@ -460,6 +460,22 @@ class RunBook:
 
     # -- writing --------------------------------------------------------------------------------
 
+    def totals(self, run_id: str) -> dict[str, Any] | None:
+        """What the run's calls so far add up to (calls, usage, cost as `_record` writes them),
+        or None for a run not held. The run API answers a `close` with it, so an agent's driver
+        (HttpAgent) knows its run's tokens and cost without reading the landing zone."""
+        run = self.runs.get(run_id)
+        if run is None:
+            return None
+        return {
+            "calls": run.calls,
+            "usage": {
+                "prompt_tokens": run.prompt_tokens,
+                "completion_tokens": run.completion_tokens,
+            },
+            "cost_usd": run.cost if run.calls else None,
+        }
+
     def due(self, idle_s: float, everything: bool = False) -> list[dict[str, Any]]:
         """Records of the runs to write now: closed, idle for `idle_s`, pushed out by the size
         bound, or (`everything`, at shutdown) every run with unwritten changes. A written run
