@@ -139,7 +139,7 @@ def _train(
     )
 
     if accelerator.is_main_process:
-        _save_model(model, tokenizer, method, config, partial)
+        _save_model(model, tokenizer, method, config, partial, stored_dtype(base_model_dir))
         (partial / CHECKPOINT_FILE).unlink(missing_ok=True)
         metrics["wall_seconds"] = round(time.monotonic() - started, 3)
         record = {
@@ -253,17 +253,30 @@ def _tokenizer(base_model_dir: Path):  # -> (tokenizer, end-of-turn token ids)
     return tokenizer, stop_ids
 
 
-def _save_model(model, tokenizer, method: str, config: TrainConfig, partial: Path) -> None:
+def _save_model(
+    model, tokenizer, method: str, config: TrainConfig, partial: Path, dtype: Any
+) -> None:
     """The trained weights into the partial folder: the whole model for a full fine-tune, else
-    the adapter (and the merged model when asked)."""
+    the adapter (and the merged model when asked). Whole models are saved in the base's stored
+    precision (`dtype`): training ran in float32 on CPU, but a bf16 base exported as float32
+    would double its size for LM Studio and vLLM and change what it serves."""
     if method == "full":
-        model.save_pretrained(partial)
+        _in_precision(model, dtype).save_pretrained(partial)
         tokenizer.save_pretrained(partial)
     else:
         model.save_pretrained(partial / "adapter")
         tokenizer.save_pretrained(partial / "adapter")
         if config.merge_adapter:
-            _merge(model, tokenizer, partial / "merged")
+            _merge(model, tokenizer, partial / "merged", dtype)
+
+
+def _in_precision(model, dtype: Any):
+    """`model` itself when it already is in `dtype`, else a copy cast to it."""
+    import copy
+
+    if next(model.parameters()).dtype == dtype:
+        return model
+    return copy.deepcopy(model).to(dtype)
 
 
 def resolve_method(config: TrainConfig, n_params: int) -> str:
@@ -345,12 +358,13 @@ def _load_qlora(base_model_dir: Path, config: TrainConfig):
     return _with_lora(model, config)
 
 
-def _merge(model, tokenizer, target: Path) -> None:
-    """A full model directory for engines that cannot load adapters (transformers serve, GGUF)."""
+def _merge(model, tokenizer, target: Path, dtype: Any) -> None:
+    """A full model directory for engines that cannot load adapters (transformers serve, GGUF),
+    merged in float32 and saved in the base's stored precision."""
     import copy
 
     merged = copy.deepcopy(model).merge_and_unload()
-    merged.save_pretrained(target)
+    _in_precision(merged, dtype).save_pretrained(target)
     tokenizer.save_pretrained(target)
 
 

@@ -111,3 +111,29 @@ def test_accelerate_launch_trains_on_two_cpu_processes(tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(target)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_bf16_base_exports_a_bf16_model(tmp_path, tiny_model, method):
+    """Training runs in float32 on CPU; the merged (or fully fine-tuned) model is saved in the
+    base's stored precision, as LM Studio and vLLM load it: half the bytes of float32."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = tmp_path / "bf16-base"
+    shutil.copytree(tiny_model, base)
+    AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).save_pretrained(base)
+    result = train(
+        write_dataset(tmp_path / "ds"),
+        base,
+        tmp_path / "models" / "m" / method,
+        TrainConfig(method=method, lora_r=4, lora_alpha=8, merge_adapter=True, **QUICK),
+    )
+    exported = result.merged_dir or result.model_dir
+    config = json.loads((exported / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+    loaded = AutoModelForCausalLM.from_pretrained(exported, dtype="auto")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert result.metrics["steps"] > 0
