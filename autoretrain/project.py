@@ -725,7 +725,8 @@ class Project:
         if incumbent is None:
             return result
         with self.store() as store:
-            self.registry(store).register(
+            registry = self.registry(store)
+            registry.register(
                 version_id=version_id,
                 base_model=incumbent.base_model,
                 kind="local",
@@ -735,6 +736,9 @@ class Project:
                 training_metrics=result.metrics.record,
                 parent_version=incumbent.id,
             )
+            if self.settings.profile.kind == "local":
+                # Served by its id from now on (a replay through a team's agent asks for it).
+                registry.write_serving_config()
         return result
 
     def hosted_backend(self, backend: HostedBackend | None = None) -> HostedBackend:

@@ -410,7 +410,10 @@ class ModelRegistry:
     # ------------------------------------------------------------ serving
 
     def serving_config(self, profile: str | None = None) -> dict[str, dict[str, str | None]]:
-        """Model name -> directories, for every slot of a local profile and the versions in them."""
+        """Model name -> directories: every slot of a local profile, then every registered local
+        version by its id whose files are on disk. A candidate that holds no slot is served by
+        id too, so a replay through a team's agent (which reaches it through the gateway by
+        version id) needs no slot move first. `serve` loads a model on its first request."""
         config: dict[str, dict[str, str | None]] = {}
         profile = self._profile(profile)
         for slot, version_id in self.slots(profile).items():
@@ -422,6 +425,15 @@ class ModelRegistry:
             dirs = {"model_dir": version.model_dir, "adapter_dir": version.adapter_dir}
             config[slot] = dirs
             config[version_id] = dirs
+        for version in self.versions():
+            if version.kind != "local" or version.id in config:
+                continue
+            folders = [d for d in (version.model_dir, version.adapter_dir) if d]
+            if folders and all(Path(d).is_dir() for d in folders):
+                config[version.id] = {
+                    "model_dir": version.model_dir,
+                    "adapter_dir": version.adapter_dir,
+                }
         return config
 
     def write_serving_config(self, profile: str | None = None) -> Path:

@@ -651,7 +651,7 @@ class _Handlers:
             return _error(status, message, "invalid_event" if status == 400 else "run_gone")
         answer = {"id": event_id, "status": status, "message": message}
         if event.get("type") == "close":
-            answer["run"] = gw.book.totals(request.path_params["run_id"])
+            answer["run"] = self.gw.book.totals(request.path_params["run_id"])
         return JSONResponse(answer, status_code=status)
 
     async def run_events(self, request: Request) -> Response:
@@ -674,7 +674,7 @@ class _Handlers:
                 success = {"id": event_id, "run_id": run_id, "status": status}
                 if item.get("type") == "close":
                     # The run's calls, tokens and cost: its driver's own record can carry them.
-                    success["run"] = gw.book.totals(run_id)
+                    success["run"] = self.gw.book.totals(run_id)
                 successes.append(success)
             else:
                 errors.append(

@@ -177,6 +177,7 @@ class World:
     gateway_url: str  # .../v1
     agent_url: str  # .../run
     gateway: Process
+    serve_url: str  # .../v1
 
     @property
     def project(self) -> Project:
@@ -211,6 +212,15 @@ class World:
         return wait_for(
             lambda: landed(self.settings).get(run_id), timeout_s=30, what=f"run {run_id} landed"
         )
+
+    def wait_for_serve(self, version: str) -> None:
+        """`autoretrain serve` re-reads serving.json by itself: wait until it names `version`."""
+
+        def served() -> bool:
+            listed = httpx.get(f"{self.serve_url}/models", timeout=10).json()["data"]
+            return version in {m["id"] for m in listed}
+
+        wait_for(served, timeout_s=30, what=f"serve to serve {version}")
 
     def wait_for_gateway(self, slot: str, version: str) -> None:
         """The gateway re-reads the registry by itself (no restart): wait until it has."""
@@ -314,7 +324,8 @@ def world(tmp_path_factory, base_model) -> Iterator[World]:
             agent_url = f"http://127.0.0.1:{ports['agent_port']}/run"
             # The agent answers only POST /run: any answer to a GET says it listens.
             agent.wait_ready(agent_url, any_answer=True)
-            yield World(settings, gateway_url, agent_url, gateway)
+            serve_url = f"http://127.0.0.1:{ports['serve_port']}/v1"
+            yield World(settings, gateway_url, agent_url, gateway, serve_url)
         finally:
             for process in reversed(processes):
                 process.stop()
@@ -360,10 +371,10 @@ def test_an_outside_agent_is_self_played_gated_promoted_and_rolled_back_live(wor
     print(f"    {candidate} trained in {trained.metrics.get('train_seconds')} s")
 
     # -- 2. the replay through the agent, both versions by id --------------------------------
-    # `autoretrain serve` serves the versions the slots hold: the candidate enters canary first
-    # (a person's `autoretrain promote --slot canary`), which routes no traffic by itself.
-    project.move_slot(candidate, "canary", reason="replay through the agent", actor="e2e")
-    world.wait_for_gateway("canary", candidate)
+    # Registered, the candidate is served by its id (serving.json lists every local version),
+    # though it holds no slot: the agent reaches it through the gateway by that id.
+    assert world.gateway_slots().get("canary") is None
+    world.wait_for_serve(candidate)
     comparison = project.evaluate_candidate(candidate, progress=False)
     gates = {g.name: (g.passed, g.detail) for g in comparison.reasons}
     assert comparison.decision == "promote", gates
@@ -386,7 +397,9 @@ def test_an_outside_agent_is_self_played_gated_promoted_and_rolled_back_live(wor
     print(f"[2] replay: {comparison.decision}, {dict(played)} runs")
 
     # -- 3. no live traffic yet: the canary analysis is insufficient, promotion refused --------
-    assert project.deploy_candidate(candidate, "canary") is None  # cleared; it holds canary
+    entry = project.deploy_candidate(candidate, "canary")  # cleared by its evaluation
+    assert entry.to_version == candidate and entry.evaluation_id == comparison.evaluation_id
+    world.wait_for_gateway("canary", candidate)
     empty = project.canary_traffic(candidate, max_rounds=0)
     assert not empty.analysis.passed and empty.runs_played == 0
     assert any(INSUFFICIENT in (g.detail or "") for g in empty.analysis.failed_gates)
