@@ -95,3 +95,18 @@ def looped_copy(loop_run, tmp_path, monkeypatch):
     shutil.copytree(loop_run.home, home, symlinks=True)
     _point_env_at(monkeypatch, home)
     return load_settings(), loop_run.results
+
+
+# Gates that let any working candidate through: for end-to-end tests of automation and
+# plumbing (test_daemon_e2e.py, gateway/test_agent_loop_e2e.py), not of efficacy.
+LOOSE_LIFTS = """
+lifts:
+  default:
+    min_lift: 0.0
+    significance: 0.5
+    max_heldout_regression: 0.5
+    max_category_regression: 1.0
+    max_latency_ratio: 10.0
+    max_cost_ratio: 10.0
+    canary_margin: 0.5
+"""

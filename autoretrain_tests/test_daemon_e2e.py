@@ -27,24 +27,13 @@ import pytest
 from autoretrain.project import Project
 from autoretrain.runs.store import RunStore
 from autoretrain.settings import load_settings
-from autoretrain_tests.conftest import LOOP_CONFIG, LoopRun
+from autoretrain_tests.conftest import LOOP_CONFIG, LOOSE_LIFTS, LoopRun
 from autoretrain_tests.servers import DagsterDaemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 1500  # the daemon's whole journey, on a busy 2-core CI machine
-LOOSE_LIFTS = """
-lifts:
-  default:
-    min_lift: 0.0
-    significance: 0.5
-    max_heldout_regression: 0.5
-    max_category_regression: 1.0
-    max_latency_ratio: 10.0
-    max_cost_ratio: 10.0
-    canary_margin: 0.5
-"""
 
 
 def land_the_loops_selfplay(loop_run: LoopRun, landing: Path) -> int:

@@ -56,6 +56,7 @@ from autoretrain.project import Project, candidate_key
 from autoretrain.runs.schema import Run
 from autoretrain.settings import Settings, load_settings
 from autoretrain.training.bootstrap import DEMOS_FILE
+from autoretrain_tests.conftest import LOOSE_LIFTS
 from autoretrain_tests.gateway.conftest import landed, wait_for
 from autoretrain_tests.servers import free_port
 
@@ -104,16 +105,6 @@ training:
   epochs: 10
   learning_rate: 0.003
   early_stopping_patience: null
-lifts:
-  default:
-    min_lift: 0.0
-    significance: 0.5
-    max_heldout_regression: 0.5
-    max_category_regression: 1.0
-    max_latency_ratio: 10.0
-    max_cost_ratio: 10.0
-    canary_margin: 0.5
-    min_canary_runs: {min_canary_runs}
 """
 
 
@@ -274,9 +265,10 @@ def world(tmp_path_factory, base_model) -> Iterator[World]:
         SETTINGS.format(
             catalog=graded_catalog(tmp / "scenarios"),
             share=CANARY_SHARE,
-            min_canary_runs=MIN_CANARY_RUNS,
             **ports,
         )
+        + LOOSE_LIFTS
+        + f"    min_canary_runs: {MIN_CANARY_RUNS}\n"
     )
     env = {
         "AUTORETRAIN_HOME": str(home),
