@@ -463,7 +463,7 @@ class Project:
         """The model registry over an open store."""
         from autoretrain.deploy.registry import ModelRegistry
 
-        return ModelRegistry(store.con, self.settings, read_only=read_only)
+        return ModelRegistry.from_settings(store.con, self.settings, read_only=read_only)
 
     def ensure_base_model(self, **bootstrap_options: Any) -> str | None:
         """The first incumbent. For a local profile with an empty primary slot: bootstrap the
