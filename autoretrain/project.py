@@ -625,7 +625,8 @@ class Project:
                     self.settings.evaluation.instances_per_scenario
                 ),
                 eval_scenario_ids={s.id for s in catalog.eval_scenarios},
-                settings=self.settings,
+                config=self.settings.dataset,
+                gates=self.settings.promotion_gates(),
                 manifest_extra={
                     "catalog_hash": catalog.hash,
                     "source": source,
@@ -641,7 +642,10 @@ class Project:
             return build(runs, source or "runs given by the caller", None)
         incumbent = self.slot_version("primary")
         # Streamed: the records wait in a temporary file, not as Run objects in memory.
-        with promoted_records(self.settings) as (n, records):
+        promoted = promoted_records(
+            lambda: self.store(read_only=True), self.settings.paths.datasets
+        )
+        with promoted as (n, records):
             if require_runs and not n:
                 raise ValueError(
                     f"no promoted runs in {self.settings.paths.database}: score and decide runs "
