@@ -11,6 +11,7 @@ returns.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -463,7 +464,7 @@ class Project:
         """The model registry over an open store."""
         from autoretrain.deploy.registry import ModelRegistry
 
-        return ModelRegistry(store.con, self.settings, read_only=read_only)
+        return ModelRegistry.from_settings(store.con, self.settings, read_only=read_only)
 
     def ensure_base_model(self, **bootstrap_options: Any) -> str | None:
         """The first incumbent. For a local profile with an empty primary slot: bootstrap the
@@ -476,24 +477,9 @@ class Project:
             current = registry.slots().get("primary")
             if current is not None:
                 return current
-        model_dir = self.settings.paths.models / EMBEDDED / BASE_VERSION
+        model_dir = self.embedded_model_dir()
         if not (model_dir / "config.json").exists():
-            from autoretrain.training.bootstrap import bootstrap_base_model
-
-            catalog = self.catalog
-            training = self.settings.training
-            options = {
-                "demos_per_scenario": training.bootstrap_demos_per_scenario,
-                "seed": training.seed,
-                "time_budget_s": training.bootstrap_time_budget_s,
-                **bootstrap_options,
-            }
-            bootstrap_base_model(
-                catalog,
-                model_dir,
-                evaluation_per_scenario=self.settings.evaluation.instances_per_scenario,
-                **options,
-            )
+            self._build_base_model(model_dir, **bootstrap_options)
         else:
             self._warn_if_bootstrapped_elsewhere(model_dir)
         with self.store() as store:
@@ -513,6 +499,45 @@ class Project:
                 actor="autoretrain",
             )
         return BASE_VERSION
+
+    def embedded_model_dir(self, version: str = BASE_VERSION) -> Path:
+        """Where the embedded model's versions live: `<models>/embedded/<version>`."""
+        return self.settings.paths.models / EMBEDDED / version
+
+    def bootstrap(self, output: Path | None = None, force: bool = False, **options: Any) -> Path:
+        """Build the embedded base model into `output` (default: the embedded `v0`) and return
+        its folder. An existing folder is a FileExistsError unless `force`, which replaces it.
+        `options` (demos_per_scenario, seed, time_budget_s) override the training settings;
+        None means the setting. Registers nothing: `ensure_base_model` does that."""
+        import shutil
+
+        target = output or self.embedded_model_dir()
+        if target.exists():
+            if not force:
+                raise FileExistsError(errno.EEXIST, "already exists", str(target))
+            shutil.rmtree(target)
+        self._build_base_model(
+            target, **{name: value for name, value in options.items() if value is not None}
+        )
+        return target
+
+    def _build_base_model(self, target: Path, **options: Any) -> None:
+        """bootstrap_base_model on this catalog, with the training settings as defaults."""
+        from autoretrain.training.bootstrap import bootstrap_base_model
+
+        catalog = self.catalog
+        training = self.settings.training
+        bootstrap_base_model(
+            catalog,
+            target,
+            evaluation_per_scenario=self.settings.evaluation.instances_per_scenario,
+            **{
+                "demos_per_scenario": training.bootstrap_demos_per_scenario,
+                "seed": training.seed,
+                "time_budget_s": training.bootstrap_time_budget_s,
+                **options,
+            },
+        )
 
     def _warn_if_bootstrapped_elsewhere(self, model_dir: Path) -> None:
         """An existing v0 from another catalog is kept (it may be wanted: a catalog edited
@@ -600,7 +625,8 @@ class Project:
                     self.settings.evaluation.instances_per_scenario
                 ),
                 eval_scenario_ids={s.id for s in catalog.eval_scenarios},
-                settings=self.settings,
+                config=self.settings.dataset,
+                gates=self.settings.promotion_gates(),
                 manifest_extra={
                     "catalog_hash": catalog.hash,
                     "source": source,
@@ -616,7 +642,10 @@ class Project:
             return build(runs, source or "runs given by the caller", None)
         incumbent = self.slot_version("primary")
         # Streamed: the records wait in a temporary file, not as Run objects in memory.
-        with promoted_records(self.settings) as (n, records):
+        promoted = promoted_records(
+            lambda: self.store(read_only=True), self.settings.paths.datasets
+        )
+        with promoted as (n, records):
             if require_runs and not n:
                 raise ValueError(
                     f"no promoted runs in {self.settings.paths.database}: score and decide runs "

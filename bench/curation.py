@@ -140,6 +140,7 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
     from autoretrain.curation.builder import build_dataset
     from autoretrain.curation.source import promoted_records
     from autoretrain.project import Project
+    from autoretrain.runs.store import RunStore
 
     settings = _settings(home)
     # Every promoted run is written (no per-category cap), so the export is the whole job
@@ -159,7 +160,12 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
     t = time.perf_counter()
     # As the training_dataset asset does (Project.build_training_dataset): the promotable runs'
     # records copied out of the run store, then streamed through the build.
-    with promoted_records(settings, start, end) as (n_promotable, records):
+    with promoted_records(
+        lambda: RunStore.from_settings(settings, read_only=True),
+        settings.paths.datasets,
+        start,
+        end,
+    ) as (n_promotable, records):
         steps["promotable_records"] = time.perf_counter() - t
         rss["promotable_records"] = _peak_rss_mb()
         t = time.perf_counter()
@@ -168,7 +174,8 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
             out_root=settings.paths.datasets,
             eval_hashes=set(),
             eval_scenario_ids=set(),
-            settings=settings,
+            config=settings.dataset,
+            gates=settings.promotion_gates(),
         )
     steps["build_dataset"] = time.perf_counter() - t
     rss["build_dataset"] = _peak_rss_mb()

@@ -213,7 +213,12 @@ def _build(lines: list[str], root: Path, settings: Any) -> tuple[float, Any]:
 
     t0 = time.process_time()
     version = build_dataset(
-        lines, out_root=root, eval_hashes=set(), eval_scenario_ids=set(), settings=settings
+        lines,
+        out_root=root,
+        eval_hashes=set(),
+        eval_scenario_ids=set(),
+        config=settings.dataset,
+        gates=settings.promotion_gates(),
     )
     return time.process_time() - t0, version
 

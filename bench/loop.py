@@ -348,7 +348,8 @@ class Bench:
             out_root=self.args.work / "datasets" / "no-filter",
             eval_hashes=self.catalog.evaluation_hashes(self.args.instances_per_scenario),
             eval_scenario_ids={s.id for s in self.catalog.eval_scenarios},
-            settings=settings,
+            config=settings.dataset,
+            gates=settings.promotion_gates(),
             manifest_extra={"source": "all iteration-1 self-play runs, unverified"},
         )
         t0 = time.perf_counter()

@@ -192,21 +192,21 @@ def model_dir(args: argparse.Namespace) -> Path:
         return args.model
     home = args.home.resolve() / "home"
     os.environ["AUTORETRAIN_HOME"] = str(home)
-    from autoretrain.settings import load_settings
-    from autoretrain.training.bootstrap import embedded_model_dir, ensure_base_model
+    from autoretrain.project import Project
 
-    settings = load_settings(
+    project = Project.open(
         home=str(home),
         scenarios_dir=str(ROOT / "scenarios"),
         training={"bootstrap_time_budget_s": BOOTSTRAP_BUDGET_S},
     )
-    target = embedded_model_dir(settings)
+    settings = project.settings
+    target = project.embedded_model_dir()
     existing = training_facts(target).get("training", {})
     rebuild = existing.get("stopped_by") == "time_budget" or (
         target.exists() and not built_by_current_recipe(target, settings)
     )
     started = time.perf_counter()
-    path = ensure_base_model(settings, rebuild=rebuild)
+    path = target if target.exists() and not rebuild else project.bootstrap(force=True)
     print(f"embedded model: {path} ({time.perf_counter() - started:.0f} s to build or find)")
     return path
 

@@ -20,33 +20,29 @@ import click
 )
 def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, no_eval) -> None:
     """Build the tokenizer and a tiny Llama and train it on the catalog's reference demonstrations."""
-    import shutil
-
     from autoretrain.project import Project
     from autoretrain.scenarios import CatalogError
-    from autoretrain.training.bootstrap import bootstrap_base_model, embedded_model_dir
     from autoretrain.training.lora import METRICS_FILE
 
     project = Project.open()
-    settings = project.settings
-    training = settings.training
-    target = output or embedded_model_dir(settings)
-    if target.exists():
-        if not force:
-            raise click.ClickException(f"{target} already exists; pass --force to rebuild it")
-        shutil.rmtree(target)
     try:
-        catalog = project.catalog
+        target = project.bootstrap(
+            output,
+            force,
+            demos_per_scenario=demos_per_scenario or None,
+            seed=seed,
+            time_budget_s=time_budget_s or None,
+        )
+    except FileExistsError as exc:
+        if exc.filename != str(output or project.embedded_model_dir()):
+            raise
+        raise click.ClickException(
+            f"{exc.filename} already exists; pass --force to rebuild it"
+        ) from None
     except CatalogError as exc:
-        raise click.ClickException(f"scenario catalog {settings.scenarios_dir}: {exc}") from exc
-    bootstrap_base_model(
-        catalog,
-        target,
-        demos_per_scenario=demos_per_scenario or training.bootstrap_demos_per_scenario,
-        seed=training.seed if seed is None else seed,
-        time_budget_s=time_budget_s or training.bootstrap_time_budget_s,
-        evaluation_per_scenario=settings.evaluation.instances_per_scenario,
-    )
+        raise click.ClickException(
+            f"scenario catalog {project.settings.scenarios_dir}: {exc}"
+        ) from exc
     metrics = json.loads((target / METRICS_FILE).read_text())
     summary = {
         "model_dir": str(target),

@@ -46,7 +46,7 @@ from autoretrain.curation.split import assign_splits
 from autoretrain.curation.tokens import TokenCounter
 from autoretrain.curation.validate import validate_record
 from autoretrain.runs.schema import Run
-from autoretrain.settings import Settings
+from autoretrain.settings import DatasetSettings, PromotionGates
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def build_dataset(
     out_root: Path,
     eval_hashes: set[str],
     eval_scenario_ids: set[str],
-    settings: Settings,
+    config: DatasetSettings,
+    gates: PromotionGates,
     manifest_extra: dict[str, Any] | None = None,
     decisions: Mapping[str, str] | None = None,
     now: datetime | None = None,
@@ -96,14 +97,14 @@ def build_dataset(
     `runs` are Run objects, raw records, or records as JSON text (a record that does not
     parse is excluded as `invalid_record`); they are read once, as a stream. With `decisions`
     (run_id → decision), only runs whose decision is in INCLUDED_DECISIONS are used; without
-    it every run given is taken as selected. `manifest_extra` (catalog_hash, source_model, …)
-    is merged into the manifest.
+    it every run given is taken as selected. `config` is the dataset settings, `gates` the
+    promotion gates the manifest records; `manifest_extra` (catalog_hash, source_model, …) is
+    merged into the manifest.
 
     Each example's line is validated and secret-scanned once, as the exact bytes that will be
     written, then kept in an unlinked spool file beside the dataset, so memory holds a few
     fields per example, not the examples.
     """
-    config = settings.dataset
     compile_extra_patterns(config.extra_secret_patterns)  # a bad pattern is a config error
     counter = TokenCounter.load(config.tokenizer_dir)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,8 @@ def build_dataset(
             counter=counter,
             eval_hashes=eval_hashes,
             eval_scenario_ids=eval_scenario_ids,
-            settings=settings,
+            config=config,
+            gates=gates,
             extra=manifest_extra or {},
             now=now,
         )
@@ -207,11 +209,11 @@ def _write_version(
     counter: TokenCounter,
     eval_hashes: set[str],
     eval_scenario_ids: set[str],
-    settings: Settings,
+    config: DatasetSettings,
+    gates: PromotionGates,
     extra: dict[str, Any],
     now: datetime | None,
 ) -> DatasetVersion:
-    config = settings.dataset
     kept.sort(key=lambda e: (e.split_key, e.instance_hash or "", e.run_id))
     examples, duplicates = _deduplicate(kept)
     exclusions += [
@@ -247,7 +249,8 @@ def _write_version(
             exclusions=exclusions,
             counter=counter,
             leakage=leakage,
-            settings=settings,
+            config=config,
+            gates=gates,
             extra=extra,
         )
         (staging / MANIFEST).write_text(
@@ -432,10 +435,10 @@ def _manifest(
     exclusions: list[Exclusion],
     counter: TokenCounter,
     leakage: dict[str, int],
-    settings: Settings,
+    config: DatasetSettings,
+    gates: PromotionGates,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    config = settings.dataset
     files = {TRAIN: staging / TRAIN, EVAL: staging / EVAL}
     # Every line was validated and secret-scanned, as the bytes written, before it went into
     # the spool, and came out of it unchanged (its CRC): a file whose bytes, read back, are
@@ -474,7 +477,7 @@ def _manifest(
         "agent_versions": sorted({safe(e.agent_version) for e in every}),
         "git_commit": git_commit(),
         "catalog_hash": "unknown",
-        "gates": settings.promotion_gates().model_dump(mode="json"),
+        "gates": gates.model_dump(mode="json"),
         "dataset_settings": _settings_record(config),
         "counts": {
             "input_runs": n_input,

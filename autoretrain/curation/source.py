@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import struct
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,17 +62,20 @@ def spooled_records(spool: IO[bytes]) -> Iterator[bytes]:
 
 @contextmanager
 def promoted_records(
-    settings: Any, start_day: str | None = None, end_day: str | None = None
+    open_store: Callable[[], AbstractContextManager[Any]],
+    spool_dir: Path,
+    start_day: str | None = None,
+    end_day: str | None = None,
 ) -> Iterator[tuple[int, Iterator[bytes]]]:
-    """(how many, the records as JSON text) of every promotable run, days optional; the run
-    store is closed by the time the caller reads them."""
+    """(how many, the records as JSON text) of every promotable run, days optional. The records
+    wait in a temporary file in `spool_dir`; `open_store()` opens the run store read-only, and
+    it is closed by the time the caller reads them."""
     from autoretrain.runs.review import promotable_run_ids
-    from autoretrain.runs.store import RunStore
 
-    folder = Path(settings.paths.datasets)
+    folder = Path(spool_dir)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=folder, prefix=".records-") as spool:
-        with RunStore.from_settings(settings, read_only=True) as store:
+        with open_store() as store:
             run_ids = promotable_run_ids(store.con, start_day, end_day)
             n = spool_records(store.con, run_ids, spool)
         yield n, spooled_records(spool)

@@ -1,6 +1,6 @@
 """Model registry: versions, slots per provider profile, and an append-only promotion ledger.
 
-Tables (in `settings.paths.database`):
+Tables (in the store's database):
 - `model_versions`: one row per trained model (local model dir / adapter, or hosted model id).
 - `model_slots`: which version each slot (`primary`, `canary`) of each provider profile serves.
 - `promotion_ledger`: every slot change, never updated or deleted.
@@ -24,14 +24,18 @@ from __future__ import annotations
 import getpass
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
 
 from autoretrain.deploy.artifacts import load_problems
 from autoretrain.deploy.serving import SERVING_FILE
-from autoretrain.settings import Settings
+
+if TYPE_CHECKING:
+    from autoretrain.settings import Settings
 
 SLOTS = ("primary", "canary")
 
@@ -126,14 +130,41 @@ def default_actor() -> str:
         return "unknown"
 
 
+@dataclass(frozen=True)
+class RegistryConfig:
+    """What the registry needs from the settings, as plain values: each provider profile's kind
+    (which slots rewrite serving.json, which versions a profile can serve), the profile used
+    when none is named, the data root (serving.json lives there), the datasets folder (a model
+    a manifest names is kept by retention) and the database path (named in error messages)."""
+
+    profiles: Mapping[str, str]
+    default_profile: str
+    root: Path
+    datasets: Path
+    database: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "profiles", MappingProxyType(dict(self.profiles)))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RegistryConfig:
+        return cls(
+            profiles={name: profile.kind for name, profile in settings.providers.items()},
+            default_profile=settings.provider,
+            root=settings.paths.root,
+            datasets=settings.paths.datasets,
+            database=settings.paths.database,
+        )
+
+
 class ModelRegistry:
     """The registry over one DuckDB connection. Pass `read_only=True` for a read-only connection:
     nothing is created, and a database without the registry reads as empty. A registry with
     some of its tables and not others is damaged: every operation says so."""
 
-    def __init__(self, con: Any, settings: Settings, *, read_only: bool = False):
+    def __init__(self, con: Any, config: RegistryConfig, *, read_only: bool = False):
         self.con = con
-        self.settings = settings
+        self.config = config
         self.read_only = read_only
         if not read_only:
             # Refuse before creating anything: CREATE IF NOT EXISTS would recreate a lost
@@ -141,6 +172,13 @@ class ModelRegistry:
             self._check_whole()
             for ddl in _DDL:
                 con.execute(ddl)
+
+    @classmethod
+    def from_settings(
+        cls, con: Any, settings: Settings, *, read_only: bool = False
+    ) -> ModelRegistry:
+        """The registry with its `RegistryConfig` read from the settings."""
+        return cls(con, RegistryConfig.from_settings(settings), read_only=read_only)
 
     # ------------------------------------------------------------ versions
 
@@ -214,7 +252,7 @@ class ModelRegistry:
 
     def slots(self, profile: str | None = None) -> dict[str, str]:
         """slot -> version id for one profile (the active one by default); empty slots absent."""
-        profile = profile or self.settings.provider
+        profile = profile or self.config.default_profile
         rows = self._select(
             "SELECT slot, version_id FROM model_slots WHERE provider_profile = ? ORDER BY slot",
             [profile],
@@ -224,7 +262,7 @@ class ModelRegistry:
     def held_since(self, slots: tuple[str, ...], profile: str | None = None) -> Any:
         """When the newest of these slots last changed hands (None if none is held): the start
         of the window in which each has served its current version."""
-        profile = profile or self.settings.provider
+        profile = profile or self.config.default_profile
         marks = ", ".join("?" for _ in slots)
         rows = self._select(
             f"SELECT max(updated_at) FROM model_slots WHERE provider_profile = ? "
@@ -403,7 +441,7 @@ class ModelRegistry:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
-        if self.settings.providers[profile].kind == "local":
+        if self.config.profiles[profile] == "local":
             self.write_serving_config(profile)
         return self.ledger(slot=slot, profile=profile, limit=1)[0]
 
@@ -441,7 +479,7 @@ class ModelRegistry:
         read (serve.py owns it), so a promotion reaches a running server."""
         from autoretrain.deploy.serving import ServingEntry, write_serving_config
 
-        path = self.settings.paths.root / SERVING_FILE
+        path = self.config.root / SERVING_FILE
         entries = {}
         for name, dirs in self.serving_config(profile).items():
             model_dir, adapter_dir = dirs["model_dir"], dirs["adapter_dir"]
@@ -474,7 +512,7 @@ class ModelRegistry:
         for entry in self.ledger():
             if entry.at >= cutoff:
                 keep.update(v for v in (entry.from_version, entry.to_version) if v)
-        referenced = _dataset_strings(self.settings.paths.datasets)
+        referenced = _dataset_strings(self.config.datasets)
         keep.update(
             v.id for v in versions.values() if v.id in referenced or v.artifact in referenced
         )
@@ -498,15 +536,15 @@ class ModelRegistry:
     # ------------------------------------------------------------ helpers
 
     def _profile(self, profile: str | None) -> str:
-        profile = profile or self.settings.provider
-        if profile not in self.settings.providers:
+        profile = profile or self.config.default_profile
+        if profile not in self.config.profiles:
             raise RegistryError(
-                f"provider profile {profile!r} is not defined; known: {sorted(self.settings.providers)}"
+                f"provider profile {profile!r} is not defined; known: {sorted(self.config.profiles)}"
             )
         return profile
 
     def _check_servable(self, version: ModelVersion, profile: str) -> None:
-        kind = self.settings.providers[profile].kind
+        kind = self.config.profiles[profile]
         if kind == "local" and version.kind != "local":
             raise RegistryError(
                 f"version {version.id!r} is hosted ({version.hosted_model_id}); profile "
@@ -544,7 +582,7 @@ class ModelRegistry:
         if found and len(found) < len(_TABLES):
             missing = [t for t in _TABLES if t not in found]
             raise RegistryError(
-                f"the model registry in {self.settings.paths.database} is damaged: table(s) "
+                f"the model registry in {self.config.database} is damaged: table(s) "
                 f"{', '.join(missing)} missing (found {', '.join(sorted(found))}). Nothing was "
                 "read or changed. Restore the database from a backup or the mirror; recreating "
                 "the table empty would lose the versions or the promotion history rollback uses"

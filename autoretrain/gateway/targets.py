@@ -78,7 +78,7 @@ def read_registry(settings: Settings) -> RegistrySnapshot | None:
         log.debug("registry not readable now (%s); keeping the last answer", exc)
         return None
     try:
-        registry = ModelRegistry(con, settings, read_only=True)
+        registry = ModelRegistry.from_settings(con, settings, read_only=True)
         versions = {v.id: (v.kind, v.hosted_model_id) for v in registry.versions()}
         return RegistrySnapshot(registry.slots(), versions)
     except Exception as exc:  # a damaged registry is a RegistryError: say it, keep serving

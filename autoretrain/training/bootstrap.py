@@ -172,32 +172,3 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
     )
-
-
-def embedded_model_dir(settings: Any, version: str = "v0") -> Path:
-    """Where the embedded model's versions live: `<models>/embedded/<version>`."""
-    return settings.paths.models / "embedded" / version
-
-
-def ensure_base_model(settings: Any, catalog: Any | None = None, rebuild: bool = False) -> Path:
-    """The embedded `v0` directory, bootstrapped first if it does not exist yet."""
-    target = embedded_model_dir(settings)
-    if target.exists() and not rebuild:
-        return target
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    if catalog is None:
-        from autoretrain.scenarios import load_catalog
-
-        catalog = load_catalog(settings.scenarios_dir, settings.tools)
-    training = settings.training
-    return bootstrap_base_model(
-        catalog,
-        target,
-        demos_per_scenario=training.bootstrap_demos_per_scenario,
-        seed=training.seed,
-        time_budget_s=training.bootstrap_time_budget_s,
-        evaluation_per_scenario=settings.evaluation.instances_per_scenario,
-    )

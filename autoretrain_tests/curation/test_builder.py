@@ -61,7 +61,8 @@ def _build(settings, tmp_path, runs, decisions=None, now=None):
         out_root=tmp_path / "datasets",
         eval_hashes={"EVALHASH"},
         eval_scenario_ids={"held_out_1"},
-        settings=settings,
+        config=settings.dataset,
+        gates=settings.promotion_gates(),
         manifest_extra={"catalog_hash": "cat123"},
         decisions=decisions,
         now=now,
@@ -212,7 +213,8 @@ def test_reference_runs_of_the_real_catalog_exclude_evaluation_instances(setting
         out_root=tmp_path / "datasets",
         eval_hashes=eval_hashes,
         eval_scenario_ids={s.id for s in catalog.eval_scenarios},
-        settings=settings,
+        config=settings.dataset,
+        gates=settings.promotion_gates(),
         manifest_extra={"catalog_hash": catalog.hash},
     )
     # Small instance spaces make some demo prompts identical to evaluation ones: the instance

@@ -144,7 +144,8 @@ def test_what_the_scrubber_misses_the_scan_catches_and_the_builder_drops(setting
         out_root=tmp_path / "datasets",
         eval_hashes=set(),
         eval_scenario_ids=set(),
-        settings=settings,
+        config=settings.dataset,
+        gates=settings.promotion_gates(),
     )
     assert version.exclusions == {"residual_secret": 1}
     excluded = version.manifest["excluded_runs"]
@@ -165,7 +166,8 @@ def test_a_pattern_that_matches_itself_does_not_flag_the_manifest(settings, tmp_
         out_root=tmp_path / "datasets",
         eval_hashes=set(),
         eval_scenario_ids=set(),
-        settings=configured,
+        config=configured.dataset,
+        gates=configured.promotion_gates(),
     )
     patterns = version.manifest["dataset_settings"]["extra_secret_patterns"]
     assert len(patterns) == 1 and patterns[0].startswith("sha256:")

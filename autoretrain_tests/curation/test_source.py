@@ -33,26 +33,36 @@ def _decided_store(settings) -> None:
         decide_days(store.con, DAY, NEXT_DAY, PromotionGuardAgent(gates))
 
 
+def _reading(settings):
+    """promoted_records' arguments: the run store, opened read-only, and the spool folder."""
+    return lambda: RunStore.from_settings(settings, read_only=True), settings.paths.datasets
+
+
 def test_promoted_records_stream_after_the_store_is_closed(settings):
     _decided_store(settings)
-    with promoted_records(settings) as (n, records):
+    with promoted_records(*_reading(settings)) as (n, records):
         # The read-only connection is gone: a writer can open the store while the build reads.
         RunStore.from_settings(settings).close()
         texts = list(records)
     assert n == 2
     runs = sorted((Run.model_validate_json(t) for t in texts), key=lambda r: r.run_id)
     assert [r.run_id for r in runs] == ["good", "good-later"]
-    with promoted_records(settings, NEXT_DAY, NEXT_DAY) as (n, records):
+    with promoted_records(*_reading(settings), NEXT_DAY, NEXT_DAY) as (n, records):
         assert n == 1 and [json.loads(t)["run_id"] for t in records] == ["good-later"]
     assert not any(settings.paths.datasets.iterdir())  # the temporary copy is gone
 
 
 def test_records_as_json_text_build_the_same_files_as_runs(settings, tmp_path):
     _decided_store(settings)
-    with promoted_records(settings) as (_, records):
+    with promoted_records(*_reading(settings)) as (_, records):
         texts = list(records)
     runs = [Run.model_validate_json(t) for t in texts]
-    common = dict(eval_hashes=set(), eval_scenario_ids=set(), settings=settings)
+    common = dict(
+        eval_hashes=set(),
+        eval_scenario_ids=set(),
+        config=settings.dataset,
+        gates=settings.promotion_gates(),
+    )
     from_text = build_dataset(
         [*texts, b'{"run_id": "broken", "messages": 3}', "not json"],
         out_root=tmp_path / "a",

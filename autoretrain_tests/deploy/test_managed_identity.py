@@ -162,7 +162,7 @@ def test_the_retire_command_signs_in_with_managed_identity(double, identity, tmp
     (tmp_path / "home").mkdir()
     double.known_models.add(MODEL + "-2")
     with duckdb.connect(str(settings.paths.database)) as con:
-        registry = ModelRegistry(con, settings)
+        registry = ModelRegistry.from_settings(con, settings)
         target = AzureTarget.for_profile(
             settings.provider, settings.profile, slot_file(settings), backoff=FAST
         )

@@ -27,7 +27,7 @@ def _tiny_model(tmp_path_factory):
 def registry(settings):
     settings.paths.root.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(settings.paths.database))
-    yield ModelRegistry(con, settings)
+    yield ModelRegistry.from_settings(con, settings)
     con.close()
 
 
@@ -120,7 +120,7 @@ def test_hosted_profile_slots_do_not_touch_serving_json(settings, tmp_path):
     )
     settings.paths.root.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(settings.paths.database)) as con:
-        registry = ModelRegistry(con, hosted_settings)
+        registry = ModelRegistry.from_settings(con, hosted_settings)
         v = registry.register(base_model="gpt-4o-mini", kind="hosted", hosted_model_id="ft:x")
         registry.promote(v.id, "primary", profile="azure")
         assert registry.slots("azure") == {"primary": v.id} and registry.slots("local") == {}
@@ -168,7 +168,7 @@ def test_removable_artifacts_never_include_anything_referenced(
 def test_cli_promote_rollback_and_models(settings, tmp_path, monkeypatch):
     settings.paths.root.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(settings.paths.database)) as con:
-        registry = ModelRegistry(con, settings)
+        registry = ModelRegistry.from_settings(con, settings)
         local(registry, "v1", tmp_path)
         local(registry, "v2", tmp_path)
     runner = CliRunner()
@@ -262,7 +262,7 @@ def test_a_slot_naming_a_deleted_version_is_an_error_not_a_quiet_gap(registry, t
     assert "local/primary -> v1" in shown.output
 
     # Promoting a registered version into the broken slot repairs it.
-    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    registry = ModelRegistry.from_settings(duckdb.connect(str(settings.paths.database)), settings)
     registry.promote("v3", "primary")
     assert registry.dangling_slots() == []
     assert set(json.loads(serving.read_text())["models"]) == {"primary", "v3", "canary", "v2"}
@@ -273,7 +273,7 @@ def test_a_slot_naming_a_deleted_version_is_an_error_not_a_quiet_gap(registry, t
 def test_a_missing_registry_table_is_a_damaged_registry(settings, tmp_path, table):
     settings.paths.root.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(settings.paths.database)) as con:
-        registry = ModelRegistry(con, settings)
+        registry = ModelRegistry.from_settings(con, settings)
         local(registry, "v1", tmp_path)
         local(registry, "v2", tmp_path)
         registry.promote("v1", "primary")
@@ -294,7 +294,7 @@ def test_a_missing_registry_table_is_a_damaged_registry(settings, tmp_path, tabl
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert table not in tables
         with pytest.raises(RegistryError, match="is damaged"):
-            ModelRegistry(con, settings)
+            ModelRegistry.from_settings(con, settings)
 
 
 def test_a_registry_never_created_reads_as_empty(settings):

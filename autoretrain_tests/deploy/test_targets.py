@@ -46,8 +46,8 @@ def settings_with(tmp_path, **profile):
 
 
 @pytest.fixture
-def azure(tmp_path, settings, double):
-    settings = settings_with(
+def azure_settings(tmp_path, settings, double):
+    return settings_with(
         tmp_path,
         kind="azure_openai",
         azure_endpoint=double.url,
@@ -55,7 +55,12 @@ def azure(tmp_path, settings, double):
         deployment_capacity=3,
         canary_deployment_sku="developertier",
     )
-    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+
+
+@pytest.fixture
+def azure(azure_settings, double):
+    settings = azure_settings
+    registry = ModelRegistry.from_settings(duckdb.connect(str(settings.paths.database)), settings)
     deployments = AzureDeployments(
         "sub-1", "rg-1", "acct-1", lambda: double.token, endpoint=double.url, backoff=FAST
     )
@@ -77,7 +82,7 @@ def slot_env(target: AzureTarget) -> dict[str, str]:
 def test_azure_canary_promote_and_rollback_flip_slots_not_models(azure, double):
     registry, target, v1, v2 = azure
     d1, d2 = f"autoretrain-{v1}", f"autoretrain-{v2}"
-    assert target.slot_file == registry.settings.paths.root / "serving" / "p-slots.env"
+    assert target.slot_file == registry.config.root / "serving" / "p-slots.env"
     entry, result = deploy_to_slot(registry, target, v1, "primary", reason="first")
     assert entry.to_version == v1 and registry.slots()["primary"] == v1
     assert result.model_id == d1 and served(double, d1) == MODEL_A
@@ -123,7 +128,9 @@ def test_azure_canary_promote_and_rollback_flip_slots_not_models(azure, double):
     assert slot_env(target)["AUTORETRAIN_SLOT_PRIMARY"] == d1
 
 
-def test_the_chat_provider_follows_the_slot_file(azure, double, monkeypatch, request):
+def test_the_chat_provider_follows_the_slot_file(
+    azure, azure_settings, double, monkeypatch, request
+):
     from autoretrain.providers.factory import chat_model_for
     from autoretrain_tests.deploy.test_managed_identity import OTHER_CREDENTIAL_VARIABLES
     from autoretrain_tests.identity_server import IdentityServer
@@ -137,11 +144,11 @@ def test_the_chat_provider_follows_the_slot_file(azure, double, monkeypatch, req
     for name, value in identity.environment().items():
         monkeypatch.setenv(name, value)
     # Before any promotion: the profile's hand-made deployment.
-    assert chat_model_for(registry.settings, "primary").deployment == "base-deployment"
+    assert chat_model_for(azure_settings, "primary").deployment == "base-deployment"
     deploy_to_slot(registry, target, v1, "primary")
     deploy_to_slot(registry, target, v2, "canary")
-    primary = chat_model_for(registry.settings, "primary")
-    canary = chat_model_for(registry.settings, "canary")
+    primary = chat_model_for(azure_settings, "primary")
+    canary = chat_model_for(azure_settings, "canary")
     assert (primary.deployment, canary.deployment) == (
         f"autoretrain-{v1}",
         f"autoretrain-{v2}--dev",
@@ -153,7 +160,7 @@ def test_the_chat_provider_follows_the_slot_file(azure, double, monkeypatch, req
     )
     assert answer.model == MODEL_A
     promote_canary(registry, target)
-    assert chat_model_for(registry.settings, "primary").deployment == f"autoretrain-{v2}"
+    assert chat_model_for(azure_settings, "primary").deployment == f"autoretrain-{v2}"
 
 
 def test_retire_keeps_slots_and_the_rollback_target_and_deletes_the_rest(azure, double):
@@ -231,7 +238,7 @@ def test_azure_target_refuses_what_it_cannot_deploy(azure, tmp_path, double):
 
 
 def local_versions(settings, tmp_path, factory):
-    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    registry = ModelRegistry.from_settings(duckdb.connect(str(settings.paths.database)), settings)
     # Real model folders: the registry refuses to promote one that would not load.
     base = copy_model(tiny_model(factory), tmp_path / "base")
     adapter = copy_model(tiny_adapter(factory), tmp_path / "cand" / "adapter")
@@ -263,7 +270,7 @@ def test_the_server_reads_what_a_local_promotion_writes(settings, tmp_path, tmp_
 
 
 def test_local_target_refuses_missing_files(settings, tmp_path):
-    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    registry = ModelRegistry.from_settings(duckdb.connect(str(settings.paths.database)), settings)
     gone = registry.register(base_model="b", kind="local", model_dir=tmp_path / "deleted").id
     # The registry's load check refuses first; the target's own check stays behind it.
     with pytest.raises(RegistryError, match="deleted does not exist"):
@@ -275,7 +282,7 @@ def test_local_target_refuses_missing_files(settings, tmp_path):
 
 def test_lm_studio_target_gives_the_directory_and_id_to_load(tmp_path, settings, tmp_path_factory):
     settings = settings_with(tmp_path, kind="openai_compatible", slots={"primary": "agent-model"})
-    registry = ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    registry = ModelRegistry.from_settings(duckdb.connect(str(settings.paths.database)), settings)
     target = slot_target(settings)
     assert isinstance(target, LMStudioTarget)
     merged = tmp_path / "cand" / "merged"

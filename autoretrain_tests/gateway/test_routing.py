@@ -92,7 +92,7 @@ def with_registry(settings: Settings, action) -> None:
             time.sleep(0.05)
             continue
         try:
-            action(ModelRegistry(con, settings))
+            action(ModelRegistry.from_settings(con, settings))
             return
         finally:
             con.close()

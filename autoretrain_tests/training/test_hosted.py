@@ -65,7 +65,7 @@ def azure_backend(double: AzureDouble, **kwargs) -> HostedBackend:
 
 
 def registry_for(settings) -> ModelRegistry:
-    return ModelRegistry(duckdb.connect(str(settings.paths.database)), settings)
+    return ModelRegistry.from_settings(duckdb.connect(str(settings.paths.database)), settings)
 
 
 def test_succeeded_job_streams_events_and_registers_a_candidate(double, dataset, settings):
