@@ -41,6 +41,7 @@ class IterationResult:
     reason: str = ""
     evaluation_id: str | None = None
     comparison: dict[str, Any] | None = None
+    selfplay: dict[str, Any] | None = None  # the round's SelfPlayReport (its allocation too)
     canary: dict[str, Any] | None = None
     primary: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -157,6 +158,7 @@ class LoopRunner:
         self.say(f"iteration {number}: incumbent {out.incumbent}")
 
         report = self.selfplay(selfplay_runs)
+        out.selfplay = {k: v for k, v in report.items() if k != "files"}
         lap("selfplay", _selfplay_detail(report))
         self.judge_new_runs()
         lap("ingest_score_decide", _judged(self.settings))
