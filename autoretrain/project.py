@@ -393,8 +393,6 @@ class Project:
 
     def _teacher_runner(self, runner: SelfPlayRunner) -> SelfPlayRunner | None:
         """A runner like `runner` whose model is the `selfplay.teacher` profile's, or None."""
-        from dataclasses import replace as _replace
-
         from autoretrain.providers.factory import chat_model_for
         from autoretrain.selfplay import SelfPlayRunner, SlotTarget
 
@@ -407,19 +405,18 @@ class Project:
                 f"{sorted(self.settings.providers)}"
             )
         model = chat_model_for(self.settings.model_copy(update={"provider": name}), "primary")
-        teacher = SelfPlayRunner(
+        return SelfPlayRunner(
             runner.catalog,
             runner.tools,
             runner.verifier,
             runner.archive,
             SlotTarget("teacher", model, name),
             prices=runner.prices,
-            workflow=_replace(runner.workflow),
+            workflow=runner.workflow,
             concurrency=runner.concurrency,
             progress=runner.progress,
             exclude=runner.exclude,
         )
-        return teacher
 
     def measured_counts(self, model: str) -> dict[str, tuple[int, int]]:
         """scenario id → (runs, verified) of `model`'s self-play and evaluation in the store."""
