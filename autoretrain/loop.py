@@ -140,6 +140,14 @@ class LoopRunner:
         config = {"ops": {"play": {"config": {"runs": n, "progress": self.progress}}}}
         return self.run("selfplay", config=config).output_for_node("play")
 
+    def _candidate_artifact(self, candidate: str) -> Any:
+        """Where a candidate is: its model folder, or a hosted job's record (job id, model)."""
+        if self.settings.training.backend == "azure":
+            from autoretrain.training.hosted_candidate import job_record
+
+            return job_record(self.settings.paths.models, candidate)
+        return self.settings.paths.models / EMBEDDED / candidate
+
     def iteration(self, number: int, selfplay_runs: int) -> IterationResult:
         from autoretrain.defs.partitions import candidate_partitions
 
@@ -183,7 +191,7 @@ class LoopRunner:
         out.candidate = candidate
         self.instance.add_dynamic_partitions(candidate_partitions.name, [candidate])
         result = self.run("retrain", partition_key=candidate)
-        out.artifacts["candidate"] = str(self.settings.paths.models / EMBEDDED / candidate)
+        out.artifacts["candidate"] = str(self._candidate_artifact(candidate))
         gate = self.check(result, "regression_gate")
         evaluation = result.asset_materializations_for_node("candidate_evaluation")
         if evaluation:

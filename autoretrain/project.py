@@ -466,7 +466,14 @@ class Project:
     def ensure_base_model(self, **bootstrap_options: Any) -> str | None:
         """The first incumbent. For a local profile with an empty primary slot: bootstrap the
         embedded model (if not on disk), register it as `v0` and put it in primary. Otherwise the
-        incumbent is whatever primary holds (or, for remote profiles, what the profile names)."""
+        incumbent is whatever primary holds (or, for remote profiles, what the profile names).
+        An Azure OpenAI profile that trains hosted (`training.backend: azure`) registers its base
+        model as `v0`, served by the deployment the profile's `slots.primary` names."""
+        if (
+            self.settings.profile.kind == "azure_openai"
+            and self.settings.training.backend == "azure"
+        ):
+            return self._ensure_hosted_base()
         if self.settings.profile.kind != "local":
             return None
         with self.store() as store:
@@ -493,6 +500,36 @@ class Project:
                 BASE_VERSION,
                 "primary",
                 reason="bootstrap: the first incumbent",
+                actor="autoretrain",
+            )
+        return BASE_VERSION
+
+    def _ensure_hosted_base(self) -> str | None:
+        """The hosted loop's first incumbent: `training.hosted_base_model`, served by the
+        deployment a person made for it (the profile's `slots.primary`). Registered as `v0` in
+        primary, with that deployment recorded (`HAND_MADE_DEPLOYMENT`): a rollback to v0 flips
+        the slot back to it, and autoretrain never creates or deletes it."""
+        from autoretrain.deploy.targets import HAND_MADE_DEPLOYMENT
+
+        base = self.settings.training.hosted_base_model
+        deployment = self.settings.profile.slots.get("primary")
+        with self.store() as store:
+            registry = self.registry(store)
+            current = registry.slots().get("primary")
+            if current is not None or not (base and deployment):
+                return current  # held already, or nothing to register: the profile serves it
+            if registry.get(BASE_VERSION) is None:
+                registry.register(
+                    version_id=BASE_VERSION,
+                    base_model=base,
+                    kind="hosted",
+                    hosted_model_id=base,
+                    training_metrics={HAND_MADE_DEPLOYMENT: deployment},
+                )
+            registry.promote(
+                BASE_VERSION,
+                "primary",
+                reason=f"the hosted base model, served by deployment {deployment}",
                 actor="autoretrain",
             )
         return BASE_VERSION
@@ -556,14 +593,22 @@ class Project:
 
     def _slot_model(self, slot: str) -> ChatModel:
         """The model serving a slot. Local profiles follow the registry (runs are recorded under
-        the version id, which canary analysis and the ledger speak); others follow the profile."""
+        the version id, which canary analysis and the ledger speak); others follow the profile.
+        An Azure slot is called through the deployment the slot file names, and its runs are
+        recorded under the registered version that holds the slot, as local ones are."""
         from autoretrain.providers.factory import chat_model_for
 
-        if self.settings.profile.kind == "local" and not self.settings.profile.slots.get(slot):
+        kind = self.settings.profile.kind
+        if kind == "local" and not self.settings.profile.slots.get(slot):
             version = self.slot_version(slot)
             if version is not None:
                 return self.model_for_version(version)
-        return chat_model_for(self.settings, slot)
+        model = chat_model_for(self.settings, slot)
+        if kind == "azure_openai":
+            version = self.slot_version(slot)
+            if version is not None:
+                model.name = version.id
+        return model
 
     def slot_version(self, slot: str = "primary") -> ModelVersion | None:
         """The registered version in a slot of the active profile, or None (read-only: callers
@@ -583,10 +628,21 @@ class Project:
             )
             model.name = version.id
             return model
-        # Hosted: the slot's deployment serves it (see deploy/targets.py).
-        return chat_model_for(
-            self.settings, "candidate" if "candidate" in self.settings.profile.slots else "canary"
-        )
+        if self.settings.profile.kind != "azure_openai":
+            raise ValueError(
+                f"version {version.id} is hosted ({version.hosted_model_id}): calling it needs an "
+                f"azure_openai provider profile, not {self.settings.provider!r} "
+                f"({self.settings.profile.kind})"
+            )
+        # Hosted: its own deployment serves it (made now if it has none: one per version, as
+        # Azure cannot re-point a deployment), called by name, whatever the slots hold.
+        from autoretrain.deploy.targets import AzureTarget, slot_target
+
+        target = slot_target(self.settings)
+        assert isinstance(target, AzureTarget)
+        model = chat_model_for(self.settings, deployment=target.deployment_for_evaluation(version))
+        model.name = version.id
+        return model
 
     def build_training_dataset(
         self,
@@ -768,6 +824,7 @@ class Project:
         return result
 
     def hosted_backend(self, backend: HostedBackend | None = None) -> HostedBackend:
+        from autoretrain.training.backend import Backoff
         from autoretrain.training.hosted import HostedBackend
 
         if backend is not None:
@@ -775,7 +832,9 @@ class Project:
         name = self.settings.training.hosted_profile or self.settings.provider
         if name not in self.settings.providers:
             raise ValueError(f"training.hosted_profile {name!r} is not a provider profile")
-        return HostedBackend.from_profile(self.settings.providers[name])
+        longest = self.settings.training.hosted_poll_max_s
+        poll = Backoff(initial_s=min(5.0, longest), max_s=longest)
+        return HostedBackend.from_profile(self.settings.providers[name], backoff=poll)
 
     def train_hosted_candidate(
         self, dataset_dir: str | Path, version_id: str, backend: HostedBackend | None = None

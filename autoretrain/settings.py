@@ -318,6 +318,7 @@ class TrainingSettings(_Section):
     hosted_profile: str | None = None
     hosted_base_model: str | None = None  # the first hosted candidate's base model
     hosted_timeout_s: Positive = 24 * 3600.0  # a wait longer than this leaves the job running
+    hosted_poll_max_s: Positive = 60.0  # the longest pause between two polls of a job
     hosted_price_per_1k_training_tokens: float | None = Field(default=None, ge=0)
 
 

@@ -10,8 +10,13 @@ It follows the documented request and response shapes, and only those the projec
   seed, hyperparameters), `GET .../fine_tuning/jobs/{id}`, `GET .../fine_tuning/jobs/{id}/events`
   (newest first, `after` and `limit`), `POST .../fine_tuning/jobs/{id}/cancel`. Each GET of a job
   advances it one step: validating_files -> queued -> running -> succeeded | failed | cancelled.
-- Chat completions on a deployment (`POST /openai/deployments/{name}/chat/completions`), so the
-  keep-alive has something to call.
+- Chat completions on a deployment (`POST /openai/deployments/{name}/chat/completions`): a
+  fixed short answer (the keep-alive only needs one), or, with `chat_upstream` set, the answer of
+  an OpenAI-compatible server (e.g. `autoretrain serve`) asked for the deployment's model: a
+  fine-tuned model then answers as what it was trained to be.
+- With `trainer` set, a job really trains: `trainer(fine_tuned_model, base_model, train_bytes,
+  validation_bytes)` runs in the background and returns the tokens it trained on; the job stays
+  `running` until it returns (or `failed` with its error), as a real job takes its time.
 - ARM: `PUT` / `GET` / `DELETE` on `/subscriptions/{sub}/resourceGroups/{rg}/providers/
   Microsoft.CognitiveServices/accounts/{account}/deployments/{name}?api-version=...` with body
   `{"sku": {"name", "capacity"}, "properties": {"model": {"format", "name", "version"}}}`, a
@@ -83,6 +88,9 @@ class AzureDouble(LoopbackServer):
         self.deployment_outcome: str = "Succeeded"  # or "Failed"
         self.arm_unavailable: int = 0  # the next N management calls answer 503 (then it recovers)
         self.known_models: set[str] = set()  # models a deployment may name
+        self.chat_upstream: str | None = None  # an OpenAI-compatible .../v1 serving the models
+        self.trainer: Any = None  # (fine_tuned_model, base, train, validation) -> tokens trained
+        self.trainings: dict[str, dict[str, Any]] = {}  # job id -> {"thread", "tokens", "error"}
         self.clock: Any = time.time  # now, in seconds: lifetimes and idle deletion follow it
         # State.
         self.files: dict[str, dict[str, Any]] = {}
@@ -190,7 +198,28 @@ class AzureDouble(LoopbackServer):
             self.events[job_id] = []
             self._polls[job_id] = 0
             self._event(job_id, f"Job enqueued. Validating training file: {training_file}")
+            if self.trainer is not None:
+                self._start_training(job)
         return 200, dict(job)
+
+    def _start_training(self, job: dict[str, Any]) -> None:
+        """Train in the background (call with the lock held): the job succeeds when it is done."""
+        job_id = job["id"]
+        name = _fine_tuned_name(job)
+        train = _without_bom(self.file_contents[job["training_file"]])
+        validation = job.get("validation_file")
+        validation_bytes = _without_bom(self.file_contents[validation]) if validation else None
+        record: dict[str, Any] = {"tokens": None, "error": None}
+
+        def run() -> None:
+            try:
+                record["tokens"] = int(self.trainer(name, job["model"], train, validation_bytes))
+            except Exception as exc:  # the job fails with it, as a service's would
+                record["error"] = f"{type(exc).__name__}: {exc}"
+
+        record["thread"] = threading.Thread(target=run, name=f"train-{job_id}", daemon=True)
+        self.trainings[job_id] = record
+        record["thread"].start()
 
     def get_job(self, job_id: str):
         with self._lock:
@@ -219,11 +248,17 @@ class AzureDouble(LoopbackServer):
                 data={"step": 1, "train_loss": 1.2345, "total_steps": 2},
             )
         elif job["status"] == "running":
+            training = self.trainings.get(job_id)
+            if training is not None and training["thread"].is_alive():
+                return  # still training
+            outcome = self.job_outcome
+            if training is not None and training["error"]:
+                outcome = "failed"
             job["finished_at"] = int(time.time())
-            if self.job_outcome == "succeeded":
+            if outcome == "succeeded":
                 job["status"] = "succeeded"
-                job["fine_tuned_model"] = f"{job['model']}.ft-{job_id.removeprefix('ftjob-')}"
-                job["trained_tokens"] = 4321
+                job["fine_tuned_model"] = _fine_tuned_name(job)
+                job["trained_tokens"] = training["tokens"] if training else 4321
                 job["result_files"] = [f"file-{uuid.uuid4().hex}"]
                 self.known_models.add(job["fine_tuned_model"])
                 self._event(
@@ -233,7 +268,7 @@ class AzureDouble(LoopbackServer):
                     data={"step": 2, "train_loss": 0.5678, "total_steps": 2},
                 )
                 self._event(job_id, "The job has successfully completed")
-            elif self.job_outcome == "failed":
+            elif outcome == "failed":
                 job["status"] = "failed"
                 job["error"] = {
                     "code": "invalid_training_file",
@@ -241,6 +276,8 @@ class AzureDouble(LoopbackServer):
                     "line 7 has two consecutive assistant messages.",
                     "param": "training_file",
                 }
+                if training is not None and training["error"]:
+                    job["error"] = {"code": "internal_error", "message": training["error"]}
                 self._event(job_id, "The job failed: invalid training file", level="error")
             else:
                 job["status"] = "cancelled"
@@ -303,6 +340,15 @@ class AzureDouble(LoopbackServer):
             self.chat_calls[deployment] = self.chat_calls.get(deployment, 0) + 1
             self._last_call[deployment] = self.clock()
             model = found["properties"]["model"]["name"]
+        if self.chat_upstream:
+            import httpx
+
+            answer = httpx.post(
+                f"{self.chat_upstream.rstrip('/')}/chat/completions",
+                json={**body, "model": model},
+                timeout=300,
+            )
+            return answer.status_code, answer.json()
         return 200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",
@@ -425,6 +471,15 @@ class AzureDouble(LoopbackServer):
                 return 204, None
             self._remove(name, "DELETE")
         return 200, None
+
+
+def _fine_tuned_name(job: dict[str, Any]) -> str:
+    """The model id Azure gives a job's result: `<base>.ft-<job id's hex>`."""
+    return f"{job['model']}.ft-{job['id'].removeprefix('ftjob-')}"
+
+
+def _without_bom(content: bytes) -> bytes:
+    return content.removeprefix(b"\xef\xbb\xbf")
 
 
 def _not_found(name: str) -> dict[str, Any]:

@@ -14,13 +14,17 @@ def base_model(
 ) -> dg.MaterializeResult:
     """The first incumbent. On the embedded default: a tiny Llama-style model built and trained
     from scratch on the train scenarios' reference demonstrations (no download), registered as
-    `v0` in the primary slot. Remote profiles bring their own model; nothing is built."""
+    `v0` in the primary slot. Remote profiles bring their own model; nothing is built (with
+    `training.backend: azure`, the profile's base deployment is registered as `v0`)."""
     project = autoretrain.project()
     settings = project.settings
     version = project.ensure_base_model()
     meta: dict = {"primary": version or f"profile {settings.provider} ({settings.profile.kind})"}
-    if version is not None:
-        held = project.slot_version("primary")
+    held = project.slot_version("primary") if version is not None else None
+    if held is not None and held.kind == "hosted":  # training.backend: azure
+        meta["hosted_model_id"] = str(held.hosted_model_id)
+        meta["deployment"] = str(held.training_metrics.get("deployment", ""))
+    elif held is not None:
         meta["model_dir"] = dg.MetadataValue.path(str(held.model_dir))
         metrics = held.training_metrics or {}
         meta["parameters"] = int(metrics.get("total_params", 0))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from autoretrain.deploy.azure import (
     DEVELOPER_SKU,
     AzureDeployments,
+    Deployment,
     DeploymentError,
     deployment_name,
 )
@@ -43,6 +44,10 @@ if TYPE_CHECKING:
     from autoretrain.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The training_metrics key of a hosted version served by a deployment made outside autoretrain
+# (the base model's, which the profile's `slots.primary` names): reused, never created or deleted.
+HAND_MADE_DEPLOYMENT = "deployment"
 
 
 @dataclass
@@ -166,6 +171,8 @@ class AzureTarget:
 
     def deployment_for(self, slot: str, version: ModelVersion) -> str:
         """The deployment name `version` gets when served in `slot`."""
+        if version.training_metrics.get(HAND_MADE_DEPLOYMENT):
+            return str(version.training_metrics[HAND_MADE_DEPLOYMENT])
         sku = self.sku_for(slot)
         tier = ""
         if sku.lower() != self.profile.deployment_sku.lower():
@@ -173,20 +180,8 @@ class AzureTarget:
         return deployment_name(version.id, prefix=self.profile.deployment_prefix, tier=tier)
 
     def apply(self, slot: str, version: ModelVersion) -> TargetResult:
-        if version.kind != "hosted" or not version.hosted_model_id:
-            raise DeploymentError(
-                f"version {version.id} is a local model; Azure OpenAI deploys hosted fine-tunes"
-            )
         sku = self.sku_for(slot)
-        name = self.deployment_for(slot, version)
-        done, how = self.deployments.ensure(
-            name, version.hosted_model_id, capacity=self.profile.deployment_capacity, sku=sku
-        )
-        if done.model != version.hosted_model_id:
-            raise DeploymentError(
-                f"deployment {name} reports model {done.model}, not {version.hosted_model_id}; "
-                "another change may have raced this one: retry"
-            )
+        name, done, how = self._serving(slot, version)
         previous = read_slots(self.slot_file).get(slot)
         write_slot(self.slot_file, slot, name, profile=self.profile_name)
         log.info("Azure slot %s: %s -> %s (deployment %s)", slot, previous, name, how)
@@ -215,6 +210,44 @@ class AzureTarget:
             instructions=instructions,
         )
 
+    def deployment_for_evaluation(self, version: ModelVersion) -> str:
+        """The deployment the evaluation replay calls for `version`, serving before it returns:
+        the one it would have in canary (a Developer-tier deployment where the profile sets
+        `canary_deployment_sku: developertier`, billed per token only). A candidate that then
+        passes its gate reuses it as its canary deployment. No slot changes."""
+        return self._serving("canary", version)[0]
+
+    def _serving(self, slot: str, version: ModelVersion) -> tuple[str, Deployment, str]:
+        """(name, deployment, what it took) of `version`'s deployment for `slot`, ready."""
+        if version.kind != "hosted" or not version.hosted_model_id:
+            raise DeploymentError(
+                f"version {version.id} is a local model; Azure OpenAI deploys hosted fine-tunes"
+            )
+        name = self.deployment_for(slot, version)
+        if version.training_metrics.get(HAND_MADE_DEPLOYMENT):
+            found = self.deployments.get(name)
+            if found is None or found.state != "Succeeded":
+                raise DeploymentError(
+                    f"deployment {name}, made outside autoretrain for {version.id} "
+                    f"({version.hosted_model_id}), is {found.state if found else 'gone'} on "
+                    f"account {self.deployments.account}: autoretrain does not create base-model "
+                    "deployments; create it again (portal, az cognitiveservices account "
+                    "deployment create) and retry"
+                )
+            return name, found, "existing"
+        done, how = self.deployments.ensure(
+            name,
+            version.hosted_model_id,
+            capacity=self.profile.deployment_capacity,
+            sku=self.sku_for(slot),
+        )
+        if done.model != version.hosted_model_id:
+            raise DeploymentError(
+                f"deployment {name} reports model {done.model}, not {version.hosted_model_id}; "
+                "another change may have raced this one: retry"
+            )
+        return name, done, how
+
     def retire_unused(self, registry: ModelRegistry, *, dry_run: bool = False) -> list[str]:
         """Delete the deployments of this profile's versions that nothing needs: not named by
         the slot file or the profile's `slots`, not serving a slot's current version, and not
@@ -231,7 +264,7 @@ class AzureTarget:
                     keep.add(self.deployment_for(slot, version))
         retired: list[str] = []
         for version in registry.versions():
-            if version.kind != "hosted":
+            if version.kind != "hosted" or version.training_metrics.get(HAND_MADE_DEPLOYMENT):
                 continue
             for name in dict.fromkeys(self.deployment_for(slot, version) for slot in SLOTS):
                 if name in keep:

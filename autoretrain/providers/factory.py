@@ -23,8 +23,13 @@ from autoretrain.settings import ProviderProfile, Settings
 
 
 def chat_model_for(
-    settings: Settings, slot: str = "primary", model_dir: str | Path | None = None
+    settings: Settings,
+    slot: str = "primary",
+    model_dir: str | Path | None = None,
+    deployment: str | None = None,
 ) -> ChatModel:
+    """`deployment` (azure_openai profiles) calls that deployment instead of the slot's: how a
+    hosted version is evaluated before it holds a slot."""
     profile = settings.profile
     if model_dir is not None:
         return _local(settings, Path(model_dir), None, profile)
@@ -35,7 +40,11 @@ def chat_model_for(
             f"provider profile {settings.provider!r} is of kind 'scripted', which tests build "
             f"directly (ScriptedModel); choose local, openai_compatible or azure_openai"
         )
-    target = _slot_target(settings, slot, profile)
+    if deployment is not None and profile.kind != "azure_openai":
+        raise ProviderError(
+            f"a deployment is an Azure OpenAI name; profile {settings.provider!r} is {profile.kind}"
+        )
+    target = deployment or _slot_target(settings, slot, profile)
     common = {"timeout_s": profile.timeout_s, "max_retries": profile.max_retries}
     if profile.kind == "openai_compatible":
         from autoretrain.providers.openai_compatible import (

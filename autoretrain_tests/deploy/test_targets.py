@@ -12,6 +12,7 @@ from autoretrain.deploy.registry import ModelRegistry, RegistryError
 from autoretrain.deploy.serving import read_serving_config
 from autoretrain.deploy.slot_config import slot_file
 from autoretrain.deploy.targets import (
+    HAND_MADE_DEPLOYMENT,
     AzureTarget,
     LMStudioTarget,
     LocalServeTarget,
@@ -185,6 +186,45 @@ def test_retire_keeps_slots_and_the_rollback_target_and_deletes_the_rest(azure, 
     assert len(double.requests_to("PUT", "/deployments/")) == puts
     rollback_slot(registry, target, "primary")
     assert registry.slots()["primary"] == v1 and served(double, f"autoretrain-{v1}") == MODEL_A
+
+
+def test_the_base_models_hand_made_deployment_is_reused_never_made_or_retired(azure, double):
+    registry, target, v1, _ = azure
+    double.known_models.add("gpt-4o-mini")
+    target.deployments.create("base-deployment", "gpt-4o-mini")  # made by hand
+    base = registry.register(
+        base_model="gpt-4o-mini",
+        kind="hosted",
+        hosted_model_id="gpt-4o-mini",
+        training_metrics={HAND_MADE_DEPLOYMENT: "base-deployment"},
+    ).id
+    registry.promote(base, "primary")  # what ensure_base_model does: the profile serves it
+    deploy_to_slot(registry, target, v1, "primary")
+    puts = len(double.requests_to("PUT", "/deployments/"))
+    entry, result = rollback_slot(registry, target, "primary")
+    assert entry.to_version == base and result.model_id == "base-deployment"
+    assert slot_env(target)["AUTORETRAIN_SLOT_PRIMARY"] == "base-deployment"
+    assert len(double.requests_to("PUT", "/deployments/")) == puts  # reused, not made
+    deploy_to_slot(registry, target, v1, "primary")
+    assert "base-deployment" not in target.retire_unused(registry, dry_run=True)
+    # Gone (deleted by hand): autoretrain does not make base-model deployments; it says so.
+    del double.deployments["base-deployment"]
+    with pytest.raises(DeploymentError, match="made outside autoretrain.*create it again"):
+        rollback_slot(registry, target, "primary")
+    assert registry.slots()["primary"] == v1
+    assert "base-deployment" not in target.retire_unused(registry)
+
+
+def test_an_evaluation_deployment_serves_before_any_slot_moves(azure, double):
+    registry, target, v1, _ = azure
+    name = target.deployment_for_evaluation(registry.get(v1))
+    assert name == f"autoretrain-{v1}--dev" and served(double, name) == MODEL_A
+    assert double.deployments[name]["sku"]["name"] == "developertier"
+    assert registry.slots() == {} and not target.slot_file.exists()
+    # The canary then reuses it: no second PUT.
+    puts = len(double.requests_to("PUT", "/deployments/"))
+    _, result = deploy_to_slot(registry, target, v1, "canary")
+    assert result.model_id == name and len(double.requests_to("PUT", "/deployments/")) == puts
 
 
 def test_azure_deployment_error_leaves_the_slot_where_it_was(azure, double):

@@ -125,6 +125,38 @@ def test_failed_job_gives_the_service_reason_and_no_candidate(double, dataset, s
     assert registry.versions() == []
 
 
+def test_a_job_that_trains_runs_until_its_training_ends(double, dataset):
+    """The double's training hook (used by test_loop_azure_e2e.py): the job stays `running`
+    while it trains, is given the uploaded files without Azure's byte-order mark, and reports
+    what it trained on; a training that raises fails the job with its error."""
+    release, seen = threading.Event(), {}
+
+    def trainer(name, base, train, validation):
+        seen.update(name=name, base=base, train=train, validation=validation)
+        release.wait(10)
+        return 777
+
+    double.trainer = trainer
+    backend = azure_backend(double)
+    job_id = backend.submit(dataset, BASE, {})
+    for _ in range(6):  # many polls: without the training done, it never leaves running
+        status = backend.client.fine_tuning.jobs.retrieve(job_id).status
+    assert status == "running"
+    release.set()
+    outcome = backend.wait(job_id, timeout_s=20)
+    assert outcome.status == "succeeded" and outcome.model_id == seen["name"]
+    assert outcome.model_id.startswith(f"{BASE}.ft-") and seen["base"] == BASE
+    assert seen["train"] == (dataset / "train.jsonl").read_bytes().removeprefix(BOM)
+    assert double.jobs[job_id]["trained_tokens"] == 777
+
+    def broken(name, base, train, validation):
+        raise ValueError("out of quota")
+
+    double.trainer = broken
+    outcome = run_fine_tune(backend, dataset, BASE, {}, timeout_s=20)
+    assert outcome.status == "failed" and "ValueError: out of quota" in outcome.reason
+
+
 def test_job_cancelled_by_the_service(double, dataset, settings):
     double.job_outcome = "cancelled"
     outcome = run_fine_tune(azure_backend(double), dataset, BASE, {}, timeout_s=20)
