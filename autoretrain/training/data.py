@@ -321,7 +321,11 @@ def _collate(rows: list[list[Encoded]], pad_id: int, packed: bool) -> Batch:
         pos: list[int] = []
         for e in row:
             ids += e.input_ids
-            lab += [t if m else -100 for t, m in zip(e.input_ids, e.trained, strict=True)]
+            # Nothing predicts a conversation's first token; in a packed row the previous
+            # conversation's last token would, so it is never a target.
+            lab += [-100] + [
+                t if m else -100 for t, m in zip(e.input_ids[1:], e.trained[1:], strict=True)
+            ]
             pos += list(range(len(e)))
         n_tokens += len(ids)
         pad = width - len(ids)

@@ -11,6 +11,7 @@ the weights an uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -24,6 +25,7 @@ from typing import Any
 
 from autoretrain.training.config import TrainConfig
 from autoretrain.training.data import Batch, Encoded, epoch_batches
+from autoretrain.training.segment_attention import segments_attention
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,30 @@ def train_loop(
     accelerator=None,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` in place (its best weights restored at the end) and return the metrics."""
+    """Train `model` in place (its best weights restored at the end) and return the metrics.
+
+    Packed rows run with segment attention (each conversation attends only to itself, without
+    computing the other conversations' masked-out scores); the model gets its own attention
+    back when the loop ends."""
+    packed = segments_attention(model) if config.packing else contextlib.nullcontext()
+    with packed:
+        return _train_loop(
+            model, train_set, eval_set, config,
+            pad_id=pad_id, workdir=workdir, accelerator=accelerator, on_step=on_step,
+        )  # fmt: skip
+
+
+def _train_loop(
+    model,
+    train_set: Sequence[Encoded],
+    eval_set: Sequence[Encoded],
+    config: TrainConfig,
+    *,
+    pad_id: int,
+    workdir: Path,
+    accelerator=None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     import torch
     from accelerate import Accelerator
 
