@@ -265,7 +265,9 @@ class Batch:
 
 def pack_rows(examples: Sequence[Encoded], max_seq_len: int) -> list[list[Encoded]]:
     """First-fit decreasing: few rows, little padding. Attention never crosses conversations
-    because position ids restart in each one (transformers builds a block-diagonal mask)."""
+    because position ids restart in each one: the trainer cuts the row there and attends within
+    each conversation (`segment_attention.py`); a plain transformers forward builds the
+    equivalent block-diagonal mask."""
     rows: list[list[Encoded]] = []
     room: list[int] = []
     for example in sorted(examples, key=len, reverse=True):
