@@ -5,9 +5,9 @@ on two CPU processes or many GPUs).
 Per step: the learning rate from a warmup + cosine schedule, one packed batch per process,
 backward, clip, step. Packed rows run with segment attention (`segment_attention.py`: each
 conversation attends only to itself, without the cost of the other conversations' scores) and
-the output layer only at labelled positions (`LabelledHead`). Every `eval_every` steps the eval split's loss decides early stopping and
-the best weights are kept; every `checkpoint_every_s` seconds the state goes to a checkpoint
-that a rerun resumes from. Data order depends only on (seed, epoch), so a resumed run ends with
+the output layer only at labelled positions (`LabelledHead`). Every `eval_every` steps the
+eval split's loss decides early stopping and the best weights are kept; every
+`checkpoint_every_s` seconds the state goes to a checkpoint that a rerun resumes from. Data order depends only on (seed, epoch), so a resumed run ends with
 the weights an uninterrupted one would have.
 """
 
