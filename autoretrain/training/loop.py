@@ -7,8 +7,9 @@ backward, clip, step. Packed rows run with segment attention (`segment_attention
 conversation attends only to itself, without the cost of the other conversations' scores) and
 the output layer only at labelled positions (`LabelledHead`). Every `eval_every` steps the
 eval split's loss decides early stopping and the best weights are kept; every
-`checkpoint_every_s` seconds the state goes to a checkpoint that a rerun resumes from. Data order depends only on (seed, epoch), so a resumed run ends with
-the weights an uninterrupted one would have.
+`checkpoint_every_s` seconds the state goes to a checkpoint that a rerun resumes from. Data
+order depends only on (seed, epoch), so a resumed run ends with the weights an uninterrupted
+one would have.
 """
 
 from __future__ import annotations
