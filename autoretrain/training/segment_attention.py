@@ -11,9 +11,10 @@ conversation alone. Every query sees exactly the keys the block-diagonal mask le
 the outputs, losses and gradients are those of the masked attention up to float rounding
 (`autoretrain_tests/training/test_segment_attention.py`).
 
-Why not the alternatives: `flex_attention` with a block mask runs on CPU only through
-`torch.compile` (an Inductor C++ build per new row shape, minutes on two cores), and the
-variable-length flash kernels transformers uses with position ids exist only on GPUs.
+Why not the alternatives: `flex_attention` without `torch.compile` materialises the full score
+matrix (torch warns so), and compiled it needs an Inductor C++ build for new row shapes, a
+cost we did not try to pay on two cores; the variable-length flash kernels transformers uses
+with position ids exist only on GPUs.
 
 `segments_attention(model)` switches a model to it for the duration of a `with` block and puts
 back the implementation it had, so saved models and generation never see it. Anything that is
