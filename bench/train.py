@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,6 +152,15 @@ def main() -> None:
     figures = {phase: max(rs, key=lambda r: r["tokens_per_s"]) for phase, rs in runs.items()}
     ratio = figures["project"]["tokens_per_s"] / figures["baseline"]["tokens_per_s"]
     result = _result(args, figures, runs, ratio, load_at_start)
+    result["ratio_of_medians"] = round(
+        statistics.median(r["tokens_per_s"] for r in runs["project"])
+        / statistics.median(r["tokens_per_s"] for r in runs["baseline"]),
+        2,
+    )
+    result["ratio_per_pair"] = [
+        round(p["tokens_per_s"] / b["tokens_per_s"], 2)
+        for b, p in zip(runs["baseline"], runs["project"], strict=True)
+    ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "train.md").write_text(_markdown(args, result))
@@ -221,7 +231,8 @@ def _markdown(args, result: dict) -> str:
         f"runs per side (tokens/s, baseline: {runs['baseline']}; project: {runs['project']}). "
         f"{result['cores']} cores shared with other jobs: load average (1, 5, 15 min) "
         f"{result['load_average_at_start']} at the start, {result['load_average_at_end']} at the "
-        f"end; {result['date']}.\n"
+        f"end; {result['date']}. Ratio of the medians: {result['ratio_of_medians']:.2f}x; "
+        f"per alternated pair: {result['ratio_per_pair']}.\n"
         f"Command: `{result['command']}`\n\n"
         "Packing removes padding from the linear layers; segment attention "
         "(`autoretrain/training/segment_attention.py`) runs causal SDPA on each conversation of a "
