@@ -265,7 +265,9 @@ class Batch:
 
 def pack_rows(examples: Sequence[Encoded], max_seq_len: int) -> list[list[Encoded]]:
     """First-fit decreasing: few rows, little padding. Attention never crosses conversations
-    because position ids restart in each one (transformers builds a block-diagonal mask)."""
+    because position ids restart in each one: the trainer cuts the row there and attends within
+    each conversation (`segment_attention.py`); a plain transformers forward builds the
+    equivalent block-diagonal mask."""
     rows: list[list[Encoded]] = []
     room: list[int] = []
     for example in sorted(examples, key=len, reverse=True):
@@ -321,7 +323,11 @@ def _collate(rows: list[list[Encoded]], pad_id: int, packed: bool) -> Batch:
         pos: list[int] = []
         for e in row:
             ids += e.input_ids
-            lab += [t if m else -100 for t, m in zip(e.input_ids, e.trained, strict=True)]
+            # Nothing predicts a conversation's first token; in a packed row the previous
+            # conversation's last token would, so it is never a target.
+            lab += [-100] + [
+                t if m else -100 for t, m in zip(e.input_ids[1:], e.trained[1:], strict=True)
+            ]
             pos += list(range(len(e)))
         n_tokens += len(ids)
         pad = width - len(ids)

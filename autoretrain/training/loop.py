@@ -3,14 +3,18 @@ LoRA. Plain torch plus `accelerate` for data parallelism (`accelerate launch` ru
 on two CPU processes or many GPUs).
 
 Per step: the learning rate from a warmup + cosine schedule, one packed batch per process,
-backward, clip, step. Every `eval_every` steps the eval split's loss decides early stopping and
-the best weights are kept; every `checkpoint_every_s` seconds the state goes to a checkpoint
-that a rerun resumes from. Data order depends only on (seed, epoch), so a resumed run ends with
-the weights an uninterrupted one would have.
+backward, clip, step. Packed rows run with segment attention (`segment_attention.py`: each
+conversation attends only to itself, without the cost of the other conversations' scores) and
+the output layer only at labelled positions (`LabelledHead`). Every `eval_every` steps the
+eval split's loss decides early stopping and the best weights are kept; every
+`checkpoint_every_s` seconds the state goes to a checkpoint that a rerun resumes from. Data
+order depends only on (seed, epoch), so a resumed run ends with the weights an uninterrupted
+one would have.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -24,6 +28,7 @@ from typing import Any
 
 from autoretrain.training.config import TrainConfig
 from autoretrain.training.data import Batch, Encoded, epoch_batches
+from autoretrain.training.segment_attention import segments_attention
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,30 @@ def train_loop(
     accelerator=None,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` in place (its best weights restored at the end) and return the metrics."""
+    """Train `model` in place (its best weights restored at the end) and return the metrics.
+
+    Packed rows run with segment attention (each conversation attends only to itself, without
+    computing the other conversations' masked-out scores); the model gets its own attention
+    back when the loop ends."""
+    packed = segments_attention(model) if config.packing else contextlib.nullcontext()
+    with packed:
+        return _train_loop(
+            model, train_set, eval_set, config,
+            pad_id=pad_id, workdir=workdir, accelerator=accelerator, on_step=on_step,
+        )  # fmt: skip
+
+
+def _train_loop(
+    model,
+    train_set: Sequence[Encoded],
+    eval_set: Sequence[Encoded],
+    config: TrainConfig,
+    *,
+    pad_id: int,
+    workdir: Path,
+    accelerator=None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     import torch
     from accelerate import Accelerator
 
