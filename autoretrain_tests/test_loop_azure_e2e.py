@@ -259,6 +259,8 @@ def world(tmp_path_factory, base_model) -> Iterator[World]:
                     mp.delenv(key, raising=False)
                 for key in ("AUTORETRAIN_HOME", "DAGSTER_HOME", "AUTORETRAIN_CONFIG"):
                     mp.setenv(key, env[key])
+                for key, value in identity.environment().items():  # this process calls too
+                    mp.setenv(key, value)
                 yield World(load_settings(), env, double, identity, models)
     finally:
         models.server.stop()

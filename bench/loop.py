@@ -94,6 +94,12 @@ def main() -> None:
         "--arms", default=",".join(ARMS), help="which arms to run (it1 always runs first)"
     )
     parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="run it1 alone (on a quiet machine) and record its wall time per stage as "
+        "`iteration_wall_s` in the existing loop.json, keeping its measured arms",
+    )
+    parser.add_argument(
         "--note",
         action="append",
         default=[],
@@ -108,11 +114,41 @@ def main() -> None:
         args.selfplay_runs = SelfPlaySettings(
             **args.settings.get("selfplay", {})
         ).runs_per_iteration
+    if args.timing_only:
+        iteration_timing(args)
+        return
     bench = Bench(args)
     if args.head_to_head or args.note:
         bench.head_to_head([pair.split(":", 1) for pair in args.head_to_head])
     else:
         bench.run()
+
+
+ITERATION_TARGET_S = 300.0  # issue #23: one loop iteration in 5 minutes on 2 quiet cores
+
+
+def iteration_timing(args: argparse.Namespace) -> None:
+    """One iteration (it1) in a scratch results folder; its stages' wall time into loop.json."""
+    results, scratch = args.out, args.work / "timing-results"
+    args.out, args.arms = scratch, "it1"
+    Bench(args).run()
+    timed = json.loads((scratch / "loop.json").read_text())
+    seconds = timed["arms"]["it1"]["seconds"]
+    index = results / "loop.json"
+    shipped = _read(index)
+    shipped["iteration_wall_s"] = seconds["total"]
+    shipped["iteration_timing"] = {
+        "stages_s": {k: v for k, v in seconds.items() if k != "total"},
+        "target_s": ITERATION_TARGET_S,
+        "met": seconds["total"] <= ITERATION_TARGET_S,
+        "selfplay_runs": timed["parameters"]["selfplay_runs"],
+        "command": timed["command"],
+        "machine": timed["machine"],
+        "gate": timed["arms"]["it1"]["gate"],
+    }
+    index.write_text(json.dumps(shipped, indent=2, default=str) + "\n")
+    (results / "loop.md").write_text(_markdown(shipped).rstrip() + "\n")
+    print(f"iteration_wall_s {seconds['total']} ({seconds})", flush=True)
 
 
 class Bench:
@@ -649,6 +685,17 @@ def _markdown(r: dict[str, Any]) -> str:
             f"Wall time of one loop iteration (it1, {r['parameters']['selfplay_runs']} self-play "
             f"runs): **{r['iteration_wall_seconds']} s** = "
             + ", ".join(f"{k} {v_} s" for k, v_ in s.items() if k != "total")
+            + ".",
+            "",
+        ]
+    if "iteration_timing" in r:
+        t = r["iteration_timing"]
+        lines += [
+            f"Quiet-machine timing of one iteration ({t['selfplay_runs']} self-play runs, "
+            f"`{t['command']}`, load {t['machine'].get('load_average_at_start')}): "
+            f"**iteration_wall_s {r['iteration_wall_s']} s** (target {t['target_s']:.0f} s: "
+            f"{'met' if t['met'] else 'missed'}) = "
+            + ", ".join(f"{k} {v_} s" for k, v_ in t["stages_s"].items())
             + ".",
             "",
         ]
