@@ -98,7 +98,7 @@ selfplay:
   runs_per_iteration: 400
   concurrency: 64
 evaluation:
-  instances_per_scenario: 3
+  instances_per_scenario: 5
   batch_size: 32
 dataset:
   min_examples_per_category: 1
@@ -150,7 +150,8 @@ class AzureModels:
         demos = base_dir / DEMOS_FILE
         config = TrainConfig.from_settings(
             TrainingSettings(),
-            epochs=6,
+            epochs=8,
+            learning_rate=3e-3,  # the base's own bootstrap rate: it continues where that stopped
             mix_in=[str(demos)] if demos.exists() else [],
             merge_adapter=True,
             torch_threads=1,
@@ -208,7 +209,7 @@ def base_model(tmp_path_factory) -> Path:
         target,
         demos_per_scenario=BASE_DEMOS,  # a third of the shipped 48: ~900 steps, not ~4,400
         time_budget_s=None,  # the whole (short) schedule: the same model on any machine
-        evaluation_per_scenario=3,
+        evaluation_per_scenario=5,  # no evaluation prompt among its demonstrations
     )
 
 
