@@ -56,6 +56,20 @@ def learning_rate(step: int, total: int, config: TrainConfig) -> float:
     return floor + (config.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _in_segment_attention(loop: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Packed rows run with segment attention (each conversation attends only to itself,
+    without computing the other conversations' masked-out scores); the model gets its own
+    attention back when the loop ends."""
+
+    @functools.wraps(loop)
+    def wrapped(model, train_set, eval_set, config: TrainConfig, **kwargs: Any) -> dict[str, Any]:
+        with segments_attention(model) if config.packing else contextlib.nullcontext():
+            return loop(model, train_set, eval_set, config, **kwargs)
+
+    return wrapped
+
+
+@_in_segment_attention
 def train_loop(
     model,
     train_set: Sequence[Encoded],
@@ -67,30 +81,7 @@ def train_loop(
     accelerator=None,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` in place (its best weights restored at the end) and return the metrics.
-
-    Packed rows run with segment attention (each conversation attends only to itself, without
-    computing the other conversations' masked-out scores); the model gets its own attention
-    back when the loop ends."""
-    packed = segments_attention(model) if config.packing else contextlib.nullcontext()
-    with packed:
-        return _train_loop(
-            model, train_set, eval_set, config,
-            pad_id=pad_id, workdir=workdir, accelerator=accelerator, on_step=on_step,
-        )  # fmt: skip
-
-
-def _train_loop(
-    model,
-    train_set: Sequence[Encoded],
-    eval_set: Sequence[Encoded],
-    config: TrainConfig,
-    *,
-    pad_id: int,
-    workdir: Path,
-    accelerator=None,
-    on_step: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+    """Train `model` in place (its best weights restored at the end) and return the metrics."""
     import torch
     from accelerate import Accelerator
 

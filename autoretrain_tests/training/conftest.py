@@ -75,3 +75,20 @@ def tiny_model(tmp_path_factory, corpus) -> Path:
         num_attention_heads=2,
         vocab_size=400,
     )
+
+
+def random_llama(**config: object):
+    """A randomly initialised 2-layer Llama (seed 0, vocabulary 101) for loss and attention
+    checks that need no tokenizer; `config` overrides LlamaConfig fields."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    shape = dict(
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    return AutoModelForCausalLM.from_config(LlamaConfig(**{**shape, **config}))

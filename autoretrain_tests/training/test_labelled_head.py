@@ -5,22 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from autoretrain.training.loop import LabelledHead
 
+from .conftest import random_llama
+
 
 def model(tied: bool):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        tie_word_embeddings=tied,
-    )
-    return AutoModelForCausalLM.from_config(config)
+    return random_llama(tie_word_embeddings=tied)
 
 
 def batch():

@@ -8,14 +8,13 @@ import random
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig
 
 from autoretrain.training.config import TrainConfig
 from autoretrain.training.data import Encoded, epoch_batches
 from autoretrain.training.loop import LabelledHead, _tensors
 from autoretrain.training.segment_attention import segment_lengths, segments_attention
 
-from .conftest import write_dataset
+from .conftest import random_llama, write_dataset
 
 # Float32 on CPU: the per-conversation SDPA sums the same terms as the masked full-row one, in
 # another order, so results agree to rounding (observed ~1e-7), not bit for bit.
@@ -24,16 +23,7 @@ GRAD_TOLERANCE = dict(rtol=1e-4, atol=1e-6)
 
 
 def model(adapter: bool):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention, as most real bases have
-    )
-    m = AutoModelForCausalLM.from_config(config)
+    m = random_llama(num_key_value_heads=2)  # grouped-query attention, as most real bases have
     if adapter:
         m = get_peft_model(m, LoraConfig(r=4, target_modules="all-linear"))
     return m
