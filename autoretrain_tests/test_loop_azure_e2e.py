@@ -9,7 +9,7 @@ What runs, as in production:
 - the Azure double: files, fine-tuning jobs, chat on deployments, ARM deployments (one model per
   deployment for life; `Creating` -> `Succeeded`; Developer tier);
 - behind the double, the "models" Azure would run: `autoretrain serve` (a real
-  OpenAI-compatible server) answering for the base model with the embedded `v0`, and for each
+  OpenAI-compatible server) answering for the base model with an embedded model, and for each
   fine-tuned model with what the job trained. A job really trains: the uploaded `train.jsonl`
   (Azure's flavour, with its byte-order mark) is fine-tuned into the base with the local
   trainer, in the background, while the job reports `running`.
@@ -338,7 +338,7 @@ def test_autoretrain_loop_on_azure_fine_tunes_deploys_canaries_promotes_and_roll
         )
     )
     assert answer.model == BASE and double.chat_calls[BASE_DEPLOYMENT] == calls + 1
-    # The identity endpoint issued each token once per process that needed it.
+    # Every token came from the managed identity endpoint: management and Cognitive Services.
     assert {r["query"]["resource"] for r in world.identity.requests} == {
         ARM_RESOURCE,
         COGNITIVE_RESOURCE,
