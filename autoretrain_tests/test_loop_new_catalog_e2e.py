@@ -71,11 +71,11 @@ def test_the_loop_runs_on_a_new_catalog_with_measured_allocation(tmp_path, monke
     assert result.stopped_at != "training_dataset", result.reason
     manifest = json.loads((Path(result.artifacts["dataset"]) / "manifest.json").read_text())
     assert manifest["catalog_hash"] == catalog.hash
-    unsolved = set(allocation["unsolved"])
-    if unsolved:
-        added = manifest["reference_demonstrations"]
-        assert set(added["by_scenario"]) == unsolved
-        assert set(added["by_scenario"].values()) == {12}
+    # Reference solutions go to train scenarios the base never solved: unsolved in the pilot and
+    # still so after the whole round (the rest of the round may have solved some of them).
+    added = manifest.get("reference_demonstrations") or {"by_scenario": {}}
+    assert set(added["by_scenario"]) <= set(allocation["unsolved"])
+    assert set(added["by_scenario"].values()) <= {12}
     with Project(settings).store(read_only=True) as store:
         offered = store.con.execute(
             "SELECT count(*) FROM runs WHERE traffic = 'selfplay' "
