@@ -4,6 +4,7 @@ import dagster as dg
 
 from autoretrain.defs.partitions import candidate_partitions
 from autoretrain.defs.resources import ProjectResource
+from autoretrain.deploy.targets import hand_made_deployment
 from autoretrain.project import HostedTrainResult
 from autoretrain.training.config import TrainMetrics
 
@@ -23,7 +24,7 @@ def base_model(
     held = project.slot_version("primary") if version is not None else None
     if held is not None and held.kind == "hosted":  # training.backend: azure
         meta["hosted_model_id"] = str(held.hosted_model_id)
-        meta["deployment"] = str(held.training_metrics.get("deployment", ""))
+        meta["deployment"] = hand_made_deployment(held) or ""
     elif held is not None:
         meta["model_dir"] = dg.MetadataValue.path(str(held.model_dir))
         metrics = held.training_metrics or {}

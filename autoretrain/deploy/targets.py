@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 HAND_MADE_DEPLOYMENT = "deployment"
 
 
+def hand_made_deployment(version: ModelVersion) -> str | None:
+    """The deployment made outside autoretrain that serves `version`, if it has one."""
+    name = version.training_metrics.get(HAND_MADE_DEPLOYMENT)
+    return str(name) if name else None
+
+
 @dataclass
 class TargetResult:
     slot: str
@@ -171,8 +177,9 @@ class AzureTarget:
 
     def deployment_for(self, slot: str, version: ModelVersion) -> str:
         """The deployment name `version` gets when served in `slot`."""
-        if version.training_metrics.get(HAND_MADE_DEPLOYMENT):
-            return str(version.training_metrics[HAND_MADE_DEPLOYMENT])
+        hand_made = hand_made_deployment(version)
+        if hand_made:
+            return hand_made
         sku = self.sku_for(slot)
         tier = ""
         if sku.lower() != self.profile.deployment_sku.lower():
@@ -224,7 +231,7 @@ class AzureTarget:
                 f"version {version.id} is a local model; Azure OpenAI deploys hosted fine-tunes"
             )
         name = self.deployment_for(slot, version)
-        if version.training_metrics.get(HAND_MADE_DEPLOYMENT):
+        if hand_made_deployment(version):
             found = self.deployments.get(name)
             if found is None or found.state != "Succeeded":
                 raise DeploymentError(
@@ -264,7 +271,7 @@ class AzureTarget:
                     keep.add(self.deployment_for(slot, version))
         retired: list[str] = []
         for version in registry.versions():
-            if version.kind != "hosted" or version.training_metrics.get(HAND_MADE_DEPLOYMENT):
+            if version.kind != "hosted" or hand_made_deployment(version):
                 continue
             for name in dict.fromkeys(self.deployment_for(slot, version) for slot in SLOTS):
                 if name in keep:
