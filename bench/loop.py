@@ -12,6 +12,13 @@ both tiers (paired, same instances):
 - it2: a second round from it1 (it1 promoted to primary, fresh self-play from it1), also gated
   against it1 as the product's gate would.
 
+Planted regressions (issue #20: the gate must promote none of them):
+
+- poisoned: v0 fine-tuned as it1 is, on iteration-1 self-play runs the judge rejected because
+  their verification failed (wrong answers taken for right ones, as a broken filter would);
+- forgetting: v0 fine-tuned on it1's promotable runs without the category v0 does best, twice
+  it1's epochs, no demonstrations mixed back in (a round that never rehearses what v0 has).
+
 Arms are run in that order and the result files are rewritten after each, so a run stopped
 early still leaves every finished arm on disk (unfinished arms are named as not measured).
 
@@ -33,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, WORK, command_line, machine_facts, table  # noqa: E402
 
 # compute_matched_2: the extra training steps of it1 and it2 together, the control for it2.
-ARMS = ("it1", "compute_matched", "no_filter", "it2", "compute_matched_2")
+ARMS = ("it1", "compute_matched", "no_filter", "poisoned", "forgetting", "it2", "compute_matched_2")
+PLANTED = ("poisoned", "forgetting")
 TARGET_LIFT_POINTS = 10.0
 HELD_OUT_TOLERANCE_POINTS = 2.0
 
@@ -246,6 +254,12 @@ class Bench:
         if "no_filter" in wanted:
             self.no_filter(settings)
             self.save()
+        if "poisoned" in wanted:
+            self.poisoned(settings)
+            self.save()
+        if "forgetting" in wanted:
+            self.forgetting(settings, it1)
+            self.save()
         if "it2" in wanted:
             it2 = self.iteration(settings, "it2")
             self.save()
@@ -366,39 +380,105 @@ class Bench:
         self.record(name, arm)
 
     def no_filter(self, settings: Any) -> None:
-        from autoretrain.curation.builder import build_dataset
-        from autoretrain.project import BASE_VERSION, Project
-        from autoretrain.runs.store import RunStore
-
-        with RunStore.from_settings(settings, read_only=True) as store:
-            records = [
-                r[0]
-                for r in store.con.execute(
-                    "SELECT record::VARCHAR FROM runs WHERE traffic = 'selfplay' ORDER BY run_id"
-                ).fetchall()
-            ]
-        # decisions=None: every run given counts as selected (verified or not); the builder's
-        # other steps (evaluation-instance exclusion, dedup, category cap) apply as for it1.
-        dataset = build_dataset(
-            records,
-            out_root=self.args.work / "datasets" / "no-filter",
-            eval_hashes=self.catalog.evaluation_hashes(self.args.instances_per_scenario),
-            eval_scenario_ids={s.id for s in self.catalog.eval_scenarios},
-            config=settings.dataset,
-            gates=settings.promotion_gates(),
-            manifest_extra={"source": "all iteration-1 self-play runs, unverified"},
+        self.unfiltered(
+            settings,
+            "no_filter",
+            "SELECT record::VARCHAR FROM runs WHERE traffic = 'selfplay' ORDER BY run_id",
+            "all iteration-1 self-play runs, unverified",
         )
+
+    def poisoned(self, settings: Any) -> None:
+        """Planted regression: a dataset of runs whose verification failed."""
+        self.unfiltered(
+            settings,
+            "poisoned",
+            "SELECT r.record::VARCHAR FROM runs r JOIN promotion_decisions d USING (run_id) "
+            "WHERE r.traffic = 'selfplay' AND d.gate = 'not_verified' ORDER BY r.run_id",
+            "iteration-1 self-play runs that failed verification",
+        )
+
+    def unfiltered(self, settings: Any, name: str, sql: str, source: str) -> None:
+        """v0 fine-tuned as it1 is, on a dataset of exactly the runs `sql` selects, every one
+        taken as selected (no promotion filter)."""
+        from autoretrain.project import BASE_VERSION, Project
+
+        records = self._records(settings, sql)
+        dataset = self._unfiltered_dataset(settings, name, records, source)
         t0 = time.perf_counter()
-        trained = Project(settings).train_candidate(dataset.path, "no_filter")
+        trained = Project(settings).train_candidate(dataset.path, name)
         seconds = round(time.perf_counter() - t0, 1)
-        self.dirs["no_filter"] = Path(trained.model_dir)
-        arm = self.compare(settings, BASE_VERSION, "no_filter")
+        self.dirs[name] = Path(trained.model_dir)
+        arm = self.compare(settings, BASE_VERSION, name)
         arm.update(
             dataset={**_dataset_facts(dataset), "selfplay_runs_offered": len(records)},
             training=_training_facts(trained.metrics),
             seconds={"training": seconds},
         )
-        self.record("no_filter", arm)
+        self.record(name, arm)
+
+    def forgetting(self, settings: Any, it1: dict[str, Any]) -> None:
+        """Planted regression: a round that never rehearses the category v0 does best."""
+        from autoretrain.project import BASE_VERSION, EMBEDDED
+        from autoretrain.training.config import TrainConfig
+        from autoretrain.training.lora import train
+
+        rates = {
+            key.split("/", 1)[1]: facts["incumbent_pass_rate"]
+            for key, facts in it1["categories"].items()
+            if key.startswith("in_distribution/")
+        }
+        dropped = max(sorted(rates), key=lambda c: rates[c])
+        records = self._records(
+            settings,
+            "SELECT r.record::VARCHAR FROM runs r JOIN promotion_decisions d USING (run_id) "
+            "WHERE r.traffic = 'selfplay' AND d.decision = 'promote' AND r.category <> ? "
+            "ORDER BY r.run_id",
+            [dropped],
+        )
+        dataset = self._unfiltered_dataset(
+            settings, "forgetting", records, f"promotable runs without category {dropped}"
+        )
+        defaults = TrainConfig.from_settings(settings.training)
+        config = TrainConfig.from_settings(
+            settings.training, mix_in=[], merge_adapter=True, epochs=2 * defaults.epochs
+        )
+        t0 = time.perf_counter()
+        base = settings.paths.models / EMBEDDED / BASE_VERSION
+        trained = train(dataset.path, base, settings.paths.models / EMBEDDED / "forgetting", config)
+        seconds = round(time.perf_counter() - t0, 1)
+        self.dirs["forgetting"] = Path(trained.model_dir)
+        arm = self.compare(settings, BASE_VERSION, "forgetting")
+        arm.update(
+            dataset={**_dataset_facts(dataset), "dropped_category": dropped},
+            training={**_training_facts(trained.metrics), "epochs": config.epochs},
+            seconds={"training": seconds},
+            dropped_category_diff_points={
+                tier: arm["categories"].get(f"{tier}/{dropped}", {}).get("diff_points")
+                for tier in ("in_distribution", "held_out")
+            },
+        )
+        self.record("forgetting", arm)
+
+    def _records(self, settings: Any, sql: str, params: list[Any] | None = None) -> list[str]:
+        from autoretrain.runs.store import RunStore
+
+        with RunStore.from_settings(settings, read_only=True) as store:
+            return [r[0] for r in store.con.execute(sql, params or []).fetchall()]
+
+    def _unfiltered_dataset(self, settings: Any, name: str, records: list[str], source: str) -> Any:
+        """A dataset of exactly these runs (no promotion filter); the builder's other steps
+        (evaluation-instance exclusion, dedup, category cap) apply as for it1."""
+        from autoretrain.curation.builder import build_dataset
+
+        return build_dataset(
+            records,
+            out_root=self.args.work / "datasets" / name,
+            eval_hashes=self.catalog.evaluation_hashes(self.args.instances_per_scenario),
+            eval_scenario_ids={s.id for s in self.catalog.eval_scenarios},
+            config=settings.dataset,
+            gates=settings.promotion_gates(),
+            manifest_extra={"source": source},
+        )
 
     # -- evaluation -----------------------------------------------------------------------------
     def compare(
@@ -453,6 +533,9 @@ class Bench:
             "file": f"{name}.json",
             "best_promoted_lift_points": self.result["verdict"].get("best_promoted_lift_points", 0),
             "promoted": [a for a, arm in arms.items() if arm.get("promoted")],
+            "planted_regressions_promoted": self.result["verdict"].get(
+                "planted_regressions_promoted"
+            ),
             "verdict": self.result["verdict"],
             "command": self.result["command"],
         }
@@ -540,6 +623,10 @@ def _verdict(arms: dict[str, Any]) -> dict[str, Any]:
     # The issue's figure: the in-distribution lift over v0 of the best candidate the gate let
     # through within two iterations (0 when none was promoted).
     out: dict[str, Any] = {"best_promoted_lift_points": max(promoted, default=0)}
+    planted = {n: arms[n]["gate"] for n in PLANTED if n in arms}
+    if planted:  # the target: the gate promotes none of them
+        out["planted_regressions"] = planted
+        out["planted_regressions_promoted"] = sum(g == "promote" for g in planted.values())
     if best:
         name, value = best
         tier = arms[name]["tiers"]["in_distribution"]
@@ -677,6 +764,13 @@ def _markdown(r: dict[str, Any]) -> str:
                 for c in ("compute_matched", "no_filter", "compute_matched_2")
                 if f"beats_{c}_points" in v
             ),
+            "",
+        ]
+    if v.get("planted_regressions"):
+        lines += [
+            "Planted regressions (the gate must promote none): "
+            + ", ".join(f"{n} → {g}" for n, g in v["planted_regressions"].items())
+            + f"; **{v['planted_regressions_promoted']} promoted**.",
             "",
         ]
     if "iteration_wall_seconds" in r:
