@@ -29,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DAY = "2026-01-15"
+TARGET_RATIO = 0.8  # issue 23, item 1: project/raw throughput at 1M runs
 
 
 def synthetic_run(i: int, rng: random.Random) -> dict:
@@ -259,7 +260,7 @@ landing day, with {d["malformed_lines"]} malformed lines and {d["rerecorded_line
   every `Run` field and of messages/events/verifications, typed columns, the whole record as
   JSON, events table, dedup on run_id with newer-wins, quarantine with file, line and reason).
 
-**Throughput ratio project/raw (best of each): {r["ratio_project_over_raw"]:.2f}** (target
+**Throughput ratio project/raw (best of each): {r["ratio"]:.2f}** (target
 {r["target_ratio"]}); per round: {", ".join(f"{x:.2f}" for x in r["ratio_per_round"])}.
 Project peak RSS: {r["project_peak_rss_bytes"] / mib:.0f} MiB.
 
@@ -319,9 +320,12 @@ def main() -> None:
         "rounds": rounds,
         "best_seconds": best,
         "throughput_mb_per_s": {k: data["bytes"] / 1e6 / v for k, v in best.items()},
+        # `ratio` is the figure issue 23 holds the ingest to (the same number as
+        # ratio_project_over_raw, kept for older readers of these files).
+        "ratio": ratio,
         "ratio_project_over_raw": ratio,
         "ratio_per_round": per_round,
-        "target_ratio": 0.7,
+        "target_ratio": TARGET_RATIO,
         "project_peak_rss_bytes": peak,
         "last_project_report": report,
     }
@@ -330,14 +334,7 @@ def main() -> None:
     name = "ingest" if args.n == 200_000 else f"ingest-{args.n}"
     (results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (results / f"{name}.md").write_text(markdown(result))
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in ("best_seconds", "ratio_project_over_raw", "project_peak_rss_bytes")
-            }
-        )
-    )
+    print(json.dumps({k: result[k] for k in ("best_seconds", "ratio", "project_peak_rss_bytes")}))
 
 
 if __name__ == "__main__":
