@@ -232,7 +232,8 @@ def _chunk(body: bytes, before: int, last: bool, max_record_bytes: int) -> Chunk
     lenient = pc.match_substring_regex(texts, NOT_PLAIN)
     plain = pc.and_kleene(pa.array(_few_brackets(body)), pc.invert(lenient))
     table = pa.table({"line": numbers, "text": texts, "last": flags, "plain": plain})
-    table = table.filter(keep)
+    if not pc.all(keep).as_py():  # filtering copies every line; most chunks lose none
+        table = table.filter(keep)
     return Chunk(table, rejected, nbytes=len(body) + (0 if last else 1))
 
 
