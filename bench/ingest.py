@@ -229,6 +229,26 @@ At 200k runs (13.7 in all):
   so the checks stayed in DuckDB.
 - Memory: batches of 64 MB and a commit every 256 MB bound the ingest (uncommitted rows stay in
   memory); DuckDB's `memory_limit` is 1 GB.
+
+Issue 23 (Dec 3), measured at 200k runs on a machine another benchmark kept 1.4 cores of 2 busy
+(so CPU seconds, not wall, and even those within about 20%):
+- The reader thread was ~3.8 CPU-s per 200k runs (1.9 per 20 files), a sixth of the project's
+  CPU: its bracket count (numpy temporaries the size of each chunk) now is one
+  `bytes.translate` pass, and a chunk that loses no line is not copied by a filter: ~2.6-3.0.
+  The NOT_PLAIN regular expression (~0.9) and line splitting (~0.4) stay.
+- Staging (`fast_sql`) is ~0.5-0.8 CPU-s per 25k lines, of which `json_valid` is ~0.08 and
+  `json_transform` into JSON-text leaves ~0.45: the second parse is not where the time goes,
+  and a `TRY(json_transform)` would fall back to row-at-a-time on most vectors (0.1% bad lines
+  put one in most 2048-row vectors). With 2 threads, the staging of one 25k-line batch used one
+  core here (cpu = wall), so "both threads" could not be measured on this machine.
+- The `record` column's zstd is most of the runs insert and of the commits (inserting NULL
+  instead: insert 0.16 vs ~0.6, commit 0.21 vs ~0.8 CPU-s per 75k runs); `dict_fsst` made
+  commits 1.5-2.6x as costly and the file 5x larger. zstd stays.
+- Without the PRIMARY KEY on run_id: ~3 CPU-s per 1M inserted keys (insert and checkpoint), ~4%
+  of the ingest. Not taken: the key is the store's own guard against a duplicate run_id and
+  makes `review`'s lookups by run_id index scans, and stores made before keep it anyway.
+- A commit every 1 GB instead of 256 MB: no difference beyond the noise at 200k, and more
+  memory (1675 vs 1519 MiB peak RSS); not taken.
 """
 
 
