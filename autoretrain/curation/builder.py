@@ -44,6 +44,7 @@ from autoretrain.curation.redact import MARKER, Redactor, compile_extra_patterns
 from autoretrain.curation.scan import scan_decoded_line, scan_text
 from autoretrain.curation.split import assign_splits
 from autoretrain.curation.tokens import TokenCounter
+from autoretrain.curation.tool_specs import ToolSpecs
 from autoretrain.curation.validate import validate_record
 from autoretrain.runs.schema import Run
 from autoretrain.settings import DatasetSettings, PromotionGates
@@ -142,6 +143,7 @@ def _examples(
     exclusions: list[Exclusion] = []
     kept: list[_Kept] = []
     interned: dict[str, str] = {}  # category, model, … repeat: one string object each
+    specs = ToolSpecs()  # tool specs repeat too: scrubbed and encoded once (tool_specs.py)
     n_input = 0
     for raw in runs:
         n_input += 1
@@ -150,7 +152,7 @@ def _examples(
             exclusions.append(excluded)
             continue
         assert run is not None
-        result, line, redactor = _convert(run, config.max_tool_output_chars, extra)
+        result, line, redactor = _convert(run, config.max_tool_output_chars, extra, specs)
         if isinstance(result, Exclusion):
             exclusions.append(result)
             continue
@@ -166,7 +168,7 @@ def _examples(
             # say): drop the example rather than write what the scan would flag.
             exclusions.append(Exclusion(run.run_id, "residual_secret", ", ".join(residual)))
             continue
-        count = counter.count(result.record)
+        count = counter.count(result.record, specs)
         if config.max_example_tokens is not None and count > config.max_example_tokens:
             detail = f"{count} tokens > {config.max_example_tokens} ({counter.method})"
             exclusions.append(Exclusion(run.run_id, "too_long", detail))
@@ -181,7 +183,7 @@ def _examples(
                 category=_intern(interned, result.category),
                 model=_intern(interned, result.model),
                 agent_version=_intern(interned, result.agent_version),
-                digest=content_hash(result.record),
+                digest=content_hash(result.record, specs),
                 offset=spool.tell(),
                 length=len(data),
                 crc=zlib.crc32(data),
@@ -336,15 +338,15 @@ def _run_id_of(raw: Mapping[str, Any] | str | bytes) -> Any:
 
 
 def _convert(
-    run: Run, max_chars: int, extra_patterns: list[str]
+    run: Run, max_chars: int, extra_patterns: list[str], specs: ToolSpecs | None = None
 ) -> tuple[Example | Exclusion, str, Redactor]:
     """The example and its JSONL line (without the newline), or why there is none."""
     redactor = Redactor(list(extra_patterns))
     try:
-        result = run_to_example(run, max_chars, redactor)
+        result = run_to_example(run, max_chars, redactor, specs)
         if isinstance(result, Exclusion):
             return result, "", redactor
-        line = _line(result.record)
+        line = _line(result.record, specs)
         # Proves the record can be written: anything unencodable is excluded here, not
         # discovered halfway through a file.
         line.encode("utf-8")
@@ -397,8 +399,13 @@ def _leakage(
     }
 
 
-def _line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+def _line(record: dict[str, Any], specs: ToolSpecs | None = None) -> str:
+    tools = specs.encoded(record.get("tools"), sort_keys=False) if specs else None
+    if tools is None or list(record) != ["messages", "tools"]:
+        return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+    # The same text, with the tool specs encoded once for the build (tool_specs.py).
+    messages = json.dumps(record["messages"], ensure_ascii=False, separators=(", ", ": "))
+    return f'{{"messages": {messages}, "tools": {tools}}}'
 
 
 def _write_jsonl(path: Path, examples: list[_Kept], spool: IO[bytes], bom: bool) -> str:

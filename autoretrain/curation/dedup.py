@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from autoretrain.curation.examples import Example
+from autoretrain.curation.tool_specs import ToolSpecs
 
 _SPACE = re.compile(r"\s+")
 
@@ -53,8 +54,16 @@ def normalise(record: dict[str, Any]) -> dict[str, Any]:
     return {"messages": messages, "tools": record.get("tools", [])}
 
 
-def content_hash(record: dict[str, Any]) -> str:
-    canonical = json.dumps(normalise(record), sort_keys=True, ensure_ascii=False)
+def content_hash(record: dict[str, Any], tool_specs: ToolSpecs | None = None) -> str:
+    normalised = normalise(record)
+    tools = tool_specs.encoded(normalised["tools"], sort_keys=True) if tool_specs else None
+    if tools is None:
+        canonical = json.dumps(normalised, sort_keys=True, ensure_ascii=False)
+    else:
+        # The same text as above, with the builder's once-encoded tool specs: json.dumps
+        # writes {"messages": ..., "tools": ...} with those separators, keys sorted.
+        messages = json.dumps(normalised["messages"], sort_keys=True, ensure_ascii=False)
+        canonical = f'{{"messages": {messages}, "tools": {tools}}}'
     return hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoretrain.curation.redact import Redactor
+from autoretrain.curation.tool_specs import ToolSpecs
 from autoretrain.runs.schema import Message, Run
 
 # As agents/workflow.py writes it. Stored records keep it forever, so it is a record format,
@@ -95,9 +96,7 @@ def failed_turns(run: Run) -> set[int]:
     """Indices (into run.messages) of assistant turns in attempts that failed and were
     recovered. See the module docstring for the rule."""
     messages = run.messages
-    attempts = {
-        i: getattr(m, "attempt", None) for i, m in enumerate(messages) if m.role == "assistant"
-    }
+    attempts = {i: _attempt(m) for i, m in enumerate(messages) if m.role == "assistant"}
     if attempts and all(type(a) is int for a in attempts.values()):
         last = max(attempts.values())
         failed = {v.attempt for v in run.verifications if not v.passed}
@@ -106,6 +105,15 @@ def failed_turns(run: Run) -> set[int]:
     if not feedback:
         return set()
     return {i for i, m in enumerate(messages[: feedback[-1]]) if m.role == "assistant"}
+
+
+def _attempt(message: Message) -> Any:
+    """`getattr(message, "attempt", None)`: an unknown field lives in the model's extras, read
+    directly (a missed getattr on a pydantic model raises and catches inside, ~3 µs)."""
+    extra = getattr(message, "__pydantic_extra__", None)
+    if extra is None:
+        return getattr(message, "attempt", None)
+    return extra.get("attempt")
 
 
 def split_key(run: Run) -> str:
@@ -121,9 +129,15 @@ def split_key(run: Run) -> str:
 class _Scrubber:
     """Makes every string UTF-8-safe and, with a redactor, free of secrets."""
 
-    def __init__(self, redactor: Redactor | None, cleaned: Counter[str]):
+    def __init__(
+        self,
+        redactor: Redactor | None,
+        cleaned: Counter[str],
+        tool_specs: ToolSpecs | None = None,
+    ):
         self.redactor = redactor
         self.cleaned = cleaned
+        self.tool_specs = tool_specs
 
     def text(self, value: str) -> str:
         value = _utf8_safe(value, self.cleaned)
@@ -157,13 +171,17 @@ class _Scrubber:
 
 
 def run_to_example(
-    run: Run, max_tool_output_chars: int, redactor: Redactor | None = None
+    run: Run,
+    max_tool_output_chars: int,
+    redactor: Redactor | None = None,
+    tool_specs: ToolSpecs | None = None,
 ) -> Example | Exclusion:
     """Turn one run into an example. With a redactor, secrets are scrubbed from every string
-    *before* tool outputs are cut, so a cut can never leave half a secret behind."""
+    *before* tool outputs are cut, so a cut can never leave half a secret behind. The builder
+    passes `tool_specs`, its memo of scrubbed tool specs (the same result, computed once)."""
     cleaned: Counter[str] = Counter()
     try:
-        record = _record(run, max_tool_output_chars, _Scrubber(redactor, cleaned))
+        record = _record(run, max_tool_output_chars, _Scrubber(redactor, cleaned, tool_specs))
     except _Excluded as exc:
         return Exclusion(run.run_id, exc.reason, exc.detail)
     return Example(
@@ -305,8 +323,20 @@ def _assistant(
 def _tools(run: Run, scrub: _Scrubber) -> list[dict[str, Any]]:
     """The run's tool specs in OpenAI shape, sorted by name so equal tool sets hash equal.
     Names are kept verbatim (calls must match them); descriptions and schemas are scrubbed."""
+    memo, redactor = scrub.tool_specs, scrub.redactor
+    if memo is None:
+        return _scrub_tools(run.tools, scrub)
+
+    def fresh(redactions: Counter[str], cleaned: Counter[str]) -> list[dict[str, Any]]:
+        alone = Redactor(redactor.extra_patterns, redactions) if redactor else None
+        return _scrub_tools(run.tools, _Scrubber(alone, cleaned))
+
+    return memo.scrubbed(run.tools, fresh, redactor.counts if redactor else None, scrub.cleaned)
+
+
+def _scrub_tools(tools: list[Any], scrub: _Scrubber) -> list[dict[str, Any]]:
     specs = []
-    for index, spec in enumerate(run.tools):
+    for index, spec in enumerate(tools):
         function = spec.get("function") if isinstance(spec, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise _Excluded("malformed_tool_spec", f"tools[{index}] has no function name")

@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 WHITESPACE_ESTIMATE = "whitespace_estimate"
 
 
-def example_text(record: dict[str, Any]) -> str:
-    """Everything the model reads or writes in an example, as plain text."""
+def example_text(record: dict[str, Any], tool_specs: Any = None) -> str:
+    """Everything the model reads or writes in an example, as plain text. `tool_specs` (the
+    builder's curation.tool_specs.ToolSpecs) has the tools' JSON already encoded."""
     parts: list[str] = []
     for message in record.get("messages", []):
         content = message.get("content")
@@ -27,7 +28,8 @@ def example_text(record: dict[str, Any]) -> str:
             parts.append(str(fn.get("name", "")))
             parts.append(str(fn.get("arguments", "")))
     if record.get("tools"):
-        parts.append(json.dumps(record["tools"], ensure_ascii=False))
+        encoded = tool_specs.encoded(record["tools"], sort_keys=False) if tool_specs else None
+        parts.append(encoded or json.dumps(record["tools"], ensure_ascii=False))
     return "\n".join(parts)
 
 
@@ -53,9 +55,9 @@ class TokenCounter:
 
         return cls(AutoTokenizer.from_pretrained(str(path)), source=str(path))
 
-    def count(self, record: dict[str, Any]) -> int:
+    def count(self, record: dict[str, Any], tool_specs: Any = None) -> int:
         if self.tokenizer is None:
-            return len(example_text(record).split())
+            return len(example_text(record, tool_specs).split())
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{k: v for k, v in m.items() if k != "weight"} for m in record["messages"]]
             try:
@@ -66,4 +68,5 @@ class TokenCounter:
             except Exception as exc:  # a template that cannot render this example
                 self.template_fallbacks += 1
                 log.debug("chat template failed (%s); counting plain text instead", exc)
-        return len(self.tokenizer(example_text(record), add_special_tokens=False)["input_ids"])
+        text = example_text(record, tool_specs)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
