@@ -22,20 +22,24 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from autoretrain.providers.base import ChatModel, Sampling
 from autoretrain.runs.review import (
     DecisionRow,
     ensure_promotion_decisions_table,
     render_transcript,
-    replace_decisions,
 )
 from autoretrain.runs.schema import Run
 from autoretrain.runs.scoring import SCORER_VERSION
@@ -252,6 +256,9 @@ class Gate:
     verdict: str
     when: Condition
     explain: Callable[[Facts, PromotionGates], str]
+    # The facts `explain` reads: runs a gate decided that agree on them get one explanation,
+    # so decide_days explains each distinct combination once and writes the rows in SQL.
+    reads: tuple[str, ...] = ()
 
     @property
     def sql(self) -> str:
@@ -273,12 +280,14 @@ GATES: tuple[Gate, ...] = (
         REJECT,
         NotListed("category", "categories"),
         lambda f, g: f"category {f['category']!r} is not among the included {g.categories}",
+        reads=("category",),
     ),
     Gate(
         "unfinished",
         NEEDS_HUMAN,
         AnyOf((IsNull("status"), Is("status", "running"))),
         lambda f, g: f"run status is {f['status']!r}: the run never finished",
+        reads=("status",),
     ),
     Gate(
         "no_verification",
@@ -299,12 +308,14 @@ GATES: tuple[Gate, ...] = (
             f"status {f['status']!r} contradicts the last verification "
             f"({'passed' if f['verified'] else 'failed'})"
         ),
+        reads=("status", "verified"),
     ),
     Gate(
         "not_verified",
         REJECT,
         IsFalse("verified"),
         lambda f, g: f"the last verification failed (score {f['score']:.3f})",
+        reads=("score",),
     ),
     Gate(
         "no_final_answer",
@@ -329,36 +340,42 @@ GATES: tuple[Gate, ...] = (
         REJECT,
         Below("score", "min_score"),
         lambda f, g: f"score {f['score']:.3f} is below min_score {g.min_score}",
+        reads=("score",),
     ),
     Gate(
         "min_quality_score",
         REJECT,
         AnyOf((IsNull("quality_score"), Below("quality_score", "min_quality_score"))),
         lambda f, g: f"quality score {f['quality_score']} is below {g.min_quality_score}",
+        reads=("quality_score",),
     ),
     Gate(
         "max_escalations",
         REJECT,
         Above("n_escalations", "max_escalations"),
         lambda f, g: f"{f['n_escalations']} escalation(s), at most {g.max_escalations} allowed",
+        reads=("n_escalations",),
     ),
     Gate(
         "max_recoveries",
         REJECT,
         Above("n_recoveries", "max_recoveries"),
         lambda f, g: f"{f['n_recoveries']} recoveries, at most {g.max_recoveries} allowed",
+        reads=("n_recoveries",),
     ),
     Gate(
         "runtime_budget",
         REJECT,
         Above("latency_s", "max_runtime_s"),
         lambda f, g: f"ran {f['latency_s']:.1f}s, over the {g.max_runtime_s}s budget",
+        reads=("latency_s",),
     ),
     Gate(
         "token_budget",
         REJECT,
         Above("total_tokens", "max_total_tokens"),
         lambda f, g: f"used {f['total_tokens']} tokens, over the {g.max_total_tokens} budget",
+        reads=("total_tokens",),
     ),
 )
 GATES_BY_NAME = {g.name: g for g in GATES}
@@ -460,6 +477,9 @@ def borderline_reasons(facts: Facts, gates: PromotionGates) -> list[str]:
     return reasons
 
 
+# The decision of a run that cleared every gate and is not borderline: most runs.
+ALL_GATES = Decision(PROMOTE, "all_gates", "verified and within every gate and budget")
+
 REVIEWER_PROMPT = """You review runs of an AI agent before they become fine-tuning data.
 A run that is promoted teaches the model to behave exactly as in the transcript, so promote only
 runs whose every assistant turn is worth imitating. This run cleared the automatic gates, but
@@ -509,7 +529,7 @@ class PromotionGuardAgent:
                 f"borderline ({'; '.join(reasons)}); no reviewer configured",
                 borderline=True,
             )
-        return Decision(PROMOTE, "all_gates", "verified and within every gate and budget")
+        return ALL_GATES
 
     def decide(self, run: Run, metrics: dict[str, Any]) -> Decision:
         decision = self.gate(run, metrics)
@@ -624,7 +644,12 @@ def decide_days(
     con: duckdb.DuckDBPyConnection, start_day: str, end_day: str, guard: PromotionGuardAgent
 ) -> DecisionReport:
     """Decide every scored run of start_day..end_day (inclusive) and replace those days'
-    decisions for the current scorer version, in one transaction."""
+    decisions for the current scorer version, in one transaction.
+
+    Memory does not grow with the day range: runs a fact gate decided are written in SQL (each
+    distinct explanation computed once, `_explain_fact_gates`), the survivors' transcripts are
+    read in chunks, and of their decisions only the ones other than "promote, all gates" (the
+    usual one, written in SQL at the end) wait, in a file, for the transaction."""
     t0 = time.perf_counter()
     calls0, failures0 = guard.reviewer_calls, guard.reviewer_failures
     ensure_promotion_decisions_table(con)
@@ -635,22 +660,33 @@ def decide_days(
         {**days, "scorer_version": SCORER_VERSION, **gate_params(guard.gates)},
     )
     try:
-        rows = _decided_by_fact_gates(con, guard.gates)
-        survivors = _decide_survivors(con, days, guard)
+        with tempfile.TemporaryDirectory(prefix="autoretrain-decisions-") as folder:
+            spool = _RowSpool(Path(folder) / "decisions.parquet")
+            try:
+                _explain_fact_gates(con, guard.gates)
+                survivors = _decide_survivors(con, days, guard, spool)
+                for row in _reviewed(guard, survivors.pending):
+                    spool.add(row)
+            finally:
+                spool.close()
+            counts = _write_decisions(con, days, spool.path)
     finally:
         con.execute("DROP TABLE IF EXISTS _guard_facts")
-    rows += survivors.rows
+        con.execute("DROP TABLE IF EXISTS _guard_explained")
+    by_decision: Counter[str] = Counter()
+    by_gate: Counter[str] = Counter()
+    for decision, gate, n in counts:
+        by_decision[decision] += n
+        by_gate[gate] += n
     # Borderline runs decided without a reviewer name the gate "borderline"; the rest wait for it.
-    n_borderline = len(survivors.pending) + sum(1 for r in rows if r[3] == "borderline")
-    rows += _reviewed(guard, survivors.pending)
-    replace_decisions(con, start_day, end_day, SCORER_VERSION, rows)
+    n_borderline = len(survivors.pending) + by_gate.get("borderline", 0)
     return DecisionReport(
         start_day=start_day,
         end_day=end_day,
         scorer_version=SCORER_VERSION,
-        n_runs=len(rows),
-        by_decision=dict(Counter(r[2] for r in rows)),
-        by_gate=dict(Counter(r[3] for r in rows)),
+        n_runs=sum(by_decision.values()),
+        by_decision=dict(sorted(by_decision.items())),
+        by_gate=dict(sorted(by_gate.items())),
         n_transcripts_read=survivors.n_read,
         n_borderline=n_borderline,
         reviewer_calls=guard.reviewer_calls - calls0,
@@ -675,39 +711,166 @@ def _refuse_unscored(con: duckdb.DuckDBPyConnection, start_day: str, end_day: st
         )
 
 
-def _decided_by_fact_gates(
-    con: duckdb.DuckDBPyConnection, gates: PromotionGates
-) -> list[DecisionRow]:
-    """Runs a fact gate decided: explained from their facts, records never parsed."""
-    decided = con.sql(
-        f"SELECT run_id, day, failed_gate, {', '.join(FACT_NAMES)} FROM _guard_facts "
-        "WHERE failed_gate IS NOT NULL"
-    ).to_arrow_table()
-    rows: list[DecisionRow] = []
-    for rec in decided.to_pylist():
-        gate = GATES_BY_NAME[rec["failed_gate"]]
-        rows.append((rec["run_id"], rec["day"], gate.verdict, gate.name, gate.explain(rec, gates)))
-    return rows
+# The facts a gate's explanation reads, as the text that tells their values apart: DuckDB
+# writes a DOUBLE as its shortest round-trip text, so equal text is an equal value (0.0 and
+# -0.0 apart), and a run's row finds its explanation by these keys.
+_MAX_READS = 2
+
+
+def _keys(gate: Gate, table: str) -> list[str]:
+    return [f"CAST({table}.{fact} AS VARCHAR)" for fact in gate.reads]
+
+
+def _explain_fact_gates(con: duckdb.DuckDBPyConnection, gates: PromotionGates) -> None:
+    """`_guard_explained`: per fact gate, each distinct combination of the facts its
+    explanation reads among the runs it decided, and that explanation. Explained from the
+    facts, as one run is (`Gate.explain`); records are never parsed."""
+    rows: list[tuple[Any, ...]] = []
+    for gate in GATES:
+        assert len(gate.reads) <= _MAX_READS, gate.name
+        if not gate.reads:
+            rows.append((gate.name, None, None, gate.explain({}, gates)))
+            continue
+        keys = _keys(gate, "f")
+        values = ", ".join(f"any_value(f.{fact}) AS {fact}" for fact in gate.reads)
+        named = ", ".join(f"{key} AS _k{i}" for i, key in enumerate(keys))
+        # Read through Arrow, as the rows of one run were: the same Python values.
+        distinct = con.sql(
+            f"SELECT {values}, {named} FROM _guard_facts f WHERE f.failed_gate = $gate "
+            "GROUP BY ALL",
+            params={"gate": gate.name},
+        ).to_arrow_table()
+        for rec in distinct.to_pylist():
+            padded = [rec[f"_k{i}"] for i in range(len(keys))]
+            padded += [None] * (_MAX_READS - len(padded))
+            rows.append((gate.name, *padded, gate.explain(rec, gates)))
+    frame = pl.DataFrame(
+        rows,
+        schema={"gate": pl.String, "k0": pl.String, "k1": pl.String, "rationale": pl.String},
+        orient="row",
+    )
+    con.register("_guard_explained_frame", frame)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE _guard_explained AS FROM _guard_explained_frame")
+    finally:
+        con.unregister("_guard_explained_frame")
+
+
+class _RowSpool:
+    """Decision rows written to a Parquet file in chunks, read back by DuckDB in the
+    transaction that replaces the days' decisions: memory holds one chunk."""
+
+    SCHEMA = pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("day", pa.date32()),
+            ("decision", pa.string()),
+            ("gate", pa.string()),
+            ("rationale", pa.string()),
+        ]
+    )
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._writer = pq.ParquetWriter(str(path), self.SCHEMA)
+        self._rows: list[DecisionRow] = []
+
+    def add(self, row: DecisionRow) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= _SURVIVOR_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            columns = list(zip(*self._rows, strict=True))
+            self._writer.write_table(pa.Table.from_arrays(columns, schema=self.SCHEMA))
+            self._rows = []
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+
+
+def _write_decisions(
+    con: duckdb.DuckDBPyConnection, days: dict[str, str], spooled: Path
+) -> list[tuple[str, str, int]]:
+    """Replace the days' decisions for this scorer version, in one transaction (a reader sees
+    the old decisions or the new ones, never a mix): runs a fact gate decided, with their
+    explanations; the survivors' spooled rows; every other survivor promoted by all gates.
+    Returns (decision, gate, runs) for what was written."""
+    params = {**days, "v": SCORER_VERSION}
+    spool = f"read_parquet('{_sql_text(str(spooled))}')"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "DELETE FROM promotion_decisions WHERE day BETWEEN $start_day AND $end_day "
+            "AND scorer_version = $v",
+            params,
+        )
+        for gate in GATES:
+            on = "".join(
+                f" AND {key} IS NOT DISTINCT FROM e.k{i}" for i, key in enumerate(_keys(gate, "f"))
+            )
+            con.execute(
+                "INSERT INTO promotion_decisions SELECT f.run_id, f.day, $verdict, f.failed_gate, "
+                "e.rationale, $v, now() FROM _guard_facts f JOIN _guard_explained e "
+                f"ON e.gate = f.failed_gate{on} WHERE f.failed_gate = $gate",
+                {"verdict": gate.verdict, "gate": gate.name, "v": SCORER_VERSION},
+            )
+        con.execute(
+            "INSERT INTO promotion_decisions SELECT run_id, day, decision, gate, rationale, $v, "
+            f"now() FROM {spool}",
+            {"v": SCORER_VERSION},
+        )
+        # The survivors `_decide_survivors` read (the same join), less those it spooled.
+        con.execute(
+            "INSERT INTO promotion_decisions SELECT f.run_id, f.day, $decision, $gate, "
+            "$rationale, $v, now() FROM _guard_facts f JOIN runs r USING (run_id) "
+            "WHERE f.failed_gate IS NULL AND r.day BETWEEN $start_day AND $end_day "
+            f"AND NOT EXISTS (SELECT 1 FROM {spool} x WHERE x.run_id = f.run_id)",
+            {**params, "decision": PROMOTE, "gate": ALL_GATES.gate,
+             "rationale": ALL_GATES.rationale},
+        )  # fmt: skip
+        counts = con.execute(
+            "SELECT decision, gate, count(*) FROM promotion_decisions "
+            "WHERE day BETWEEN $start_day AND $end_day AND scorer_version = $v GROUP BY ALL",
+            params,
+        ).fetchall()
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return [(d, g, int(n)) for d, g, n in counts]
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
 
 
 @dataclass
 class _Survivors:
     """What reading the transcripts of the runs that cleared every fact gate gave."""
 
-    rows: list[DecisionRow] = field(default_factory=list)  # decided here
     pending: list[tuple[Run, dict[str, Any], Decision]] = field(default_factory=list)  # reviewer's
     n_read: int = 0
 
 
 def _decide_survivors(
-    con: duckdb.DuckDBPyConnection, days: dict[str, str], guard: PromotionGuardAgent
+    con: duckdb.DuckDBPyConnection,
+    days: dict[str, str],
+    guard: PromotionGuardAgent,
+    spool: _RowSpool,
 ) -> _Survivors:
     """Runs that cleared every fact gate: read the transcript and gate it; the borderline ones
-    wait for the reviewer when there is one. Streamed in chunks, so memory does not grow with
-    the day range."""
+    wait for the reviewer when there is one. Streamed in chunks; a decision other than
+    ALL_GATES goes to `spool`, and ALL_GATES ones are written in SQL afterwards."""
+    # No ORDER BY: sorting would hold every survivor's record at once (the peak of memory
+    # here, once); only the reviewer's batches depend on the order, and `pending` is sorted.
     cur = con.execute(
         "SELECT f.*, r.record FROM _guard_facts f JOIN runs r USING (run_id) "
-        "WHERE f.failed_gate IS NULL AND r.day BETWEEN $start_day AND $end_day ORDER BY f.run_id",
+        "WHERE f.failed_gate IS NULL AND r.day BETWEEN $start_day AND $end_day",
         days,
     )
     names = [d[0] for d in cur.description]
@@ -720,15 +883,18 @@ def _decide_survivors(
                 run = Run.model_validate_json(metrics.pop("record"))
             except ValueError as exc:
                 why = f"the stored record does not parse as a Run: {str(exc)[:300]}"
-                out.rows.append(
+                spool.add(
                     (metrics["run_id"], metrics["day"], NEEDS_HUMAN, "unreadable_record", why)
                 )
                 continue
             decision = guard.gate(run, metrics)
             if decision.borderline and guard.reviewer is not None:
                 out.pending.append((run, metrics, decision))
-            else:
-                out.rows.append(_row(run, metrics, decision))
+            elif decision != ALL_GATES:
+                spool.add(_row(run, metrics, decision))
+    # In run id order, as the reviewer has always been asked (DuckDB orders VARCHAR by bytes,
+    # which for UTF-8 is code point order, as here).
+    out.pending.sort(key=lambda item: item[0].run_id)
     return out
 
 

@@ -266,6 +266,31 @@ def test_sql_gates_agree_with_python_gates_on_random_facts():
     assert {g for (g,) in py_gates} >= {g.name for g in GATES}  # every gate was exercised
 
 
+def test_each_explanation_reads_only_the_facts_its_gate_names():
+    """decide_days explains each distinct combination of a gate's `reads` once and gives it to
+    every run that shares it: an explanation must depend on nothing else."""
+    rng = random.Random(5)
+    gates = PromotionGates(categories=["a"], min_quality_score=0.5)
+    for _ in range(500):
+        facts = {
+            "traffic": "selfplay",
+            "category": rng.choice(["a", "it's", None]),
+            "status": rng.choice(["succeeded", "failed", None]),
+            "verified": rng.random() < 0.5,
+            "score": rng.random(),
+            "quality_score": rng.choice([None, 0.25]),
+            "has_final_answer": True,
+            "n_turns": 1,
+            "latency_s": rng.uniform(0, 500),
+            "n_escalations": rng.randrange(3),
+            "n_recoveries": rng.randrange(4),
+            "total_tokens": rng.randrange(10_000),
+        }
+        for gate in GATES:
+            only = {fact: facts[fact] for fact in gate.reads}
+            assert gate.explain(only, gates) == gate.explain(facts, gates), gate.name
+
+
 def _mixed_runs(n: int, seed: int = 3) -> list[Run]:
     rng = random.Random(seed)
     kinds = [
