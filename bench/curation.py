@@ -263,6 +263,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_polars_typed": {**baselines["typed"], **rates(baselines["typed"]["seconds"])},
         "baseline_polars_lines": {**baselines["lines"], **rates(baselines["lines"]["seconds"])},
         "project": {**project, **rates(project["seconds"])},
+        # Issue #23: project throughput / the faster baseline's (= baseline s / project s).
+        "ratio": round(ratio, 3),
         "ratio_project_vs_baseline": round(ratio, 3),
         "ratio_project_vs_typed_baseline": round(
             baselines["typed"]["seconds"] / project["seconds"], 3
