@@ -41,7 +41,7 @@ from autoretrain.curation.manifest import (
     new_version_dir,
 )
 from autoretrain.curation.redact import MARKER, Redactor, compile_extra_patterns
-from autoretrain.curation.scan import scan_decoded_line, scan_text
+from autoretrain.curation.scan import parts_are_plain, scan_decoded_line, scan_text
 from autoretrain.curation.split import assign_splits
 from autoretrain.curation.tokens import TokenCounter
 from autoretrain.curation.tool_specs import ToolSpecs
@@ -152,7 +152,7 @@ def _examples(
             exclusions.append(excluded)
             continue
         assert run is not None
-        result, line, redactor = _convert(run, config.max_tool_output_chars, extra, specs)
+        result, line, redactor, parts = _convert(run, config.max_tool_output_chars, extra, specs)
         if isinstance(result, Exclusion):
             exclusions.append(result)
             continue
@@ -162,7 +162,8 @@ def _examples(
         if problems:
             exclusions.append(Exclusion(run.run_id, "invalid_example", problems[0]))
             continue
-        residual = scan_decoded_line(line, decoded, extra)
+        plain = parts_are_plain(parts) if parts is not None and not extra else None
+        residual = scan_decoded_line(line, decoded, extra, plain)
         if residual:
             # The scrubber and the scanner disagree (a secret split across JSON structure,
             # say): drop the example rather than write what the scan would flag.
@@ -339,24 +340,25 @@ def _run_id_of(raw: Mapping[str, Any] | str | bytes) -> Any:
 
 def _convert(
     run: Run, max_chars: int, extra_patterns: list[str], specs: ToolSpecs | None = None
-) -> tuple[Example | Exclusion, str, Redactor]:
-    """The example and its JSONL line (without the newline), or why there is none."""
+) -> tuple[Example | Exclusion, str, Redactor, list[str] | None]:
+    """The example and its JSONL line (without the newline), or why there is none; and the
+    JSON parts the line was joined from, when it was (see `_line`)."""
     redactor = Redactor(list(extra_patterns))
     try:
         result = run_to_example(run, max_chars, redactor, specs)
         if isinstance(result, Exclusion):
-            return result, "", redactor
-        line = _line(result.record, specs)
+            return result, "", redactor, None
+        line, parts = _line(result.record, specs)
         # Proves the record can be written: anything unencodable is excluded here, not
         # discovered halfway through a file.
         line.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return Exclusion(run.run_id, "invalid_unicode", str(exc)), "", redactor
+        return Exclusion(run.run_id, "invalid_unicode", str(exc)), "", redactor, None
     except Exception as exc:  # one strange run must not stop the build; it is counted
         # A run id can hold a secret: the log gets it scrubbed, as the manifest does.
         log.warning("run %s could not be converted: %r", redactor.redact(run.run_id), exc)
-        return Exclusion(run.run_id, "conversion_error", repr(exc)[:300]), "", redactor
-    return result, line, redactor
+        return Exclusion(run.run_id, "conversion_error", repr(exc)[:300]), "", redactor, None
+    return result, line, redactor, parts
 
 
 _E = TypeVar("_E", _Kept, Example)
@@ -399,13 +401,18 @@ def _leakage(
     }
 
 
-def _line(record: dict[str, Any], specs: ToolSpecs | None = None) -> str:
+def _line(record: dict[str, Any], specs: ToolSpecs | None = None) -> tuple[str, list[str] | None]:
+    """The record's JSONL line, and, when the build's memo encoded its tool specs, the parts
+    it was joined from (each message's JSON, then the tools'): the same text json.dumps
+    writes for the whole record, whose parts the secret scan's gate reads one by one."""
     tools = specs.encoded(record.get("tools"), sort_keys=False) if specs else None
-    if tools is None or list(record) != ["messages", "tools"]:
-        return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
-    # The same text, with the tool specs encoded once for the build (tool_specs.py).
-    messages = json.dumps(record["messages"], ensure_ascii=False, separators=(", ", ": "))
-    return f'{{"messages": {messages}, "tools": {tools}}}'
+    messages = record.get("messages")
+    if tools is None or list(record) != ["messages", "tools"] or type(messages) is not list:
+        return json.dumps(record, ensure_ascii=False, separators=(", ", ": ")), None
+    parts = [json.dumps(m, ensure_ascii=False, separators=(", ", ": ")) for m in messages]
+    line = f'{{"messages": [{", ".join(parts)}], "tools": {tools}}}'
+    parts.append(tools)
+    return line, parts
 
 
 def _write_jsonl(path: Path, examples: list[_Kept], spool: IO[bytes], bom: bool) -> str:

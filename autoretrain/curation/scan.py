@@ -299,6 +299,28 @@ def _line_is_plain(line: str) -> bool:
     return not (_has_literal(lower) or _DIGIT_SPAN.search(line) or _has_long_token(line))
 
 
+# The JSON a line is made of around its parts (see `parts_are_plain`), plain itself.
+_GLUE = '{"messages": [], "tools": }'
+
+
+@lru_cache(maxsize=8192)
+def _long_part_is_plain(text: str) -> bool:
+    return _line_is_plain(text)
+
+
+def parts_are_plain(parts: Iterable[str]) -> bool:
+    """`_line_is_plain` of a JSON line written as `{"messages": [` + its messages' JSON joined
+    by ", " + `], "tools": ` + the tools' JSON + `}`, read off the parts: nothing a gate looks
+    for can straddle a part's edge (a literal holds no quote, bracket, brace or comma; a digit
+    span or a token no bracket or brace; an escape stays inside its string), so the line is
+    plain when every part is. Long parts (system prompts, tool specs) recur run after run and
+    are looked up."""
+    for part in parts:
+        if not (_long_part_is_plain(part) if len(part) >= 256 else _line_is_plain(part)):
+            return False
+    return True
+
+
 # Bytes of the characters a random token is made of, as "a"; every other byte as a space.
 _TOKEN_TABLE = bytes(97 if chr(i) in _TOKEN_CHARS else 32 for i in range(256))
 
@@ -388,11 +410,14 @@ def scan_value(value: Any, extra_patterns: Iterable[str] = ()) -> set[str]:
     return walk.found
 
 
-def scan_decoded_line(text: str, decoded: Any, extra_patterns: Iterable[str] = ()) -> list[str]:
+def scan_decoded_line(
+    text: str, decoded: Any, extra_patterns: Iterable[str] = (), plain: bool | None = None
+) -> list[str]:
     """`scan_line` for a caller that has already decoded the line (`decoded` is
-    `json.loads(text)`), so it is not decoded twice."""
+    `json.loads(text)`), so it is not decoded twice. `plain`, when the caller knows it, is
+    `_line_is_plain(text)` (see `parts_are_plain`)."""
     extra = tuple(extra_patterns)
-    if not extra and _line_is_plain(text):
+    if not extra and (_line_is_plain(text) if plain is None else plain):
         return []
     return sorted(scan_value(decoded, extra))
 
@@ -454,3 +479,6 @@ def scan_dataset(
         for name in DATASET_FILES
         if (version_dir / name).is_file()
     }
+
+
+assert _line_is_plain(_GLUE)

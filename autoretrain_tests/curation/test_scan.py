@@ -248,3 +248,30 @@ def test_dataset_scan_cli_reads_a_version_folder_and_names_file_line_and_kind(se
     empty.mkdir()
     refused = CliRunner().invoke(cli, ["dataset", "scan", str(empty)])
     assert refused.exit_code == 1 and "without train.jsonl" in refused.output
+
+
+def test_a_line_read_by_its_parts_gates_as_the_whole_line():
+    """The builder asks whether a line is plain part by part (scan.parts_are_plain): on random
+    lines made of what the gates look for (literals, digits, separators, escapes, folded and
+    context-dependent letters), the answer is the whole line's."""
+    import random
+
+    from autoretrain.curation.scan import _line_is_plain, parts_are_plain
+
+    rng = random.Random(1)
+    pieces = ["a", "k", "e", "y", "p", "s", "w", "1", "2", "3", "4", "5", "6", " ", "-", "(", ")"]
+    pieces += [".", "+", "/", "=", "\n", "\\", '"', "@", ":", "g", "h", "_", "A", "Z", "é"]
+    pieces += ["\u0130", "\u017f", "Σ", "\t", "\\u", "x", "sig", "key", "pass", "aws", "ghp_"]
+    outcomes = set()
+    for _ in range(20_000):
+        messages = [
+            {"role": "user", "content": "".join(rng.choices(pieces, k=rng.randrange(40)))}
+            for _ in range(rng.randrange(1, 4))
+        ]
+        tools = [{"d": "".join(rng.choices(pieces, k=rng.randrange(40)))}]
+        parts = [json.dumps(m, ensure_ascii=False) for m in messages]
+        parts.append(json.dumps(tools, ensure_ascii=False))
+        line = json.dumps({"messages": messages, "tools": tools}, ensure_ascii=False)
+        assert parts_are_plain(parts) == _line_is_plain(line), line
+        outcomes.add(_line_is_plain(line))
+    assert outcomes == {True, False}
