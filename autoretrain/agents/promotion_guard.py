@@ -646,10 +646,12 @@ def decide_days(
     """Decide every scored run of start_day..end_day (inclusive) and replace those days'
     decisions for the current scorer version, in one transaction.
 
-    Memory does not grow with the day range: runs a fact gate decided are written in SQL (each
-    distinct explanation computed once, `_explain_fact_gates`), the survivors' transcripts are
-    read in chunks, and of their decisions only the ones other than "promote, all gates" (the
-    usual one, written in SQL at the end) wait, in a file, for the transaction."""
+    Python holds no row per run: runs a fact gate decided are written in SQL (each distinct
+    explanation computed once, `_explain_fact_gates`), the survivors' transcripts are read in
+    chunks, and of their decisions only the ones other than "promote, all gates" (the usual
+    one, written in SQL at the end) wait, in a file, for the transaction. DuckDB's own memory
+    (the temp facts table, the survivors' join, cached blocks) still grows with the day range
+    (bench/results/curation-1000000.md)."""
     t0 = time.perf_counter()
     calls0, failures0 = guard.reviewer_calls, guard.reviewer_failures
     ensure_promotion_decisions_table(con)
@@ -866,8 +868,8 @@ def _decide_survivors(
     """Runs that cleared every fact gate: read the transcript and gate it; the borderline ones
     wait for the reviewer when there is one. Streamed in chunks; a decision other than
     ALL_GATES goes to `spool`, and ALL_GATES ones are written in SQL afterwards."""
-    # No ORDER BY: sorting would hold every survivor's record at once (the peak of memory
-    # here, once); only the reviewer's batches depend on the order, and `pending` is sorted.
+    # No ORDER BY: sorting would gather every survivor's record before the first row comes
+    # out; only the reviewer's batches depend on the order, and `pending` is sorted below.
     cur = con.execute(
         "SELECT f.*, r.record FROM _guard_facts f JOIN runs r USING (run_id) "
         "WHERE f.failed_gate IS NULL AND r.day BETWEEN $start_day AND $end_day",
