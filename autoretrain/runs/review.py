@@ -57,48 +57,6 @@ def ensure_promotion_decisions_table(con: duckdb.DuckDBPyConnection) -> None:
 DecisionRow = tuple[str, Any, str, str, str]
 
 
-def replace_decisions(
-    con: duckdb.DuckDBPyConnection,
-    start_day: str,
-    end_day: str,
-    scorer_version: str,
-    rows: list[DecisionRow],
-) -> None:
-    """Replace the automatic decisions of start_day..end_day for one scorer version with `rows`,
-    in one transaction (a reader sees the old decisions or the new ones, never a mix)."""
-    frame = pl.DataFrame(
-        rows,
-        schema={
-            "run_id": pl.String,
-            "day": pl.Date,
-            "decision": pl.String,
-            "gate": pl.String,
-            "rationale": pl.String,
-        },
-        orient="row",
-    )
-    params = {"start_day": start_day, "end_day": end_day, "v": scorer_version}
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(
-            "DELETE FROM promotion_decisions WHERE day BETWEEN $start_day AND $end_day "
-            "AND scorer_version = $v",
-            params,
-        )
-        con.register("_guard_decisions", frame)
-        con.execute(
-            "INSERT INTO promotion_decisions SELECT run_id, day, decision, gate, rationale, "
-            "$v, now() FROM _guard_decisions",
-            {"v": scorer_version},
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.unregister("_guard_decisions")
-
-
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {
         r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
