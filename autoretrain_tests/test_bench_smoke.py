@@ -44,7 +44,7 @@ def test_curation_bench(tmp_path):
     assert typed["kept"] == lines["kept"] == project["promotable"] > 0
     assert project["train"] + project["eval"] > 0
     assert project["peak_rss_mb"] > 0 and result["ratio_project_vs_baseline"] > 0
-    assert result["target"] == 0.5 and result["command"].startswith(".venv/bin/python bench/")
+    assert result["target"] == 0.3 and result["command"].startswith(".venv/bin/python bench/")
 
 
 @pytest.mark.integration
