@@ -81,3 +81,75 @@ def test_bootstrap_trials_bench(tmp_path):
     assert not result["grouped_digits"] and result["steps"] >= 1
     assert set(result) >= {"in_distribution", "held_out"}
     assert all(0 <= result[t][0] <= 1 for t in ("in_distribution", "held_out"))
+
+
+def _arm(lift: float, held: float, gate: str, **extra) -> dict:
+    tier = {
+        "incumbent_pass_rate": 0.4,
+        "candidate_pass_rate": 0.4 + lift / 100,
+        "diff_points": lift,
+        "mcnemar_p": 1e-6,
+    }
+    return {
+        "incumbent": "v0",
+        "gate": gate,
+        "failed_gates": [],
+        "tiers": {
+            "in_distribution": {**tier, "diff_ci_points": [lift - 1, lift + 1]},
+            "held_out": {
+                **tier,
+                "candidate_pass_rate": 0.4 + held / 100,
+                "diff_points": held,
+                "diff_ci_points": [held - 1, held + 1],
+            },
+        },
+        **extra,
+    }
+
+
+def test_loop_refresh_judges_each_catalog_by_its_own_target(tmp_path):
+    """bench/loop.py --refresh: the shipped catalog needs +10 points, any other +5, from a
+    promoted round that beats both controls; loop.md puts every catalog side by side."""
+    out = tmp_path / "results"
+    out.mkdir()
+    controls = {"compute_matched": _arm(2.0, 0, "reject"), "no_filter": _arm(3.0, 0, "reject")}
+    shipped = {
+        "command": "bench/loop.py",
+        "machine": {"cores": 2, "memory_gb": 24, "load_average_at_start": 1, "date": "today"},
+        "catalog": "shipped",
+        "parameters": {"settings": {}, "selfplay_runs": 10, "instances_per_scenario": 70},
+        "target": {"in_distribution_lift_points": 0},
+        "arms": {"it1": _arm(7.0, 1.0, "promote", promoted=True), **controls},
+        "not_measured": [],
+        "notes": [],
+    }
+    new = {
+        **shipped,
+        "catalog": "new",
+        "parameters": {**shipped["parameters"], "settings": {"selfplay": {"allocation": "x"}}},
+        "arms": {
+            "it1": _arm(7.0, 1.0, "promote", promoted=True),
+            "it2": _arm(9.0, -5.0, "reject", promoted=False),
+            "poisoned": _arm(-1.0, -9.0, "reject"),
+            **controls,
+        },
+    }
+    shipped["catalogs"] = {"new": {"file": "loop-new.json", "command": "x"}}
+    (out / "loop.json").write_text(json.dumps(shipped))
+    (out / "loop-new.json").write_text(json.dumps(new))
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "loop.py"), "--refresh", "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    index = json.loads((out / "loop.json").read_text())
+    got = {name: entry["verdict"] for name, entry in index["catalogs"].items()}
+    assert got["shipped"]["best_promoted_lift_points"] == 7.0
+    assert got["shipped"]["promoted_lift_meets_target"] is False  # 7 < 10
+    assert got["new"]["best_promoted_lift_points"] == 7.0  # it2 lifted more, but was rejected
+    assert got["new"]["promoted_lift_meets_target"] is True  # 7 >= 5 and beats 2 and 3
+    assert index["catalogs"]["new"]["planted_regressions_promoted"] == 0
+    page = (out / "loop.md").read_text()
+    assert "## Every catalog side by side" in page
+    assert "+7.00 (target +5: met)" in page and "+7.00 (target +10: not met)" in page

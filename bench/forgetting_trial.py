@@ -10,6 +10,10 @@ difference in the held-out tier is the setting's.
     .venv/bin/python bench/forgetting_trial.py --work bench/work/loop-shipping \\
         --variant lr_3e-4='{"learning_rate": 3e-4}' --variant epochs_1='{"epochs": 1}'
 
+A run made only for this trial can keep its bench JSON out of bench/results (`bench/loop.py
+--out DIR`) and name it with `--bench DIR/loop-<catalog>.json`. A variant `{}` retrains with the
+settings unchanged: the spread between it and it1 is retraining noise.
+
 Results go to bench/results/trials/forgetting-<work folder name>.json and .md (rewritten
 after each variant, so a stopped run keeps the finished ones).
 """
@@ -39,6 +43,13 @@ def main() -> None:
         metavar="NAME='{\"learning_rate\": 3e-4}'",
         help="TrainConfig fields over the settings' training section",
     )
+    parser.add_argument(
+        "--bench",
+        type=Path,
+        default=None,
+        help="the loop bench's JSON for that work folder (default: "
+        "bench/results/<work folder name>.json)",
+    )
     parser.add_argument("--instances-per-scenario", type=int, default=70)
     args = parser.parse_args()
     variants = {}
@@ -53,7 +64,7 @@ def main() -> None:
     home = args.work / "home"
     os.environ["AUTORETRAIN_HOME"] = str(home)
     os.environ["AUTORETRAIN_CONFIG"] = str(args.work / "autoretrain.yaml")
-    bench = json.loads((RESULTS / f"{args.work.name}.json").read_text())
+    bench = json.loads((args.bench or RESULTS / f"{args.work.name}.json").read_text())
     overrides = dict(bench["parameters"]["settings"])
     if bench["parameters"]["catalog_dir"]:
         overrides["scenarios_dir"] = bench["parameters"]["catalog_dir"]

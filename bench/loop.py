@@ -42,7 +42,8 @@ from common import RESULTS, WORK, command_line, machine_facts, table  # noqa: E4
 # compute_matched_2: the extra training steps of it1 and it2 together, the control for it2.
 ARMS = ("it1", "compute_matched", "no_filter", "poisoned", "forgetting", "it2", "compute_matched_2")
 PLANTED = ("poisoned", "forgetting")
-TARGET_LIFT_POINTS = 10.0
+TARGET_LIFT_POINTS = 10.0  # the shipped catalog (issue #20)
+NEW_CATALOG_TARGET_LIFT_POINTS = 5.0  # any other catalog (issue #20)
 HELD_OUT_TOLERANCE_POINTS = 2.0
 
 
@@ -108,6 +109,12 @@ def main() -> None:
         "`iteration_wall_s` in the existing loop.json, keeping its measured arms",
     )
     parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="re-derive every catalog's verdict and rewrite loop.json's index and loop.md "
+        "(runs no arm)",
+    )
+    parser.add_argument(
         "--note",
         action="append",
         default=[],
@@ -125,6 +132,9 @@ def main() -> None:
     if args.timing_only:
         iteration_timing(args)
         return
+    if args.refresh:
+        refresh(args.out)
+        return
     bench = Bench(args)
     if args.head_to_head or args.note:
         bench.head_to_head([pair.split(":", 1) for pair in args.head_to_head])
@@ -133,6 +143,10 @@ def main() -> None:
 
 
 ITERATION_TARGET_S = 300.0  # issue #23: one loop iteration in 5 minutes on 2 quiet cores
+
+
+def target_lift(catalog: str) -> float:
+    return TARGET_LIFT_POINTS if catalog == "shipped" else NEW_CATALOG_TARGET_LIFT_POINTS
 
 
 def iteration_timing(args: argparse.Namespace) -> None:
@@ -155,7 +169,7 @@ def iteration_timing(args: argparse.Namespace) -> None:
         "gate": timed["arms"]["it1"]["gate"],
     }
     index.write_text(json.dumps(shipped, indent=2, default=str) + "\n")
-    (results / "loop.md").write_text(_markdown(shipped).rstrip() + "\n")
+    write_index_markdown(results)
     print(f"iteration_wall_s {seconds['total']} ({seconds})", flush=True)
 
 
@@ -176,7 +190,7 @@ class Bench:
                 "settings": args.settings,
             },
             "target": {
-                "in_distribution_lift_points": TARGET_LIFT_POINTS,
+                "in_distribution_lift_points": target_lift(args.name),
                 "held_out_within_points": HELD_OUT_TOLERANCE_POINTS,
                 "beats_compute_matched": True,
             },
@@ -521,7 +535,10 @@ class Bench:
             self.result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         if "it1" in arms:
             self.result["iteration_wall_seconds"] = arms["it1"]["seconds"]["total"]
-        self.result["verdict"] = _verdict(arms)
+        self.result["target"]["in_distribution_lift_points"] = target_lift(
+            self.result.get("catalog", "shipped")
+        )
+        self.result["verdict"] = _verdict(arms, self.result["target"])
         self.result["ratio_to_target"] = self.result["verdict"].get("ratio_to_target")
         catalog = self.result.get("catalog", "shipped")
         name = "loop" if catalog == "shipped" else f"loop-{catalog}"
@@ -549,6 +566,109 @@ class Bench:
             json.dumps(self.result, indent=2, default=str) + "\n"
         )
         (self.args.out / f"{name}.md").write_text(_markdown(self.result).rstrip() + "\n")
+        write_index_markdown(self.args.out)
+
+
+def refresh(out: Path) -> None:
+    """Re-derive every catalog's target and verdict from its measured arms, and rewrite its
+    files, the index in loop.json and loop.md (no arm runs)."""
+    index = _read(out / "loop.json")
+    if index.get("arms") and "shipped" not in index.get("catalogs", {}):
+        index.setdefault("catalogs", {})["shipped"] = {
+            "file": "loop.json",
+            "promoted": [
+                a for a in ("it1", "it2") if a in index["arms"] and _promoted(index["arms"][a])
+            ],
+            "command": index["command"],
+        }
+    for catalog, entry in index.get("catalogs", {}).items():
+        path = out / entry["file"]
+        result = index if entry["file"] == "loop.json" else _read(path)
+        result["target"]["in_distribution_lift_points"] = target_lift(catalog)
+        result["verdict"] = _verdict(result["arms"], result["target"])
+        result["ratio_to_target"] = result["verdict"].get("ratio_to_target")
+        entry["best_promoted_lift_points"] = result["verdict"]["best_promoted_lift_points"]
+        entry["planted_regressions_promoted"] = result["verdict"].get(
+            "planted_regressions_promoted"
+        )
+        entry["verdict"] = result["verdict"]
+        if result is not index:
+            path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+            path.with_suffix(".md").write_text(_markdown(result).rstrip() + "\n")
+    (out / "loop.json").write_text(json.dumps(index, indent=2, default=str) + "\n")
+    write_index_markdown(out)
+
+
+def write_index_markdown(out: Path) -> None:
+    """loop.md: the shipped catalog's tables, then every catalog side by side."""
+    index = _read(out / "loop.json")
+    text = _markdown(index).rstrip() + "\n" if index.get("arms") else ""
+    catalogs = index.get("catalogs", {})
+    if catalogs:
+        text += "\n" + _catalogs_markdown(out, catalogs)
+    (out / "loop.md").write_text(text)
+
+
+def _catalogs_markdown(out: Path, catalogs: dict[str, Any]) -> str:
+    rows = []
+    for catalog, entry in catalogs.items():
+        result = _read(out / entry["file"])
+        arms, v = result.get("arms", {}), entry["verdict"]
+        first = next(iter(arms.values()), None)
+        base = (
+            f"{100 * first['tiers']['in_distribution']['incumbent_pass_rate']:.1f}% / "
+            f"{100 * first['tiers']['held_out']['incumbent_pass_rate']:.1f}%"
+            if first
+            else ""
+        )
+
+        def lift(arm: str, arms: dict[str, Any] = arms) -> str:
+            if arm not in arms:
+                return "not run"
+            ind = arms[arm]["tiers"]["in_distribution"]
+            held = arms[arm]["tiers"]["held_out"]
+            return f"{ind['diff_points']:+.2f} / {held['diff_points']:+.2f} ({arms[arm]['gate']})"
+
+        rows.append(
+            [
+                f"[{catalog}]({entry['file'].replace('.json', '.md')})",
+                f"`{json.dumps(result['parameters']['settings'])}`"
+                if result.get("parameters", {}).get("settings")
+                else "none",
+                base,
+                lift("it1"),
+                lift("it2"),
+                lift("compute_matched"),
+                lift("no_filter"),
+                f"{v['best_promoted_lift_points']:+.2f} (target +{target_lift(catalog):.0f}: "
+                f"{'met' if v.get('promoted_lift_meets_target') else 'not met'})",
+                "—"
+                if v.get("planted_regressions_promoted") is None
+                else f"{v['planted_regressions_promoted']} of {len(v['planted_regressions'])}",
+            ]
+        )
+    return (
+        "## Every catalog side by side\n\n"
+        "In-distribution / held-out lift over v0 in points (the gate's decision); best promoted "
+        "lift within two iterations against the catalog's target (a promoted, significant "
+        "lift that beats both controls); planted regressions promoted. Each catalog's own file "
+        "has its confidence intervals, categories and command.\n\n"
+        + table(
+            [
+                "catalog",
+                "settings over the defaults",
+                "v0 in-dist / held-out",
+                "it1",
+                "it2",
+                "compute-matched",
+                "no-filter",
+                "best promoted lift",
+                "planted promoted",
+            ],
+            rows,
+        )
+        + "\n"
+    )
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -605,7 +725,15 @@ def _training_facts(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keep if k in metrics}
 
 
-def _verdict(arms: dict[str, Any]) -> dict[str, Any]:
+def _promoted(arm: dict[str, Any]) -> bool:
+    """Whether the product's gate promoted this round (results from before the bench recorded
+    `promoted` say it by the gate against the round's own incumbent)."""
+    if "promoted" in arm:
+        return bool(arm["promoted"])
+    return arm.get("gate_vs_previous", arm)["gate"] == "promote"
+
+
+def _verdict(arms: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
     def lift(name: str, tier: str) -> float | None:
         arm = arms.get(name)
         return arm["tiers"].get(tier, {}).get("diff_points") if arm else None
@@ -613,7 +741,7 @@ def _verdict(arms: dict[str, Any]) -> dict[str, Any]:
     promoted = [
         arms[n]["tiers"]["in_distribution"]["diff_points"]
         for n in ("it1", "it2")
-        if n in arms and arms[n].get("promoted")
+        if n in arms and _promoted(arms[n])
     ]
     best = None
     for name in ("it1", "it2"):
@@ -622,7 +750,25 @@ def _verdict(arms: dict[str, Any]) -> dict[str, Any]:
             best = (name, value)
     # The issue's figure: the in-distribution lift over v0 of the best candidate the gate let
     # through within two iterations (0 when none was promoted).
+    goal = target["in_distribution_lift_points"]
     out: dict[str, Any] = {"best_promoted_lift_points": max(promoted, default=0)}
+    # Issue #20's test per catalog: a promoted, significant lift of at least the target that
+    # beats both controls (the gate already refused any held-out category beyond its epsilon).
+    winners = [
+        n
+        for n in ("it1", "it2")
+        if n in arms
+        and _promoted(arms[n])
+        and arms[n]["tiers"]["in_distribution"]["diff_points"] >= goal
+        and arms[n]["tiers"]["in_distribution"]["mcnemar_p"] < 0.05
+        and all(
+            arms[n]["tiers"]["in_distribution"]["diff_points"]
+            > arms[c]["tiers"]["in_distribution"]["diff_points"]
+            for c in ("compute_matched", "no_filter")
+            if c in arms
+        )
+    ]
+    out["promoted_lift_meets_target"] = bool(winners)
     planted = {n: arms[n]["gate"] for n in PLANTED if n in arms}
     if planted:  # the target: the gate promotes none of them
         out["planted_regressions"] = planted
@@ -634,8 +780,8 @@ def _verdict(arms: dict[str, Any]) -> dict[str, Any]:
             "best_iteration": name,
             "in_distribution_lift_points": value,
             "significant": tier["mcnemar_p"] < 0.05 and tier["diff_ci_points"][0] > 0,
-            "ratio_to_target": round(value / TARGET_LIFT_POINTS, 3),
-            "meets_lift_target": value >= TARGET_LIFT_POINTS,
+            "ratio_to_target": round(value / goal, 3),
+            "meets_lift_target": value >= goal,
         }
         held = lift(name, "held_out")
         if held is not None:
@@ -747,7 +893,8 @@ def _markdown(r: dict[str, Any]) -> str:
             f"Best iteration: **{v['best_iteration']}**, in-distribution "
             f"**{v['in_distribution_lift_points']:+.2f} points** "
             f"({'significant' if v['significant'] else 'not significant'}); "
-            f"ratio to the +{TARGET_LIFT_POINTS:.0f}-point target: **{v['ratio_to_target']}** "
+            f"ratio to the +{r['target']['in_distribution_lift_points']:.0f}-point target: "
+            f"**{v['ratio_to_target']}** "
             f"({'met' if v['meets_lift_target'] else 'not met'}). "
             + (
                 f"Held-out {v['held_out_diff_points']:+.2f} points "
