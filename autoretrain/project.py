@@ -12,6 +12,7 @@ returns.
 from __future__ import annotations
 
 import errno
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 from autoretrain.runs.archive import RunArchive
 from autoretrain.runs.store import IngestReport, RunStore
 from autoretrain.settings import Paths, Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -446,6 +449,19 @@ class Project:
             }
         )
 
+    def round_learning_rate(self, incumbent: str) -> float | None:
+        """`training.learning_rate_after_regression` when the last candidate against
+        `incumbent` was rejected with a category that fell (it forgot something the incumbent
+        does); None otherwise: the round trains at `training.learning_rate`."""
+        gentle = self.settings.training.learning_rate_after_regression
+        if gentle is None or not (regressed := self.regressed_categories(incumbent)):
+            return None
+        log.info(
+            "the last candidate against %s regressed %s: this round trains at learning rate %g",
+            incumbent, ", ".join(regressed), gentle,
+        )  # fmt: skip
+        return gentle
+
     def _last_comparison(self, incumbent: str) -> dict[str, Any] | None:
         root = self.settings.paths.reports
         if not root.exists():
@@ -794,6 +810,8 @@ class Project:
             mix_in = ([str(demos)] if demos.exists() else []) + mix_in
             # A merged model, never a bare adapter: the next round trains on top of this version.
             defaults["merge_adapter"] = True
+            if (rate := self.round_learning_rate(incumbent.id)) is not None:
+                defaults["learning_rate"] = rate
             # Tiny models train on one thread: their 128-wide matrices are too small for intra-op
             # threads to pay off, and on a busy machine the threads' spin-waiting cost ~5x.
             if parameter_count(base_dir) < TINY_MODEL_PARAMS:

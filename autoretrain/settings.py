@@ -306,6 +306,11 @@ class TrainingSettings(_Section):
     lora_alpha: PositiveInt = 32
     seed: int = 0
     early_stopping_patience: PositiveInt | None = 3
+    # The learning rate of a round whose incumbent's last candidate the gate rejected for a
+    # category that fell (it forgot a behaviour the incumbent had): a gentler step keeps more
+    # of what the incumbent does (bench/results/trials/forgetting-loop-shipping.md measures
+    # the trade). None: every round uses `learning_rate`.
+    learning_rate_after_regression: Positive | None = None
     merge_adapter: bool = False
     time_budget_s: Positive | None = None
     # The embedded base model (`autoretrain bootstrap`): demonstrations per train scenario, and

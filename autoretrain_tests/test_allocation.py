@@ -337,6 +337,17 @@ def test_a_rejected_round_has_the_next_one_rehearse_what_it_regressed(settings):
     (report_dir / "comparison.json").write_text(json.dumps(comparison))
     assert project.regressed_categories("incumbent-x") == ["decline"]
     assert project.regressed_categories("another-model") == []
+    # The learning rate stays unless a gentler one is set for a round after a regression.
+    assert project.round_learning_rate("incumbent-x") is None
+    gentle = settings.model_copy(
+        update={
+            "training": settings.training.model_copy(
+                update={"learning_rate_after_regression": 3e-4}
+            )
+        }
+    )
+    assert Project(gentle).round_learning_rate("incumbent-x") == 3e-4
+    assert Project(gentle).round_learning_rate("another-model") is None
 
     model = SkillfulIn(recording(project), knows={"clarify", "decline", "conversion"})
     report = project.selfplay(400, primary_model=model, progress=False)
@@ -345,3 +356,4 @@ def test_a_rejected_round_has_the_next_one_rehearse_what_it_regressed(settings):
     # A promoted candidate teaches nothing to rehearse.
     (report_dir / "comparison.json").write_text(json.dumps({**comparison, "decision": "promote"}))
     assert project.regressed_categories("incumbent-x") == []
+    assert Project(gentle).round_learning_rate("incumbent-x") is None

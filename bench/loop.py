@@ -721,7 +721,15 @@ def _dataset_facts(dataset: Any) -> dict[str, Any]:
 
 
 def _training_facts(metrics: dict[str, Any]) -> dict[str, Any]:
-    keep = ("method", "steps", "train_examples", "final_loss", "eval_loss", "wall_seconds")
+    keep = (
+        "method",
+        "learning_rate",
+        "steps",
+        "train_examples",
+        "final_loss",
+        "eval_loss",
+        "wall_seconds",
+    )
     return {k: metrics[k] for k in keep if k in metrics}
 
 

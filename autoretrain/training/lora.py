@@ -131,6 +131,7 @@ def _train(
     model = accelerator.unwrap_model(model)
     metrics.update(
         method=method,
+        learning_rate=config.learning_rate,
         total_params=total_params,
         trainable_params=trainable_params,
         examples=data.counts(),
