@@ -7,7 +7,8 @@
 Ingest is idempotent on `run_id`: the same files again change nothing, and of two records with
 one run_id the newer wins — later `ended_at` (else `started_at`), ties broken by file (landing
 files sort by day, then name) and line. Because that order is total, ingesting days in any order
-gives the same store. A malformed line never fails a day: it lands in `quarantine` with its file,
+gives the same store, and how a day's lines fall into batches changes nothing either (copies of
+one run_id in one file are ranked together even when batches split them). A malformed line never fails a day: it lands in `quarantine` with its file,
 line and reason; so does an entry that is not a readable file. What the fast path cannot
 confirm is judged by the schema itself (`autoretrain.runs.validate`), so a stored record loads
 as a `Run` (one exception: a JSON object that repeats a key, which DuckDB reads by its first
@@ -237,6 +238,21 @@ class RunStore:
                 "DELETE FROM quarantine WHERE day = ?::DATE AND list_contains(?, file)",
                 [day, names],
             )
+            # A file's newest copy of a run_id that lost to another file's copy is not stored,
+            # yet a later batch's copy from the same file must rank against it (so the result
+            # does not depend on how lines fall into batches): such copies are kept here for
+            # the rest of the day's ingest, with what they were counted as.
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE file_losers (file_idx INTEGER, line BIGINT, "
+                "run_id VARCHAR, source_file VARCHAR, ts TIMESTAMPTZ, raw VARCHAR, "
+                "counted VARCHAR)"
+            )
+            # A stored row from before this ingest that a copy replaced: a copy older than it
+            # counts as unchanged, whichever batch it comes in.
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE before_ingest (run_id VARCHAR, ts TIMESTAMPTZ, "
+                "source_file VARCHAR, source_line BIGINT)"
+            )
             for idx, chunk in read_files(files, self.max_record_bytes, self.chunk_bytes):
                 if chunk is None or isinstance(chunk, str):
                     why = chunk or "empty file: no records"
@@ -272,6 +288,9 @@ class RunStore:
             raise
         finally:
             con.unregister("files")
+            with contextlib.suppress(duckdb.Error):
+                con.execute("DROP TABLE IF EXISTS file_losers")
+                con.execute("DROP TABLE IF EXISTS before_ingest")
         report.seconds = round(time.perf_counter() - t0, 3)
         log.info(
             "ingest %s: %d files, %d read, %d inserted, %d replaced, %d unchanged, %d quarantined",
@@ -421,10 +440,11 @@ class RunStore:
         copy is then weighed against the stored row: the newest of all is kept; a copy from
         another file that lost is superseded (seen in this ingest) or unchanged (the stored
         row is older than this ingest); the landing zone keeps it either way."""
-        self._rank_within_files(day)
+        self._rank_within_files(day, report)
         self._weigh_against_store()
         self._quarantine_lost_copies(day)
         replaced_any = self._count_decisions(report)
+        self._remember_losers()
         if replaced_any:  # a stored row is replaced: its events go with it
             changed = f"SELECT run_id FROM decisions d WHERE {_WINS} AND d.action = 'newer'"
             self.con.execute(f"DELETE FROM events WHERE run_id IN ({changed})")
@@ -432,36 +452,102 @@ class RunStore:
         self._insert_kept(day)
         self.con.execute("DROP TABLE decisions")
 
-    def _rank_within_files(self, day: str) -> None:
-        """`in_file`: every good line ranked among its run_id's copies in the same file (newest
-        first); the older copies go to quarantine as duplicates."""
+    def _rank_within_files(self, day: str, report: IngestReport) -> None:
+        """`in_file`: every good line ranked among its run_id's copies from the same file
+        (newest first), together with the copies of earlier batches that still stand for their
+        file: a stored row this ingest wrote, or a file's copy that lost to another file's
+        (`file_losers`). The older copies go to quarantine as duplicates of the file's newest."""
         con = self.con
         con.execute(
             """CREATE OR REPLACE TEMP TABLE in_file AS
-            SELECT s.file_idx, s.line, s.run_id, f.file AS source_file,
-                   coalesce(s.ended_at, s.started_at) AS ts,
-                   row_number() OVER w AS file_rk, first_value(s.line) OVER w AS win_line
-            FROM staged s JOIN files f USING (file_idx)
-            WHERE s.problem IS NULL
-            WINDOW w AS (PARTITION BY s.run_id, s.file_idx
-                         ORDER BY coalesce(s.ended_at, s.started_at) DESC, s.line DESC)"""
+            SELECT *, row_number() OVER w AS file_rk, first_value(line) OVER w AS win_line
+            FROM (
+              SELECT s.file_idx, s.line, s.run_id, f.file AS source_file,
+                     coalesce(s.ended_at, s.started_at) AS ts, 'new' AS kind
+              FROM staged s JOIN files f USING (file_idx) WHERE s.problem IS NULL
+              UNION ALL
+              SELECT file_idx, line, run_id, source_file, ts, 'loser' FROM file_losers
+              WHERE run_id IN (SELECT run_id FROM staged WHERE problem IS NULL)
+              UNION ALL
+              SELECT f.file_idx, r.source_line, r.run_id, r.source_file,
+                     coalesce(r.ended_at, r.started_at), 'stored'
+              FROM runs r JOIN files f ON f.file = r.source_file
+              WHERE r.ingested_at = ?
+                AND r.run_id IN (SELECT run_id FROM staged WHERE problem IS NULL)
+            )
+            WINDOW w AS (PARTITION BY run_id, file_idx ORDER BY ts DESC, line DESC)""",
+            [self._stamp],
         )
+        duplicate = _DUPLICATE.format(id="i.run_id", winner="i.win_line")
         con.execute(
             f"""INSERT INTO quarantine
-            SELECT ?::DATE, r.source_file, r.line, {_DUPLICATE.format(id="r.run_id", winner="r.win_line")},
-                   left(b.text, {RAW_CHARS}), now()
-            FROM in_file r JOIN batch_lines b USING (file_idx, line) WHERE r.file_rk > 1""",
+            SELECT ?::DATE, i.source_file, i.line, {duplicate}, left(b.text, {RAW_CHARS}), now()
+            FROM in_file i JOIN batch_lines b USING (file_idx, line)
+            WHERE i.kind = 'new' AND i.file_rk > 1""",
             [day],
-        )  # fmt: skip
+        )
+        beaten = "FROM in_file WHERE kind IN ('loser', 'stored') AND file_rk > 1"
+        # Rare (copies of one run_id in one file, in different batches): checked first, so an
+        # ordinary batch does not read the stored records' column.
+        if not con.execute(f"SELECT count(*) {beaten}").fetchall()[0][0]:
+            return
+        con.execute(
+            f"""INSERT INTO quarantine
+            SELECT ?::DATE, i.source_file, i.line, {duplicate}, l.raw, now()
+            FROM in_file i JOIN file_losers l USING (file_idx, line)
+            WHERE i.kind = 'loser' AND i.file_rk > 1
+            UNION ALL
+            SELECT ?::DATE, i.source_file, i.line, {duplicate}, left(r.record, {RAW_CHARS}), now()
+            FROM in_file i JOIN runs r USING (run_id)
+            WHERE i.kind = 'stored' AND i.file_rk > 1""",
+            [day, day],
+        )
+        # An earlier copy beaten by a newer one from its own file is a duplicate after all: what
+        # it was counted as is taken back, and the duplicates that named it name the new winner.
+        # (A beaten stored row is replaced by that winner below, or by a newer one.)
+        for counted, n in con.execute(
+            "SELECT l.counted, count(*) FROM in_file i JOIN file_losers l USING (file_idx, line) "
+            "WHERE i.kind = 'loser' AND i.file_rk > 1 GROUP BY 1"
+        ).fetchall():
+            if counted == "unchanged":
+                report.unchanged -= n
+            else:
+                report.superseded -= n
+        self._repoint(day, f"SELECT source_file, run_id, line AS old_line, win_line {beaten}")
+        con.execute(
+            "DELETE FROM file_losers WHERE (file_idx, line) IN "
+            "(SELECT (file_idx, line) FROM in_file WHERE kind = 'loser' AND file_rk > 1)"
+        )
+
+    def _repoint(self, day: str, moves: str) -> None:
+        """Duplicates that name a file's former newest copy (`old_line`) name its new one
+        (`win_line`); `moves` selects (source_file, run_id, old_line, win_line)."""
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE moves AS {moves}")
+        old = _DUPLICATE.format(id="m.run_id", winner="m.old_line")
+        new = _DUPLICATE.format(id="m.run_id", winner="m.win_line")
+        self.con.execute(
+            f"""UPDATE quarantine SET reason = {new} FROM moves m
+            WHERE quarantine.day = ?::DATE AND quarantine.file = m.source_file
+              AND quarantine.reason = {old}""",
+            [day],
+        )
+        self.con.execute("DROP TABLE moves")
 
     def _weigh_against_store(self) -> None:
-        """`decisions`: each file's newest copy, ranked across the batch (rk = 1 is the batch's
-        newest), and weighed against the stored row as the store's order has it (time, file,
-        line): insert, same, newer or older."""
+        """`decisions`: each file's newest copy from this batch, ranked across the batch (rk = 1
+        is the batch's newest), and weighed against the stored row as the store's order has it
+        (time, file, line): insert, same, newer or older. `stored_beaten`: the stored row, which
+        this ingest wrote, lost to a newer copy from its own file (it is a duplicate now)."""
         self.con.execute(
             """CREATE OR REPLACE TEMP TABLE decisions AS
-            SELECT w.file_idx, w.line, w.run_id, w.source_file, w.rk, o.source_line AS old_line,
+            SELECT w.file_idx, w.line, w.run_id, w.source_file, w.ts, w.rk,
+              o.source_line AS old_line, o.ts AS old_ts, o.source_file AS old_file,
+              coalesce(w.ts < b.ts OR (w.ts = b.ts AND (w.source_file < b.source_file OR
+                (w.source_file = b.source_file AND w.line < b.source_line))), false)
+                AS older_than_before,
               o.source_file = w.source_file AS same_file, o.ingested_at = ? AS seen_now,
+              w.run_id IN (SELECT run_id FROM in_file WHERE kind = 'stored' AND file_rk > 1)
+                AS stored_beaten,
               CASE
                 WHEN o.run_id IS NULL THEN 'insert'
                 WHEN o.source_file = w.source_file AND o.source_line = w.line THEN 'same'
@@ -471,23 +557,26 @@ class RunStore:
               END AS action
             FROM (SELECT *, row_number() OVER (PARTITION BY run_id
                                                ORDER BY ts DESC, source_file DESC, line DESC) AS rk
-                  FROM in_file WHERE file_rk = 1) w
+                  FROM in_file WHERE file_rk = 1 AND kind = 'new') w
             LEFT JOIN (SELECT run_id, coalesce(ended_at, started_at) AS ts, source_file,
                               source_line, ingested_at FROM runs
-                       WHERE run_id IN (SELECT run_id FROM in_file)) o USING (run_id)""",
+                       WHERE run_id IN (SELECT run_id FROM in_file)) o USING (run_id)
+            LEFT JOIN before_ingest b USING (run_id)""",
             [self._stamp],
         )
         self.con.execute("DROP TABLE in_file")
 
     def _quarantine_lost_copies(self, day: str) -> None:
-        """Within one file, the copy that lost to the other is a duplicate: the stored row when
-        the batch's copy is newer, the batch's copy when it is older."""
+        """Within one file, the copy that lost to the other is a duplicate: the stored row (of
+        an earlier ingest; this ingest's were ranked with the batch) when the batch's copy is
+        newer, the batch's copy when it is older. Duplicates that named the loser name the
+        winner."""
         self.con.execute(
             f"""INSERT INTO quarantine
             SELECT ?::DATE, d.source_file, d.old_line,
                    {_DUPLICATE.format(id="d.run_id", winner="d.line")}, left(r.record, {RAW_CHARS}), now()
             FROM decisions d JOIN runs r USING (run_id)
-            WHERE {_WINS} AND d.action = 'newer' AND d.same_file
+            WHERE {_WINS} AND d.action = 'newer' AND d.same_file AND NOT d.seen_now
             UNION ALL
             SELECT ?::DATE, d.source_file, d.line,
                    {_DUPLICATE.format(id="d.run_id", winner="d.old_line")}, left(b.text, {RAW_CHARS}), now()
@@ -495,6 +584,48 @@ class RunStore:
             WHERE d.action = 'older' AND d.same_file""",
             [day, day],
         )  # fmt: skip
+        self._repoint(
+            day,
+            f"""SELECT source_file, run_id, old_line, line AS win_line FROM decisions d
+            WHERE {_WINS} AND action = 'newer' AND same_file AND NOT seen_now
+            UNION ALL
+            SELECT source_file, run_id, line, old_line FROM decisions
+            WHERE action = 'older' AND same_file""",
+        )
+
+    def _remember_losers(self) -> None:
+        """Into `file_losers`: the batch's file copies that lost to another file's copy, and a
+        stored row of this ingest that a newer copy from another file displaces (it stood for
+        its file, and still does for that file's later batches). Into `before_ingest`: a row
+        stored before this ingest that the batch replaces."""
+        lost = f"""(d.action = 'older' AND NOT d.same_file)
+               OR (NOT {_WINS} AND d.action IN ('insert', 'newer'))"""
+        displaced = f"""{_WINS} AND d.action = 'newer' AND NOT d.same_file AND d.seen_now
+              AND NOT d.stored_beaten"""
+        replaced = f"{_WINS} AND d.action = 'newer' AND NOT d.seen_now"
+        n_lost, n_displaced, n_replaced = self.con.execute(
+            f"SELECT count(*) FILTER ({lost}), count(*) FILTER ({displaced}), "
+            f"count(*) FILTER ({replaced}) FROM decisions d"
+        ).fetchall()[0]
+        if n_replaced:
+            self.con.execute(
+                "INSERT INTO before_ingest SELECT run_id, old_ts, old_file, old_line "
+                f"FROM decisions d WHERE {replaced}"
+            )
+        if not (n_lost or n_displaced):  # the usual batch: every run_id in one file
+            return
+        self.con.execute(
+            f"""INSERT INTO file_losers
+            SELECT d.file_idx, d.line, d.run_id, d.source_file, d.ts, left(b.text, {RAW_CHARS}),
+                   CASE WHEN d.action = 'older' AND (NOT d.seen_now OR d.older_than_before)
+                        THEN 'unchanged' ELSE 'superseded' END
+            FROM decisions d JOIN batch_lines b USING (file_idx, line) WHERE {lost}
+            UNION ALL
+            SELECT f.file_idx, d.old_line, d.run_id, r.source_file, d.old_ts,
+                   left(r.record, {RAW_CHARS}), 'superseded'
+            FROM decisions d JOIN runs r USING (run_id) JOIN files f ON f.file = r.source_file
+            WHERE {displaced}"""
+        )
 
     def _count_decisions(self, report: IngestReport) -> bool:
         """Add the decisions to the report's counts; True when a stored row is replaced."""
@@ -504,9 +635,10 @@ class RunStore:
               count(*) FILTER ({wins} AND action = 'insert'),
               count(*) FILTER ({wins} AND action = 'newer' AND NOT same_file AND NOT seen_now),
               count(*) FILTER (action = 'same' OR (action = 'older' AND NOT same_file
-                                                  AND NOT seen_now)),
+                                                  AND (NOT seen_now OR older_than_before))),
               count(*) FILTER (action IN ('newer', 'older') AND NOT same_file AND seen_now
-                               AND ({wins} OR action = 'older')),
+                               AND ((action = 'newer' AND {wins} AND NOT stored_beaten)
+                                    OR (action = 'older' AND NOT older_than_before))),
               count(*) FILTER (NOT {wins} AND action IN ('insert', 'newer')),
               count(*) FILTER ({wins} AND action = 'newer')
             FROM decisions d"""
