@@ -27,9 +27,7 @@ BATCHES = {
 
 
 def _line(run_id: str, second: int, tag: str) -> str:
-    return json.dumps(
-        record(run_id, ended_at=f"{DAY}T10:00:{second:02d}Z", final_answer=tag)
-    )
+    return json.dumps(record(run_id, ended_at=f"{DAY}T10:00:{second:02d}Z", final_answer=tag))
 
 
 def _write_day(folder: Path, rng: random.Random) -> None:
