@@ -535,27 +535,14 @@ class Bench:
             self.result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         if "it1" in arms:
             self.result["iteration_wall_seconds"] = arms["it1"]["seconds"]["total"]
-        self.result["target"]["in_distribution_lift_points"] = target_lift(
-            self.result.get("catalog", "shipped")
-        )
-        self.result["verdict"] = _verdict(arms, self.result["target"])
-        self.result["ratio_to_target"] = self.result["verdict"].get("ratio_to_target")
         catalog = self.result.get("catalog", "shipped")
+        _judge(self.result, catalog)
         name = "loop" if catalog == "shipped" else f"loop-{catalog}"
         self.args.out.mkdir(parents=True, exist_ok=True)
         index = self.args.out / "loop.json"
         # loop.json also indexes every catalog's results (`catalogs`); a run keeps the others'.
         catalogs = _read(index).get("catalogs", {})
-        catalogs[catalog] = {
-            "file": f"{name}.json",
-            "best_promoted_lift_points": self.result["verdict"].get("best_promoted_lift_points", 0),
-            "promoted": [a for a, arm in arms.items() if arm.get("promoted")],
-            "planted_regressions_promoted": self.result["verdict"].get(
-                "planted_regressions_promoted"
-            ),
-            "verdict": self.result["verdict"],
-            "command": self.result["command"],
-        }
+        catalogs[catalog] = _index_entry(self.result, f"{name}.json")
         if name == "loop":
             self.result["catalogs"] = catalogs
         else:
@@ -573,30 +560,41 @@ def refresh(out: Path) -> None:
     """Re-derive every catalog's target and verdict from its measured arms, and rewrite its
     files, the index in loop.json and loop.md (no arm runs)."""
     index = _read(out / "loop.json")
-    if index.get("arms") and "shipped" not in index.get("catalogs", {}):
-        index.setdefault("catalogs", {})["shipped"] = {
-            "file": "loop.json",
-            "promoted": [
-                a for a in ("it1", "it2") if a in index["arms"] and _promoted(index["arms"][a])
-            ],
-            "command": index["command"],
-        }
-    for catalog, entry in index.get("catalogs", {}).items():
+    catalogs = index.setdefault("catalogs", {})
+    if index.get("arms"):  # the shipped catalog's results are loop.json itself
+        catalogs.setdefault("shipped", {"file": "loop.json"})
+    for catalog, entry in catalogs.items():
         path = out / entry["file"]
         result = index if entry["file"] == "loop.json" else _read(path)
-        result["target"]["in_distribution_lift_points"] = target_lift(catalog)
-        result["verdict"] = _verdict(result["arms"], result["target"])
-        result["ratio_to_target"] = result["verdict"].get("ratio_to_target")
-        entry["best_promoted_lift_points"] = result["verdict"]["best_promoted_lift_points"]
-        entry["planted_regressions_promoted"] = result["verdict"].get(
-            "planted_regressions_promoted"
-        )
-        entry["verdict"] = result["verdict"]
+        _judge(result, catalog)
+        catalogs[catalog] = _index_entry(result, entry["file"])
         if result is not index:
             path.write_text(json.dumps(result, indent=2, default=str) + "\n")
             path.with_suffix(".md").write_text(_markdown(result).rstrip() + "\n")
     (out / "loop.json").write_text(json.dumps(index, indent=2, default=str) + "\n")
     write_index_markdown(out)
+
+
+def _judge(result: dict[str, Any], catalog: str) -> None:
+    """The catalog's target, and the verdict of its measured arms against it."""
+    result["target"]["in_distribution_lift_points"] = target_lift(catalog)
+    result["verdict"] = _verdict(result["arms"], result["target"])
+    result["ratio_to_target"] = result["verdict"].get("ratio_to_target")
+
+
+def _index_entry(result: dict[str, Any], file: str) -> dict[str, Any]:
+    """A catalog's line in loop.json's `catalogs` index."""
+    verdict = result["verdict"]
+    return {
+        "file": file,
+        "best_promoted_lift_points": verdict["best_promoted_lift_points"],
+        "promoted": [
+            a for a in ("it1", "it2") if a in result["arms"] and _promoted(result["arms"][a])
+        ],
+        "planted_regressions_promoted": verdict.get("planted_regressions_promoted"),
+        "verdict": verdict,
+        "command": result["command"],
+    }
 
 
 def write_index_markdown(out: Path) -> None:
@@ -733,6 +731,11 @@ def _training_facts(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keep if k in metrics}
 
 
+def _significant(tier: dict[str, Any]) -> bool:
+    """A lift both McNemar's test and the bootstrap interval call real."""
+    return tier["mcnemar_p"] < 0.05 and tier["diff_ci_points"][0] > 0
+
+
 def _promoted(arm: dict[str, Any]) -> bool:
     """Whether the product's gate promoted this round (results from before the bench recorded
     `promoted` say it by the gate against the round's own incumbent)."""
@@ -768,7 +771,7 @@ def _verdict(arms: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
         if n in arms
         and _promoted(arms[n])
         and arms[n]["tiers"]["in_distribution"]["diff_points"] >= goal
-        and arms[n]["tiers"]["in_distribution"]["mcnemar_p"] < 0.05
+        and _significant(arms[n]["tiers"]["in_distribution"])
         and all(
             arms[n]["tiers"]["in_distribution"]["diff_points"]
             > arms[c]["tiers"]["in_distribution"]["diff_points"]
@@ -787,7 +790,7 @@ def _verdict(arms: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
         out |= {
             "best_iteration": name,
             "in_distribution_lift_points": value,
-            "significant": tier["mcnemar_p"] < 0.05 and tier["diff_ci_points"][0] > 0,
+            "significant": _significant(tier),
             "ratio_to_target": round(value / goal, 3),
             "meets_lift_target": value >= goal,
         }
