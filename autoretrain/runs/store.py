@@ -8,8 +8,8 @@ Ingest is idempotent on `run_id`: the same files again change nothing, and of tw
 one run_id the newer wins — later `ended_at` (else `started_at`), ties broken by file (landing
 files sort by day, then name) and line. Because that order is total, ingesting days in any order
 gives the same store, and how a day's lines fall into batches changes nothing either (copies of
-one run_id in one file are ranked together even when batches split them). A malformed line never fails a day: it lands in `quarantine` with its file,
-line and reason; so does an entry that is not a readable file. What the fast path cannot
+one run_id in one file are ranked together even when batches split them). A malformed line
+never fails a day: it lands in `quarantine` with its file, line and reason; so does an entry that is not a readable file. What the fast path cannot
 confirm is judged by the schema itself (`autoretrain.runs.validate`), so a stored record loads
 as a `Run` (one exception: a JSON object that repeats a key, which DuckDB reads by its first
 value and pydantic by its last; `records()` skips such a record if pydantic refuses it).
@@ -155,6 +155,9 @@ _DUPLICATE = (
     "'duplicate run_id: ' || {id} || ' appears again at line ' || {winner} "
     "|| ' of this file; the newer record was kept'"
 )
+# A batch's copy that lost to the stored row and counts as unchanged: the stored row is from an
+# earlier ingest, or the copy is older than the row stored before this ingest replaced it.
+_UNCHANGED_OLDER = "d.action = 'older' AND (NOT d.seen_now OR d.older_than_before)"
 # Only the batch's newest copy changes the store; an older file's copy that beat the stored row
 # still lost to it, so it counts as superseded and writes nothing.
 _WINS = "d.rk = 1"
@@ -523,6 +526,9 @@ class RunStore:
         """Duplicates that name a file's former newest copy (`old_line`) name its new one
         (`win_line`); `moves` selects (source_file, run_id, old_line, win_line)."""
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE moves AS {moves}")
+        if not self.con.execute("SELECT count(*) FROM moves").fetchall()[0][0]:
+            self.con.execute("DROP TABLE moves")  # the usual batch: nothing to re-point
+            return
         old = _DUPLICATE.format(id="m.run_id", winner="m.old_line")
         new = _DUPLICATE.format(id="m.run_id", winner="m.win_line")
         self.con.execute(
@@ -617,8 +623,7 @@ class RunStore:
         self.con.execute(
             f"""INSERT INTO file_losers
             SELECT d.file_idx, d.line, d.run_id, d.source_file, d.ts, left(b.text, {RAW_CHARS}),
-                   CASE WHEN d.action = 'older' AND (NOT d.seen_now OR d.older_than_before)
-                        THEN 'unchanged' ELSE 'superseded' END
+                   CASE WHEN {_UNCHANGED_OLDER} THEN 'unchanged' ELSE 'superseded' END
             FROM decisions d JOIN batch_lines b USING (file_idx, line) WHERE {lost}
             UNION ALL
             SELECT f.file_idx, d.old_line, d.run_id, r.source_file, d.old_ts,
@@ -634,9 +639,8 @@ class RunStore:
             f"""SELECT
               count(*) FILTER ({wins} AND action = 'insert'),
               count(*) FILTER ({wins} AND action = 'newer' AND NOT same_file AND NOT seen_now),
-              count(*) FILTER (action = 'same' OR (action = 'older' AND NOT same_file
-                                                  AND (NOT seen_now OR older_than_before))),
-              count(*) FILTER (action IN ('newer', 'older') AND NOT same_file AND seen_now
+              count(*) FILTER (action = 'same' OR ({_UNCHANGED_OLDER} AND NOT same_file)),
+              count(*) FILTER (NOT same_file AND seen_now
                                AND ((action = 'newer' AND {wins} AND NOT stored_beaten)
                                     OR (action = 'older' AND NOT older_than_before))),
               count(*) FILTER (NOT {wins} AND action IN ('insert', 'newer')),
