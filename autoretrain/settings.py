@@ -308,7 +308,7 @@ class TrainingSettings(_Section):
     early_stopping_patience: PositiveInt | None = 3
     # The learning rate of a round whose incumbent's last candidate the gate rejected for a
     # category that fell (it forgot a behaviour the incumbent had): a gentler step keeps more
-    # of what the incumbent does (bench/results/trials/forgetting-loop-shipping.md measures
+    # of what the incumbent does (bench/results/forgetting_trial.md measures
     # the trade). None: every round uses `learning_rate`.
     learning_rate_after_regression: Positive | None = None
     merge_adapter: bool = False

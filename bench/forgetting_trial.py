@@ -14,8 +14,8 @@ A run made only for this trial can keep its bench JSON out of bench/results (`be
 --out DIR`) and name it with `--bench DIR/loop-<catalog>.json`. A variant `{}` retrains with the
 settings unchanged: the spread between it and it1 is retraining noise.
 
-Results go to bench/results/trials/forgetting-<work folder name>.json and .md (rewritten
-after each variant, so a stopped run keeps the finished ones).
+Results go to bench/results/forgetting_trial.json and .md, or `--out DIR/NAME`.json and .md
+(rewritten after each variant, so a stopped run keeps the finished ones).
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ def main() -> None:
         default=None,
         help="the loop bench's JSON for that work folder (default: "
         "bench/results/<work folder name>.json)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS / "forgetting_trial",
+        help="results path without suffix (default: bench/results/forgetting_trial)",
     )
     parser.add_argument("--instances-per-scenario", type=int, default=70)
     args = parser.parse_args()
@@ -84,7 +90,7 @@ def main() -> None:
         },
         "variants": {},
     }
-    out = RESULTS / "trials" / f"forgetting-{args.work.name}"
+    out = args.out
     for name, fields in variants.items():
         t0 = time.perf_counter()
         model_dir = _train(settings, dataset, base, args.work / "trial" / name, fields)
