@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 from pydantic import ValidationError
 
@@ -217,7 +217,11 @@ def _write_version(
     extra: dict[str, Any],
     now: datetime | None,
 ) -> DatasetVersion:
-    kept.sort(key=lambda e: (e.split_key, e.instance_hash or "", e.run_id))
+    # Run ids are random (uuid4), so they only break ties between identical lines: the order
+    # the dataset is written in (which training reads) and the copy deduplication keeps (its
+    # tool call ids may differ) must follow from the runs' content, or two builds from the
+    # same runs played again would train two different candidates.
+    kept.sort(key=lambda e: (e.split_key, e.instance_hash or "", e.digest, e.crc, e.run_id))
     examples, duplicates = _deduplicate(kept)
     exclusions += [
         Exclusion(e.run_id, "duplicate", f"same content as {first}") for e, first in duplicates
@@ -361,20 +365,18 @@ def _convert(
     return result, line, redactor, parts
 
 
-_E = TypeVar("_E", _Kept, Example)
-
-
-def _cap_categories(examples: list[_E], cap: int | None) -> tuple[list[_E], list[_E]]:
-    """At most `cap` examples per category, chosen by a hash of the run id so the choice is
-    deterministic and spread across scenarios rather than the alphabetically first ones."""
+def _cap_categories(examples: list[_Kept], cap: int | None) -> tuple[list[_Kept], list[_Kept]]:
+    """At most `cap` examples per category, chosen by their content hash (unique after
+    deduplication) so the choice follows from the runs' content, not their random ids, and is
+    spread across scenarios rather than the alphabetically first ones."""
     if cap is None:
         return examples, []
-    by_category: dict[str, list[_E]] = defaultdict(list)
+    by_category: dict[str, list[_Kept]] = defaultdict(list)
     for example in examples:
         by_category[example.category].append(example)
     keep: set[str] = set()
     for group in by_category.values():
-        ranked = sorted(group, key=lambda e: hashlib.sha256(e.run_id.encode()).hexdigest())
+        ranked = sorted(group, key=lambda e: e.digest)
         keep.update(e.run_id for e in ranked[:cap])
     return [e for e in examples if e.run_id in keep], [e for e in examples if e.run_id not in keep]
 

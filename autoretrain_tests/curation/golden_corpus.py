@@ -2,8 +2,11 @@
 
 Speed work on curation (issue #23) must never change what is written: the golden files under
 golden/ were produced by the per-run implementation as it stood before that work (commit
-fb17aec), and the test holds every later implementation to them. Regenerate them only from an
-implementation whose output is known to be right:
+fb17aec), and the test holds every later implementation to them. One deliberate change since:
+the order of examples sharing an instance, the copy deduplication keeps and the category cap's
+choice follow from content, not from random run ids (the strict build's files were rewritten
+then; the default build's stayed byte for byte). Regenerate them only from an implementation
+whose output is known to be right:
 
     PYTHONPATH=. .venv/bin/python -m autoretrain_tests.curation.golden_corpus --write
 

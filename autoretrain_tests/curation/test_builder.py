@@ -150,6 +150,33 @@ def test_same_runs_give_identical_files_and_a_new_version(settings, tmp_path):
     assert rows[0]["train"] == second.counts["train"]
 
 
+def test_runs_played_again_give_identical_files_whatever_their_ids(settings, tmp_path):
+    """Self-play gives each run a random id, so playing the same seed twice gives the same
+    runs under other ids. The dataset (its order, which training reads, and the category cap's
+    choice) must follow from the runs' content: the order once depended on the ids, and two
+    loops from one seed trained different candidates (one promoted, one rejected)."""
+    settings.dataset.max_examples_per_category = 7
+    settings.dataset.eval_ratio = 0.25
+
+    def played(ids: str) -> list:
+        # Several distinct runs per instance: ties the order must break by content.
+        return [
+            make_run(
+                hashlib.sha256(f"{ids}-{i}".encode()).hexdigest()[:32],
+                solved(i % 4, 1 + i % 5, call_id=f"call_{i % 3}"),
+                scenario_id=f"s{i % 4}",
+                instance_hash=f"inst-{i % 4}",
+            )
+            for i in range(24)
+        ]
+
+    first = _build(settings, tmp_path / "a", played("first"))
+    second = _build(settings, tmp_path / "b", played("second"))
+    assert first.exclusions["category_cap"] > 0  # the cap chose among them
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (first.path / name).read_bytes() == (second.path / name).read_bytes()
+
+
 def test_azure_flavour_has_a_bom_and_still_validates(settings, tmp_path):
     settings.dataset.azure_bom = True
     runs, decisions = mixed_runs()
