@@ -38,6 +38,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     packing: bool = True
     merge_adapter: bool = False
+    # The share of the fine-tuning step the saved model keeps: base + f * (tuned - base)
+    # (training/interpolate.py). Below 1 it needs whole weights: a full fine-tune or a merge.
+    step_fraction: float = 1.0
     time_budget_s: float | None = None
     checkpoint_every_s: float = 30.0
     mix_in: list[str] = field(default_factory=list)  # extra JSONL files added to the train split
@@ -50,6 +53,8 @@ class TrainConfig:
         for name in ("epochs", "learning_rate", "batch_size", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if not 0 < self.step_fraction <= 1:
+            raise ValueError(f"step_fraction must be in (0, 1], not {self.step_fraction!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

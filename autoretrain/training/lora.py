@@ -110,6 +110,8 @@ def _train(
     accelerator.wait_for_everyone()
 
     model, method = _load_model(base_model_dir, config)
+    if config.step_fraction < 1:
+        _check_interpolable(base_model_dir, method, config)
     total_params = sum(p.numel() for p in model.parameters())
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(
@@ -141,6 +143,12 @@ def _train(
 
     if accelerator.is_main_process:
         _save_model(model, tokenizer, method, config, partial, stored_dtype(base_model_dir))
+        if config.step_fraction < 1:
+            from autoretrain.training.interpolate import interpolate_weights
+
+            saved = partial if method == "full" else partial / "merged"
+            interpolate_weights(base_model_dir, saved, None, config.step_fraction)
+            metrics["step_fraction"] = config.step_fraction
         (partial / CHECKPOINT_FILE).unlink(missing_ok=True)
         metrics["wall_seconds"] = round(time.monotonic() - started, 3)
         record = {
@@ -269,6 +277,23 @@ def _save_model(
         tokenizer.save_pretrained(partial / "adapter")
         if config.merge_adapter:
             _merge(model, tokenizer, partial / "merged", dtype)
+
+
+def _check_interpolable(base_model_dir: Path, method: str, config: TrainConfig) -> None:
+    """Before training: a step_fraction below 1 mixes whole weights, so both the base and
+    the saved model must be whole (a full fine-tune or a merged adapter, one weights file)."""
+    from autoretrain.training.interpolate import WEIGHTS
+
+    if method != "full" and not config.merge_adapter:
+        raise TrainingError(
+            f"step_fraction={config.step_fraction} needs whole weights, but this {method} run "
+            "saves an adapter only: set merge_adapter"
+        )
+    if not (base_model_dir / WEIGHTS).is_file():
+        raise TrainingError(
+            f"step_fraction={config.step_fraction} mixes the base's weights with the trained "
+            f"ones, but {base_model_dir} has no single {WEIGHTS}"
+        )
 
 
 def _in_precision(model, dtype: Any):

@@ -72,6 +72,38 @@ def test_interrupted_run_leaves_no_version_and_resumes_to_the_same_weights(tmp_p
     assert all(((a[k] - b[k]).abs().max() < 1e-5) for k in a)
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_step_fraction_saves_the_base_plus_that_share_of_the_step(tmp_path, tiny_model, method):
+    import torch
+    from safetensors.torch import load_file
+
+    dataset = write_dataset(tmp_path / "ds")
+    extra = {"lora_r": 4, "lora_alpha": 8, "merge_adapter": True} if method == "lora" else {}
+    whole = train(
+        dataset, tiny_model, tmp_path / "whole", TrainConfig(method=method, **extra, **QUICK)
+    )
+    part = train(
+        dataset,
+        tiny_model,
+        tmp_path / "part",
+        TrainConfig(method=method, step_fraction=0.25, **extra, **QUICK),
+    )
+    assert part.metrics["step_fraction"] == 0.25 and "step_fraction" not in whole.metrics
+    base = load_file(tiny_model / "model.safetensors")
+    tuned = load_file(whole.model_dir / "model.safetensors")
+    mixed = load_file(part.model_dir / "model.safetensors")
+    assert any((tuned[k] - base[k]).abs().max() > 1e-3 for k in base)  # it did train
+    for k in base:
+        assert torch.allclose(mixed[k], base[k] + 0.25 * (tuned[k] - base[k]), atol=1e-6), k
+
+
+def test_a_step_fraction_on_an_adapter_alone_is_refused_before_training(tmp_path, tiny_model):
+    config = TrainConfig(method="lora", step_fraction=0.5, **QUICK)
+    with pytest.raises(TrainingError, match="set merge_adapter"):
+        train(write_dataset(tmp_path / "ds"), tiny_model, tmp_path / "v1", config)
+    assert not (tmp_path / "v1").exists()
+
+
 def test_existing_version_is_never_overwritten(tmp_path, tiny_model):
     (tmp_path / "v1").mkdir()
     with pytest.raises(TrainingError, match="already exists"):
