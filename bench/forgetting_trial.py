@@ -63,33 +63,11 @@ def main() -> None:
         name, _, fields = spec.partition("=")
         variants[name] = json.loads(fields)
 
-    from autoretrain.project import BASE_VERSION, EMBEDDED
-    from autoretrain.scenarios import load_catalog
-    from autoretrain.settings import load_settings
-
-    home = args.work / "home"
-    os.environ["AUTORETRAIN_HOME"] = str(home)
-    os.environ["AUTORETRAIN_CONFIG"] = str(args.work / "autoretrain.yaml")
-    bench = json.loads((args.bench or RESULTS / f"{args.work.name}.json").read_text())
-    overrides = dict(bench["parameters"]["settings"])
-    if bench["parameters"]["catalog_dir"]:
-        overrides["scenarios_dir"] = bench["parameters"]["catalog_dir"]
-    settings = load_settings(home=str(home), **overrides)
-    catalog = load_catalog(settings.scenarios_dir)
-    it1 = bench["arms"]["it1"]
-    dataset = home / "autoretrain" / it1["dataset"]["version"]
-    base = settings.paths.models / EMBEDDED / BASE_VERSION
-    result: dict[str, Any] = {
-        "trial": "forgetting: round 1 retrained from v0 on it1's dataset under other settings",
-        "command": command_line(),
-        "machine": machine_facts(),
-        "catalog": bench["catalog"],
-        "dataset": it1["dataset"],
-        "it1": {
-            key: it1[key] for key in ("training", "tiers", "categories", "gate", "failed_gates")
-        },
-        "variants": {},
-    }
+    settings, catalog, base, dataset, result = setup(
+        args.work,
+        args.bench or RESULTS / f"{args.work.name}.json",
+        "forgetting: round 1 retrained from v0 on it1's dataset under other settings",
+    )
     out = args.out
     for name, fields in variants.items():
         t0 = time.perf_counter()
@@ -101,6 +79,42 @@ def main() -> None:
         print(f"{name}: {json.dumps(found['tiers'])} gate={found['gate']}", flush=True)
         out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         out.with_suffix(".md").write_text(_markdown(result))
+
+
+def setup(work: Path, bench_path: Path, trial: str) -> tuple[Any, Any, Path, Path, dict]:
+    """A trial on a `bench/loop.py` work folder: (settings, catalog, v0's folder, it1's
+    dataset folder, the result record with it1's figures for reference)."""
+    from autoretrain.project import BASE_VERSION, EMBEDDED
+    from autoretrain.scenarios import load_catalog
+    from autoretrain.settings import load_settings
+
+    home = work / "home"
+    os.environ["AUTORETRAIN_HOME"] = str(home)
+    os.environ["AUTORETRAIN_CONFIG"] = str(work / "autoretrain.yaml")
+    bench = json.loads(bench_path.read_text())
+    overrides = dict(bench["parameters"]["settings"])
+    if bench["parameters"]["catalog_dir"]:
+        overrides["scenarios_dir"] = bench["parameters"]["catalog_dir"]
+    settings = load_settings(home=str(home), **overrides)
+    it1 = bench["arms"]["it1"]
+    result: dict[str, Any] = {
+        "trial": trial,
+        "command": command_line(),
+        "machine": machine_facts(),
+        "catalog": bench["catalog"],
+        "dataset": it1["dataset"],
+        "it1": {
+            key: it1[key] for key in ("training", "tiers", "categories", "gate", "failed_gates")
+        },
+        "variants": {},
+    }
+    return (
+        settings,
+        load_catalog(settings.scenarios_dir),
+        settings.paths.models / EMBEDDED / BASE_VERSION,
+        home / "autoretrain" / it1["dataset"]["version"],
+        result,
+    )
 
 
 def _train(settings: Any, dataset: Path, base: Path, out: Path, fields: dict[str, Any]) -> Path:

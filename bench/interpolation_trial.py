@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, command_line, machine_facts  # noqa: E402
-from forgetting_trial import _compare, _markdown  # noqa: E402
+from common import RESULTS  # noqa: E402
+from forgetting_trial import _compare, _markdown, setup  # noqa: E402
 
 
 def main() -> None:
@@ -39,33 +37,11 @@ def main() -> None:
     parser.add_argument("--instances-per-scenario", type=int, default=70)
     args = parser.parse_args()
 
-    from autoretrain.project import BASE_VERSION, EMBEDDED
-    from autoretrain.scenarios import load_catalog
-    from autoretrain.settings import load_settings
     from autoretrain.training.interpolate import interpolate_weights
 
-    home = args.work / "home"
-    os.environ["AUTORETRAIN_HOME"] = str(home)
-    os.environ["AUTORETRAIN_CONFIG"] = str(args.work / "autoretrain.yaml")
-    bench = json.loads(args.bench.read_text())
-    overrides = dict(bench["parameters"]["settings"])
-    if bench["parameters"]["catalog_dir"]:
-        overrides["scenarios_dir"] = bench["parameters"]["catalog_dir"]
-    settings = load_settings(home=str(home), **overrides)
-    catalog = load_catalog(settings.scenarios_dir)
-    it1 = bench["arms"]["it1"]
-    base = settings.paths.models / EMBEDDED / BASE_VERSION
-    result: dict[str, Any] = {
-        "trial": "interpolation: v0 + alpha * (candidate - v0), each against v0",
-        "command": command_line(),
-        "machine": machine_facts(),
-        "catalog": bench["catalog"],
-        "dataset": it1["dataset"],
-        "it1": {
-            key: it1[key] for key in ("training", "tiers", "categories", "gate", "failed_gates")
-        },
-        "variants": {},
-    }
+    settings, catalog, base, _, result = setup(
+        args.work, args.bench, "interpolation: v0 + alpha * (candidate - v0), each against v0"
+    )
     for name in args.candidate:
         trained = args.work / "trial" / name
         for alpha in args.alpha:
