@@ -309,7 +309,7 @@ class Project:
             canary = SlotTarget(
                 "canary", canary_model or slot_model("canary"), self.settings.provider
             )
-        seed = cfg.seed if seed is None else seed
+        seed = self.selfplay_seed(primary.model.name) if seed is None else seed
         runner = SelfPlayRunner(
             catalog,
             catalog.registry,
@@ -420,6 +420,21 @@ class Project:
             progress=runner.progress,
             exclude=runner.exclude,
         )
+
+    def selfplay_seed(self, model: str) -> int:
+        """`selfplay.seed` for a model's first round; `selfplay.seed` plus the self-play runs
+        it already has in the store after that. A seed fixes which instances are drawn and how
+        they are sampled, so without this a round played again on the same incumbent (its
+        candidate rejected, or another automated batch) repeated the last one run for run: the
+        same runs, deduplicated into the same dataset, trained into the same candidate. Counted
+        from the store, so a batch still in the landing zone is not counted yet."""
+        if not self.settings.paths.database.exists():
+            return self.settings.selfplay.seed
+        with self.store(read_only=True) as store:
+            (played,) = store.con.execute(
+                "SELECT count(*) FROM runs WHERE traffic = 'selfplay' AND model = ?", [model]
+            ).fetchone()
+        return self.settings.selfplay.seed + played
 
     def measured_counts(self, model: str) -> dict[str, tuple[int, int]]:
         """scenario id → (runs, verified) of `model`'s self-play and evaluation in the store."""

@@ -357,3 +357,24 @@ def test_a_rejected_round_has_the_next_one_rehearse_what_it_regressed(settings):
     (report_dir / "comparison.json").write_text(json.dumps({**comparison, "decision": "promote"}))
     assert project.regressed_categories("incumbent-x") == []
     assert Project(gentle).round_learning_rate("incumbent-x") is None
+
+
+def test_a_round_played_again_on_the_same_model_draws_new_instances(settings, catalog):
+    """A seed fixes the instances and their sampling: a second round on an unchanged incumbent
+    (its candidate rejected) used to replay the first run for run, so its dataset and
+    candidate came out identical. The first round of a model keeps `selfplay.seed`."""
+    raw = settings.model_dump()
+    raw["selfplay"].update({"workers": 1, "concurrency": 32, "seed": 5})
+    project = Project(Settings.model_validate(raw))
+    seen = recording(project)
+    model = SkillfulIn(seen, knows={"clarify", "decline"})
+    assert project.selfplay_seed(model.name) == 5  # nothing played yet
+    project.selfplay(120, primary_model=model, progress=False)
+    first = set(seen)
+    project.ingest_days(RunArchive(project.settings.paths.landing).days())
+    assert project.selfplay_seed(model.name) == 5 + 120
+    seen.clear()
+    project.selfplay(120, primary_model=model, progress=False)
+    assert len(set(seen) - first) > 60  # mostly new prompts, not the first round again
+    # Another model's first round is seeded as the settings say.
+    assert project.selfplay_seed("another-model") == 5
