@@ -158,16 +158,20 @@ def _compare(settings: Any, catalog: Any, base: Path, model_dir: Path, per_scena
     return _summary(comparison, "v0")
 
 
-def _markdown(result: dict[str, Any]) -> str:
+def _markdown(
+    result: dict[str, Any],
+    title: str = "Forgetting trial",
+    what: str = "Round 1 retrained from v0 on the same dataset (it1's) under other training "
+    "settings",
+) -> str:
     rows = [("it1 (the bench's round)", result["it1"]["training"], result["it1"])]
     rows += [(name, v["settings"], v) for name, v in result["variants"].items()]
     lines = [
-        f"# Forgetting trial on the {result['catalog']} catalog",
+        f"# {title} on the {result['catalog']} catalog",
         "",
         f"`{result['command']}`",
         "",
-        "Round 1 retrained from v0 on the same dataset (it1's) under other training settings; "
-        "each row against v0, paired, both tiers.",
+        f"{what}; each row against v0, paired, both tiers.",
         "",
         "| variant | settings | in-dist diff [95% CI] | held-out diff [95% CI] | gate | failed |",
         "|---|---|---|---|---|---|",

@@ -9,8 +9,8 @@ model with the regression-gate harness (paired, the same instances as the bench)
         --bench bench/results/trials/planted-shipped/loop.json \\
         --candidate seed_1 --candidate seed_3 --alpha 0.5 --alpha 0.7
 
-Results go to bench/results/trials/interpolation.json and .md, or `--out DIR/NAME`.json and .md
-(rewritten after each row, so a stopped run keeps the finished ones).
+Results go to bench/results/interpolation_trial.json and .md, or `--out DIR/NAME`.json and
+.md (rewritten after each row, so a stopped run keeps the finished ones).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
         "--candidate", action="append", required=True, help="a folder name under <work>/trial"
     )
     parser.add_argument("--alpha", type=float, action="append", required=True)
-    parser.add_argument("--out", type=Path, default=RESULTS / "trials" / "interpolation")
+    parser.add_argument("--out", type=Path, default=RESULTS / "interpolation_trial")
     parser.add_argument("--instances-per-scenario", type=int, default=70)
     args = parser.parse_args()
 
@@ -57,14 +57,11 @@ def main() -> None:
                 json.dumps(result, indent=2, default=str) + "\n"
             )
             args.out.with_suffix(".md").write_text(
-                _markdown(result)
-                .replace("# Forgetting trial", "# Interpolation trial", 1)
-                .replace(
-                    "Round 1 retrained from v0 on the same dataset (it1's) under other training "
-                    "settings",
+                _markdown(
+                    result,
+                    "Interpolation trial",
                     "Round-1 candidates trained on it1's dataset (bench/forgetting_trial.py), "
                     "interpolated with v0",
-                    1,
                 )
             )
 
