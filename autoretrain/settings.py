@@ -314,7 +314,7 @@ class TrainingSettings(_Section):
     # The share of a round's fine-tuning step its candidate keeps: incumbent + f * (tuned -
     # incumbent) (WiSE-FT weight interpolation). On the shipped catalog's round 1, 0.75 kept
     # the held-out declines two training orders had dropped, for about a point of
-    # in-distribution lift (bench/results/trials/interpolation.md); round 2 at 0.75 still
+    # in-distribution lift (bench/results/interpolation_trial.md); round 2 at 0.75 still
     # dropped them (bench/results/trials/step-fraction/), so 1, the whole step, stays.
     step_fraction: float = Field(default=1.0, gt=0, le=1)
     merge_adapter: bool = False
