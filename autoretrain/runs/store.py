@@ -9,10 +9,11 @@ one run_id the newer wins — later `ended_at` (else `started_at`), ties broken 
 files sort by day, then name) and line. Because that order is total, ingesting days in any order
 gives the same store, and how a day's lines fall into batches changes nothing either (copies of
 one run_id in one file are ranked together even when batches split them). A malformed line
-never fails a day: it lands in `quarantine` with its file, line and reason; so does an entry that is not a readable file. What the fast path cannot
-confirm is judged by the schema itself (`autoretrain.runs.validate`), so a stored record loads
-as a `Run` (one exception: a JSON object that repeats a key, which DuckDB reads by its first
-value and pydantic by its last; `records()` skips such a record if pydantic refuses it).
+never fails a day: it lands in `quarantine` with its file, line and reason; so does an entry
+that is not a readable file. What the fast path cannot confirm is judged by the schema itself
+(`autoretrain.runs.validate`), so a stored record loads as a `Run` (one exception: a JSON
+object that repeats a key, which DuckDB reads by its first value and pydantic by its last;
+`records()` skips such a record if pydantic refuses it).
 
 One writer process at a time (DuckDB), and readers (`read_only=True`) cannot open the file while
 a writer holds it: opening waits a bounded time for the lock (`LOCK_WAIT_S`), then raises
