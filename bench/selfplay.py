@@ -591,14 +591,15 @@ modes are not counted):
 
 `LocalChatModel` decodes with `autoretrain/providers/engine.py`: a prefix cache of 16-token
 blocks (a run's next turn and runs with the same system prompt and tools skip the blocks already
-computed; every mode starts with it empty), a KV cache written in place, finished rows dropped
-from the batch, and its own forward pass for Llama-shaped models
+computed; every mode starts with it empty), a KV cache written in place, continuous batching
+(finished rows leave, queued rows join), and its own forward pass for Llama-shaped models
 (`autoretrain/providers/fast_forward.py`: transformers' ops without its per-call machinery,
 bit-identical logits). `transformers_one_at_a_time` is the same provider with that decoder off
-(`LocalChatModel(engine=False)`): `model.generate`, the raw engine. A chat_batch call decodes its
-rows in chunks of `max_batch_size` (the shipped default is
+(`LocalChatModel(engine=False)`): `model.generate`, the raw engine. A chat_batch call decodes at
+most `max_batch_size` of its rows at a time (the shipped default is
 {r["modes"]["local_batched_64"]["generate_chunk"] if "local_batched_64" in r["modes"] else "?"}),
-grouped by the prompt length the cache leaves to compute; the `_chunk_N` modes use N instead.
+and queued rows join as others finish, in the order of the prompt length the cache leaves to
+compute; the `_chunk_N` modes use N instead.
 
 Why batching gains less over autoretrain's own one-at-a-time path than over the raw engine: that
 path already has everything the decoder does except batching (×{r["ratios"].get("local_one_at_a_time_over_transformers_one_at_a_time", "?")} over the raw engine), and a decode step of

@@ -9,8 +9,9 @@ embedded model), and every turn of a run re-sends the whole conversation. So thi
   what its first turn did not see; runs with the same system prompt and tools share those blocks;
 - grows the KV cache in place (a decode step writes one position instead of concatenating, i.e.
   copying, the whole cache, as transformers' DynamicCache does);
-- drops finished rows from the batch once a quarter of it is idle, instead of running them to
-  the longest reply;
+- batches continuously: once a quarter of the batch has finished, those rows leave and queued
+  prompts take their places (their prompts computed together, their keys and values regrouped
+  with the rows still mid-reply), instead of running every row to the longest reply of a chunk;
 - runs the model's forward pass through `fast_forward.LlamaForward` where the model allows it:
   the same ops without transformers' per-call machinery, which is most of a small model's step.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,13 +95,6 @@ class _GrowingLayer(DynamicLayer):
         self._len += n
         self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
         return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self._k is None or self._v is None:
-            return
-        room = self._len + 64
-        self._k, self._v = self._k[indices, :, :room], self._v[indices, :, :room]
-        self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
 
 
 def _growing_cache(capacity: int = 0) -> DynamicCache:
@@ -211,8 +205,16 @@ class Decoder:
         max_batch: int = 32,
         streamer: Any = None,
     ) -> list[Decoded]:
-        """New tokens for each prompt, decoding up to `max_batch` prompts together. Prompts are
-        grouped by the length left to compute after their cached blocks (less padding)."""
+        """New tokens for each prompt, decoding up to `max_batch` prompts together.
+
+        Continuous batching: once a quarter of the batch has finished, the finished rows leave
+        and as many queued prompts join (their prompts computed in one forward pass, then
+        their keys and values copied in beside the others'), so the batch stays full until the
+        queue is empty instead of decoding in lock step until its longest reply ends. Prompts
+        join in the order of the length left to compute after their cached blocks (less
+        padding in each joining group), and each group looks its rows up in the prefix cache
+        when it joins, so it finds the blocks of the rows that finished before it.
+        """
         if streamer is not None and len(rows) != 1:
             raise ValueError("a streamer takes one prompt at a time")
         started = time.perf_counter()
@@ -226,107 +228,89 @@ class Decoder:
             if seed is not None
             else None
         )
-        # Order by what the cache leaves to compute now; each chunk looks its rows up again when
-        # it starts, and so also finds the blocks the chunks before it stored.
         cached_ids, _ = self._lookup(rows)
         left = [
             len(row) - len(ids) * self._block for row, ids in zip(rows, cached_ids, strict=True)
         ]
-        order = sorted(range(len(rows)), key=lambda i: left[i])
-        results: list[Decoded | None] = [None] * len(rows)
-        for start in range(0, len(order), max_batch):
-            chunk = order[start : start + max_batch]
-            decoded = self._generate_chunk(
-                [rows[i] for i in chunk],
-                max_new,
+        queue = deque(sorted(range(len(rows)), key=lambda i: left[i]))
+        state = _Rows(rows, max_new, self.stop_ids, streamer)
+        batch: _Batch | None = None
+        while True:
+            # Finished rows leave (their blocks go to the prefix cache) and queued rows join
+            # once a quarter of the batch is idle: both copy the cache, so not at every step.
+            n_batch = len(batch.rows) if batch is not None else 0
+            idle = [k for k, j in enumerate(batch.rows) if state.done[j]] if batch else []
+            if batch is None or len(idle) >= 0.25 * n_batch:
+                live = n_batch - len(idle)
+                joining = [queue.popleft() for _ in range(min(len(queue), max_batch - live))]
+                if batch is not None:
+                    self._store(state, batch, idle)
+                new = None
+                if joining:
+                    new = self._join(state, joining, max_new, temperature, top_p, generators)
+                leaving = set(idle)
+                keep = [k for k in range(n_batch) if k not in leaving]
+                batch = _regroup(batch, keep, new, max_new)
+                if batch is None:
+                    break
+                if all(state.done[j] for j in batch.rows):
+                    continue  # every joining row ended on its first token
+            batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], 1)
+            logits = self._logits(
+                batch.tokens[:, None], batch.mask, batch.next_pos[:, None], batch.cache
+            )
+            batch.next_pos = batch.next_pos + 1
+            batch.tokens = _pick(
+                logits,
                 temperature,
                 top_p,
-                [generators[i] for i in chunk] if generators else None,
-                streamer,
+                [generators[j] for j in batch.rows] if generators else None,
             )
-            for i, d in zip(chunk, decoded, strict=True):
-                results[i] = d
+            state.record(batch.rows, batch.tokens.tolist())
+        if streamer is not None:
+            streamer.end()
         self.seconds["generate"] += time.perf_counter() - started
-        return [d for d in results if d is not None]
+        return [Decoded(g, s) for g, s in zip(state.generated, state.stopped, strict=True)]
 
     @property
     def _block(self) -> int:
         return self.cache.block_size if self.cache is not None else 0
 
-    def _generate_chunk(
+    def _join(
         self,
-        rows: list[list[int]],
+        state: _Rows,
+        joining: list[int],
         max_new: int,
         temperature: float,
         top_p: float,
         generators: list[torch.Generator] | None,
-        streamer: Any,
-    ) -> list[Decoded]:
-        n_rows = len(rows)
+    ) -> _Batch:
+        """The joining prompts as a batch of their own: their cached blocks laid out, the rest
+        of each prompt computed in one forward pass, and the first new token of each picked."""
+        rows = [state.prompts[j] for j in joining]
         cached_ids, cached_kv = self._lookup(rows, count=True)
         cached = [len(ids) * self._block for ids in cached_ids]
+        for j, ids, c in zip(joining, cached_ids, cached, strict=True):
+            state.cached_ids[j], state.cached[j] = ids, c
         width_cached = max(cached)
         suffixes = [row[c:] for row, c in zip(rows, cached, strict=True)]
         width = max(len(s) for s in suffixes)
 
         input_ids, mask = self._prompt_layout(suffixes, cached, width, width_cached)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        # Room for the prompt and the longest reply: the buffers never grow during the chunk.
+        # Room for the prompt and the longest reply: while no other rows join, the buffers
+        # never grow.
         kv_cache = _growing_cache(width_cached + width + max_new)
         if width_cached:
             self._fill(kv_cache, cached_kv, cached, width_cached, width + max_new)
         logits = self._logits(input_ids, mask, positions[:, width_cached:], kv_cache)
-        if streamer is not None:
-            streamer.put(torch.tensor(rows[0]))
-
-        next_pos = positions[:, -1] + 1
-        alive = list(range(n_rows))  # row index of each batch position
-        done = [False] * n_rows
-        generated: list[list[int]] = [[] for _ in range(n_rows)]
-
-        def store(batch_rows: list[int]) -> None:
-            """Cache the blocks of rows leaving the batch: prompt and reply, so that the next
-            turn, which repeats both, starts after them. A stopped row's every token went
-            through a forward pass; a capped row's last one did not."""
-            if self.cache is None:
-                return
-            for k in batch_rows:
-                j = alive[k]
-                fed = generated[j] if done[j] else generated[j][:-1]
-                self._store(
-                    rows[j] + fed, cached_ids[j], cached[j], kv_cache, mask, k, width_cached
-                )
-
-        for step in range(max_new):
-            tokens = _pick(
-                logits, temperature, top_p, [generators[j] for j in alive] if generators else None
-            )
-            for j, token in zip(alive, tokens.tolist(), strict=True):
-                if done[j]:
-                    continue
-                if streamer is not None:
-                    streamer.put(torch.tensor([token]))
-                if token in self.stop_ids:
-                    done[j] = True
-                else:
-                    generated[j].append(token)
-            live = [k for k, j in enumerate(alive) if not done[j]]
-            if not live or step == max_new - 1:
-                break
-            # Dropping finished rows copies the cache: worth it once a quarter of them are idle.
-            if len(live) <= 0.75 * len(alive):
-                store([k for k in range(len(alive)) if done[alive[k]]])
-                keep = torch.tensor(live, device=self.device)
-                alive = [alive[k] for k in live]
-                tokens, mask, next_pos = tokens[keep], mask[keep], next_pos[keep]
-                kv_cache.batch_select_indices(keep)
-            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], 1)
-            logits = self._logits(tokens[:, None], mask, next_pos[:, None], kv_cache)
-            next_pos = next_pos + 1
-        store(list(range(len(alive))))
-        if streamer is not None:
-            streamer.end()
-        return [Decoded(g, d) for g, d in zip(generated, done, strict=True)]
+        if state.streamer is not None:
+            state.streamer.put(torch.tensor(rows[0]))
+        tokens = _pick(
+            logits, temperature, top_p, [generators[j] for j in joining] if generators else None
+        )
+        state.record(joining, tokens.tolist())
+        return _Batch(joining, kv_cache, mask, positions[:, -1] + 1, tokens)
 
     def _prompt_layout(
         self, suffixes: list[list[int]], cached: list[int], width: int, width_cached: int
@@ -404,30 +388,133 @@ class Decoder:
             kv_cache.layers.append(kv_cache.layer_class_to_replicate())
             kv_cache.layers[layer].adopt(past[layer, 0], past[layer, 1], width)
 
-    def _store(
-        self,
-        tokens: list[int],
-        cached_ids: list[int],
-        cached: int,
-        kv_cache: DynamicCache,
-        mask: torch.Tensor,
-        k: int,
-        width_cached: int,
-    ) -> None:
-        """Insert the whole blocks of `tokens` (batch row `k`) after its `cached` tokens."""
-        assert self.cache is not None
-        whole = len(tokens) // self.cache.block_size * self.cache.block_size
-        if whole <= cached:
+    def _store(self, state: _Rows, batch: _Batch, leaving: list[int]) -> None:
+        """Cache the whole blocks of the rows at `leaving` batch positions: prompt and reply,
+        so that the next turn, which repeats both, starts after them. A stopped row's every
+        token went through a forward pass; a capped row's last one did not."""
+        if self.cache is None:
             return
-        # The row's real positions after its cached blocks, up to its last whole block.
-        where = mask[k, width_cached:].nonzero().squeeze(1)[: whole - cached] + width_cached
-        kv = torch.stack(
-            [
-                torch.stack([layer.keys[k][:, where], layer.values[k][:, where]])
-                for layer in kv_cache.layers
-            ]
+        size = self.cache.block_size
+        for k in leaving:
+            j = batch.rows[k]
+            reply = state.generated[j] if state.stopped[j] else state.generated[j][:-1]
+            tokens = state.prompts[j] + reply
+            whole = len(tokens) // size * size
+            if whole <= state.cached[j]:
+                continue
+            # The row's real positions in order (holes skipped): its tokens, one to one, and
+            # then whatever it was fed after it finished and before it left.
+            where = batch.mask[k].nonzero().squeeze(1)[state.cached[j] : whole]
+            kv = torch.stack(
+                [
+                    torch.stack([layer.keys[k][:, where], layer.values[k][:, where]])
+                    for layer in batch.cache.layers
+                ]
+            )
+            self.cache.insert(tokens[:whole], state.cached_ids[j], kv)
+
+
+class _Rows:
+    """What each prompt of a `generate` call has produced so far, by prompt index."""
+
+    def __init__(self, prompts: list[list[int]], max_new: int, stop_ids: set[int], streamer: Any):
+        self.prompts = prompts
+        self.max_new = max_new
+        self.stop_ids = stop_ids
+        self.streamer = streamer
+        self.generated: list[list[int]] = [[] for _ in prompts]
+        self.stopped = [False] * len(prompts)
+        self.done = [False] * len(prompts)  # stopped, or max_new tokens
+        self.cached_ids: list[list[int]] = [[] for _ in prompts]  # prefix cache blocks used
+        self.cached = [0] * len(prompts)  # tokens they hold
+
+    def record(self, rows: list[int], tokens: list[int]) -> None:
+        for j, token in zip(rows, tokens, strict=True):
+            if self.done[j]:
+                continue
+            if self.streamer is not None:
+                self.streamer.put(torch.tensor([token]))
+            if token in self.stop_ids:
+                self.done[j] = self.stopped[j] = True
+            else:
+                self.generated[j].append(token)
+                self.done[j] = len(self.generated[j]) == self.max_new
+
+
+@dataclass
+class _Batch:
+    """Rows decoded together. Their keys and values sit right-aligned in one cache (every
+    row's newest position in the last column, holes masked), so a step appends one column."""
+
+    rows: list[int]  # prompt index of each batch position
+    cache: DynamicCache
+    mask: torch.Tensor  # [batch, width]: 1 where a row has a real token
+    next_pos: torch.Tensor  # [batch]: the position of the token each row feeds next
+    tokens: torch.Tensor  # [batch]: that token
+
+
+def _regroup(old: _Batch | None, keep: list[int], new: _Batch | None, room: int) -> _Batch | None:
+    """One batch of `old`'s rows at positions `keep` and all of `new`'s, right-aligned in fresh
+    buffers as wide as the longest of them (columns that were holes in every kept row are
+    dropped), with `room` columns to grow."""
+    if old is None or not keep:
+        return new  # laid out with room when it joined: nothing to copy
+    if new is None and len(keep) == len(old.rows):
+        return old
+    index = torch.tensor(keep, device=old.mask.device)
+
+    def kept(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[index]
+
+    parts: list[tuple[_Batch, Any]] = [(old, kept)]
+    if new is not None:
+        parts.append((new, lambda tensor: tensor))
+    masks = [select(b.mask) for b, select in parts]
+    # How many columns from the right each part needs: up to its first real position.
+    spans = [m.shape[1] - int(m.any(0).nonzero()[0]) for m in masks]
+    width = max(spans)
+    mask = _right_aligned(masks, spans, width, 0)
+    cache = _growing_cache()
+    for i in range(len(old.cache.layers)):
+        layers = [b.cache.layers[i] for b, _ in parts]
+        keys = [select(layer.keys) for layer, (_, select) in zip(layers, parts, strict=True)]
+        values = [select(layer.values) for layer, (_, select) in zip(layers, parts, strict=True)]
+        cache.layers.append(cache.layer_class_to_replicate())
+        cache.layers[i].adopt(
+            _right_aligned(keys, spans, width, room),
+            _right_aligned(values, spans, width, room),
+            width,
         )
-        self.cache.insert(tokens[:whole], cached_ids, kv)
+    return _Batch(
+        [old.rows[k] for k in keep] + (new.rows if new is not None else []),
+        cache,
+        mask,
+        torch.cat([select(b.next_pos) for b, select in parts]),
+        torch.cat([select(b.tokens) for b, select in parts]),
+    )
+
+
+def _right_aligned(
+    sources: list[torch.Tensor], spans: list[int], width: int, room: int
+) -> torch.Tensor:
+    """`sources` ([rows, ..., columns] masks, or [rows, heads, columns, dim] keys or values)
+    stacked by row, the last `span` columns of each ending at column `width`, zeros on their
+    left (holes are masked, but must hold finite numbers: 0 x NaN is NaN in attention), and
+    `room` unset columns after."""
+    axis = 1 if sources[0].dim() == 2 else 2
+    shape = list(sources[0].shape)
+    shape[0] = sum(s.shape[0] for s in sources)
+    shape[axis] = width + room
+    out = sources[0].new_empty(shape)
+    out.narrow(axis, 0, width).zero_()
+    start = 0
+    for source, span in zip(sources, spans, strict=True):
+        rows = source.shape[0]
+        out[start : start + rows].narrow(axis, width - span, span).copy_(
+            source.narrow(axis, source.shape[axis] - span, span)
+        )
+        start += rows
+    return out
 
 
 def _pick(

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from autoretrain.providers import engine
 from autoretrain.providers.engine import Decoder, PrefixCache, supports
 
 NEW = 24
@@ -28,7 +29,9 @@ def model_and_prompts(untrained_model_dir: Path):
     return model, tokenizer.pad_token_id, prompts
 
 
-def reference(model, pad_id: int, rows: list[list[int]], stop_id: int | None) -> list[list[int]]:
+def reference(
+    model, pad_id: int, rows: list[list[int]], stop_id: int | list[int] | None
+) -> list[list[int]]:
     """`model.generate`, greedy, left-padded; each row cut before its first stop token."""
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id)
@@ -47,8 +50,10 @@ def reference(model, pad_id: int, rows: list[list[int]], stop_id: int | None) ->
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
     rows_out = []
+    stops = stop_id if isinstance(stop_id, list) else [stop_id]
     for tokens in out[:, width:].tolist():
-        rows_out.append(tokens[: tokens.index(stop_id)] if stop_id in tokens else tokens)
+        cut = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
+        rows_out.append(tokens[:cut])
     return rows_out
 
 
@@ -91,6 +96,55 @@ def test_rows_that_stop_early_leave_the_batch_and_the_rest_still_match(model_and
     assert [d.tokens for d in got] == expected
     assert [d.stopped for d in got] == [stop in row for row in free]
     assert any(d.stopped for d in got) and not all(d.stopped for d in got)
+
+
+@pytest.fixture(scope="module")
+def chaotic_model(untrained_model_dir: Path):
+    """The untrained model with its matrices redrawn large: its greedy replies never repeat and
+    each token hangs on exact positions, masks and keys (the untrained one repeats one token
+    whatever it attends to, so it cannot see a misplaced key)."""
+    model = AutoModelForCausalLM.from_pretrained(untrained_model_dir).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model
+
+
+def test_queued_prompts_join_as_rows_finish_and_every_row_still_matches(
+    model_and_prompts, chaotic_model, monkeypatch
+):
+    """Continuous batching: with fewer slots than prompts and rows that stop at different
+    steps, queued prompts join a batch whose other rows are mid-reply (keys, values, masks and
+    positions regrouped around them), and every row's tokens are still `model.generate`'s."""
+    _, pad_id, prompts = model_and_prompts
+    model = chaotic_model
+    rows = prompts + [p[1:] for p in reversed(prompts)]
+    free = reference(model, pad_id, rows, None)
+    # Stop tokens that end every other row at a different step; the rest run to the cap.
+    stops = [row[2 + j] for j, row in enumerate(free[::2])]
+    expected = reference(model, pad_id, rows, stops)
+    assert len({len(row) for row in expected}) >= 4
+    regroups: list[tuple[int, bool]] = []  # (rows kept mid-reply, rows joining)
+    real_regroup = engine._regroup
+
+    def regroup(old, keep, new, room):
+        regroups.append((len(keep) if old is not None else 0, new is not None))
+        return real_regroup(old, keep, new, room)
+
+    monkeypatch.setattr(engine, "_regroup", regroup)
+    for prefix_cache in (False, True):
+        for max_batch in (1, 2, 3, 5, 32):
+            decoder = Decoder(model, stop_ids=stops, pad_id=pad_id, prefix_cache=prefix_cache)
+            got = decoder.generate(rows, NEW, max_batch=max_batch)
+            assert [d.tokens for d in got] == expected, (prefix_cache, max_batch)
+            assert [d.stopped for d in got] == [len(row) < NEW for row in expected]
+            # The same rows again: every prompt now starts with blocks the first call stored.
+            again = decoder.generate(rows, NEW, max_batch=max_batch)
+            assert [d.tokens for d in again] == expected, (prefix_cache, max_batch)
+    assert decoder.cache is not None and decoder.cache.hits > 0
+    assert any(kept and joining for kept, joining in regroups)
 
 
 def test_sampling_is_seeded_and_a_tiny_top_p_is_greedy(model_and_prompts):
