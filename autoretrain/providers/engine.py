@@ -462,23 +462,18 @@ def _regroup(old: _Batch | None, keep: list[int], new: _Batch | None, room: int)
     if new is None and len(keep) == len(old.rows):
         return old
     index = torch.tensor(keep, device=old.mask.device)
-
-    def kept(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor[index]
-
-    parts: list[tuple[_Batch, Any]] = [(old, kept)]
+    parts: list[tuple[_Batch, torch.Tensor | None]] = [(old, index)]
     if new is not None:
-        parts.append((new, lambda tensor: tensor))
-    masks = [select(b.mask) for b, select in parts]
+        parts.append((new, None))
+    masks = [b.mask if rows is None else b.mask[rows] for b, rows in parts]
     # How many columns from the right each part needs: up to its first real position.
     spans = [m.shape[1] - int(m.any(0).nonzero()[0]) for m in masks]
     width = max(spans)
-    mask = _right_aligned(masks, spans, width, 0)
+    mask = _right_aligned([(m, None) for m in masks], spans, width, 0)
     cache = _growing_cache()
     for i in range(len(old.cache.layers)):
-        layers = [b.cache.layers[i] for b, _ in parts]
-        keys = [select(layer.keys) for layer, (_, select) in zip(layers, parts, strict=True)]
-        values = [select(layer.values) for layer, (_, select) in zip(layers, parts, strict=True)]
+        keys = [(b.cache.layers[i].keys, rows) for b, rows in parts]
+        values = [(b.cache.layers[i].values, rows) for b, rows in parts]
         cache.layers.append(cache.layer_class_to_replicate())
         cache.layers[i].adopt(
             _right_aligned(keys, spans, width, room),
@@ -489,31 +484,31 @@ def _regroup(old: _Batch | None, keep: list[int], new: _Batch | None, room: int)
         [old.rows[k] for k in keep] + (new.rows if new is not None else []),
         cache,
         mask,
-        torch.cat([select(b.next_pos) for b, select in parts]),
-        torch.cat([select(b.tokens) for b, select in parts]),
+        torch.cat([b.next_pos if rows is None else b.next_pos[rows] for b, rows in parts]),
+        torch.cat([b.tokens if rows is None else b.tokens[rows] for b, rows in parts]),
     )
 
 
 def _right_aligned(
-    sources: list[torch.Tensor], spans: list[int], width: int, room: int
+    sources: list[tuple[torch.Tensor, torch.Tensor | None]], spans: list[int], width: int, room: int
 ) -> torch.Tensor:
-    """`sources` ([rows, ..., columns] masks, or [rows, heads, columns, dim] keys or values)
-    stacked by row, the last `span` columns of each ending at column `width`, zeros on their
-    left (holes are masked, but must hold finite numbers: 0 x NaN is NaN in attention), and
-    `room` unset columns after."""
-    axis = 1 if sources[0].dim() == 2 else 2
-    shape = list(sources[0].shape)
-    shape[0] = sum(s.shape[0] for s in sources)
-    shape[axis] = width + room
-    out = sources[0].new_empty(shape)
-    out.narrow(axis, 0, width).zero_()
+    """The rows of `sources` ([rows, columns] masks, or [rows, heads, columns, dim] keys or
+    values; each with the row index to take, or None for all) stacked, the last `span` columns
+    of each ending at column `width`, zeros on their left (holes are masked, but must hold
+    finite numbers: 0 x NaN is NaN in attention), and `room` unset columns after."""
+    axis = 1 if sources[0][0].dim() == 2 else 2
+    counts = [len(rows) if rows is not None else source.shape[0] for source, rows in sources]
+    shape = list(sources[0][0].shape)
+    shape[0], shape[axis] = sum(counts), width + room
+    out = sources[0][0].new_empty(shape)
     start = 0
-    for source, span in zip(sources, spans, strict=True):
-        rows = source.shape[0]
-        out[start : start + rows].narrow(axis, width - span, span).copy_(
-            source.narrow(axis, source.shape[axis] - span, span)
-        )
-        start += rows
+    for (source, rows), span, count in zip(sources, spans, counts, strict=True):
+        part = out[start : start + count]
+        part.narrow(axis, 0, width - span).zero_()
+        # Cut the columns first: the row selection then copies only what is kept.
+        columns = source.narrow(axis, source.shape[axis] - span, span)
+        part.narrow(axis, width - span, span).copy_(columns if rows is None else columns[rows])
+        start += count
     return out
 
 
