@@ -1,7 +1,10 @@
 """The local provider's decoder against transformers' own `model.generate`.
 
-An untrained model gives long, arbitrary greedy continuations: any error in reused key/value
-states, positions or masks changes the tokens, so equality with `generate` is a sharp check.
+The model is the tests' untrained tiny Llama with its matrices redrawn large: its greedy
+replies never repeat, and each token hangs on exact keys, values, positions and masks, so any
+error in reused or regrouped states changes the tokens and equality with `generate` is a sharp
+check. (The untrained model itself repeats one token whatever it attends to: a misplaced key
+would pass unseen.)
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ NEW = 24
 def model_and_prompts(untrained_model_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(untrained_model_dir)
     model = AutoModelForCausalLM.from_pretrained(untrained_model_dir).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
     text = "What is 2 + 3? The answer is 5. " * 6
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     # Ragged prompts that share prefixes of several lengths (some longer than a cache block).
@@ -98,28 +106,13 @@ def test_rows_that_stop_early_leave_the_batch_and_the_rest_still_match(model_and
     assert any(d.stopped for d in got) and not all(d.stopped for d in got)
 
 
-@pytest.fixture(scope="module")
-def chaotic_model(untrained_model_dir: Path):
-    """The untrained model with its matrices redrawn large: its greedy replies never repeat and
-    each token hangs on exact positions, masks and keys (the untrained one repeats one token
-    whatever it attends to, so it cannot see a misplaced key)."""
-    model = AutoModelForCausalLM.from_pretrained(untrained_model_dir).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return model
-
-
 def test_queued_prompts_join_as_rows_finish_and_every_row_still_matches(
-    model_and_prompts, chaotic_model, monkeypatch
+    model_and_prompts, monkeypatch
 ):
     """Continuous batching: with fewer slots than prompts and rows that stop at different
     steps, queued prompts join a batch whose other rows are mid-reply (keys, values, masks and
     positions regrouped around them), and every row's tokens are still `model.generate`'s."""
-    _, pad_id, prompts = model_and_prompts
-    model = chaotic_model
+    model, pad_id, prompts = model_and_prompts
     rows = prompts + [p[1:] for p in reversed(prompts)]
     free = reference(model, pad_id, rows, None)
     # Stop tokens that end every other row at a different step; the rest run to the cap.
