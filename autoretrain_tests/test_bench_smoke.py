@@ -153,3 +153,51 @@ def test_loop_refresh_judges_each_catalog_by_its_own_target(tmp_path):
     page = (out / "loop.md").read_text()
     assert "## Every catalog side by side" in page
     assert "+7.00 (target +5: met)" in page and "+7.00 (target +10: not met)" in page
+
+
+def test_a_full_loop_run_keeps_the_quiet_machine_timing(tmp_path):
+    """bench/loop.py's full run rewrites loop.json with its arms, and keeps `iteration_wall_s`
+    and `iteration_timing`, which `--timing-only` measured in a run of their own."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_loop", ROOT / "bench" / "loop.py")
+    assert spec is not None and spec.loader is not None
+    loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loop)
+    out = tmp_path / "results"
+    out.mkdir()
+    timing = {
+        "stages_s": {"selfplay": 90.0, "training": 100.0},
+        "target_s": 300.0,
+        "met": True,
+        "selfplay_runs": 10,
+        "command": "bench/loop.py --timing-only",
+        "machine": {"load_average_at_start": [0.1, 0.1, 0.1]},
+        "gate": "promote",
+    }
+    (out / "loop.json").write_text(
+        json.dumps({"iteration_wall_s": 190.0, "iteration_timing": timing, "catalogs": {}})
+    )
+    bench = loop.Bench.__new__(loop.Bench)
+    bench.args = argparse.Namespace(out=out)
+    bench.result = {
+        "command": "bench/loop.py",
+        "machine": {"cores": 2, "memory_gb": 24, "load_average_at_start": 1, "date": "today"},
+        "catalog": "shipped",
+        "parameters": {"settings": {}, "selfplay_runs": 10, "instances_per_scenario": 70},
+        "target": {"in_distribution_lift_points": 10},
+        "arms": {
+            "it1": _arm(
+                7.0, 1.0, "promote", promoted=True, seconds={"selfplay": 95.0, "total": 231.0}
+            ),
+            "compute_matched": _arm(2.0, 0, "reject"),
+            "no_filter": _arm(3.0, 0, "reject"),
+        },
+        "not_measured": [],
+        "notes": [],
+    }
+    bench.save(measured=False)
+    written = json.loads((out / "loop.json").read_text())
+    assert written["iteration_wall_s"] == 190.0 and written["iteration_timing"] == timing
+    assert "iteration_wall_s 190.0 s" in (out / "loop.md").read_text()
