@@ -217,6 +217,8 @@ class Decoder:
         """
         if streamer is not None and len(rows) != 1:
             raise ValueError("a streamer takes one prompt at a time")
+        if max_new < 1:
+            raise ValueError(f"max_new must be at least 1 (got {max_new})")
         started = time.perf_counter()
         # One generator per prompt: a seeded row samples the same tokens whatever the cache
         # holds and whichever rows it shares a batch with.
@@ -438,7 +440,7 @@ class _Rows:
                 self.done[j] = self.stopped[j] = True
             else:
                 self.generated[j].append(token)
-                self.done[j] = len(self.generated[j]) == self.max_new
+                self.done[j] = len(self.generated[j]) >= self.max_new
 
 
 @dataclass

@@ -153,6 +153,12 @@ def test_sampling_is_seeded_and_a_tiny_top_p_is_greedy(model_and_prompts):
     assert sample(None, top_p=1e-6) == reference(model, pad_id, prompts, None)
 
 
+def test_a_call_without_room_for_one_token_is_refused(model_and_prompts):
+    model, pad_id, prompts = model_and_prompts
+    with pytest.raises(ValueError, match="max_new must be at least 1"):
+        Decoder(model, stop_ids=[-1], pad_id=pad_id).generate(prompts, 0)
+
+
 def test_the_prefix_cache_evicts_least_recently_used_blocks():
     kv = torch.arange(4 * 2 * 1 * 6 * 1, dtype=torch.float32).reshape(4, 2, 1, 6, 1)
     block_bytes = kv[:, :, :, :2].contiguous().nbytes
