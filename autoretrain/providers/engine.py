@@ -461,8 +461,6 @@ def _regroup(old: _Batch | None, keep: list[int], new: _Batch | None, room: int)
     dropped), with `room` columns to grow."""
     if old is None or not keep:
         return new  # laid out with room when it joined: nothing to copy
-    if new is None and len(keep) == len(old.rows):
-        return old
     index = torch.tensor(keep, device=old.mask.device)
     parts: list[tuple[_Batch, torch.Tensor | None]] = [(old, index)]
     if new is not None:
