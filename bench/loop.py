@@ -540,19 +540,18 @@ class Bench:
         name = "loop" if catalog == "shipped" else f"loop-{catalog}"
         self.args.out.mkdir(parents=True, exist_ok=True)
         index = self.args.out / "loop.json"
+        shipped = _read(index)
         # loop.json also indexes every catalog's results (`catalogs`); a run keeps the others'.
-        catalogs = _read(index).get("catalogs", {})
+        catalogs = shipped.get("catalogs", {})
         catalogs[catalog] = _index_entry(self.result, f"{name}.json")
         if name == "loop":
             self.result["catalogs"] = catalogs
             # The quiet-machine timing (`--timing-only`) is a run of its own, with its own
             # command and date: a full run of the arms keeps it.
-            previous = _read(index)
             for key in ("iteration_wall_s", "iteration_timing"):
-                if key in previous and key not in self.result:
-                    self.result[key] = previous[key]
+                if key in shipped and key not in self.result:
+                    self.result[key] = shipped[key]
         else:
-            shipped = _read(index)
             shipped["catalogs"] = catalogs
             index.write_text(json.dumps(shipped, indent=2, default=str) + "\n")
         (self.args.out / f"{name}.json").write_text(
