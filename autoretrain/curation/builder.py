@@ -221,7 +221,16 @@ def _write_version(
     # the dataset is written in (which training reads) and the copy deduplication keeps (its
     # tool call ids may differ) must follow from the runs' content, or two builds from the
     # same runs played again would train two different candidates.
-    kept.sort(key=lambda e: (e.split_key, e.instance_hash or "", e.digest, e.crc, e.run_id))
+    kept.sort(
+        key=lambda e: (
+            e.scenario_id or "",
+            e.split_key,
+            e.instance_hash or "",
+            e.digest,
+            e.crc,
+            e.run_id,
+        )
+    )
     examples, duplicates = _deduplicate(kept)
     exclusions += [
         Exclusion(e.run_id, "duplicate", f"same content as {first}") for e, first in duplicates
@@ -229,7 +238,11 @@ def _write_version(
     examples, capped = _cap_categories(examples, config.max_examples_per_category)
     exclusions += [Exclusion(e.run_id, "category_cap", e.category) for e in capped]
 
-    split_of = assign_splits((e.split_key for e in examples), config.eval_ratio)
+    split_of = assign_splits(
+        (e.split_key for e in examples),
+        config.eval_ratio,
+        groups={e.split_key: e.scenario_id or "" for e in examples},
+    )
     parts: dict[str, list[_Kept]] = {"train": [], "eval": []}
     for example in examples:
         parts[split_of[example.split_key]].append(example)
@@ -392,14 +405,14 @@ def _leakage(
     if hashes or scenarios or shared:
         raise LeakageError(
             f"the dataset would contain evaluation instances {sorted(hashes)[:5]}, eval "
-            f"scenarios {sorted(scenarios)[:5]} or scenarios in both splits {sorted(shared)[:5]}"
+            f"scenarios {sorted(scenarios)[:5]} or instances in both splits {sorted(shared)[:5]}"
         )
     return {
         "eval_hashes_checked": len(eval_hashes),
         "eval_scenarios_checked": len(eval_scenario_ids),
         "evaluation_instances_written": len(hashes),
         "eval_scenarios_written": len(scenarios),
-        "scenarios_in_both_splits": len(shared),
+        "instances_in_both_splits": len(shared),
     }
 
 
@@ -527,10 +540,13 @@ def _manifest(
             "template_fallbacks": counter.template_fallbacks,
         },
         "split": {
-            "by": "scenario",
+            # Instances of a scenario, stratified by scenario (curation/split.py): a scenario
+            # is on both sides, an instance on one.
+            "by": "instance",
             "eval_ratio": config.eval_ratio,
-            "train_scenarios": sorted(safe(k) for k, s in split_of.items() if s == "train"),
-            "eval_scenarios": sorted(safe(k) for k, s in split_of.items() if s == "eval"),
+            "keys": {name: sum(s == name for s in split_of.values()) for name in parts},
+            "train_scenarios": sorted({safe(e.scenario_id or e.split_key) for e in parts["train"]}),
+            "eval_scenarios": sorted({safe(e.scenario_id or e.split_key) for e in parts["eval"]}),
         },
         "leakage": leakage,
         "instance_hashes": {

@@ -60,7 +60,7 @@ def check_dataset(
     reports = {name: validate_file(path) for name, path in files.items()}
     return [
         _dataset_validates(reports),
-        _splits_disjoint(manifest, eval_scenario_ids),
+        _splits_disjoint(manifest, files, eval_scenario_ids),
         _no_evaluation_instances(files, evaluation_hashes),
         _no_secrets(dataset_dir, extra_secret_patterns),
         _enough_examples(manifest, reports),
@@ -81,9 +81,18 @@ def _dataset_validates(reports: dict[str, ValidationReport]) -> CheckOutcome:
     )
 
 
-def _splits_disjoint(manifest: dict[str, Any], eval_scenario_ids: set[str]) -> CheckOutcome:
+def _splits_disjoint(
+    manifest: dict[str, Any], files: dict[str, Path], eval_scenario_ids: set[str]
+) -> CheckOutcome:
+    # The split is by instance, stratified by scenario (curation/split.py): a scenario has
+    # instances on both sides, and no prompt may. Proven on the files: each example's system
+    # and user prompt, hashed as the catalog hashes an instance.
+    prompts = {
+        name: {h for h in map(_prompt_hash, _examples(path)) if h is not None}
+        for name, path in files.items()
+    }
+    shared = sorted(prompts[TRAIN] & prompts[EVAL])
     split = manifest.get("split", {})
-    shared = sorted(set(split.get("train_scenarios", [])) & set(split.get("eval_scenarios", [])))
     eval_in_data = sorted(
         (set(split.get("train_scenarios", [])) | set(split.get("eval_scenarios", [])))
         & eval_scenario_ids
@@ -91,8 +100,8 @@ def _splits_disjoint(manifest: dict[str, Any], eval_scenario_ids: set[str]) -> C
     return CheckOutcome(
         "splits_disjoint",
         not shared and not eval_in_data,
-        "No scenario is in both splits, and no held-out evaluation scenario is in either.",
-        metadata={"scenarios_in_both": shared, "heldout_scenarios_present": eval_in_data},
+        "No prompt is in both splits, and no held-out evaluation scenario is in either.",
+        metadata={"prompts_in_both": shared[:20], "heldout_scenarios_present": eval_in_data},
     )
 
 

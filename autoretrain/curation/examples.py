@@ -40,7 +40,7 @@ TRUNCATION_MARKER = "\n…[truncated {n} characters]"
 @dataclass
 class Example:
     run_id: str
-    split_key: str  # the scenario id, or a prompt hash for runs without one
+    split_key: str  # the opening prompt's hash: what the train/eval split keeps together
     scenario_id: str | None
     instance_hash: str | None
     category: str
@@ -117,10 +117,10 @@ def _attempt(message: Message) -> Any:
 
 
 def split_key(run: Run) -> str:
-    """Runs are split by scenario. Runs with no scenario (imported production traffic) are
-    grouped by their opening prompt, so repeats of one request never straddle the split."""
-    if run.scenario_id:
-        return run.scenario_id
+    """The unit the train/eval split keeps together (curation/split.py): the opening prompt
+    (system and user), so that repeats of one request, or one instance of a scenario, never
+    straddle the split, whether a run names its scenario or not. The split stratifies these
+    keys by scenario, so every scenario has instances on both sides."""
     opening = [m.content or "" for m in run.messages if m.role in ("system", "user")][:2]
     digest = hashlib.sha256("\x00".join(opening).encode("utf-8", "replace")).hexdigest()
     return f"prompt:{digest[:16]}"

@@ -10,7 +10,11 @@ from autoretrain.defs.resources import ProjectResource
 # (check, blocking, what it proves): shown as each check's description in the UI.
 DATASET_CHECKS = [
     ("dataset_validates", True, "Every line is a valid tool-aware OpenAI chat example."),
-    ("splits_disjoint", True, "No scenario and no example is in both train and eval."),
+    (
+        "splits_disjoint",
+        True,
+        "No prompt is in both train and eval; no held-out scenario in either.",
+    ),
     (
         "no_evaluation_instances",
         True,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoretrain.curation.builder import build_dataset
+from autoretrain.curation.checks import check_dataset
 from autoretrain.curation.manifest import list_versions
 from autoretrain.curation.scan import scan_file
 from autoretrain.curation.validate import validate_file
@@ -93,11 +94,15 @@ def test_mixed_runs_give_a_clean_split_valid_dataset(settings, tmp_path):
     assert len(included & {"dup", "ok-0-0"}) == 1
     assert included - {"dup", "ok-0-0"} == {r.run_id for r in runs[:23]} - {"dup", "ok-0-0"}
 
+    # The split is by instance within each scenario: every scenario with three or more
+    # instances (round(0.34 × 3) = 1) is trained on and evaluated on, no instance is on both.
     scenario_of = {r.run_id: r.scenario_id for r in runs[:23]}
     train_scenarios = {scenario_of[r] for r in manifest["run_ids"]["train"]}
     eval_scenarios = {scenario_of[r] for r in manifest["run_ids"]["eval"]}
-    assert train_scenarios and eval_scenarios and not train_scenarios & eval_scenarios
-    assert len(eval_scenarios) == 2  # round(0.34 × 6)
+    assert train_scenarios == eval_scenarios == {f"scn_{s}" for s in range(6)}
+    assert manifest["split"]["by"] == "instance"
+    assert not set(manifest["instance_hashes"]["train"]) & set(manifest["instance_hashes"]["eval"])
+    assert manifest["leakage"]["instances_in_both_splits"] == 0
     assert manifest["leakage"]["evaluation_instances_written"] == 0
 
     for name in ("train.jsonl", "eval.jsonl"):
@@ -135,6 +140,24 @@ def test_mixed_runs_give_a_clean_split_valid_dataset(settings, tmp_path):
     assert manifest["tokens"]["method"] == "whitespace_estimate"
     assert manifest["tokens"]["train"] > 0
     assert sum(manifest["counts"]["by_category"]["train"].values()) == version.counts["train"]
+
+
+def test_the_split_check_reads_the_files_and_fails_on_a_prompt_in_both(settings, tmp_path):
+    runs, decisions = mixed_runs()
+    settings.dataset.eval_ratio = 0.34
+    path = _build(settings, tmp_path, runs, decisions).path
+
+    def disjoint():
+        outcomes = check_dataset(path, set(), {"held_out_1"}, min_examples_per_category=1)
+        return next(o for o in outcomes if o.name == "splits_disjoint")
+
+    assert disjoint().passed
+    # A builder bug cannot vouch for itself: one train example copied into eval is caught.
+    planted = (path / "train.jsonl").read_text().splitlines()[0]
+    with (path / "eval.jsonl").open("a") as eval_file:
+        eval_file.write(planted + "\n")
+    outcome = disjoint()
+    assert not outcome.passed and len(outcome.metadata["prompts_in_both"]) == 1
 
 
 def test_same_runs_give_identical_files_and_a_new_version(settings, tmp_path):

@@ -27,6 +27,25 @@ def test_small_catalogs_still_get_both_sides_and_bad_ratios_are_refused():
         assign_splits(["a"], 1.0)
 
 
+def test_every_scenario_gives_its_share_of_instances_to_eval_and_keeps_some_to_train():
+    # Splitting whole scenarios held the same ones out of every training set: the shipped
+    # catalog never trained `decline_password`. Stratified by scenario, each is on both sides.
+    groups = {f"{s}/i{i}": s for s in ("add", "decline", "lookup") for i in range(20)}
+    groups |= {"tiny/i0": "tiny", "pair/i0": "pair", "pair/i1": "pair"}
+    split = assign_splits(groups, 0.1, groups=groups)
+    evals = {
+        s: sum(split[k] == "eval" for k in groups if groups[k] == s) for s in set(groups.values())
+    }
+    assert evals == {"add": 2, "decline": 2, "lookup": 2, "tiny": 0, "pair": 0}
+    assert split["tiny/i0"] == "train"
+    assert assign_splits(reversed(list(groups)), 0.1, groups=groups) == split
+    # Too few keys in every stratum for the ratio: eval still gets one, from a stratum that
+    # keeps another for train.
+    small = {"a/0": "a", "b/0": "b", "b/1": "b"}
+    split = assign_splits(small, 0.1, groups=small)
+    assert split["a/0"] == "train" and sorted(split[k] for k in ("b/0", "b/1")) == ["eval", "train"]
+
+
 def test_content_hash_ignores_call_ids_whitespace_and_argument_formatting():
     first = run_to_example(make_run("r1", solved(2, 3, call_id="call_abc")), 4000)
     messages = solved(2, 3, call_id="call_xyz")
