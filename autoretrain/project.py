@@ -820,7 +820,7 @@ class Project:
                         f"version {version_id!r} is already registered; versions are never "
                         "overwritten: pick a new version id"
                     )
-            base_dir = Path(incumbent.model_dir or incumbent.adapter_dir)
+            base_dir = self.training_start(incumbent)
             demos = self.settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
             mix_in = ([str(demos)] if demos.exists() else []) + mix_in
             # A merged model, never a bare adapter: the next round trains on top of this version.
@@ -855,6 +855,24 @@ class Project:
                 # Served by its id from now on (a replay through a team's agent asks for it).
                 registry.write_serving_config()
         return result
+
+    def training_start(self, incumbent: ModelVersion) -> Path:
+        """The weights a round fine-tunes (`training.init_from`): the incumbent's, or those of
+        the first local version of its lineage (its root; v0 for the embedded model)."""
+        from pathlib import Path
+
+        start = incumbent
+        if self.settings.training.init_from == "base":
+            with self.store(read_only=True) as store:
+                registry = self.registry(store, read_only=True)
+                seen = {start.id}
+                while start.parent_version and start.parent_version not in seen:
+                    parent = registry.get(start.parent_version)
+                    if parent is None or parent.kind != "local":
+                        break
+                    start = parent
+                    seen.add(start.id)
+        return Path(start.model_dir or start.adapter_dir)
 
     def hosted_backend(self, backend: HostedBackend | None = None) -> HostedBackend:
         from autoretrain.training.backend import Backoff
