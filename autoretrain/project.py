@@ -785,10 +785,11 @@ class Project:
         output_dir: Path | None = None,
         **overrides: Any,
     ) -> TrainResult | HostedTrainResult:
-        """Fine-tune the incumbent (primary) on a dataset version; register the result as
-        `version_id`, its parent the incumbent. The base model's demonstrations are mixed back
-        in (REFERENCE.md's recipe: verified self-play plus the original demos), so the model
-        keeps what it was taught. `overrides` are TrainConfig fields (`mix_in` adds files).
+        """Fine-tune on a dataset version, from the root of the primary's lineage or from the
+        primary itself (`training.init_from`, `training_start`); register the result as
+        `version_id`, its parent the incumbent (the primary). The base model's demonstrations
+        are mixed back in (REFERENCE.md's recipe: verified self-play plus the original demos),
+        so the model keeps what it was taught. `overrides` are TrainConfig fields (`mix_in` adds files).
 
         `backend` overrides `training.backend`; `output_dir` replaces
         `<models>/embedded/<version_id>`. `base_dir` trains a model directory from outside the

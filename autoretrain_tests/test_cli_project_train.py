@@ -79,9 +79,10 @@ def test_train_from_a_base_folder_trains_it_and_registers_nothing(settings, tmp_
             assert project.registry(store, read_only=True).get("o1") is None
 
 
-def test_a_round_can_start_from_the_root_of_the_incumbents_lineage(settings, tmp_path_factory):
-    """`training.init_from: base` retrains the lineage's root (ReST-EM) on each round's data;
-    the candidate is still the incumbent's child."""
+def test_a_round_starts_from_the_root_of_the_incumbents_lineage(settings, tmp_path_factory):
+    """`training.init_from: base` (the default) retrains the lineage's root (ReST-EM) on each
+    round's data, `incumbent` builds on the primary; either way the candidate is the
+    incumbent's child."""
     root = copy_model(tiny_model(tmp_path_factory), settings.paths.root / "models" / "v0")
     child = copy_model(tiny_model(tmp_path_factory), settings.paths.root / "models" / "v1")
     project = Project(settings)
@@ -93,18 +94,17 @@ def test_a_round_can_start_from_the_root_of_the_incumbents_lineage(settings, tmp
         )
         registry.promote("v1", "primary")
     incumbent = project.slot_version("primary")
-    assert project.training_start(incumbent) == child
+    assert project.training_start(incumbent) == root
 
     raw = settings.model_dump()
-    raw["training"]["init_from"] = "base"
+    raw["training"]["init_from"] = "incumbent"
     from autoretrain.settings import Settings
 
-    rooted = Project(Settings.model_validate(raw))
-    assert rooted.training_start(incumbent) == root
+    assert Project(Settings.model_validate(raw)).training_start(incumbent) == child
     dataset = write_dataset(settings.paths.datasets / "20260301T000000Z", n_train=8, n_eval=2)
-    rooted.train_candidate(dataset, "cand-1", epochs=1, batch_size=4, max_seq_len=256)
-    with rooted.store(read_only=True) as store:
-        version = rooted.registry(store, read_only=True).get("cand-1")
+    project.train_candidate(dataset, "cand-1", epochs=1, batch_size=4, max_seq_len=256)
+    with project.store(read_only=True) as store:
+        version = project.registry(store, read_only=True).get("cand-1")
     assert version.parent_version == "v1"
     config = json.loads((Path(version.model_dir) / "train_config.json").read_text())
     assert config["base_model_dir"] == str(root.resolve())

@@ -1,5 +1,7 @@
-"""Weight interpolation between the incumbent and a fine-tuned candidate (WiSE-FT,
-Wortsman et al. 2022: "Robust fine-tuning of zero-shot models").
+"""Weight interpolation between the weights a round started from and the fine-tuned candidate
+(WiSE-FT, Wortsman et al. 2022: "Robust fine-tuning of zero-shot models"). A round starts from
+the root of the incumbent's lineage or from the incumbent (`training.init_from`); below,
+"incumbent" is that starting point.
 
 A round fine-tunes the incumbent on its new verified runs; what it forgets of behaviours the
 dataset barely touches (a refusal phrased another way) moves with the training order
