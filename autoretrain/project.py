@@ -789,7 +789,8 @@ class Project:
         primary itself (`training.init_from`, `training_start`); register the result as
         `version_id`, its parent the incumbent (the primary). The base model's demonstrations
         are mixed back in (REFERENCE.md's recipe: verified self-play plus the original demos),
-        so the model keeps what it was taught. `overrides` are TrainConfig fields (`mix_in` adds files).
+        so the model keeps what it was taught. `overrides` are TrainConfig fields (`mix_in`
+        adds files).
 
         `backend` overrides `training.backend`; `output_dir` replaces
         `<models>/embedded/<version_id>`. `base_dir` trains a model directory from outside the

@@ -1,8 +1,8 @@
 """The train/eval split of a dataset: by instance within each scenario, never by row.
 
-A split key is one instance of a scenario (its rendered prompt's hash), or, for runs without a
-scenario, the opening prompt: repeats of one request stay on one side. Keys are stratified by
-their group (the scenario): each scenario gives round(ratio × its keys) to eval and keeps at
+A split key is a run's opening prompt (`curation.examples.split_key`): one instance of a
+scenario, or one request of imported traffic, stays on one side. Keys are stratified by their
+group (the scenario): each scenario gives round(ratio × its keys) to eval and keeps at
 least one for train, so every behaviour in the catalog is trained on. (Splitting whole
 scenarios, as the first versions did, held the same few scenarios out of every training set
 for good: the shipped catalog never trained `decline_password`, and each round forgot the
