@@ -825,7 +825,8 @@ class Project:
             base_dir = self.training_start(incumbent)
             demos = self.settings.paths.models / EMBEDDED / BASE_VERSION / DEMOS_FILE
             mix_in = ([str(demos)] if demos.exists() else []) + mix_in
-            # A merged model, never a bare adapter: the next round trains on top of this version.
+            # A merged model, never a bare adapter: a later round may train on top of this
+            # version (`training.init_from: incumbent`), and WiSE-FT interpolates whole weights.
             defaults["merge_adapter"] = True
             if (rate := self.round_learning_rate(incumbent.id)) is not None:
                 defaults["learning_rate"] = rate
