@@ -418,8 +418,13 @@ class Bench:
 
         records = self._records(settings, sql)
         dataset = self._unfiltered_dataset(settings, name, records, source)
+        # From v0 whatever the primary is (it1, once promoted) and whatever
+        # `training.init_from` says: these are v0's alternatives to it1's round.
+        from_v0 = settings.model_copy(
+            update={"training": settings.training.model_copy(update={"init_from": "base"})}
+        )
         t0 = time.perf_counter()
-        trained = Project(settings).train_candidate(dataset.path, name)
+        trained = Project(from_v0).train_candidate(dataset.path, name)
         seconds = round(time.perf_counter() - t0, 1)
         self.dirs[name] = Path(trained.model_dir)
         arm = self.compare(settings, BASE_VERSION, name)
