@@ -866,15 +866,14 @@ class Project:
 
         start = incumbent
         if self.settings.training.init_from == "base":
+            # A parent is registered before its child, so the chain ends.
             with self.store(read_only=True) as store:
                 registry = self.registry(store, read_only=True)
-                seen = {start.id}
-                while start.parent_version and start.parent_version not in seen:
+                while start.parent_version:
                     parent = registry.get(start.parent_version)
                     if parent is None or parent.kind != "local":
                         break
                     start = parent
-                    seen.add(start.id)
         return Path(start.model_dir or start.adapter_dir)
 
     def hosted_backend(self, backend: HostedBackend | None = None) -> HostedBackend:

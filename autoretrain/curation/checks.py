@@ -58,10 +58,13 @@ def check_dataset(
     manifest = json.loads((dataset_dir / MANIFEST).read_text())
     files = {TRAIN: dataset_dir / TRAIN, EVAL: dataset_dir / EVAL}
     reports = {name: validate_file(path) for name, path in files.items()}
+    # Each example's prompt hash, in file order (None for an example without a system and a
+    # user prompt): both the split check and the leakage check read them.
+    prompts = {name: [_prompt_hash(e) for e in _examples(path)] for name, path in files.items()}
     return [
         _dataset_validates(reports),
-        _splits_disjoint(manifest, files, eval_scenario_ids),
-        _no_evaluation_instances(files, evaluation_hashes),
+        _splits_disjoint(manifest, prompts, eval_scenario_ids),
+        _no_evaluation_instances(prompts, evaluation_hashes),
         _no_secrets(dataset_dir, extra_secret_patterns),
         _enough_examples(manifest, reports),
         _examples_per_category(manifest, min_examples_per_category),
@@ -82,16 +85,12 @@ def _dataset_validates(reports: dict[str, ValidationReport]) -> CheckOutcome:
 
 
 def _splits_disjoint(
-    manifest: dict[str, Any], files: dict[str, Path], eval_scenario_ids: set[str]
+    manifest: dict[str, Any], prompts: dict[str, list[str | None]], eval_scenario_ids: set[str]
 ) -> CheckOutcome:
     # The split is by instance, stratified by scenario (curation/split.py): a scenario has
     # instances on both sides, and no prompt may. Proven on the files: each example's system
     # and user prompt, hashed as the catalog hashes an instance.
-    prompts = {
-        name: {h for h in map(_prompt_hash, _examples(path)) if h is not None}
-        for name, path in files.items()
-    }
-    shared = sorted(prompts[TRAIN] & prompts[EVAL])
+    shared = sorted((set(prompts[TRAIN]) & set(prompts[EVAL])) - {None})
     split = manifest.get("split", {})
     eval_in_data = sorted(
         (set(split.get("train_scenarios", [])) | set(split.get("eval_scenarios", [])))
@@ -105,11 +104,12 @@ def _splits_disjoint(
     )
 
 
-def _no_evaluation_instances(files: dict[str, Path], evaluation_hashes: set[str]) -> CheckOutcome:
+def _no_evaluation_instances(
+    prompts: dict[str, list[str | None]], evaluation_hashes: set[str]
+) -> CheckOutcome:
     leaked: dict[str, list[int]] = {}
-    for name, path in files.items():
-        for line, example in enumerate(_examples(path), start=1):
-            h = _prompt_hash(example)
+    for name, hashes in prompts.items():
+        for line, h in enumerate(hashes, start=1):
             if h is not None and h in evaluation_hashes:
                 leaked.setdefault(name, []).append(line)
     return CheckOutcome(

@@ -36,9 +36,10 @@ def assign_splits(
             f"settings.dataset.eval_ratio must be in [0, 1), got {eval_ratio}; "
             "set it in autoretrain.yaml under dataset.eval_ratio"
         )
+    groups = groups or {}
     strata: dict[str, list[str]] = defaultdict(list)
     for key in set(keys):
-        strata[(groups or {}).get(key, "")].append(key)
+        strata[groups.get(key, "")].append(key)
     eval_keys: set[str] = set()
     for members in strata.values():
         members.sort(key=lambda k: (_rank(k), k))
