@@ -169,3 +169,61 @@ def test_a_bf16_base_exports_a_bf16_model(tmp_path, tiny_model, method):
     loaded = AutoModelForCausalLM.from_pretrained(exported, dtype="auto")
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
     assert result.metrics["steps"] > 0
+
+
+def test_a_schedule_that_cannot_end_within_its_budget_is_fitted_to_it(
+    tmp_path, tiny_model, monkeypatch
+):
+    """A slow machine gets a shorter whole schedule, not one cut off mid-way at a high learning
+    rate; without the fit the same run stops on its budget. The loop's clock is a fake one that
+    each step advances by the pace `on_step` sets, so the test does not depend on the load."""
+    import types
+
+    import autoretrain.training.loop as loop_module
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(monotonic=lambda: clock["now"]))
+
+    def machine(pace_at):
+        def on_step(step: int) -> None:
+            clock["now"] += pace_at(step)
+
+        return on_step
+
+    dataset = write_dataset(tmp_path / "ds")  # 6 steps an epoch, 240 in 40 epochs
+    base = {**QUICK, "epochs": 40, "method": "full", "time_budget_s": 10.0}
+    base["early_stopping_patience"] = None
+    fit = TrainConfig(**base, fit_schedule_to_budget=True)
+
+    # 0.1 s a step: 240 steps take 24 s; 0.85 of the budget affords about 85.
+    fitted = train(dataset, tiny_model, tmp_path / "fitted", fit, on_step=machine(lambda s: 0.1))
+    fitted = fitted.metrics
+    assert fitted["fitted_to_budget"] is True and fitted["stopped_by"] == "completed"
+    assert 80 <= fitted["steps"] == fitted["total_steps"] <= 90
+    assert fitted["scheduled_steps"] == 240
+    assert fitted["train_seconds"] < 10.0
+
+    # The machine gets busier after the first fit: later refits shorten the schedule again.
+    slowing = machine(lambda s: 0.1 if s <= 30 else 0.2)
+    refitted = train(dataset, tiny_model, tmp_path / "refitted", fit, on_step=slowing).metrics
+    assert refitted["stopped_by"] == "completed" and refitted["train_seconds"] < 10.0
+    assert 30 < refitted["steps"] == refitted["total_steps"] < fitted["steps"]
+
+    # Busy only while the first steps were timed: later fits give steps back.
+    recovering = machine(lambda s: 0.3 if s <= 20 else 0.02)
+    recovered = train(dataset, tiny_model, tmp_path / "recovered", fit, on_step=recovering)
+    recovered = recovered.metrics
+    assert recovered["stopped_by"] == "completed" and recovered["train_seconds"] < 10.0
+    assert 100 < recovered["steps"] == recovered["total_steps"] < 240
+
+    cut = train(
+        dataset, tiny_model, tmp_path / "cut", TrainConfig(**base), on_step=machine(lambda s: 0.1)
+    )
+    cut = cut.metrics
+    assert cut["stopped_by"] == "time_budget" and cut["total_steps"] == 240
+    assert 100 <= cut["steps"] <= 102 and "fitted_to_budget" not in cut
+
+    roomy = TrainConfig(**{**base, "epochs": 4}, fit_schedule_to_budget=True)
+    whole = train(dataset, tiny_model, tmp_path / "whole", roomy, on_step=machine(lambda s: 0.1))
+    whole = whole.metrics
+    assert whole["fitted_to_budget"] is False and whole["steps"] == whole["scheduled_steps"] == 24
