@@ -328,9 +328,12 @@ class TrainingSettings(_Section):
     merge_adapter: bool = False
     time_budget_s: Positive | None = None
     # The embedded base model (`autoretrain bootstrap`): demonstrations per train scenario, and
-    # a safety cap on its training time (the schedule itself is fixed, so a build is reproducible).
+    # its training time budget. The schedule is fixed, so a build that ends within the budget is
+    # reproducible: it took 96 s on the two idle cores of one machine and 275 s on another's
+    # (2026-12-05), which 240 s cut off at ~3,800 of 4,368 steps. Fitting a shorter whole schedule
+    # to the budget instead built no better base (bench/results/trials/bootstrap.md).
     bootstrap_demos_per_scenario: PositiveInt = 48
-    bootstrap_time_budget_s: Positive = 240.0
+    bootstrap_time_budget_s: Positive = 600.0
     # Where a candidate is trained: here (transformers + peft), or as an Azure OpenAI fine-tuning
     # job of the provider profile `hosted_profile` (default: the active provider).
     backend: Literal["local", "azure"] = "local"

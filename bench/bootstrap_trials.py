@@ -8,7 +8,10 @@ the build's steps, seconds and losses, and its greedy pass rates per tier and ca
 
 Spec keys: `demos` (per train scenario, default 96), `config` (TrainConfig fields over the shipped
 BOOTSTRAP_DEFAULTS), `size` (ModelSize fields), `budget` (seconds, default 600), `per`
-(evaluation instances per scenario, default 20). `--single-digits` builds the tokenizer with one
+(evaluation instances per scenario, default 20), `pace` (a simulated machine: the training loop's
+clock advances this many seconds per step instead of reading the wall clock, so a time budget
+stops the schedule at the same step on any machine and under any load). `--single-digits` builds
+the tokenizer with one
 digit per token, as every trial row except the `m_g*` ones did (the default before 2026-11-27);
 without it numbers are cut into groups of up to three digits, each one token.
 """
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     from autoretrain.training.bootstrap import BOOTSTRAP_DEFAULTS, bootstrap_base_model
     from autoretrain.training.config import TrainConfig
 
+    if "pace" in spec:
+        _simulate_pace(float(spec["pace"]))
     if args.single_digits:
         base_model.build_tokenizer = functools.partial(base_model.build_tokenizer, digits="single")
     logging.basicConfig(level=logging.INFO)
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         "grouped_digits": not args.single_digits,
         "build_s": round(build_s, 1),
         "steps": metrics["steps"],
+        "scheduled_steps": metrics["total_steps"],
         "stopped": metrics["stopped_by"],
         "train_loss": metrics["final_train_loss"],
         "eval_loss": metrics["best_eval_loss"],
@@ -80,6 +86,22 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result))
     return result
+
+
+def _simulate_pace(seconds_per_step: float) -> None:
+    """The training loop reads its clock twice a step (its train seconds, then whether a
+    checkpoint is due): half a step's pace per reading."""
+    import types
+
+    import autoretrain.training.loop as loop
+
+    clock = {"now": 0.0}
+
+    def monotonic() -> float:
+        clock["now"] += seconds_per_step / 2
+        return clock["now"]
+
+    loop.time = types.SimpleNamespace(monotonic=monotonic)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,7 @@ BOOTSTRAP_SIZE = {"num_hidden_layers": 2}
 # Two threads are pinned, not one per core: the thread count is part of the floating-point path
 # (it alone moved one schedule's build from 27% to 31% in-distribution in the trials), so a
 # seed gives the same build whatever the core count.
-# On a busy machine the threads wait for each other and training slows; `time_budget_s` caps it,
-# and a schedule its first steps show will not end in time is shortened to one that does
-# (`fit_schedule_to_budget`): a whole warmup and cosine decay over fewer epochs. Cut off
-# mid-schedule instead, at a high learning rate, a base on a loaded machine solved only the
-# refusals of the kitchen catalog (bench/results/trials/measured_allocation.md).
+# On a busy machine the threads wait for each other and training slows; `time_budget_s` caps it.
 BOOTSTRAP_DEFAULTS = TrainConfig(
     method="full",
     epochs=12,
@@ -61,7 +57,6 @@ BOOTSTRAP_DEFAULTS = TrainConfig(
     min_lr_ratio=0.05,
     checkpoint_every_s=1e9,  # a from-scratch build is cheap to redo
     torch_threads=2,
-    fit_schedule_to_budget=True,
 )
 
 
@@ -156,13 +151,6 @@ def bootstrap_base_model(
             extra_files={DEMOS_FILE: dataset / "train.jsonl"},
         )
     metrics = result.metrics
-    if metrics.get("fitted_to_budget"):
-        log.warning(
-            "bootstrap: this machine's pace fits %d of the schedule's %d steps in its %.0f s "
-            "budget: the base is trained on fewer epochs than on an idle machine, and another "
-            "machine may build a different one; raise time_budget_s for the whole schedule",
-            metrics["total_steps"], metrics["scheduled_steps"], time_budget_s,
-        )  # fmt: skip
     if metrics["stopped_by"] == "time_budget":
         log.warning(
             "bootstrap hit its %.0f s budget before its schedule ended: the model is weaker than "

@@ -42,12 +42,6 @@ class TrainConfig:
     # (training/interpolate.py). Below 1 it needs whole weights: a full fine-tune or a merge.
     step_fraction: float = 1.0
     time_budget_s: float | None = None
-    # With a time budget: once a few steps have shown this machine's pace (and again at each
-    # evaluation), a schedule that would not end within the budget is shortened to one that does
-    # (a whole warmup and cosine decay), instead of being cut off mid-schedule at a high learning
-    # rate. The build then depends on the machine's pace, which the metrics record
-    # (`scheduled_steps`, `fitted_to_budget`).
-    fit_schedule_to_budget: bool = False
     checkpoint_every_s: float = 30.0
     mix_in: list[str] = field(default_factory=list)  # extra JSONL files added to the train split
     torch_threads: int | None = None  # None: torch's default (one per core)

@@ -45,14 +45,6 @@ class LoopState:
     evals_without_improvement: int = 0
     tokens: int = 0  # real tokens trained on, all processes together
     train_seconds: float = 0.0
-    fitted_steps: int | None = None  # the schedule's length once fitted to the time budget
-
-
-# Steps timed before a schedule is fitted to its time budget (`fit_schedule_to_budget`), and the
-# share of the budget the fitted schedule plans to use (evaluations and a slower stretch need
-# the rest).
-FIT_PROBE_STEPS = 20
-FIT_BUDGET_SHARE = 0.85
 
 
 def learning_rate(step: int, total: int, config: TrainConfig) -> float:
@@ -107,11 +99,10 @@ def train_loop(
     batches = functools.partial(_rank_batches, train_set, config, pad_id, rank, world)
     first_epoch = batches(0)
     steps_per_epoch = len(first_epoch)
-    scheduled_steps = total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
+    total_steps = max(1, math.ceil(config.epochs * steps_per_epoch))
     eval_every = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
     checkpoint = workdir / CHECKPOINT_FILE
     state, best, resumed_from = _resume(checkpoint, accelerator, model, optimizer, total_steps)
-    total_steps = state.fitted_steps or total_steps
 
     progress = _progress(config, total_steps, state.step, accelerator.is_main_process)
     stopped_by = "completed"
@@ -138,12 +129,6 @@ def train_loop(
             if _out_of_patience(config, state):
                 stopped_by = "early_stopping"
         state.train_seconds = time.monotonic() - started
-        if config.fit_schedule_to_budget and (
-            state.step == FIT_PROBE_STEPS
-            or (state.step > FIT_PROBE_STEPS and state.step % eval_every == 0)
-        ):
-            total_steps = _fit_to_budget(config, state, scheduled_steps, accelerator)
-            progress.resize(total_steps)
         if _over_time_budget(config, state, accelerator):
             stopped_by = "time_budget"
         if on_step is not None:
@@ -162,32 +147,7 @@ def train_loop(
     if best is not None:
         _restore(accelerator.unwrap_model(model), best, trainable_names)
     shape = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "world_size": world}
-    metrics = _loop_metrics(state, stopped_by, resumed_from, **shape)
-    if config.fit_schedule_to_budget:
-        metrics["scheduled_steps"] = scheduled_steps
-        metrics["fitted_to_budget"] = total_steps < scheduled_steps
-    return metrics
-
-
-def _fit_to_budget(config: TrainConfig, state: LoopState, scheduled: int, accelerator) -> int:
-    """The schedule's length after the probe steps, and again at each evaluation: the
-    `scheduled` steps, or as many as the average pace so far fits in the budget. A machine
-    that gets busier shortens the schedule again; one that was busy only during the probe gets
-    steps back, up to `scheduled`. Every process takes the slowest one's pace, so they keep one
-    schedule."""
-    if config.time_budget_s is None or state.train_seconds <= 0:
-        return scheduled
-    per_step = _max(accelerator, state.train_seconds / state.step)
-    affordable = int(FIT_BUDGET_SHARE * config.time_budget_s / per_step)
-    fitted = min(scheduled, max(state.step + 1, affordable))
-    if fitted != (state.fitted_steps or scheduled):
-        (log.warning if state.fitted_steps is None else log.info)(
-            "at %.3f s a step, the %.0f s time budget fits %d of the schedule's %d steps: "
-            "the schedule is fitted to them (a whole warmup and decay, fewer epochs)",
-            per_step, config.time_budget_s, fitted, scheduled,
-        )  # fmt: skip
-    state.fitted_steps = fitted if fitted < scheduled else None
-    return fitted
+    return _loop_metrics(state, stopped_by, resumed_from, **shape)
 
 
 def _out_of_patience(config: TrainConfig, state: LoopState) -> bool:
@@ -428,15 +388,6 @@ def _any(accelerator, flag: bool) -> bool:
     return accelerator.reduce(value, reduction="sum").item() > 0
 
 
-def _max(accelerator, value: float) -> float:
-    if accelerator.num_processes == 1:
-        return value
-    import torch
-
-    tensor = torch.tensor([value], device=accelerator.device)
-    return accelerator.reduce(tensor, reduction="max").item()
-
-
 def _tail_mean(curve: list[list[float]], share: float = 0.05) -> float | None:
     if not curve:
         return None
@@ -494,11 +445,6 @@ class _Progress:
         elif step - self.last_logged >= max(1, self.total // 10) or step == self.total:
             log.info("step %d/%d loss %.4f", step, self.total, loss)
             self.last_logged = step
-
-    def resize(self, total: int) -> None:
-        self.total = total
-        if self.bar is not None:
-            self.bar.total = total
 
     def close(self) -> None:
         if self.bar is not None:
