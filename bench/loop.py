@@ -910,11 +910,18 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
     ]
     if v:
+        goal = r["target"]["in_distribution_lift_points"]
         lines += [
-            f"Best iteration: **{v['best_iteration']}**, in-distribution "
+            # The figure first: a rejected arm's lift is no result for the user.
+            f"Best promoted lift within two iterations: **{v['best_promoted_lift_points']:+.2f} "
+            f"points** (target +{goal:.0f}, a promoted significant lift that beats both "
+            f"controls: {'met' if v.get('promoted_lift_meets_target') else 'not met'}).",
+            "",
+            f"Best iteration: **{v['best_iteration']}** "
+            f"(gate: {r['arms'][v['best_iteration']]['gate']}), in-distribution "
             f"**{v['in_distribution_lift_points']:+.2f} points** "
             f"({'significant' if v['significant'] else 'not significant'}); "
-            f"ratio to the +{r['target']['in_distribution_lift_points']:.0f}-point target: "
+            f"ratio to the +{goal:.0f}-point target: "
             f"**{v['ratio_to_target']}** "
             f"({'met' if v['meets_lift_target'] else 'not met'}). "
             + (
