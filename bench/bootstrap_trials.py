@@ -11,9 +11,9 @@ BOOTSTRAP_DEFAULTS), `size` (ModelSize fields), `budget` (seconds, default 600),
 (evaluation instances per scenario, default 20), `pace` (a simulated machine: the training loop's
 clock advances this many seconds per step instead of reading the wall clock, so a time budget
 stops the schedule at the same step on any machine and under any load). `--single-digits` builds
-the tokenizer with one
-digit per token, as every trial row except the `m_g*` ones did (the default before 2026-11-27);
-without it numbers are cut into groups of up to three digits, each one token.
+the tokenizer with one digit per token, as every trial row except the `m_g*` ones did (the
+default before 2026-11-27); without it numbers are cut into groups of up to three digits, each
+one token.
 """
 
 from __future__ import annotations
