@@ -47,8 +47,9 @@ chromium:
 		fi; \
 	fi
 
+# --durations: CI's log names the slowest tests, so a slower machine's overrun can be traced.
 test: venv azurite node-agent chromium
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not integration"

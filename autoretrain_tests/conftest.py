@@ -97,6 +97,43 @@ def looped_copy(loop_run, tmp_path, monkeypatch):
     return load_settings(), loop_run.results
 
 
+def merged_config(base: str, *overrides: str) -> str:
+    """YAML settings `base` with each of `overrides` merged in, section by section (a plain
+    concatenation would let a repeated top-level key replace the whole section)."""
+    import yaml
+
+    def merge(into: dict, extra: dict) -> dict:
+        for key, value in extra.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+        return into
+
+    merged: dict = yaml.safe_load(base) or {}
+    for override in overrides:
+        merge(merged, yaml.safe_load(override) or {})
+    return yaml.safe_dump(merged, sort_keys=False)
+
+
+# A round of the shared loop's settings made cheaper, for end-to-end tests of automation and of
+# the gate's refusals (test_daemon_e2e.py, test_loop_e2e.py's poisoned dataset), not of efficacy.
+# On a slow CI machine the defaults cost a candidate 7 to 12 minutes of training (three epochs)
+# and a canary round 3 to 5 (half an iteration's self-play: 12,000 runs); here one epoch, a
+# smaller replay, and a canary round of 1,000 runs. The loop's own candidate keeps the defaults.
+CHEAP_ROUND = """
+training:
+  epochs: 1
+evaluation:
+  instances_per_scenario: 30
+selfplay:
+  runs_per_iteration: 2000
+lifts:
+  default:
+    min_canary_runs: 80
+"""
+
+
 # Gates that let any working candidate through: for end-to-end tests of automation and
 # plumbing (test_daemon_e2e.py, gateway/test_agent_loop_e2e.py), not of efficacy.
 LOOSE_LIFTS = """

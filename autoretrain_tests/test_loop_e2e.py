@@ -19,6 +19,8 @@ import pytest
 from autoretrain.loop import LoopError, LoopRunner
 from autoretrain.project import Project
 from autoretrain.runs.store import RunStore
+from autoretrain.settings import load_settings
+from autoretrain_tests.conftest import CHEAP_ROUND, LOOP_CONFIG, merged_config
 
 # The shared loop (bootstrap, self-play, training, evaluation) runs inside the first end-to-end
 # test's time: give the module room on a slow CI machine.
@@ -70,8 +72,17 @@ def _poison(dataset_dir: Path) -> int:
     return changed
 
 
-def test_a_poisoned_dataset_is_stopped_by_the_gate(looped_copy):
-    settings, _ = looped_copy
+def test_a_poisoned_dataset_is_stopped_by_the_gate(looped_copy, tmp_path, monkeypatch):
+    # The shared loop's gate, with a cheaper round (conftest.CHEAP_ROUND: one epoch; off-by-one
+    # answers ruin a model within it).
+    config = tmp_path / "autoretrain.yaml"
+    config.write_text(merged_config(LOOP_CONFIG.read_text(), CHEAP_ROUND))
+    monkeypatch.setenv("AUTORETRAIN_CONFIG", str(config))
+    settings = load_settings()
+    assert (
+        settings.training.epochs == 1
+        and settings.evaluation_lifts().max_category_regression == 0.15
+    )
     version = Project(settings).build_training_dataset()
     assert _poison(version.path) > 50
     with RunStore.from_settings(settings, read_only=True) as store:

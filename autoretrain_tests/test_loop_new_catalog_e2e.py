@@ -5,8 +5,8 @@ self-play allocation and reference solutions for what the base never solves.
 Plumbing, not efficacy (bench/loop.py measures that, bench/results/loop-*.md): one iteration
 through Dagster from nothing: a base bootstrapped from this catalog; self-play in two worker
 processes (each reloads the catalog and its tool) shared out by measurement after an even
-pilot; a dataset with the catalog's reference solutions for the unsolved scenarios; a fine-tune;
-and the regression gate's answer for every category of both tiers.
+pilot; a dataset with the catalog's reference solutions for the unsolved scenarios; a
+fine-tune (of one epoch); and the regression gate's answer for every category of both tiers.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ dataset:
   min_new_promotable_runs: 20
 training:
   bootstrap_time_budget_s: 1200
+  epochs: 1  # plumbing: one epoch is a whole fine-tune, at a third of the CI time
 evaluation:
   instances_per_scenario: 20
 loop:
