@@ -649,7 +649,7 @@ def _catalogs_markdown(out: Path, catalogs: dict[str, Any]) -> str:
                 lift("compute_matched"),
                 lift("no_filter"),
                 f"{v['best_promoted_lift_points']:+.2f} (target +{target_lift(catalog):.0f}: "
-                f"{'met' if v.get('promoted_lift_meets_target') else 'not met'})",
+                f"{_target_word(v)})",
                 "—"
                 if v.get("planted_regressions_promoted") is None
                 else f"{v['planted_regressions_promoted']} of {len(v['planted_regressions'])}",
@@ -789,7 +789,11 @@ def _verdict(arms: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
             if c in arms
         )
     ]
-    out["promoted_lift_meets_target"] = bool(winners)
+    # A control not run is no control beaten: such a run can show the lift, not the target.
+    missing = [c for c in ("compute_matched", "no_filter") if c not in arms]
+    out["promoted_lift_meets_target"] = bool(winners) and not missing
+    if winners and missing:  # all that the target lacks is these controls
+        out["controls_not_run"] = missing
     planted = {n: arms[n]["gate"] for n in PLANTED if n in arms}
     if planted:  # the target: the gate promotes none of them
         out["planted_regressions"] = planted
@@ -818,6 +822,14 @@ def _verdict(arms: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
         if f"beats_{matched}_points" in out:
             out["matched_control"] = matched
     return out
+
+
+def _target_word(v: dict[str, Any]) -> str:
+    if v.get("promoted_lift_meets_target"):
+        return "met"
+    if v.get("controls_not_run"):
+        return f"not shown: {' and '.join(v['controls_not_run'])} not run"
+    return "not met"
 
 
 def _ci(t: dict[str, Any]) -> str:
@@ -915,7 +927,7 @@ def _markdown(r: dict[str, Any]) -> str:
             # The figure first: a rejected arm's lift is no result for the user.
             f"Best promoted lift within two iterations: **{v['best_promoted_lift_points']:+.2f} "
             f"points** (target +{goal:.0f}, a promoted significant lift that beats both "
-            f"controls: {'met' if v.get('promoted_lift_meets_target') else 'not met'}).",
+            f"controls: {_target_word(v)}).",
             "",
             f"Best iteration: **{v['best_iteration']}** "
             f"(gate: {r['arms'][v['best_iteration']]['gate']}), in-distribution "
