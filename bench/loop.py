@@ -42,6 +42,7 @@ from common import RESULTS, WORK, command_line, machine_facts, table  # noqa: E4
 # compute_matched_2: the extra training steps of it1 and it2 together, the control for it2.
 ARMS = ("it1", "compute_matched", "no_filter", "poisoned", "forgetting", "it2", "compute_matched_2")
 PLANTED = ("poisoned", "forgetting")
+CONTROLS = ("compute_matched", "no_filter")  # what a promoted lift must beat (issue #20)
 TARGET_LIFT_POINTS = 10.0  # the shipped catalog (issue #20)
 NEW_CATALOG_TARGET_LIFT_POINTS = 5.0  # any other catalog (issue #20)
 HELD_OUT_TOLERANCE_POINTS = 2.0
@@ -785,12 +786,12 @@ def _verdict(arms: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
         and all(
             arms[n]["tiers"]["in_distribution"]["diff_points"]
             > arms[c]["tiers"]["in_distribution"]["diff_points"]
-            for c in ("compute_matched", "no_filter")
+            for c in CONTROLS
             if c in arms
         )
     ]
     # A control not run is no control beaten: such a run can show the lift, not the target.
-    missing = [c for c in ("compute_matched", "no_filter") if c not in arms]
+    missing = [c for c in CONTROLS if c not in arms]
     out["promoted_lift_meets_target"] = bool(winners) and not missing
     if winners and missing:  # all that the target lacks is these controls
         out["controls_not_run"] = missing
