@@ -23,6 +23,7 @@ Writes bench/results/curation.json and .md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autoretrain.curation.builder import PARALLEL_AFTER_RUNS  # noqa: E402
 from bench.common import (  # noqa: E402
     RESULTS,
     WORK,
@@ -108,14 +110,16 @@ def phase_baseline(home: Path, out_file: Path, how: str) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "kept": n_kept, "bytes_out": out_file.stat().st_size}
 
 
-def phase_project(home: Path, days: list[str], profile: Path | None) -> dict[str, Any]:
+def phase_project(
+    home: Path, days: list[str], profile: Path | None, build_workers: int | None = None
+) -> dict[str, Any]:
     if profile is None:
-        return _project(home, days)
+        return _project(home, days, build_workers)
     import cProfile
     import pstats
 
     profiler = cProfile.Profile()
-    result = profiler.runcall(_project, home, days)
+    result = profiler.runcall(_project, home, days, build_workers)
     profiler.dump_stats(str(profile))
     stats = pstats.Stats(str(profile)).sort_stats("cumulative")
     result["profile_top"] = _top_functions(stats, 30)
@@ -136,8 +140,9 @@ def _top_functions(stats: Any, n: int) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:n]
 
 
-def _project(home: Path, days: list[str]) -> dict[str, Any]:
+def _project(home: Path, days: list[str], build_workers: int | None = None) -> dict[str, Any]:
     from autoretrain.curation.builder import build_dataset
+    from autoretrain.curation.builder import build_workers as workers_for
     from autoretrain.curation.source import promoted_records
     from autoretrain.project import Project
     from autoretrain.runs.store import RunStore
@@ -146,6 +151,8 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
     # Every promoted run is written (no per-category cap), so the export is the whole job
     # whatever the default cap is.
     settings.dataset.max_examples_per_category = None
+    if build_workers is not None:
+        settings.dataset.build_workers = build_workers
     start, end = days[0], days[-1]
     steps: dict[str, float] = {}
     rss: dict[str, float] = {}
@@ -180,8 +187,13 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
     steps["build_dataset"] = time.perf_counter() - t
     rss["build_dataset"] = _peak_rss_mb()
     seconds = time.perf_counter() - t0
-    written = sum((version.path / name).stat().st_size for name in ("train.jsonl", "eval.jsonl"))
+    files = [version.path / name for name in ("train.jsonl", "eval.jsonl")]
+    written = sum(f.stat().st_size for f in files)
     return {
+        "build_workers": workers_for(settings.dataset.build_workers),
+        # The workers' memory is their own: the largest one's peak, beside the process's.
+        "peak_rss_largest_worker_mb": _peak_rss_mb(resource_who="children"),
+        "files_sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
         "seconds": round(seconds, 3),
         "steps_s": {k: round(v, 3) for k, v in steps.items()},
         "peak_rss_after_step_mb": rss,
@@ -195,10 +207,11 @@ def _project(home: Path, days: list[str]) -> dict[str, Any]:
     }
 
 
-def _peak_rss_mb() -> float:
+def _peak_rss_mb(resource_who: str = "self") -> float:
     import resource
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    who = resource.RUSAGE_SELF if resource_who == "self" else resource.RUSAGE_CHILDREN
+    return round(resource.getrusage(who).ru_maxrss / 1024, 1)
 
 
 def _child(args: argparse.Namespace, phase: str, *extra: str) -> dict[str, Any]:
@@ -240,8 +253,15 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         baselines[how] = b = _child(args, "baseline", "--baseline", how)
         print(f"baseline polars {how}: {b['seconds']}s, peak RSS {b['peak_rss_mb']} MB")
     profile = ["--profile-file", str(home / "project.prof")] if args.profile else []
-    project = _child(args, "project", *profile)
+    workers = ["--build-workers", str(args.build_workers)] if args.build_workers else []
+    project = _child(args, "project", *profile, *workers)
     print(f"project: {project['seconds']}s, peak RSS {project['peak_rss_mb']} MB")
+    in_process = None
+    if args.compare_in_process:
+        # The same store, scored, decided and built again with the build in one process: the
+        # speed-up of the workers, and proof that they change no byte.
+        in_process = _child(args, "project", "--build-workers", "1")
+        print(f"project in one process: {in_process['seconds']}s")
 
     n, mb = landed["runs"], landed["bytes"] / 1e6
 
@@ -263,6 +283,17 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_polars_typed": {**baselines["typed"], **rates(baselines["typed"]["seconds"])},
         "baseline_polars_lines": {**baselines["lines"], **rates(baselines["lines"]["seconds"])},
         "project": {**project, **rates(project["seconds"])},
+        **(
+            {
+                "project_build_in_one_process": {**in_process, **rates(in_process["seconds"])},
+                "build_speedup_of_workers": round(
+                    in_process["steps_s"]["build_dataset"] / project["steps_s"]["build_dataset"], 2
+                ),
+                "same_files_as_one_process": in_process["files_sha256"] == project["files_sha256"],
+            }
+            if in_process
+            else {}
+        ),
         # Issue #23: project throughput / the faster baseline's (= baseline s / project s).
         "ratio": round(ratio, 3),
         "ratio_project_vs_baseline": round(ratio, 3),
@@ -312,6 +343,15 @@ Ratio project/baseline throughput against the faster polars baseline:
 against the typed scan_ndjson baseline {r["ratio_project_vs_typed_baseline"]}x; counting ingest
 too, {r["ratio_project_with_ingest_vs_baseline"]}x.
 """
+    if one := r.get("project_build_in_one_process"):
+        same = "the same bytes" if r["same_files_as_one_process"] else "**different bytes**"
+        text += f"""
+The build ran in {p["build_workers"]} worker process(es) (`dataset.build_workers`; past the first
+{PARALLEL_AFTER_RUNS:,} runs; the largest worker's peak RSS {p["peak_rss_largest_worker_mb"]} MB). The
+same store built again in one process: build_dataset {one["steps_s"]["build_dataset"]}s against
+{p["steps_s"]["build_dataset"]}s (×{r["build_speedup_of_workers"]}), project {one["seconds"]}s
+against {p["seconds"]}s; train.jsonl and eval.jsonl: {same}.
+"""
     if r.get("interpretation"):
         text += "\n" + r["interpretation"] + "\n"
     return text
@@ -325,6 +365,14 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=WORK / NAME, help="work folder (wiped)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--profile", action="store_true", help="cProfile the project side")
+    parser.add_argument(
+        "--build-workers", type=int, help="dataset.build_workers (default: the setting's)"
+    )
+    parser.add_argument(
+        "--compare-in-process",
+        action="store_true",
+        help="run the project side again with the build in one process (speed-up, same bytes)",
+    )
     parser.add_argument("--interpretation", type=Path, help="a paragraph to add to the .md")
     parser.add_argument("--phase", choices=["ingest", "baseline", "project"], help="internal")
     parser.add_argument("--baseline", choices=["typed", "lines"], help="internal")
@@ -342,7 +390,7 @@ def main() -> None:
                 args.home, args.home / f"baseline-{args.baseline}.jsonl", args.baseline
             )
         else:
-            result = phase_project(args.home, days, args.profile_file)
+            result = phase_project(args.home, days, args.profile_file, args.build_workers)
         args.result_file.write_text(json.dumps(result, default=str))
         return
 

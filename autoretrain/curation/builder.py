@@ -15,15 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import tempfile
 import zlib
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,11 +110,12 @@ def build_dataset(
     fields per example, not the examples.
     """
     compile_extra_patterns(config.extra_secret_patterns)  # a bad pattern is a config error
-    counter = TokenCounter.load(config.tokenizer_dir)
+    checker = _Checker(config, eval_hashes, eval_scenario_ids, decisions)
+    counter = checker.counter
     out_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out_root, prefix=".spool-") as spool:
         n_input, kept, exclusions = _examples(
-            runs, spool, counter, config, eval_hashes, eval_scenario_ids, decisions
+            runs, spool, checker, build_workers(config.build_workers)
         )
         return _write_version(
             spool,
@@ -129,73 +133,180 @@ def build_dataset(
         )
 
 
-def _examples(
-    runs: Iterable[Run | Mapping[str, Any] | str | bytes],
-    spool: IO[bytes],
-    counter: TokenCounter,
-    config: Any,
-    eval_hashes: set[str],
-    eval_scenario_ids: set[str],
-    decisions: Mapping[str, str] | None,
-) -> tuple[int, list[_Kept], list[Exclusion]]:
-    """Every run either becomes a checked line in the spool or an exclusion."""
-    extra = config.extra_secret_patterns
-    exclusions: list[Exclusion] = []
-    kept: list[_Kept] = []
-    interned: dict[str, str] = {}  # category, model, … repeat: one string object each
-    specs = ToolSpecs()  # tool specs repeat too: scrubbed and encoded once (tool_specs.py)
-    n_input = 0
-    for raw in runs:
-        n_input += 1
-        run, excluded = _admit(raw, n_input, eval_hashes, eval_scenario_ids, decisions)
+# A build this many runs long goes on in worker processes (`dataset.build_workers`): each run's
+# parse, conversion, scrub, checks and token count are independent of the others, so on N
+# cores the examples come ~N times as fast, and the output is the same bytes (the lines are
+# written in input order either way; test_golden.py). A loop round's build stays in-process:
+# starting the workers (~1 s each) would cost it more than it saves.
+PARALLEL_AFTER_RUNS = 50_000
+_CHUNK = 1_000  # runs per task sent to a worker
+
+
+class _Checker:
+    """What turning one run into a checked line needs; one per process."""
+
+    def __init__(
+        self,
+        config: Any,
+        eval_hashes: set[str],
+        eval_scenario_ids: set[str],
+        decisions: Mapping[str, str] | None,
+        counter: TokenCounter | None = None,
+    ):
+        self.config = config
+        self.eval_hashes = eval_hashes
+        self.eval_scenario_ids = eval_scenario_ids
+        self.decisions = decisions
+        self.counter = counter or TokenCounter.load(config.tokenizer_dir)
+        self.specs = ToolSpecs()  # tool specs repeat: scrubbed and encoded once (tool_specs.py)
+
+    def check(
+        self, raw: Run | Mapping[str, Any] | str | bytes, position: int
+    ) -> Exclusion | tuple[_Kept, bytes]:
+        """The run's kept entry (offset not yet known) and line, or why it is excluded."""
+        config, specs = self.config, self.specs
+        extra = config.extra_secret_patterns
+        run, excluded = _admit(
+            raw, position, self.eval_hashes, self.eval_scenario_ids, self.decisions
+        )
         if excluded:
-            exclusions.append(excluded)
-            continue
+            return excluded
         assert run is not None
         result, line, redactor, parts = _convert(run, config.max_tool_output_chars, extra, specs)
         if isinstance(result, Exclusion):
-            exclusions.append(result)
-            continue
+            return result
         # The checks read the line that will be written, decoded once for both.
         decoded = json.loads(line)
         problems = validate_record(decoded)
         if problems:
-            exclusions.append(Exclusion(run.run_id, "invalid_example", problems[0]))
-            continue
+            return Exclusion(run.run_id, "invalid_example", problems[0])
         plain = parts_are_plain(parts) if parts is not None and not extra else None
         residual = scan_decoded_line(line, decoded, extra, plain)
         if residual:
             # The scrubber and the scanner disagree (a secret split across JSON structure,
             # say): drop the example rather than write what the scan would flag.
-            exclusions.append(Exclusion(run.run_id, "residual_secret", ", ".join(residual)))
-            continue
-        count = counter.count(result.record, specs)
+            return Exclusion(run.run_id, "residual_secret", ", ".join(residual))
+        count = self.counter.count(result.record, specs)
         if config.max_example_tokens is not None and count > config.max_example_tokens:
-            detail = f"{count} tokens > {config.max_example_tokens} ({counter.method})"
-            exclusions.append(Exclusion(run.run_id, "too_long", detail))
-            continue
+            detail = f"{count} tokens > {config.max_example_tokens} ({self.counter.method})"
+            return Exclusion(run.run_id, "too_long", detail)
         data = line.encode("utf-8") + b"\n"
-        kept.append(
-            _Kept(
-                run_id=result.run_id,
-                split_key=result.split_key,
-                scenario_id=_intern(interned, result.scenario_id),
-                instance_hash=result.instance_hash,
-                category=_intern(interned, result.category),
-                model=_intern(interned, result.model),
-                agent_version=_intern(interned, result.agent_version),
-                digest=content_hash(result.record, specs),
-                offset=spool.tell(),
-                length=len(data),
-                crc=zlib.crc32(data),
-                tokens=count,
-                redactions=redactor.counts or None,
-                cleaned=result.cleaned or None,
-            )
+        kept = _Kept(
+            run_id=result.run_id,
+            split_key=result.split_key,
+            scenario_id=result.scenario_id,
+            instance_hash=result.instance_hash,
+            category=result.category,
+            model=result.model,
+            agent_version=result.agent_version,
+            digest=content_hash(result.record, specs),
+            offset=-1,
+            length=len(data),
+            crc=zlib.crc32(data),
+            tokens=count,
+            redactions=redactor.counts or None,
+            cleaned=result.cleaned or None,
         )
+        return kept, data
+
+
+def _examples(
+    runs: Iterable[Run | Mapping[str, Any] | str | bytes],
+    spool: IO[bytes],
+    checker: _Checker,
+    workers: int,
+) -> tuple[int, list[_Kept], list[Exclusion]]:
+    """Every run either becomes a checked line in the spool or an exclusion, in input order."""
+    exclusions: list[Exclusion] = []
+    kept: list[_Kept] = []
+    interned: dict[str, str] = {}  # category, model, … repeat: one string object each
+
+    def take(result: Exclusion | tuple[_Kept, bytes]) -> None:
+        if isinstance(result, Exclusion):
+            exclusions.append(result)
+            return
+        entry, data = result
+        entry.scenario_id = _intern(interned, entry.scenario_id)
+        entry.category = _intern(interned, entry.category)
+        entry.model = _intern(interned, entry.model)
+        entry.agent_version = _intern(interned, entry.agent_version)
+        entry.offset = spool.tell()
+        kept.append(entry)
         spool.write(data)
+
+    n_input = 0
+    rest = iter(runs)
+    for raw in rest:
+        n_input += 1
+        take(checker.check(raw, n_input))
+        if workers > 1 and n_input >= PARALLEL_AFTER_RUNS:
+            n_input = _check_in_workers(rest, n_input, checker, workers, take)
+            break
     spool.flush()
     return n_input, kept, exclusions
+
+
+def _check_in_workers(
+    runs: Iterator[Run | Mapping[str, Any] | str | bytes],
+    n_input: int,
+    checker: _Checker,
+    workers: int,
+    take: Any,
+) -> int:
+    """The rest of `runs` checked by `workers` processes, a chunk per task, a few chunks in
+    flight (memory stays bounded however long the stream), results taken in input order."""
+    global _WORKER
+    if "fork" in multiprocessing.get_all_start_methods():
+        # Forked workers inherit the checker (decisions, tokenizer, memo) with nothing pickled,
+        # and need no importable `__main__` (spawn re-runs a caller's unguarded script). They
+        # only run this module's pure-Python checks, never a lock a parent thread could hold.
+        context, start, initargs = multiprocessing.get_context("fork"), None, ()
+        _WORKER = checker
+    else:
+        context, start = multiprocessing.get_context("spawn"), _start_worker
+        initargs = (
+            checker.config,
+            checker.eval_hashes,
+            checker.eval_scenario_ids,
+            dict(checker.decisions) if checker.decisions is not None else None,
+        )
+    pending: deque[Future[list[Exclusion | tuple[_Kept, bytes]]]] = deque()
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=start, initargs=initargs
+        ) as pool:
+            while chunk := list(islice(runs, _CHUNK)):
+                pending.append(pool.submit(_check_chunk, chunk, n_input + 1))
+                n_input += len(chunk)
+                while len(pending) > 2 * workers:
+                    for result in pending.popleft().result():
+                        take(result)
+            while pending:
+                for result in pending.popleft().result():
+                    take(result)
+    finally:
+        _WORKER = None
+    return n_input
+
+
+_WORKER: _Checker | None = None
+
+
+def _start_worker(*args: Any) -> None:
+    global _WORKER
+    _WORKER = _Checker(*args)
+
+
+def _check_chunk(
+    chunk: list[Run | Mapping[str, Any] | str | bytes], first_position: int
+) -> list[Exclusion | tuple[_Kept, bytes]]:
+    assert _WORKER is not None
+    return [_WORKER.check(raw, first_position + i) for i, raw in enumerate(chunk)]
+
+
+def build_workers(setting: int | None) -> int:
+    """`dataset.build_workers`: as set, or (unset) one per core, at most 4."""
+    return setting if setting is not None else max(1, min(4, os.cpu_count() or 1))
 
 
 def _intern(seen: dict[str, str], value: str | None) -> Any:
@@ -569,8 +680,8 @@ def _manifest(
 def _settings_record(config: Any) -> dict[str, Any]:
     """The dataset settings as the manifest records them. Extra secret patterns are recorded
     by digest: a pattern can be a literal (a customer's id) that would match itself, and the
-    scan reads the manifest too."""
-    record = config.model_dump(mode="json")
+    scan reads the manifest too. How many processes built it is not a property of the data."""
+    record = config.model_dump(mode="json", exclude={"build_workers"})
     record["extra_secret_patterns"] = [
         "sha256:" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:16]
         for p in config.extra_secret_patterns
