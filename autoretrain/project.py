@@ -266,10 +266,12 @@ class Project:
         """PromotionGuardAgent decisions for a day range into `promotion_decisions`."""
         from autoretrain.agents.promotion_guard import PromotionGuardAgent
         from autoretrain.agents.promotion_guard import decide_days as decide
+        from autoretrain.parallel import workers_for
 
         guard = PromotionGuardAgent(self.settings.promotion_gates(), reviewer=reviewer)
+        workers = workers_for(self.settings.dataset.workers)
         with self.store() as store:
-            return decide(store.con, start_day, end_day, guard)
+            return decide(store.con, start_day, end_day, guard, workers)
 
     def selfplay(
         self,

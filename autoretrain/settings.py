@@ -280,10 +280,11 @@ class DatasetSettings(_Section):
     # Reference solutions (curation/reference.py) added for each train scenario the incumbent
     # never solved in `selfplay.min_observations` runs or more: self-play cannot teach those.
     reference_demos_per_unsolved_scenario: Count = 0
-    # Processes that turn runs into examples once a build passes 50,000 runs (a loop round's
-    # build stays in one): unset, one per core up to 4; 1, always in-process. The dataset is
-    # the same bytes either way (curation/builder.py).
-    build_workers: PositiveInt | None = None
+    # Processes that check runs (promotion decisions, then the build's conversion and checks)
+    # once a day range or build passes 50,000 runs; a loop round's stay in one. Unset: one per
+    # core up to 4; 1: always in-process. Same decisions and same bytes either way
+    # (autoretrain/parallel.py).
+    workers: PositiveInt | None = None
 
     @field_validator("extra_secret_patterns")
     @classmethod

@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from autoretrain.curation.builder import PARALLEL_AFTER_RUNS  # noqa: E402
+from autoretrain.parallel import PARALLEL_AFTER  # noqa: E402
 from bench.common import (  # noqa: E402
     RESULTS,
     WORK,
@@ -111,15 +111,15 @@ def phase_baseline(home: Path, out_file: Path, how: str) -> dict[str, Any]:
 
 
 def phase_project(
-    home: Path, days: list[str], profile: Path | None, build_workers: int | None = None
+    home: Path, days: list[str], profile: Path | None, workers: int | None = None
 ) -> dict[str, Any]:
     if profile is None:
-        return _project(home, days, build_workers)
+        return _project(home, days, workers)
     import cProfile
     import pstats
 
     profiler = cProfile.Profile()
-    result = profiler.runcall(_project, home, days, build_workers)
+    result = profiler.runcall(_project, home, days, workers)
     profiler.dump_stats(str(profile))
     stats = pstats.Stats(str(profile)).sort_stats("cumulative")
     result["profile_top"] = _top_functions(stats, 30)
@@ -140,10 +140,10 @@ def _top_functions(stats: Any, n: int) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:n]
 
 
-def _project(home: Path, days: list[str], build_workers: int | None = None) -> dict[str, Any]:
+def _project(home: Path, days: list[str], workers: int | None = None) -> dict[str, Any]:
     from autoretrain.curation.builder import build_dataset
-    from autoretrain.curation.builder import build_workers as workers_for
     from autoretrain.curation.source import promoted_records
+    from autoretrain.parallel import workers_for
     from autoretrain.project import Project
     from autoretrain.runs.store import RunStore
 
@@ -151,8 +151,8 @@ def _project(home: Path, days: list[str], build_workers: int | None = None) -> d
     # Every promoted run is written (no per-category cap), so the export is the whole job
     # whatever the default cap is.
     settings.dataset.max_examples_per_category = None
-    if build_workers is not None:
-        settings.dataset.build_workers = build_workers
+    if workers is not None:
+        settings.dataset.workers = workers
     start, end = days[0], days[-1]
     steps: dict[str, float] = {}
     rss: dict[str, float] = {}
@@ -190,8 +190,8 @@ def _project(home: Path, days: list[str], build_workers: int | None = None) -> d
     files = [version.path / name for name in ("train.jsonl", "eval.jsonl")]
     written = sum(f.stat().st_size for f in files)
     return {
-        "build_workers": workers_for(settings.dataset.build_workers),
-        # The workers' memory is their own: the largest one's peak, beside the process's.
+        "workers": workers_for(settings.dataset.workers),
+        # Forked workers share the parent's pages, which their RSS counts: the largest one's.
         "peak_rss_largest_worker_mb": _peak_rss_mb(resource_who="children"),
         "files_sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files},
         "seconds": round(seconds, 3),
@@ -253,14 +253,14 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         baselines[how] = b = _child(args, "baseline", "--baseline", how)
         print(f"baseline polars {how}: {b['seconds']}s, peak RSS {b['peak_rss_mb']} MB")
     profile = ["--profile-file", str(home / "project.prof")] if args.profile else []
-    workers = ["--build-workers", str(args.build_workers)] if args.build_workers else []
+    workers = ["--workers", str(args.workers)] if args.workers else []
     project = _child(args, "project", *profile, *workers)
     print(f"project: {project['seconds']}s, peak RSS {project['peak_rss_mb']} MB")
     in_process = None
     if args.compare_in_process:
-        # The same store, scored, decided and built again with the build in one process: the
-        # speed-up of the workers, and proof that they change no byte.
-        in_process = _child(args, "project", "--build-workers", "1")
+        # The same store scored, decided and built again in one process: the speed-up of the
+        # workers, and proof that they change no decision and no byte.
+        in_process = _child(args, "project", "--workers", "1")
         print(f"project in one process: {in_process['seconds']}s")
 
     n, mb = landed["runs"], landed["bytes"] / 1e6
@@ -285,11 +285,14 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "project": {**project, **rates(project["seconds"])},
         **(
             {
-                "project_build_in_one_process": {**in_process, **rates(in_process["seconds"])},
-                "build_speedup_of_workers": round(
-                    in_process["steps_s"]["build_dataset"] / project["steps_s"]["build_dataset"], 2
-                ),
-                "same_files_as_one_process": in_process["files_sha256"] == project["files_sha256"],
+                "project_in_one_process": {**in_process, **rates(in_process["seconds"])},
+                "speedup_of_workers": {
+                    step: round(in_process["steps_s"][step] / project["steps_s"][step], 2)
+                    for step in ("decide_days", "build_dataset")
+                }
+                | {"project": round(in_process["seconds"] / project["seconds"], 2)},
+                "same_output_as_one_process": in_process["files_sha256"] == project["files_sha256"]
+                and in_process["decisions"] == project["decisions"],
             }
             if in_process
             else {}
@@ -343,14 +346,16 @@ Ratio project/baseline throughput against the faster polars baseline:
 against the typed scan_ndjson baseline {r["ratio_project_vs_typed_baseline"]}x; counting ingest
 too, {r["ratio_project_with_ingest_vs_baseline"]}x.
 """
-    if one := r.get("project_build_in_one_process"):
-        same = "the same bytes" if r["same_files_as_one_process"] else "**different bytes**"
+    if one := r.get("project_in_one_process"):
+        same = "the same" if r["same_output_as_one_process"] else "**different**"
+        up = r["speedup_of_workers"]
         text += f"""
-The build ran in {p["build_workers"]} worker process(es) (`dataset.build_workers`; past the first
-{PARALLEL_AFTER_RUNS:,} runs; the largest worker's peak RSS {p["peak_rss_largest_worker_mb"]} MB). The
-same store built again in one process: build_dataset {one["steps_s"]["build_dataset"]}s against
-{p["steps_s"]["build_dataset"]}s (×{r["build_speedup_of_workers"]}), project {one["seconds"]}s
-against {p["seconds"]}s; train.jsonl and eval.jsonl: {same}.
+Decisions and the build ran in {p["workers"]} worker processes (`dataset.workers`) past the
+first {PARALLEL_AFTER:,} runs of each (the largest worker's peak RSS {p["peak_rss_largest_worker_mb"]} MB, pages
+shared with the parent included). The same store scored, decided and built again in one
+process: decide_days {one["steps_s"]["decide_days"]}s (×{up["decide_days"]} with workers), build_dataset
+{one["steps_s"]["build_dataset"]}s (×{up["build_dataset"]}), project {one["seconds"]}s (×{up["project"]});
+decisions and train.jsonl/eval.jsonl bytes: {same}.
 """
     if r.get("interpretation"):
         text += "\n" + r["interpretation"] + "\n"
@@ -365,13 +370,11 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=WORK / NAME, help="work folder (wiped)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--profile", action="store_true", help="cProfile the project side")
-    parser.add_argument(
-        "--build-workers", type=int, help="dataset.build_workers (default: the setting's)"
-    )
+    parser.add_argument("--workers", type=int, help="dataset.workers (default: the setting's)")
     parser.add_argument(
         "--compare-in-process",
         action="store_true",
-        help="run the project side again with the build in one process (speed-up, same bytes)",
+        help="run the project side again in one process (the workers' speed-up, same output)",
     )
     parser.add_argument("--interpretation", type=Path, help="a paragraph to add to the .md")
     parser.add_argument("--phase", choices=["ingest", "baseline", "project"], help="internal")
@@ -390,7 +393,7 @@ def main() -> None:
                 args.home, args.home / f"baseline-{args.baseline}.jsonl", args.baseline
             )
         else:
-            result = phase_project(args.home, days, args.profile_file, args.build_workers)
+            result = phase_project(args.home, days, args.profile_file, args.workers)
         args.result_file.write_text(json.dumps(result, default=str))
         return
 

@@ -25,7 +25,7 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from autoretrain.parallel import ordered_map
 from autoretrain.providers.base import ChatModel, Sampling
 from autoretrain.runs.review import (
     DecisionRow,
@@ -641,7 +642,11 @@ _SURVIVOR_CHUNK = 2_000
 
 
 def decide_days(
-    con: duckdb.DuckDBPyConnection, start_day: str, end_day: str, guard: PromotionGuardAgent
+    con: duckdb.DuckDBPyConnection,
+    start_day: str,
+    end_day: str,
+    guard: PromotionGuardAgent,
+    workers: int = 1,
 ) -> DecisionReport:
     """Decide every scored run of start_day..end_day (inclusive) and replace those days'
     decisions for the current scorer version, in one transaction.
@@ -651,7 +656,8 @@ def decide_days(
     chunks, and of their decisions only the ones other than "promote, all gates" (the usual
     one, written in SQL at the end) wait, in a file, for the transaction. DuckDB's own memory
     (the temp facts table, the survivors' join, cached blocks) still grows with the day range
-    (bench/results/curation-1000000.md)."""
+    (bench/results/curation-1000000.md). Past the first 50,000 survivors, their transcripts
+    are parsed and gated in `workers` processes (autoretrain/parallel.py): the same decisions."""
     t0 = time.perf_counter()
     calls0, failures0 = guard.reviewer_calls, guard.reviewer_failures
     ensure_promotion_decisions_table(con)
@@ -666,7 +672,7 @@ def decide_days(
             spool = _RowSpool(Path(folder) / "decisions.parquet")
             try:
                 _explain_fact_gates(con, guard.gates)
-                survivors = _decide_survivors(con, days, guard, spool)
+                survivors = _decide_survivors(con, days, guard, spool, workers)
                 for row in _reviewed(guard, survivors.pending):
                     spool.add(row)
             finally:
@@ -864,6 +870,7 @@ def _decide_survivors(
     days: dict[str, str],
     guard: PromotionGuardAgent,
     spool: _RowSpool,
+    workers: int = 1,
 ) -> _Survivors:
     """Runs that cleared every fact gate: read the transcript and gate it; the borderline ones
     wait for the reviewer when there is one. Streamed in chunks; a decision other than
@@ -876,28 +883,58 @@ def _decide_survivors(
         days,
     )
     names = [d[0] for d in cur.description]
+
+    def survivors() -> Iterator[dict[str, Any]]:
+        while batch := cur.fetchmany(_SURVIVOR_CHUNK):
+            for values in batch:
+                yield dict(zip(names, values, strict=True))
+
     out = _Survivors()
-    while batch := cur.fetchmany(_SURVIVOR_CHUNK):
-        for values in batch:
-            metrics = dict(zip(names, values, strict=True))
-            out.n_read += 1
-            try:
-                run = Run.model_validate_json(metrics.pop("record"))
-            except ValueError as exc:
-                why = f"the stored record does not parse as a Run: {str(exc)[:300]}"
-                spool.add(
-                    (metrics["run_id"], metrics["day"], NEEDS_HUMAN, "unreadable_record", why)
-                )
-                continue
-            decision = guard.gate(run, metrics)
-            if decision.borderline and guard.reviewer is not None:
-                out.pending.append((run, metrics, decision))
-            elif decision != ALL_GATES:
-                spool.add(_row(run, metrics, decision))
+    reviewing = guard.reviewer is not None
+    for outcome in ordered_map(
+        _gate_survivor,
+        (guard, reviewing),
+        survivors(),
+        workers=workers,
+        make_state=_gate_state,
+        args=(guard.gates, reviewing),
+    ):
+        out.n_read += 1
+        if outcome is None:
+            continue
+        kind, item = outcome
+        if kind == "pending":
+            out.pending.append(item)
+        else:
+            spool.add(item)
     # In run id order, as the reviewer has always been asked (DuckDB orders VARCHAR by bytes,
     # which for UTF-8 is code point order, as here).
     out.pending.sort(key=lambda item: item[0].run_id)
     return out
+
+
+def _gate_state(gates: PromotionGates, reviewing: bool) -> tuple[PromotionGuardAgent, bool]:
+    """A worker's guard: the gates alone (the reviewer, if any, is asked by the parent)."""
+    return PromotionGuardAgent(gates), reviewing
+
+
+def _gate_survivor(
+    state: tuple[PromotionGuardAgent, bool], metrics: dict[str, Any]
+) -> tuple[str, Any] | None:
+    """One survivor: ("row", its decision row), ("pending", (run, metrics, decision)) for the
+    reviewer, or None when all gates promote it (the usual case, written in SQL)."""
+    guard, reviewing = state
+    try:
+        run = Run.model_validate_json(metrics.pop("record"))
+    except ValueError as exc:
+        why = f"the stored record does not parse as a Run: {str(exc)[:300]}"
+        return "row", (metrics["run_id"], metrics["day"], NEEDS_HUMAN, "unreadable_record", why)
+    decision = guard.gate(run, metrics)
+    if decision.borderline and reviewing:
+        return "pending", (run, metrics, decision)
+    if decision != ALL_GATES:
+        return "row", _row(run, metrics, decision)
+    return None
 
 
 def _reviewed(

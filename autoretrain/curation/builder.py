@@ -15,18 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
 import tempfile
 import zlib
-from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +46,7 @@ from autoretrain.curation.split import assign_splits
 from autoretrain.curation.tokens import TokenCounter
 from autoretrain.curation.tool_specs import ToolSpecs
 from autoretrain.curation.validate import validate_record
+from autoretrain.parallel import ordered_map, workers_for
 from autoretrain.runs.schema import Run
 from autoretrain.settings import DatasetSettings, PromotionGates
 
@@ -114,9 +112,7 @@ def build_dataset(
     counter = checker.counter
     out_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=out_root, prefix=".spool-") as spool:
-        n_input, kept, exclusions = _examples(
-            runs, spool, checker, build_workers(config.build_workers)
-        )
+        n_input, kept, exclusions = _examples(runs, spool, checker, workers_for(config.workers))
         return _write_version(
             spool,
             kept,
@@ -131,15 +127,6 @@ def build_dataset(
             extra=manifest_extra or {},
             now=now,
         )
-
-
-# A build this many runs long goes on in worker processes (`dataset.build_workers`): each run's
-# parse, conversion, scrub, checks and token count are independent of the others, so on N
-# cores the examples come ~N times as fast, and the output is the same bytes (the lines are
-# written in input order either way; test_golden.py). A loop round's build stays in-process:
-# starting the workers (~1 s each) would cost it more than it saves.
-PARALLEL_AFTER_RUNS = 50_000
-_CHUNK = 1_000  # runs per task sent to a worker
 
 
 class _Checker:
@@ -235,78 +222,33 @@ def _examples(
         spool.write(data)
 
     n_input = 0
-    rest = iter(runs)
-    for raw in rest:
-        n_input += 1
-        take(checker.check(raw, n_input))
-        if workers > 1 and n_input >= PARALLEL_AFTER_RUNS:
-            n_input = _check_in_workers(rest, n_input, checker, workers, take)
-            break
-    spool.flush()
-    return n_input, kept, exclusions
-
-
-def _check_in_workers(
-    runs: Iterator[Run | Mapping[str, Any] | str | bytes],
-    n_input: int,
-    checker: _Checker,
-    workers: int,
-    take: Any,
-) -> int:
-    """The rest of `runs` checked by `workers` processes, a chunk per task, a few chunks in
-    flight (memory stays bounded however long the stream), results taken in input order."""
-    global _WORKER
-    if "fork" in multiprocessing.get_all_start_methods():
-        # Forked workers inherit the checker (decisions, tokenizer, memo) with nothing pickled,
-        # and need no importable `__main__` (spawn re-runs a caller's unguarded script). They
-        # only run this module's pure-Python checks, never a lock a parent thread could hold.
-        context, start, initargs = multiprocessing.get_context("fork"), None, ()
-        _WORKER = checker
-    else:
-        context, start = multiprocessing.get_context("spawn"), _start_worker
-        initargs = (
+    # Past the first PARALLEL_AFTER runs, in worker processes (`dataset.workers`): a run's
+    # checks do not depend on another's, and the lines are written in input order either way,
+    # so the files are the same bytes (test_golden.py).
+    for result in ordered_map(
+        _check,
+        checker,
+        enumerate(runs, start=1),
+        workers=workers,
+        make_state=_Checker,
+        args=(
             checker.config,
             checker.eval_hashes,
             checker.eval_scenario_ids,
             dict(checker.decisions) if checker.decisions is not None else None,
-        )
-    pending: deque[Future[list[Exclusion | tuple[_Kept, bytes]]]] = deque()
-    try:
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=start, initargs=initargs
-        ) as pool:
-            while chunk := list(islice(runs, _CHUNK)):
-                pending.append(pool.submit(_check_chunk, chunk, n_input + 1))
-                n_input += len(chunk)
-                while len(pending) > 2 * workers:
-                    for result in pending.popleft().result():
-                        take(result)
-            while pending:
-                for result in pending.popleft().result():
-                    take(result)
-    finally:
-        _WORKER = None
-    return n_input
+        ),
+    ):
+        n_input += 1
+        take(result)
+    spool.flush()
+    return n_input, kept, exclusions
 
 
-_WORKER: _Checker | None = None
-
-
-def _start_worker(*args: Any) -> None:
-    global _WORKER
-    _WORKER = _Checker(*args)
-
-
-def _check_chunk(
-    chunk: list[Run | Mapping[str, Any] | str | bytes], first_position: int
-) -> list[Exclusion | tuple[_Kept, bytes]]:
-    assert _WORKER is not None
-    return [_WORKER.check(raw, first_position + i) for i, raw in enumerate(chunk)]
-
-
-def build_workers(setting: int | None) -> int:
-    """`dataset.build_workers`: as set, or (unset) one per core, at most 4."""
-    return setting if setting is not None else max(1, min(4, os.cpu_count() or 1))
+def _check(
+    checker: _Checker, item: tuple[int, Run | Mapping[str, Any] | str | bytes]
+) -> Exclusion | tuple[_Kept, bytes]:
+    position, raw = item
+    return checker.check(raw, position)
 
 
 def _intern(seen: dict[str, str], value: str | None) -> Any:
@@ -681,7 +623,7 @@ def _settings_record(config: Any) -> dict[str, Any]:
     """The dataset settings as the manifest records them. Extra secret patterns are recorded
     by digest: a pattern can be a literal (a customer's id) that would match itself, and the
     scan reads the manifest too. How many processes built it is not a property of the data."""
-    record = config.model_dump(mode="json", exclude={"build_workers"})
+    record = config.model_dump(mode="json", exclude={"workers"})
     record["extra_secret_patterns"] = [
         "sha256:" + hashlib.sha256(p.encode("utf-8")).hexdigest()[:16]
         for p in config.extra_secret_patterns

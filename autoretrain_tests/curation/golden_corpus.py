@@ -305,7 +305,7 @@ def decide_runs() -> list[Any]:
     return runs
 
 
-def decide(settings: Any, reviewer: bool) -> list[tuple]:
+def decide(settings: Any, reviewer: bool, workers: int = 1) -> list[tuple]:
     """Ingest, score and decide the decision corpus in a fresh store; the decisions table."""
     from autoretrain.agents.promotion_guard import PromotionGuardAgent, decide_days
     from autoretrain.providers.scripted import ScriptedModel
@@ -333,7 +333,9 @@ def decide(settings: Any, reviewer: bool) -> list[tuple]:
             model = ScriptedModel(
                 replies, default=json.dumps({"decision": "promote", "rationale": "Fine."})
             )
-        report = decide_days(store.con, DECIDE_DAY, DECIDE_DAY, PromotionGuardAgent(gates, model))
+        report = decide_days(
+            store.con, DECIDE_DAY, DECIDE_DAY, PromotionGuardAgent(gates, model), workers
+        )
         rows = store.con.execute(
             "SELECT run_id, day::VARCHAR, decision, gate, rationale, scorer_version "
             "FROM promotion_decisions ORDER BY run_id"

@@ -9,6 +9,7 @@ from .golden_corpus import (
     BUILDS,
     GOLDEN,
     build,
+    build_inputs,
     decide,
     decisions_text,
     pinned_manifest,
@@ -33,30 +34,69 @@ def test_decisions_match_the_golden_file(settings, reviewer):
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 @pytest.mark.parametrize("name", BUILDS)
 def test_a_build_in_worker_processes_writes_the_same_bytes(name, start, tmp_path, monkeypatch):
-    """Past `PARALLEL_AFTER_RUNS` the rest of the stream is checked by worker processes, in
+    """Past `PARALLEL_AFTER` runs the rest of the stream is checked by worker processes, in
     chunks: the files and manifest are still the golden ones (input order, positions of bad
     records, exclusions and the decisions filter all survive the hand-off). Forked where the
     platform forks; spawned (the checker's settings pickled) where it does not."""
     import multiprocessing
 
+    from autoretrain import parallel
     from autoretrain.curation import builder
 
     if start == "spawn":
         monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(parallel, "PARALLEL_AFTER", 3)
+    monkeypatch.setattr(parallel, "CHUNK", 4)
+    monkeypatch.setattr(builder, "workers_for", lambda setting: 2)
+    handed = []
+    real = parallel._map_chunks
 
-    monkeypatch.setattr(builder, "PARALLEL_AFTER_RUNS", 3)
-    monkeypatch.setattr(builder, "_CHUNK", 4)
-    monkeypatch.setattr(builder, "build_workers", lambda setting: 2)
-    handed_off = []
-    real = builder._check_in_workers
+    def spy(work, items, *args):
+        def counted():
+            for item in items:
+                handed.append(item)
+                yield item
 
-    def spy(runs, n_input, *args):
-        handed_off.append(n_input)
-        return real(runs, n_input, *args)
+        return real(work, counted(), *args)
 
-    monkeypatch.setattr(builder, "_check_in_workers", spy)
+    monkeypatch.setattr(parallel, "_map_chunks", spy)
     path = build(name, tmp_path / "datasets")
-    assert handed_off == [3]
+    runs, _ = build_inputs()
+    assert len(handed) == len(runs) - 3  # all but the first three went to the workers
     for file in ("train.jsonl", "eval.jsonl"):
         assert (path / file).read_bytes() == (GOLDEN / f"{name}-{file}").read_bytes(), file
     assert pinned_manifest(path) == (GOLDEN / f"{name}-manifest.json").read_text("utf-8")
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+@pytest.mark.parametrize("reviewer", [False, True])
+def test_decisions_in_worker_processes_match_the_golden_file(
+    settings, reviewer, start, monkeypatch
+):
+    """Past `PARALLEL_AFTER` survivors (here none), transcripts are parsed and gated in workers:
+    the same decisions, and the borderline runs come back to the parent's reviewer in the same
+    order."""
+    import multiprocessing
+
+    from autoretrain import parallel
+
+    if start == "spawn":
+        monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(parallel, "PARALLEL_AFTER", 0)  # every survivor goes to a worker
+    monkeypatch.setattr(parallel, "CHUNK", 4)
+    handed = []
+    real = parallel._map_chunks
+
+    def spy(work, items, *args):
+        def counted():
+            for item in items:
+                handed.append(item)
+                yield item
+
+        return real(work, counted(), *args)
+
+    monkeypatch.setattr(parallel, "_map_chunks", spy)
+    name = "decisions-reviewer.jsonl" if reviewer else "decisions.jsonl"
+    expected = (GOLDEN / name).read_text("utf-8")
+    assert decisions_text(decide(settings, reviewer, workers=2)) == expected
+    assert len(handed) > 8  # several chunks went to the workers
