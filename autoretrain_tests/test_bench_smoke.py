@@ -35,7 +35,7 @@ def _run(script: str, tmp_path: Path, *args: str) -> dict:
 
 @pytest.mark.integration
 def test_curation_bench(tmp_path):
-    result = _run("curation.py", tmp_path, "--n", "150", "--days", "2")
+    result = _run("curation.py", tmp_path, "--n", "150", "--days", "2", "--compare-in-process")
     typed, lines = result["baseline_polars_typed"], result["baseline_polars_lines"]
     project = result["project"]
     assert result["runs"] == 150 and result["ingest"]["inserted"] == 150
@@ -45,6 +45,10 @@ def test_curation_bench(tmp_path):
     assert project["train"] + project["eval"] > 0
     assert project["peak_rss_mb"] > 0 and result["ratio_project_vs_baseline"] > 0
     assert result["target"] == 0.3 and result["command"].startswith(".venv/bin/python bench/")
+    # Run again in one process: the same decisions and bytes (150 runs never reach the workers;
+    # the golden tests hold the worker path to the same output).
+    assert result["same_output_as_one_process"] is True
+    assert result["project_in_one_process"]["files_sha256"] == project["files_sha256"]
 
 
 @pytest.mark.integration
