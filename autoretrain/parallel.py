@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-# The first this many items of a stream are worked on in the caller's process: a small job
-# (a loop round's build or decisions) would spend more on starting workers (~1 s) than it saves.
+# The first this many items of a stream are worked on in the caller's process, so a small job
+# (a loop round's build or decisions) never starts a worker: forking one costs little, but
+# spawning one (where the platform cannot fork) takes about a second of imports.
 PARALLEL_AFTER = 50_000
 CHUNK = 1_000  # items per task sent to a worker
 
@@ -61,20 +62,18 @@ def ordered_map(
     workers: int,
     make_state: Callable[..., Any],
     args: tuple[Any, ...] = (),
-    parallel_after: int | None = None,
 ) -> Iterator[R]:
     """`work(state, item)` for every item, results in the order of `items`.
 
-    The first `parallel_after` (default PARALLEL_AFTER) items use `state` in this process;
+    The first PARALLEL_AFTER items use `state` in this process;
     with `workers` > 1 the rest go in chunks to that many processes, each with its own state,
     `make_state(*args)`. `work` and `make_state` must be module-level (they are pickled by
     name), and the items and results picklable."""
-    after = PARALLEL_AFTER if parallel_after is None else parallel_after
     rest = iter(items)
     if workers <= 1:
         yield from (work(state, item) for item in rest)
         return
-    yield from (work(state, item) for item in islice(rest, after))
+    yield from (work(state, item) for item in islice(rest, PARALLEL_AFTER))
     try:
         first = next(rest)
     except StopIteration:

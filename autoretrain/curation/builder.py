@@ -138,13 +138,12 @@ class _Checker:
         eval_hashes: set[str],
         eval_scenario_ids: set[str],
         decisions: Mapping[str, str] | None,
-        counter: TokenCounter | None = None,
     ):
         self.config = config
         self.eval_hashes = eval_hashes
         self.eval_scenario_ids = eval_scenario_ids
         self.decisions = decisions
-        self.counter = counter or TokenCounter.load(config.tokenizer_dir)
+        self.counter = TokenCounter.load(config.tokenizer_dir)
         self.specs = ToolSpecs()  # tool specs repeat: scrubbed and encoded once (tool_specs.py)
 
     def check(
@@ -231,12 +230,8 @@ def _examples(
         enumerate(runs, start=1),
         workers=workers,
         make_state=_Checker,
-        args=(
-            checker.config,
-            checker.eval_hashes,
-            checker.eval_scenario_ids,
-            dict(checker.decisions) if checker.decisions is not None else None,
-        ),
+        # Inherited by forked workers (nothing copied), pickled for spawned ones.
+        args=(checker.config, checker.eval_hashes, checker.eval_scenario_ids, checker.decisions),
     ):
         n_input += 1
         take(result)
