@@ -205,3 +205,21 @@ def test_a_full_loop_run_keeps_the_quiet_machine_timing(tmp_path):
     written = json.loads((out / "loop.json").read_text())
     assert written["iteration_wall_s"] == 190.0 and written["iteration_timing"] == timing
     assert "iteration_wall_s 190.0 s" in (out / "loop.md").read_text()
+
+
+def test_validation_slice_reads_the_committed_loop_results(tmp_path):
+    """bench/validation_slice.py runs no model: it must keep reading the committed results."""
+    out = tmp_path / "out"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "validation_slice.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    result = json.loads((out / "validation_slice.json").read_text())
+    rows = result["rows"]
+    assert result["held_out_regressions"] == len(rows) > 0
+    assert all(r["held_out_points"] < 0 for r in rows)
+    assert result["flagged_in_distribution"] <= result["same_category_down_in_distribution"]
+    assert result["flagged_in_distribution"] == sum(
+        r["in_distribution_points"] <= -result["flag_points"] for r in rows
+    )
