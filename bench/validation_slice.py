@@ -8,7 +8,7 @@ for each held-out category whose regression failed the gate (`category_regressio
 same category did in-distribution for the same candidate. Planted arms (poisoned, forgetting)
 are left out: they are built to regress everywhere. No model is run.
 
-    .venv/bin/python bench/validation_slice.py   # writes bench/results/trials/validation_slice.*
+    .venv/bin/python bench/validation_slice.py   # writes bench/results/validation_slice.*
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def held_out_regressions(path: Path, root: Path) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=RESULTS / "trials", help="folder for results")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for results")
     args = parser.parse_args()
     rows = [row for path in loop_results(RESULTS) for row in held_out_regressions(path, RESULTS)]
     down = [r for r in rows if r["in_distribution_points"] < 0]
