@@ -48,11 +48,14 @@ chromium:
 	fi
 
 # --durations: CI's log names the slowest tests, so a slower machine's overrun can be traced.
+# Two workers, handed whole groups in the suite's own order (autoretrain_tests/conftest.py): the
+# shared loop on one, the other long loops and the short tests on the other.
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
 test: venv azurite node-agent chromium
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --durations=25 $(XDIST)
 
 test-fast: venv
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -m "not integration" $(XDIST)
 
 lint: venv
 	$(BIN)/ruff check autoretrain autoretrain_tests bench

@@ -14,6 +14,35 @@ os.environ.setdefault("AUTORETRAIN_HISTORY_START", "2026-01-01")
 
 from autoretrain.settings import Settings, load_settings
 
+# --- Running on several cores (pytest-xdist, `make test`) ---------------------------------------
+# Most of the suite's time is a few long trainings that leave a core idle (one torch thread), so
+# `make test` runs two workers. Work is handed out in groups: each module stays on one worker
+# (its module fixtures are built once), and every test of the shared loop (`loop_run`) is one
+# group, so the loop runs once. The long groups go first, so the other worker fills the wait
+# with the short tests instead of starting a long one at the end.
+SHARED_LOOP = "shared-loop"
+LONG_FIRST = (SHARED_LOOP, "test_loop_azure_e2e.py", "test_loop_new_catalog_e2e.py")
+
+
+def _group(item: pytest.Item) -> str:
+    # `shared_loop` marks a module that asks for `loop_run` at run time (getfixturevalue).
+    if "loop_run" in item.fixturenames or item.get_closest_marker("shared_loop"):
+        return SHARED_LOOP
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        group = _group(item)
+        return next(
+            (i for i, long in enumerate(LONG_FIRST) if group.endswith(long)), len(LONG_FIRST)
+        )
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=rank)  # stable: within a rank, collection order (a module's order) holds
+
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:

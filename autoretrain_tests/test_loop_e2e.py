@@ -23,8 +23,9 @@ from autoretrain.settings import load_settings
 from autoretrain_tests.conftest import CHEAP_ROUND, LOOP_CONFIG, merged_config
 
 # The shared loop (bootstrap, self-play, training, evaluation) runs inside the first end-to-end
-# test's time: give the module room on a slow CI machine.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
+# test's time: give the module room on a slow CI machine, whose cores it shares with
+# the other test worker (`make test` runs two).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(4800)]
 
 PROJECT = Path(__file__).resolve().parents[1]
 

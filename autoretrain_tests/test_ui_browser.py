@@ -24,7 +24,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(4800)]
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -60,7 +60,7 @@ from autoretrain_tests.conftest import LOOSE_LIFTS
 from autoretrain_tests.gateway.conftest import landed, wait_for
 from autoretrain_tests.servers import free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.integration, pytest.mark.shared_loop, pytest.mark.timeout(4800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_AGENT = ROOT / "examples" / "python-agent" / "agent.py"
