@@ -223,3 +223,47 @@ def test_validation_slice_reads_the_committed_loop_results(tmp_path):
     assert result["flagged_in_distribution"] == sum(
         r["in_distribution_points"] <= -result["flag_points"] for r in rows
     )
+
+
+def test_holdout_probe_drops_the_held_scenarios_and_tabulates_the_slice(tmp_path):
+    """bench/holdout_probe.py's data side: a round's dataset without the held scenarios (runs by
+    the store's scenario id, reference solutions by their id), and the slice's pass rates."""
+    import duckdb
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import holdout_probe as probe
+
+    store = tmp_path / "store.duckdb"
+    con = duckdb.connect(str(store))
+    con.execute("CREATE TABLE runs (run_id VARCHAR, scenario_id VARCHAR)")
+    con.executemany("INSERT INTO runs VALUES (?, ?)", [["r1", "a_1"], ["r2", "a_2"], ["r3", "b_1"]])
+    con.close()
+    source = tmp_path / "source"
+    source.mkdir()
+    ids = {"train": ["r1", "r2", "reference-a_1-50000"], "eval": ["r3"]}
+    (source / "manifest.json").write_text(json.dumps({"run_ids": ids}))
+    for split, run_ids in ids.items():
+        lines = "".join(json.dumps({"id": r}) + "\n" for r in run_ids)
+        (source / f"{split}.jsonl").write_text(lines)
+
+    facts = probe.filtered_dataset(source, tmp_path / "out", store, {"a_1"})
+    kept = [json.loads(x)["id"] for x in (tmp_path / "out" / "train.jsonl").open()]
+    assert kept == ["r2"] and facts["dropped"] == {"train/a_1": 2}
+    assert facts["kept"] == {"train": 1, "eval": 1} and facts["unknown_scenario"] == 0
+
+    rows = [
+        {"tier": tier, "scenario_id": s, "category": "a", "role": role, "passed": passed}
+        for tier, s, role, passed in [
+            ("in_distribution", "a_1", "incumbent", True),
+            ("in_distribution", "a_1", "candidate", False),
+            ("in_distribution", "a_2", "incumbent", True),
+            ("in_distribution", "a_2", "candidate", True),
+            ("held_out", "h_1", "incumbent", True),
+            ("held_out", "h_1", "candidate", False),
+        ]
+    ]
+    rates = probe.pass_rates(rows, {"a_1"})
+    assert rates["validation/a"]["diff_points"] == -100.0
+    assert rates["trained/a"]["diff_points"] == 0.0
+    reading = probe.reading({"epsilon_points": 5.0, "pass_rates": rates})
+    assert reading["a"]["validation_flags"] and reading["a"]["held_out_fails"]
