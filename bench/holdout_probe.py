@@ -159,7 +159,7 @@ def pass_rates(rows: list[dict[str, Any]], validation: set[str]) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a bench/loop.py work folder")
-    parser.add_argument("--dataset", required=True, help="the round's dataset version")
+    parser.add_argument("--dataset", help="the round's dataset version (for a holdout)")
     parser.add_argument("--incumbent", required=True, help="the round's incumbent (e.g. it1)")
     parser.add_argument("--full", default="it2", help="the round's own candidate, for the record")
     parser.add_argument("--start", default="v0", help="the weights the round trained from")
@@ -177,10 +177,18 @@ def main() -> None:
         action="store_true",
         help="also drop the held scenarios' base demonstrations from the mix-in",
     )
+    parser.add_argument(
+        "--step",
+        type=float,
+        help="instead of a holdout: the round's own candidate (--full) taken this share of the "
+        "way from --start (start + step * (full - start), training.step_fraction's rule)",
+    )
     parser.add_argument("--instances-per-scenario", type=int, default=70)
     parser.add_argument("--out", type=Path, default=RESULTS / "trials")
     parser.add_argument("--name", default=NAME)
     args = parser.parse_args()
+    if args.step is None and not args.dataset:
+        parser.error("a holdout needs --dataset (the round's dataset version)")
 
     from autoretrain.evaluation.compare import compare
     from autoretrain.evaluation.harness import replay
@@ -190,6 +198,7 @@ def main() -> None:
     from autoretrain.settings import load_settings
     from autoretrain.training.bootstrap import DEMOS_FILE
     from autoretrain.training.config import TrainConfig
+    from autoretrain.training.interpolate import interpolate_weights
     from autoretrain.training.lora import train
 
     work = args.work.resolve()
@@ -208,30 +217,44 @@ def main() -> None:
     }
     settings = load_settings(home=str(home), **overrides)
     catalog = load_catalog(settings.scenarios_dir)
-    rates = (
-        None if args.any_scenario else incumbent_pass_rates(settings.paths.database, args.incumbent)
-    )
-    held = validation_scenarios(catalog, args.rotation, rates, args.solved)
     models = settings.paths.models / EMBEDDED
-    name = f"holdout-r{args.rotation}"
-    probe = work / "holdout" / name
-    if probe.exists():
-        shutil.rmtree(probe)
-    probe.mkdir(parents=True)
-
-    source = settings.paths.datasets / args.dataset
-    data = filtered_dataset(source, probe / "dataset", settings.paths.database, set(held.values()))
-    dropped_demos = set(held.values()) if args.drop_demos else set()
-    demos = filtered_demos(models / "v0" / DEMOS_FILE, probe / DEMOS_FILE, dropped_demos)
-    # What train_candidate gives a round of the embedded model (project.py): the base's
-    # demonstrations mixed in, a merged model, one torch thread for a tiny model.
-    config = TrainConfig.from_settings(
-        settings.training, mix_in=[str(probe / DEMOS_FILE)], merge_adapter=True, torch_threads=1
-    )
-    t0 = time.perf_counter()
-    trained = train(probe / "dataset", models / args.start, probe / "model", config)
-    train_s = round(time.perf_counter() - t0, 1)
-    print(f"trained {name} in {train_s} s: {trained.metrics.record.get('steps')} steps", flush=True)
+    if args.step is not None:
+        held: dict[str, str] = {}
+        name = f"{args.full}-step{args.step:g}"
+        probe = fresh(work / "holdout" / name)
+        candidate_dir = interpolate_weights(
+            models / args.start, models / args.full, probe / "model", args.step
+        )
+        made: dict[str, Any] = {"step": args.step}
+    else:
+        rates = None
+        if not args.any_scenario:
+            rates = incumbent_pass_rates(settings.paths.database, args.incumbent)
+        held = validation_scenarios(catalog, args.rotation, rates, args.solved)
+        name = f"holdout-r{args.rotation}"
+        probe = fresh(work / "holdout" / name)
+        source = settings.paths.datasets / args.dataset
+        data = filtered_dataset(
+            source, probe / "dataset", settings.paths.database, set(held.values())
+        )
+        dropped_demos = set(held.values()) if args.drop_demos else set()
+        demos = filtered_demos(models / "v0" / DEMOS_FILE, probe / DEMOS_FILE, dropped_demos)
+        # What train_candidate gives a round of the embedded model (project.py): the base's
+        # demonstrations mixed in, a merged model, one torch thread for a tiny model.
+        config = TrainConfig.from_settings(
+            settings.training, mix_in=[str(probe / DEMOS_FILE)], merge_adapter=True, torch_threads=1
+        )
+        t0 = time.perf_counter()
+        trained = train(probe / "dataset", models / args.start, probe / "model", config)
+        train_s = round(time.perf_counter() - t0, 1)
+        steps = trained.metrics.record.get("steps")
+        print(f"trained {name} in {train_s} s: {steps} steps", flush=True)
+        candidate_dir = Path(trained.merged_dir or trained.model_dir)
+        made = {
+            "dataset": data,
+            "demonstrations": demos,
+            "training": {**trained.metrics.record, "seconds": train_s},
+        }
 
     def load(version: str, path: Path) -> Any:
         model = chat_model_for(settings, model_dir=path)
@@ -242,7 +265,7 @@ def main() -> None:
     t0 = time.perf_counter()
     outcome = replay(
         load(args.incumbent, models / args.incumbent),
-        load(name, Path(trained.merged_dir or trained.model_dir)),
+        load(name, candidate_dir),
         catalog,
         setup,
         progress=False,
@@ -263,10 +286,9 @@ def main() -> None:
         "command": command_line(),
         "machine": machine_facts(),
         "parameters": {**vars(args), "work": str(args.work), "out": str(args.out)},
+        "candidate": name,
         "validation_scenarios": held,
-        "dataset": data,
-        "demonstrations": demos,
-        "training": {**trained.metrics.record, "seconds": train_s},
+        **made,
         "evaluation_seconds": round(time.perf_counter() - t0, 1),
         "gate": comparison.decision,
         "failed_gates": [{"name": g.name, "detail": g.detail} for g in comparison.failed_gates],
@@ -278,6 +300,13 @@ def main() -> None:
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (args.out / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def fresh(folder: Path) -> Path:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def reading(result: dict[str, Any]) -> dict[str, Any]:
@@ -320,16 +349,27 @@ def markdown(result: dict[str, Any]) -> str:
         for c, r in result["reading"].items()
     ]
     p = result["parameters"]
+    if "step" in result:
+        title = f"`{p['full']}` taken {result['step']:g} of its step from `{p['start']}`"
+        made = ""
+    else:
+        title = f"the round retrained without {len(result['validation_scenarios'])} scenarios"
+        training = result["training"]
+        made = (
+            f"Validation scenarios (one per category, rotation {p['rotation']}): "
+            f"{result['validation_scenarios']}\n\n"
+            f"Dataset: {result['dataset']}; demonstrations mixed in: {result['demonstrations']}; "
+            f"training {training.get('steps')} steps in {training['seconds']} s; "
+        )
     return (
-        f"# Holdout probe: `{p['incumbent']}` vs the round retrained without "
-        f"{len(result['validation_scenarios'])} scenarios\n\n"
+        f"# Holdout probe: `{p['incumbent']}` vs {title}\n\n"
         f"`{result['command']}`\n\n"
-        f"Validation scenarios (one per category, rotation {p['rotation']}): "
-        f"{result['validation_scenarios']}\n\n"
-        f"Dataset: {result['dataset']}; demonstrations mixed in: {result['demonstrations']}; "
-        f"training {result['training'].get('steps')} steps in {result['training']['seconds']} s; "
-        f"gate: **{result['gate']}** {[g['detail'] for g in result['failed_gates']]}\n\n"
-        + table(["tier/category", "instances", p["incumbent"], "holdout", "diff, points"], rows)
+        + made
+        + f"gate: **{result['gate']}** {[g['detail'] for g in result['failed_gates']]}\n\n"
+        + table(
+            ["tier/category", "instances", p["incumbent"], result["candidate"], "diff, points"],
+            rows,
+        )
         + f"\n\nPer category (ε = {result['epsilon_points']} points):\n\n"
         + table(
             ["category", "validation diff", "held-out diff", "slice flags", "gate fails"],
