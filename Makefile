@@ -50,7 +50,7 @@ chromium:
 # --durations: CI's log names the slowest tests, so a slower machine's overrun can be traced.
 # Two workers, handed whole groups in the suite's own order (autoretrain_tests/conftest.py): the
 # shared loop on one, the other long loops and the short tests on the other.
-XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+XDIST := -n 2 --no-loadscope-reorder
 test: venv azurite node-agent chromium
 	$(BIN)/pytest -q --durations=25 $(XDIST)
 

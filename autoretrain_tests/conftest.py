@@ -17,30 +17,58 @@ from autoretrain.settings import Settings, load_settings
 # --- Running on several cores (pytest-xdist, `make test`) ---------------------------------------
 # Most of the suite's time is a few long trainings that leave a core idle (one torch thread), so
 # `make test` runs two workers. Work is handed out in groups: each module stays on one worker
-# (its module fixtures are built once), and every test of the shared loop (`loop_run`) is one
+# (its module fixtures are built once), and the modules of the shared loop (`loop_run`) are one
 # group, so the loop runs once. The long groups go first, so the other worker fills the wait
 # with the short tests instead of starting a long one at the end.
+# (xdist's own `--dist loadgroup` renames node ids, which pytest 9.2 no longer lets it do, so the
+# groups are read off the node ids by a scheduler of our own, below.)
 SHARED_LOOP = "shared-loop"
-LONG_FIRST = (SHARED_LOOP, "test_loop_azure_e2e.py", "test_loop_new_catalog_e2e.py")
+SHARED_LOOP_MODULES = (
+    "autoretrain_tests/gateway/test_agent_loop_e2e.py",
+    "autoretrain_tests/test_daemon_e2e.py",
+    "autoretrain_tests/test_loop_e2e.py",
+    "autoretrain_tests/test_ui_browser.py",
+)
+LONG_FIRST = (
+    SHARED_LOOP,
+    "autoretrain_tests/test_loop_azure_e2e.py",
+    "autoretrain_tests/test_loop_new_catalog_e2e.py",
+)
 
 
-def _group(item: pytest.Item) -> str:
-    # `shared_loop` marks a module that asks for `loop_run` at run time (getfixturevalue).
-    if "loop_run" in item.fixturenames or item.get_closest_marker("shared_loop"):
-        return SHARED_LOOP
-    return item.nodeid.split("::")[0]
+def group_of(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return SHARED_LOOP if module in SHARED_LOOP_MODULES else module
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the marks
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling, with `group_of` for the scope."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        group = _group(item)
-        return next(
-            (i for i, long in enumerate(LONG_FIRST) if group.endswith(long)), len(LONG_FIRST)
-        )
-
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
+        # `shared_loop` marks a module that asks for `loop_run` at run time (getfixturevalue).
+        reads_loop = "loop_run" in item.fixturenames or item.get_closest_marker("shared_loop")
+        if reads_loop and group_of(item.nodeid) != SHARED_LOOP:
+            raise pytest.UsageError(
+                f"{item.nodeid} reads the shared loop (loop_run): add its module to "
+                "SHARED_LOOP_MODULES in autoretrain_tests/conftest.py, or a second test worker "
+                "runs the whole loop again"
+            )
+
+    def rank(item: pytest.Item) -> int:
+        group = group_of(item.nodeid)
+        return LONG_FIRST.index(group) if group in LONG_FIRST else len(LONG_FIRST)
+
     items.sort(key=rank)  # stable: within a rank, collection order (a module's order) holds
 
 
