@@ -50,12 +50,14 @@ chromium:
 # --durations: CI's log names the slowest tests, so a slower machine's overrun can be traced.
 # Two workers, handed whole groups in the suite's own order (autoretrain_tests/conftest.py): the
 # shared loop on one, the other long loops and the short tests on the other.
+# OMP_WAIT_POLICY: the two workers' torch threads must not spin (autoretrain_tests/conftest.py).
 XDIST := -n 2 --no-loadscope-reorder
+PYTEST := OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(BIN)/pytest
 test: venv azurite node-agent chromium
-	$(BIN)/pytest -q --durations=25 $(XDIST)
+	$(PYTEST) -q --durations=25 $(XDIST)
 
 test-fast: venv
-	$(BIN)/pytest -q -m "not integration" $(XDIST)
+	$(PYTEST) -q -m "not integration" $(XDIST)
 
 lint: venv
 	$(BIN)/ruff check autoretrain autoretrain_tests bench

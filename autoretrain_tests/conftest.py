@@ -11,6 +11,13 @@ import pytest
 # The daily partitions start where the data starts (defs/partitions.py); the tests land runs on
 # fixed days of 2026, so they pin the start before anything imports the definitions.
 os.environ.setdefault("AUTORETRAIN_HISTORY_START", "2026-01-01")
+# Two test workers share two cores, and the bootstraps pin two torch threads each (their thread
+# count is part of the seed's result). OpenMP's threads spin while they wait for each other:
+# two such trainings at once ran ~6x slower each (two 15 s loops of a tiny model's steps, 71
+# steps/s each against 455 alone); waiting passively, 236 and 297. The wait policy changes no
+# arithmetic. Read when torch loads OpenMP, so set before anything imports torch; `make test`
+# also exports it, for the processes tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from autoretrain.settings import Settings, load_settings
 
