@@ -20,6 +20,9 @@ held-out tier (what the gate sees), and the gate's answer.
 
     .venv/bin/python bench/holdout_probe.py --work bench/work/measured-shipped \
         --dataset 20261205T040121Z --incumbent it1 --settings '{...the run's settings...}'
+
+writes bench/results/holdout_probe.json and .md (`--out`, `--name`); the `--step` runs of the
+same round are under bench/results/trials/step-*.
 """
 
 from __future__ import annotations
@@ -184,7 +187,7 @@ def main() -> None:
         "way from --start (start + step * (full - start), training.step_fraction's rule)",
     )
     parser.add_argument("--instances-per-scenario", type=int, default=70)
-    parser.add_argument("--out", type=Path, default=RESULTS / "trials")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for results")
     parser.add_argument("--name", default=NAME)
     args = parser.parse_args()
     if args.step is None and not args.dataset:
