@@ -574,8 +574,8 @@ class Project:
     def bootstrap(self, output: Path | None = None, force: bool = False, **options: Any) -> Path:
         """Build the embedded base model into `output` (default: the embedded `v0`) and return
         its folder. An existing folder is a FileExistsError unless `force`, which replaces it.
-        `options` (demos_per_scenario, seed, time_budget_s) override the training settings;
-        None means the setting. Registers nothing: `ensure_base_model` does that."""
+        `options` (demos_per_scenario, seed, time_budget_s, calibrate) override the training
+        settings; None means the setting. Registers nothing: `ensure_base_model` does that."""
         import shutil
 
         target = output or self.embedded_model_dir()
@@ -588,23 +588,25 @@ class Project:
         )
         return target
 
-    def _build_base_model(self, target: Path, **options: Any) -> None:
-        """bootstrap_base_model on this catalog, with the training settings as defaults."""
-        from autoretrain.training.bootstrap import bootstrap_base_model
+    def _build_base_model(
+        self, target: Path, calibrate: bool | None = None, **options: Any
+    ) -> None:
+        """bootstrap_base_model on this catalog, with the training settings as defaults;
+        calibrated (`bootstrap_calibrated`) when `calibrate`, or unset and the settings say so."""
+        from autoretrain.training.bootstrap import bootstrap_base_model, bootstrap_calibrated
 
-        catalog = self.catalog
         training = self.settings.training
-        bootstrap_base_model(
-            catalog,
-            target,
-            evaluation_per_scenario=self.settings.evaluation.instances_per_scenario,
-            **{
-                "demos_per_scenario": training.bootstrap_demos_per_scenario,
-                "seed": training.seed,
-                "time_budget_s": training.bootstrap_time_budget_s,
-                **options,
-            },
-        )
+        options = {
+            "demos_per_scenario": training.bootstrap_demos_per_scenario,
+            "seed": training.seed,
+            "time_budget_s": training.bootstrap_time_budget_s,
+            "evaluation_per_scenario": self.settings.evaluation.instances_per_scenario,
+            **options,
+        }
+        if calibrate if calibrate is not None else training.bootstrap_calibration:
+            bootstrap_calibrated(self.catalog, target, self.train_pass_rates, **options)
+        else:
+            bootstrap_base_model(self.catalog, target, **options)
 
     def _warn_if_bootstrapped_elsewhere(self, model_dir: Path) -> None:
         """An existing v0 from another catalog is kept (it may be wanted: a catalog edited
@@ -1165,6 +1167,31 @@ class Project:
     def pass_rates(self, model: ChatModel, per_scenario: int | None = None) -> PassRates:
         """One model's verified pass rate on both evaluation tiers (greedy; nothing recorded).
         For a quick look at a model; the regression gate compares two models with `evaluate`."""
+        catalog = self.catalog
+        per_scenario = per_scenario or self.settings.evaluation.instances_per_scenario
+        out: dict[str, TierPassRate] = {}
+        for tier in ("in_distribution", "held_out"):
+            instances = catalog.eval_instances(tier, per_scenario)  # type: ignore[arg-type]
+            out[tier] = self._greedy_pass_rate(model, instances)
+        return PassRates(**out)
+
+    def train_pass_rates(self, model_dir: Path, per_scenario: int = 10) -> dict[str, float]:
+        """A local model's greedy pass rate per category on fresh train instances: neither
+        the bootstrap's demonstrations (the demo seed range's lower half) nor evaluation
+        instances. The calibrated bootstrap's probe."""
+        from autoretrain.providers.local import LocalChatModel
+
+        catalog = self.catalog
+        exclude = catalog.evaluation_hashes(self.settings.evaluation.instances_per_scenario)
+        instances = [
+            instance
+            for scenario in catalog.train_scenarios
+            for instance in catalog.reference_instances(scenario.id, per_scenario, exclude)
+        ]
+        model = LocalChatModel(model_dir, name=model_dir.name)
+        return self._greedy_pass_rate(model, instances).by_category
+
+    def _greedy_pass_rate(self, model: ChatModel, instances: list[Any]) -> TierPassRate:
         from collections import defaultdict
 
         from autoretrain.agents.play import play
@@ -1173,32 +1200,25 @@ class Project:
         from autoretrain.providers.base import Sampling
         from autoretrain.runs.tracker import RunTracker
 
-        catalog = self.catalog
-        per_scenario = per_scenario or self.settings.evaluation.instances_per_scenario
         sampling = Sampling(temperature=0.0, max_tokens=self.settings.evaluation.max_tokens)
         tracker = RunTracker(None, model=getattr(model, "name", "model"), traffic="evaluation")
-        verifier = verifier_from_settings(self.settings, self.grader)
-        out: dict[str, TierPassRate] = {}
-        for tier in ("in_distribution", "held_out"):
-            instances = catalog.eval_instances(tier, per_scenario)  # type: ignore[arg-type]
-            by_category: dict[str, list[bool]] = defaultdict(list)
-            for run in play(
-                instances,
-                model,
-                tracker=tracker,
-                tools=catalog.registry,
-                verifier=verifier,
-                workflow=WorkflowConfig(sampling=sampling),
-                batch_size=self.settings.evaluation.batch_size,
-            ):
-                by_category[run.category or "?"].append(run.status == "succeeded")
-            results = [ok for oks in by_category.values() for ok in oks]
-            out[tier] = TierPassRate(
-                instances=len(results),
-                pass_rate=sum(results) / len(results) if results else 0.0,
-                by_category={c: round(sum(v) / len(v), 4) for c, v in sorted(by_category.items())},
-            )
-        return PassRates(**out)
+        by_category: dict[str, list[bool]] = defaultdict(list)
+        for run in play(
+            instances,
+            model,
+            tracker=tracker,
+            tools=self.catalog.registry,
+            verifier=verifier_from_settings(self.settings, self.grader),
+            workflow=WorkflowConfig(sampling=sampling),
+            batch_size=self.settings.evaluation.batch_size,
+        ):
+            by_category[run.category or "?"].append(run.status == "succeeded")
+        results = [ok for oks in by_category.values() for ok in oks]
+        return TierPassRate(
+            instances=len(results),
+            pass_rate=sum(results) / len(results) if results else 0.0,
+            by_category={c: round(sum(v) / len(v), 4) for c, v in sorted(by_category.items())},
+        )
 
     def move_slot(
         self,

@@ -339,6 +339,13 @@ class TrainingSettings(_Section):
     # to the budget instead built no better base (bench/results/trials/bootstrap.md).
     bootstrap_demos_per_scenario: PositiveInt = 48
     bootstrap_time_budget_s: Positive = 600.0
+    # Calibrate the base to the catalog (training/bootstrap.py, `Calibration`): after the uniform
+    # build, probe its pass rate per category on fresh train instances, build again with twice
+    # the demonstrations for categories below 10% and a quarter for those at 95% or more, and
+    # keep the build that passes more per category; both builds share the time budget. Off by
+    # default until the loop is measured on calibrated bases of every catalog
+    # (bench/results/trials/bootstrap_calibration.md).
+    bootstrap_calibration: bool = False
     # Where a candidate is trained: here (transformers + peft), or as an Azure OpenAI fine-tuning
     # job of the provider profile `hosted_profile` (default: the active provider).
     backend: Literal["local", "azure"] = "local"

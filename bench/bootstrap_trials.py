@@ -6,7 +6,8 @@ the build's steps, seconds and losses, and its greedy pass rates per tier and ca
     .venv/bin/python bench/bootstrap_trials.py OUT_DIR \
         '{"demos": 96, "config": {"epochs": 6, "batch_size": 4, "max_seq_len": 512}}'
 
-Spec keys: `demos` (per train scenario, default 96), `config` (TrainConfig fields over the shipped
+Spec keys: `demos` (per train scenario, default 96), `demos_by_category` (category → demonstrations
+per scenario of that category, over `demos`), `config` (TrainConfig fields over the shipped
 BOOTSTRAP_DEFAULTS), `size` (ModelSize fields), `budget` (seconds, default 600), `per`
 (evaluation instances per scenario, default 20), `pace` (a simulated machine: the training loop's
 clock advances this many seconds per step instead of reading the wall clock, so a time budget
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("out", type=Path, help="where the model goes (reused if it exists)")
     p.add_argument("spec", nargs="?", default="{}", help="JSON overrides, see the module doc")
     p.add_argument("--single-digits", action="store_true")
+    p.add_argument("--catalog", type=Path, help="a catalog folder (default: the shipped one)")
     args = p.parse_args(argv)
     spec = json.loads(args.spec)
 
@@ -51,7 +53,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.single_digits:
         base_model.build_tokenizer = functools.partial(base_model.build_tokenizer, digits="single")
     logging.basicConfig(level=logging.INFO)
-    catalog = load_catalog(ROOT / "scenarios")
+    catalog_dir = args.catalog or ROOT / "scenarios"
+    catalog = load_catalog(catalog_dir)
+    # `demos_by_category`: another number of demonstrations for every scenario of a category.
+    by_category = spec.get("demos_by_category", {})
+    demos_by_scenario = {
+        s.id: int(by_category[s.category])
+        for s in catalog.train_scenarios
+        if s.category in by_category
+    }
     config = TrainConfig(
         **{**BOOTSTRAP_DEFAULTS.to_dict(), **spec.get("config", {}), "progress": False}
     )
@@ -64,10 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
             time_budget_s=spec.get("budget", 600),
             size=spec.get("size"),
             config=config,
+            demos_by_scenario=demos_by_scenario,
         )
     build_s = time.perf_counter() - started
     metrics = json.loads((args.out / "training_metrics.json").read_text())
-    rates = Project(load_settings()).pass_rates(
+    rates = Project(load_settings(scenarios_dir=str(catalog_dir))).pass_rates(
         LocalChatModel(args.out), per_scenario=spec.get("per", 20)
     )
     result = {

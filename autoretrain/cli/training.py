@@ -14,14 +14,23 @@ import click
 @click.option("--seed", type=int)
 @click.option("--time-budget", "time_budget_s", type=float, help="Safety cap on training seconds.")
 @click.option("--force", is_flag=True, help="Replace an existing model at the output path.")
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=None,
+    help="Size demonstrations per category by a first build's pass rates (default: the "
+    "training.bootstrap_calibration setting).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--no-eval", is_flag=True, help="Skip measuring the pass rate on both evaluation tiers."
 )
-def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, no_eval) -> None:
+def bootstrap(
+    output, demos_per_scenario, seed, time_budget_s, force, calibrate, as_json, no_eval
+) -> None:
     """Build the tokenizer and a tiny Llama and train it on the catalog's reference demonstrations."""
     from autoretrain.project import Project
     from autoretrain.scenarios import CatalogError
+    from autoretrain.training.bootstrap import CALIBRATION_FILE
     from autoretrain.training.lora import METRICS_FILE
 
     project = Project.open()
@@ -32,6 +41,7 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
             demos_per_scenario=demos_per_scenario or None,
             seed=seed,
             time_budget_s=time_budget_s or None,
+            calibrate=calibrate,
         )
     except FileExistsError as exc:
         if exc.filename != str(output or project.embedded_model_dir()):
@@ -56,6 +66,9 @@ def bootstrap(output, demos_per_scenario, seed, time_budget_s, force, as_json, n
         "train_seconds": metrics["train_seconds"],
         "tokens_per_s": metrics["tokens_per_s"],
     }
+    calibration = target / CALIBRATION_FILE
+    if calibration.exists():
+        summary["calibration"] = json.loads(calibration.read_text())
     if not no_eval:
         from autoretrain.providers.local import LocalChatModel
 
