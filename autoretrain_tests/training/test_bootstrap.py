@@ -9,24 +9,25 @@ from click.testing import CliRunner
 from autoretrain.cli import cli
 
 
-@pytest.mark.integration
-def test_bootstrap_command_builds_v0_from_train_demos_only(settings, monkeypatch, tmp_path):
+@pytest.fixture
+def tiny_bootstrap(monkeypatch):
+    """The bootstrap's schedule and model cut to a one-epoch, few-hundred-parameter build."""
     import autoretrain.training.bootstrap as bootstrap
-    from autoretrain.scenarios import load_catalog
     from autoretrain.training.config import TrainConfig
 
     quick = TrainConfig(**{**bootstrap.BOOTSTRAP_DEFAULTS.to_dict(), "epochs": 1, "batch_size": 8})
     monkeypatch.setattr(bootstrap, "BOOTSTRAP_DEFAULTS", quick)
-    monkeypatch.setattr(
-        bootstrap,
-        "BOOTSTRAP_SIZE",
-        {
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-        },
-    )
+    size = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+    monkeypatch.setattr(bootstrap, "BOOTSTRAP_SIZE", {**size, "num_attention_heads": 2})
+    return bootstrap
+
+
+@pytest.mark.integration
+def test_bootstrap_command_builds_v0_from_train_demos_only(
+    settings, monkeypatch, tmp_path, tiny_bootstrap
+):
+    from autoretrain.scenarios import load_catalog
+
     catalog_dir = Path(__file__).resolve().parents[2] / "scenarios"
     monkeypatch.setenv("AUTORETRAIN_SCENARIOS", str(catalog_dir))
     # Short turns keep the pass-rate report quick for an untrained-sized model.
@@ -140,24 +141,12 @@ def test_calibration_moves_demonstrations_out_of_solved_categories_into_unsolved
 
 @pytest.mark.integration
 def test_a_calibrated_bootstrap_builds_twice_and_keeps_the_better_build(
-    settings, monkeypatch, tmp_path
+    settings, tmp_path, tiny_bootstrap
 ):
-    import autoretrain.training.bootstrap as bootstrap
     from autoretrain.project import Project
-    from autoretrain.training.config import TrainConfig
 
-    quick = TrainConfig(**{**bootstrap.BOOTSTRAP_DEFAULTS.to_dict(), "epochs": 1, "batch_size": 8})
-    monkeypatch.setattr(bootstrap, "BOOTSTRAP_DEFAULTS", quick)
-    monkeypatch.setattr(
-        bootstrap,
-        "BOOTSTRAP_SIZE",
-        {
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-        },
-    )
+    bootstrap = tiny_bootstrap
+
     project = Project(settings)
     probed: list[tuple[str, int]] = []
 
