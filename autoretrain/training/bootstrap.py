@@ -204,8 +204,9 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 # uniform build passed 100% of declines and clarifying questions and 0-6% of three tool
 # categories (quotes, totals, records), where a loop round has almost no verified run to learn
 # from. Moving demonstrations from the solved categories to the unsolved ones (x2 there, a
-# quarter for the solved) took totals from 1% to 25% and records from 6% to 29% in-distribution
-# (bench/results/trials/bootstrap_calibration.md).
+# quarter for the solved) took totals from 2.5% to 23% in-distribution, where a uniform build with
+# as many steps left them at 2.5%, and the loop's first round from that base was promoted at +6.2
+# points (+2.4 and rejected from the uniform base; bench/results/trials/bootstrap_calibration.md).
 
 
 @dataclass(frozen=True)
