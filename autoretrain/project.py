@@ -603,7 +603,9 @@ class Project:
             "evaluation_per_scenario": self.settings.evaluation.instances_per_scenario,
             **options,
         }
-        if calibrate if calibrate is not None else training.bootstrap_calibration:
+        if calibrate is None:
+            calibrate = training.bootstrap_calibration
+        if calibrate:
             bootstrap_calibrated(self.catalog, target, self.train_pass_rates, **options)
         else:
             bootstrap_base_model(self.catalog, target, **options)
