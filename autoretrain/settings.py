@@ -344,8 +344,10 @@ class TrainingSettings(_Section):
     # the demonstrations for categories below 10% and a quarter for those at 95% or more, and
     # keep the build that passes more per category; both builds share the time budget. On the
     # shipping catalog: base 38.6% -> 46.8% in-distribution, and the loop's round 1 from it
-    # promoted at +6.2 (+2.4, rejected, from the uniform base). Off by default until the loop is
-    # measured on calibrated bases of every catalog (bench/results/trials/bootstrap_calibration.md).
+    # promoted at +6.2 (+2.4, rejected, from the uniform base; trials/bootstrap_calibration.md).
+    # On the shipped catalog the calibrated build probed lower and the uniform one was kept, at
+    # twice the bootstrap time (trials/shipped_calibration.md). Off by default until it helps, or
+    # is a no-op, on every catalog (kitchen not yet measured).
     bootstrap_calibration: bool = False
     # Where a candidate is trained: here (transformers + peft), or as an Azure OpenAI fine-tuning
     # job of the provider profile `hosted_profile` (default: the active provider).

@@ -379,12 +379,9 @@ def test_an_outside_agent_is_self_played_gated_promoted_and_rolled_back_live(wor
     assert world.gateway_slots().get("canary") is None
     world.wait_for_serve(candidate)
     comparison = project.evaluate_candidate(candidate, progress=False)
-    failed = {
-        g.name: f"{g.value} vs {g.threshold}: {g.detail}"
-        for g in comparison.reasons
-        if not g.passed
-    }
+    failed = {g.name: f"{g.value} vs {g.threshold}: {g.detail}" for g in comparison.failed_gates}
     assert comparison.decision == "promote", failed
+    gates = {g.name: g for g in comparison.reasons}
     played = Counter()
     for row in comparison.tiers:  # per tier and role (and both tiers together)
         if row["tier"] in ("in_distribution", "held_out"):
@@ -393,8 +390,7 @@ def test_an_outside_agent_is_self_played_gated_promoted_and_rolled_back_live(wor
     # The agent's tokens and cost, which only the gateway saw, reach the replay's rows: the
     # cost gate judges (a local model costs $0) instead of skipping unpriced runs.
     assert all(row["tokens_per_run"] > 0 and not row["unpriced_runs"] for row in comparison.tiers)
-    cost = next(g for g in comparison.reasons if g.name == "cost")
-    assert cost.passed is True, cost
+    assert gates["cost"].passed is True, gates["cost"]
     replayed = landed_where(
         settings, lambda r: r.traffic == "evaluation", played.total(), "the replay's runs"
     )
