@@ -346,8 +346,8 @@ class TrainingSettings(_Section):
     # shipping catalog: base 38.6% -> 46.8% in-distribution, and the loop's round 1 from it
     # promoted at +6.2 (+2.4, rejected, from the uniform base; trials/bootstrap_calibration.md).
     # On the shipped catalog the calibrated build probed lower and the uniform one was kept, at
-    # twice the bootstrap time (trials/shipped_calibration.md). Off by default until it helps, or
-    # is a no-op, on every catalog (kitchen not yet measured).
+    # twice the bootstrap time (trials/shipped_calibration.md), and on kitchen too
+    # (trials/unified_defaults.md): it helps one catalog of three, so it is off by default.
     bootstrap_calibration: bool = False
     # Where a candidate is trained: here (transformers + peft), or as an Azure OpenAI fine-tuning
     # job of the provider profile `hosted_profile` (default: the active provider).
