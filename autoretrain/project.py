@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from autoretrain.runs.scoring import ScoreReport
     from autoretrain.scenarios import Catalog
     from autoretrain.selfplay import SelfPlayReport, SelfPlayRunner
-    from autoretrain.training.config import TrainMetrics, TrainResult
+    from autoretrain.training.config import TrainConfig, TrainMetrics, TrainResult
     from autoretrain.training.hosted import HostedBackend
 
 
@@ -845,7 +845,15 @@ class Project:
             self.settings.training, mix_in=mix_in, **{**defaults, **overrides}
         )
         output_dir = output_dir or self.settings.paths.models / EMBEDDED / version_id
-        result = train(Path(dataset_dir), Path(base_dir), output_dir, config)
+        probe = None
+        if incumbent is not None and self.settings.training.phrasing_slice:
+            config, probe = self.phrasing_slice_epochs(
+                Path(dataset_dir), Path(base_dir), incumbent, config, output_dir
+            )
+        extra = {"phrasing_slice": probe} if probe is not None else None
+        result = train(Path(dataset_dir), Path(base_dir), output_dir, config, extra_metadata=extra)
+        if probe is not None:
+            result.metrics.record["phrasing_slice"] = probe
         if incumbent is None:
             return result
         with self.store() as store:
@@ -864,6 +872,59 @@ class Project:
                 # Served by its id from now on (a replay through a team's agent asks for it).
                 registry.write_serving_config()
         return result
+
+    def phrasing_slice_epochs(
+        self,
+        dataset_dir: Path,
+        base_dir: Path,
+        incumbent: ModelVersion,
+        config: TrainConfig,
+        output_dir: Path,
+    ) -> tuple[TrainConfig, dict[str, Any]]:
+        """`config` with the epoch count the phrasing-slice probe chose against `incumbent`
+        (training/phrasing_slice.py), and the probe's record (`epochs` None: the configured
+        count stays, `reason` says why)."""
+        import shutil
+        from dataclasses import replace
+        from pathlib import Path
+
+        from autoretrain.agents.play import agent_from_settings
+        from autoretrain.providers.factory import chat_model_for
+        from autoretrain.training.phrasing_slice import probe_epochs
+
+        if agent_from_settings(self.settings) is not None:
+            return config, {
+                "epochs": None,
+                "reason": "the slice replays through the built-in workflow; a round played by "
+                "the team's own agent trains the configured epochs",
+            }
+
+        def load(path: Path, name: str) -> Any:
+            model = chat_model_for(self.settings, model_dir=path)
+            model.name = name
+            return model
+
+        workdir = output_dir.with_name(f".{output_dir.name}.phrasing-slice")
+        try:
+            record = probe_epochs(
+                dataset_dir=dataset_dir,
+                base_dir=base_dir,
+                config=config,
+                catalog=self.catalog,
+                incumbent_model=load(
+                    Path(incumbent.model_dir or incumbent.adapter_dir), incumbent.id
+                ),
+                load_model=load,
+                setup=self.replay_setup(),
+                workdir=workdir,
+            )
+        finally:
+            # The probe's models and runs are only a measurement; its record keeps the figures.
+            shutil.rmtree(workdir, ignore_errors=True)
+        record["configured_epochs"] = config.epochs
+        if record["epochs"] is not None:
+            config = replace(config, epochs=record["epochs"])
+        return config, record
 
     def training_start(self, incumbent: ModelVersion) -> Path:
         """The weights a round fine-tunes (`training.init_from`): the incumbent's, or those of

@@ -322,6 +322,12 @@ class TrainingSettings(_Section):
     # in-distribution lift (bench/results/interpolation_trial.md); round 2 at 0.75 still
     # dropped them (bench/results/trials/step-fraction/), so 1, the whole step, stays.
     step_fraction: float = Field(default=1.0, gt=0, le=1)
+    # Choose each round's epoch count on a slice of phrasings it did not train on: a probe
+    # trains without one train scenario per category (3+ scenarios), saving every epoch, and
+    # the candidate trains as many epochs as kept the slice closest to the incumbent
+    # (training/phrasing_slice.py). Costs about one more training run per round. Local
+    # training with the built-in workflow only.
+    phrasing_slice: bool = False
     # Where a round's fine-tune starts: `base`, the root of the incumbent's lineage (v0 for the
     # embedded model), retrained each round on the round's dataset, as ReST-EM does to keep
     # iterations from drifting; `incumbent`, the model in the primary slot (each round builds

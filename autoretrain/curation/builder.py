@@ -602,6 +602,12 @@ def _manifest(
             for name, part in parts.items()
         },
         "run_ids": {name: [safe(e.run_id) for e in part] for name, part in parts.items()},
+        # Line by line beside run_ids: which scenario each example plays (None: not from the
+        # catalog), so a probe can withhold scenarios (training/phrasing_slice.py).
+        "scenario_ids": {
+            name: [None if e.scenario_id is None else safe(e.scenario_id) for e in part]
+            for name, part in parts.items()
+        },
         "files": digests,
         "validation": validation,
         # Every line written was scanned (above); a line the scan flagged after scrubbing was

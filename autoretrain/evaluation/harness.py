@@ -459,6 +459,11 @@ def _distinct(instances: list[Any], tier: str, result: Replay) -> list[Any]:
     return out
 
 
+def evaluation_sampling(base: Sampling, ev: Any) -> Sampling:
+    """The sampling of a one-sample replay (greedy) under the evaluation settings `ev`."""
+    return _sampling(base, ev, 1, 0)
+
+
 def _sampling(base: Sampling, ev: Any, samples: int, sample: int) -> Sampling:
     # Greedy when one sample is enough; several samples of a greedy model would be copies.
     temperature = 0.0 if samples == 1 else ev.temperature

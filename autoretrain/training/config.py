@@ -42,6 +42,9 @@ class TrainConfig:
     # (training/interpolate.py). Below 1 it needs whole weights: a full fine-tune or a merge.
     step_fraction: float = 1.0
     time_budget_s: float | None = None
+    # Save the model at the end of every whole epoch too, under <version>/epochs/epoch-<n>
+    # (the phrasing-slice probe replays each one: training/phrasing_slice.py).
+    epoch_snapshots: bool = False
     checkpoint_every_s: float = 30.0
     mix_in: list[str] = field(default_factory=list)  # extra JSONL files added to the train split
     torch_threads: int | None = None  # None: torch's default (one per core)

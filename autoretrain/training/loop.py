@@ -80,8 +80,11 @@ def train_loop(
     workdir: Path,
     accelerator=None,
     on_step: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` in place (its best weights restored at the end) and return the metrics."""
+    """Train `model` in place (its best weights restored at the end) and return the metrics.
+    `on_epoch(epoch, model)` is called on every process at the end of each whole epoch, with the
+    weights as they are then (not the best so far)."""
     import torch
     from accelerate import Accelerator
 
@@ -133,6 +136,9 @@ def train_loop(
             stopped_by = "time_budget"
         if on_step is not None:
             on_step(state.step)
+        if on_epoch is not None and state.step % steps_per_epoch == 0:
+            on_epoch(state.step // steps_per_epoch, accelerator.unwrap_model(model))
+            model.train()
         if stopped_by != "completed":
             break
         if (

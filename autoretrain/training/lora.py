@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "training_metrics.json"
 CONFIG_FILE = "train_config.json"
+SNAPSHOTS_DIR = "epochs"  # the epoch-end models of a run with `epoch_snapshots`
 
 
 class TrainingError(RuntimeError):
@@ -129,6 +130,7 @@ def _train(
         workdir=partial,
         accelerator=accelerator,
         on_step=on_step,
+        on_epoch=_epoch_snapshots(config, partial, tokenizer, method, base_model_dir, accelerator),
     )
     model = accelerator.unwrap_model(model)
     metrics.update(
@@ -164,6 +166,24 @@ def _train(
     accelerator.wait_for_everyone()
     log.info("saved %s (%s) in %.1f s", output_dir, method, metrics.get("wall_seconds", 0.0))
     return _result(output_dir, method, metrics, config)
+
+
+def _epoch_snapshots(
+    config: TrainConfig, partial: Path, tokenizer, method: str, base_model_dir: Path, accelerator
+) -> Callable[[int, Any], None] | None:
+    """With `config.epoch_snapshots`: a callback that saves the model as each epoch ends, as
+    the version itself is saved (whole, or adapter plus merge), into epochs/epoch-<n>."""
+    if not config.epoch_snapshots:
+        return None
+    dtype = stored_dtype(base_model_dir)
+
+    def save(epoch: int, model: Any) -> None:
+        if accelerator.is_main_process:
+            target = partial / SNAPSHOTS_DIR / f"epoch-{epoch}"
+            shutil.rmtree(target, ignore_errors=True)  # a resumed run saves that epoch again
+            _save_model(model, tokenizer, method, config, target, dtype)
+
+    return save
 
 
 def _result(
