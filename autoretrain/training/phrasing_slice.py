@@ -16,9 +16,9 @@ from, in four steps:
    demonstrations mixed back in; the probe trains on it and saves the model at every epoch;
 3. `slice_pass_rates`: the incumbent and each epoch's model play `SLICE_INSTANCES` instances of
    every slice scenario (seeds of the reference range, never an evaluation instance);
-4. `choose_epochs`: the epoch whose slice categories all stay within the gate's per-category
-   tolerance of the incumbent and whose mean slice pass rate is highest (the later one on a
-   tie); when every epoch falls further, the one that falls least.
+4. `choose_epochs`: the most-trained epoch whose worst slice category (its drop below the
+   incumbent) is within the gate's per-category tolerance of the best epoch's: training
+   longer stops only where it visibly forgets a phrasing.
 
 The candidate then trains on the whole dataset for that many epochs (`Project.train_candidate`).
 The probe costs about one more training run and a few seconds of replay.
@@ -208,32 +208,34 @@ class EpochChoice:
 def choose_epochs(
     incumbent: Mapping[str, float], by_epoch: Mapping[int, Mapping[str, float]], tolerance: float
 ) -> EpochChoice:
-    """The epoch count to train (see the module's docstring). `incumbent` and each epoch's
-    rates are category → pass rate on the slice; `tolerance` is the gate's
-    `max_category_regression`."""
+    """The epoch count to train: the most-trained epoch whose worst slice category is within
+    `tolerance` (the gate's `max_category_regression`) of the best epoch's worst one. A drop
+    is measured from the incumbent's rate, per category (`incumbent` and each epoch's rates
+    are category → slice pass rate).
+
+    So the configured count stays unless training longer visibly forgets a withheld phrasing.
+    Every epoch may fall below the incumbent (the probe never rehearses the slice, the
+    candidate does); that part is the same at every epoch and does not decide."""
     if not by_epoch:
         raise ValueError("the probe saved no epoch to choose from")
 
     def worst_drop(rates: Mapping[str, float]) -> float:
         return max((incumbent[c] - rates.get(c, 0.0) for c in incumbent), default=0.0)
 
-    def mean(rates: Mapping[str, float]) -> float:
-        return sum(rates.get(c, 0.0) for c in incumbent) / max(1, len(incumbent))
-
-    # A rounding margin: a drop of exactly the tolerance is within it.
-    within = [e for e, rates in by_epoch.items() if worst_drop(rates) <= tolerance + 1e-9]
-    if within:
-        epochs = max(within, key=lambda e: (round(mean(by_epoch[e]), 9), e))
-        reason = (
-            f"highest mean slice pass rate ({mean(by_epoch[epochs]):.3f}) among the epochs "
-            f"whose slice categories stay within {tolerance:.3f} of the incumbent"
+    drops = {epoch: round(worst_drop(rates), 6) for epoch, rates in by_epoch.items()}
+    least = min(drops.values())
+    # A rounding margin: a difference of exactly the tolerance is within it.
+    epochs = max(e for e, drop in drops.items() if drop <= least + tolerance + 1e-9)
+    last = max(by_epoch)
+    reason = (
+        f"worst slice drop below the incumbent {drops[epochs]:.3f} at epoch {epochs}"
+        + (
+            f"; epoch {last} fell to {drops[last]:.3f}, more than {tolerance:.3f} below the "
+            f"best ({least:.3f})"
+            if epochs != last
+            else f", within {tolerance:.3f} of the least ({least:.3f})"
         )
-    else:
-        epochs = min(by_epoch, key=lambda e: (round(worst_drop(by_epoch[e]), 9), -e))
-        reason = (
-            f"every epoch fell more than {tolerance:.3f} below the incumbent in a slice "
-            f"category; this one fell least ({worst_drop(by_epoch[epochs]):.3f})"
-        )
+    )
     return EpochChoice(
         epochs=epochs,
         reason=reason,

@@ -78,7 +78,7 @@ def test_withhold_refuses_a_dataset_it_cannot_line_up(tmp_path):
         withhold(dataset, {"a"}, [], tmp_path / "probe2")
 
 
-def test_choose_epochs_keeps_the_slice_within_the_tolerance():
+def test_choose_epochs_stops_only_where_training_longer_forgets_a_phrasing():
     incumbent = {"refuse": 1.0, "scaling": 0.2}
     # Kitchen's shape: learning goes on (scaling) while a refusal phrasing is forgotten.
     by_epoch = {
@@ -87,14 +87,24 @@ def test_choose_epochs_keeps_the_slice_within_the_tolerance():
         3: {"refuse": 0.60, "scaling": 0.6},
     }
     choice = choose_epochs(incumbent, by_epoch, tolerance=0.05)
-    assert choice.epochs == 2 and "within 0.050" in choice.reason
-    # A tie on the mean goes to the later epoch (more of the round's lift).
-    tie = choose_epochs(incumbent, {1: {"refuse": 1.0, "scaling": 0.4}, 2: dict(refuse=1.0, scaling=0.4)}, 0.05)  # fmt: skip
-    assert tie.epochs == 2
-    # Every epoch falls too far: the one that falls least.
-    worse = choose_epochs(incumbent, {1: {"refuse": 0.8}, 2: {"refuse": 0.7}, 3: {"refuse": 0.5}}, 0.05)  # fmt: skip
-    assert worse.epochs == 1 and "fell least (0.200)" in worse.reason
-    assert worse.record()["by_epoch"]["3"] == {"refuse": 0.5}
+    assert choice.epochs == 2 and "epoch 3 fell to 0.400" in choice.reason
+    # Every epoch below the incumbent by about as much (the probe never rehearses the slice):
+    # that does not decide, and the most-trained epoch within the tolerance stays.
+    refusals = {"refuse": 1.0}
+    level = {1: {"refuse": 0.90}, 2: {"refuse": 0.88}, 3: {"refuse": 0.86}}
+    assert choose_epochs(refusals, level, 0.05).epochs == 3
+    assert choose_epochs(refusals, {1: {"refuse": 0.9}, 2: {"refuse": 0.9}}, 0.05).epochs == 2
+    # A drop of exactly the tolerance more is within it; beyond it is not.
+    assert choose_epochs(refusals, {1: {"refuse": 1.0}, 2: {"refuse": 0.95}}, 0.05).epochs == 2
+    assert choose_epochs(refusals, {1: {"refuse": 1.0}, 2: {"refuse": 0.9}}, 0.05).epochs == 1
+    # A category an epoch never played counts as 0 (it cannot hide a loss).
+    assert (
+        choose_epochs(
+            incumbent, {1: {"refuse": 1.0, "scaling": 0.2}, 2: {"refuse": 1.0}}, 0.05
+        ).epochs
+        == 1
+    )
+    assert choice.record()["by_epoch"]["3"] == {"refuse": 0.6, "scaling": 0.6}
     with pytest.raises(ValueError, match="no epoch"):
         choose_epochs(incumbent, {}, 0.05)
 
