@@ -738,6 +738,7 @@ def _training_facts(metrics: dict[str, Any]) -> dict[str, Any]:
         "final_loss",
         "eval_loss",
         "wall_seconds",
+        "phrasing_slice",  # the probe's record when training.phrasing_slice chose the epochs
     )
     return {k: metrics[k] for k in keep if k in metrics}
 
