@@ -227,14 +227,11 @@ def choose_epochs(
     # A rounding margin: a difference of exactly the tolerance is within it.
     epochs = max(e for e, drop in drops.items() if drop <= least + tolerance + 1e-9)
     last = max(by_epoch)
-    reason = (
-        f"worst slice drop below the incumbent {drops[epochs]:.3f} at epoch {epochs}"
-        + (
-            f"; epoch {last} fell to {drops[last]:.3f}, more than {tolerance:.3f} below the "
-            f"best ({least:.3f})"
-            if epochs != last
-            else f", within {tolerance:.3f} of the least ({least:.3f})"
-        )
+    reason = f"worst slice drop below the incumbent {drops[epochs]:.3f} at epoch {epochs}" + (
+        f"; epoch {last} fell to {drops[last]:.3f}, more than {tolerance:.3f} below the "
+        f"best ({least:.3f})"
+        if epochs != last
+        else f", within {tolerance:.3f} of the least ({least:.3f})"
     )
     return EpochChoice(
         epochs=epochs,
