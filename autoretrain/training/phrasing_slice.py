@@ -228,8 +228,8 @@ def choose_epochs(
     epochs = max(e for e, drop in drops.items() if drop <= least + tolerance + 1e-9)
     last = max(by_epoch)
     reason = f"worst slice drop below the incumbent {drops[epochs]:.3f} at epoch {epochs}" + (
-        f"; epoch {last} fell to {drops[last]:.3f}, more than {tolerance:.3f} below the "
-        f"best ({least:.3f})"
+        f"; epoch {last} dropped {drops[last]:.3f}, more than {tolerance:.3f} beyond the "
+        f"least ({least:.3f})"
         if epochs != last
         else f", within {tolerance:.3f} of the least ({least:.3f})"
     )

@@ -87,7 +87,7 @@ def test_choose_epochs_stops_only_where_training_longer_forgets_a_phrasing():
         3: {"refuse": 0.60, "scaling": 0.6},
     }
     choice = choose_epochs(incumbent, by_epoch, tolerance=0.05)
-    assert choice.epochs == 2 and "epoch 3 fell to 0.400" in choice.reason
+    assert choice.epochs == 2 and "epoch 3 dropped 0.400" in choice.reason
     # Every epoch below the incumbent by about as much (the probe never rehearses the slice):
     # that does not decide, and the most-trained epoch within the tolerance stays.
     refusals = {"refuse": 1.0}
