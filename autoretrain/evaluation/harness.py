@@ -198,18 +198,22 @@ def _evaluation_trackers(
     sink: BufferedArchive, prices: PriceTable, provider: str, names: dict[str, str]
 ) -> dict[str, RunTracker]:
     """One tracker per role: runs recorded as evaluation traffic, under the role's model name."""
-    return {
-        role: RunTracker(
-            sink,
-            prices,
-            agent_version=AGENT_VERSION,
-            provider=provider,
-            model=names[role],
-            slot=None,
-            traffic="evaluation",
-        )
-        for role in ROLES
-    }
+    return {role: evaluation_tracker(sink, prices, provider, names[role]) for role in ROLES}
+
+
+def evaluation_tracker(
+    sink: BufferedArchive, prices: PriceTable, provider: str, model: str
+) -> RunTracker:
+    """A tracker that records `model`'s runs as evaluation traffic (never trained on)."""
+    return RunTracker(
+        sink,
+        prices,
+        agent_version=AGENT_VERSION,
+        provider=provider,
+        model=model,
+        slot=None,
+        traffic="evaluation",
+    )
 
 
 @dataclass

@@ -110,14 +110,11 @@ def withhold(
         dropped[name] = len(lines) - len(kept)
     files = []
     for index, extra in enumerate(mix_in):
-        kept = [
-            line
-            for line in _lines(Path(extra))
-            if _metadata_scenario(line) not in withheld or not line.strip()
-        ]
+        lines = _lines(Path(extra))
+        kept = [line for line in lines if _metadata_scenario(line) not in withheld]
         target = out_dir / f"mix_in-{index}.jsonl"
         target.write_text("".join(kept), encoding="utf-8")
-        dropped[str(extra)] = len(_lines(Path(extra))) - len(kept)
+        dropped[str(extra)] = len(lines) - len(kept)
         files.append(str(target))
     return probe, files, dropped
 
@@ -151,10 +148,9 @@ def slice_pass_rates(
     from dataclasses import replace
 
     from autoretrain.agents.play import play
-    from autoretrain.agents.workflow import AGENT_VERSION, WorkflowConfig
-    from autoretrain.evaluation.harness import evaluation_sampling
+    from autoretrain.agents.workflow import WorkflowConfig
+    from autoretrain.evaluation.harness import evaluation_sampling, evaluation_tracker
     from autoretrain.runs.archive import BufferedArchive, RunArchive
-    from autoretrain.runs.tracker import RunTracker
 
     workflow = WorkflowConfig()
     # The gate's sampling (one greedy sample, its seed and token cap): the slice measures what
@@ -162,15 +158,7 @@ def slice_pass_rates(
     workflow = replace(workflow, sampling=evaluation_sampling(workflow.sampling, setup.evaluation))
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     with BufferedArchive(RunArchive(landing)) as sink:
-        tracker = RunTracker(
-            sink,
-            setup.prices,
-            agent_version=AGENT_VERSION,
-            provider=setup.provider,
-            model=name,
-            slot=None,
-            traffic="evaluation",
-        )
+        tracker = evaluation_tracker(sink, setup.prices, setup.provider, name)
         for run in play(
             instances,
             model,
