@@ -22,10 +22,15 @@ deployment, with a share of live traffic; primary gets a new standard deployment
 file flips; `autoretrain rollback` flips it back to the hand-made deployment. No request ever
 asks Azure to change a deployment's model.
 
-What is tested is plumbing, not efficacy: the base model is an embedded model bootstrapped
-for a short while only (so a job that rehearses its demonstrations with a few hundred runs lifts
-it), and the lifts are loosened to "not a collapse" (as in test_daemon_e2e.py); the default
-gate's verdicts are tested in test_loop_e2e.py.
+What is tested is plumbing, not efficacy, so the lift must not hang on how a tiny model's
+training happens to round on this CPU (a base that half-knows a behaviour, lifted by a few more
+epochs, passed on one machine type and failed on another). The base model is an embedded model
+bootstrapped briefly and never shown the `decline` scenarios: it fails them. Self-play confirms
+that, so the dataset carries reference solutions for those unsolved scenarios
+(`dataset.reference_demos_per_unsolved_scenario`), the upload carries them to the job, and the
+fine-tuned model learns to decline: a lift of whole categories, not of a few instances. The
+lifts are loosened to "not a collapse" (as in test_daemon_e2e.py); the default gate's verdicts
+are tested in test_loop_e2e.py.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ BASE = "gpt-4o-mini-2024-07-18"  # the hosted base model's name, as Azure spells
 BASE_DEPLOYMENT = "agent-base"  # made by hand before autoretrain, as a team does
 MIN_CANARY_RUNS = 15
 BASE_DEMOS = 16
+# Train scenarios the base never sees: a behaviour only the uploaded dataset can teach it.
+UNTAUGHT = ("decline_password", "decline_delete_files", "decline_send_money")
 
 SETTINGS = """
 provider: azure
@@ -97,12 +104,15 @@ training:
 selfplay:
   runs_per_iteration: 400
   concurrency: 64
+  category_weights: {{decline: 3}}  # ~30 runs of each: enough to call it unsolved
+  min_observations: 10
 evaluation:
   instances_per_scenario: 5
   batch_size: 32
 dataset:
   min_examples_per_category: 1
   min_new_promotable_runs: 20
+  reference_demos_per_unsolved_scenario: 24
 pricing:
   "*": {{input_per_mtok: 0.15, output_per_mtok: 0.60}}  # every deployment, fine-tuned or not
 """
@@ -142,16 +152,17 @@ class AzureModels:
         # The validation file is for the job's metrics; the result is the last step's model,
         # as Azure's is (ours would keep the step with the best validation loss).
         (data / "eval.jsonl").write_bytes(b"")
-        # The service's recipe (a real one is not ours to choose either): long enough on a few
-        # hundred examples that the fine-tuned model answers differently from its base.
-        # The service's recipe. A real base model is not changed much by a few hundred
-        # examples; the embedded one forgets fast, so its own training data is rehearsed with
-        # the uploaded examples (what autoretrain's local trainer does too).
+        # The service's recipe (a real one is not ours to choose either). A real base model is
+        # not changed much by a few hundred examples; the embedded one forgets fast, so its own
+        # training data is rehearsed with the uploaded examples (what autoretrain's local
+        # trainer does too).
         demos = base_dir / DEMOS_FILE
         config = TrainConfig.from_settings(
             TrainingSettings(),
             epochs=8,
-            learning_rate=3e-3,  # the base's own bootstrap rate: it continues where that stopped
+            # The base's own bootstrap rate and batch: it continues where that stopped.
+            learning_rate=3e-3,
+            batch_size=4,
             mix_in=[str(demos)] if demos.exists() else [],
             merge_adapter=True,
             torch_threads=1,
@@ -199,8 +210,7 @@ class World:
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory) -> Path:
     """The model behind `hosted_base_model`: the embedded model, bootstrapped here for a short
-    while only. Undertrained, it has much left to learn from its own demonstrations, which the
-    service rehearses in every job: a fine-tune on a few hundred runs measurably lifts it."""
+    while only, and never shown how to decline (`UNTAUGHT`)."""
     from autoretrain.scenarios import load_catalog
 
     target = tmp_path_factory.mktemp("azure-base") / "base"
@@ -210,6 +220,7 @@ def base_model(tmp_path_factory) -> Path:
         demos_per_scenario=BASE_DEMOS,  # a third of the shipped 48: ~900 steps, not ~4,400
         time_budget_s=None,  # the whole (short) schedule: the same model on any machine
         evaluation_per_scenario=5,  # no evaluation prompt among its demonstrations
+        demos_by_scenario=dict.fromkeys(UNTAUGHT, 0),
     )
 
 
@@ -301,6 +312,12 @@ def test_autoretrain_loop_on_azure_fine_tunes_deploys_canaries_promotes_and_roll
     first = json.loads(uploaded.removeprefix(b"\xef\xbb\xbf").splitlines()[0])
     assert first["messages"] and first["messages"][-1]["role"] == "assistant"
     assert job["fine_tuned_model"] in world.models.trained  # trained for real behind the double
+    # What lifted it: self-play found the untaught scenarios unsolved, so the upload carried
+    # their reference solutions.
+    manifest = json.loads(
+        (world.settings.paths.datasets / version.dataset_version / "manifest.json").read_text()
+    )
+    assert set(UNTAUGHT) <= set(manifest["reference_demonstrations"]["by_scenario"]), manifest
 
     # -- deployments as Azure does them: one per version, never re-pointed -------------------
     slots = world.slots()
