@@ -191,3 +191,33 @@ def test_train_candidate_chooses_its_epochs_on_the_slice(settings, tmp_path_fact
     assert version.training_metrics["phrasing_slice"] == probe
     # The probe's models and runs are gone; only its record stays.
     assert not list(settings.paths.models.rglob("*phrasing-slice*"))
+
+
+def test_a_round_played_by_the_teams_own_agent_keeps_its_configured_epochs(settings, tmp_path):
+    """The slice replays through the built-in workflow, which is not the team's agent: with an
+    HTTP agent configured the probe stands aside, says why, and changes nothing."""
+    from autoretrain.deploy.registry import ModelVersion
+    from autoretrain.project import Project
+    from autoretrain.settings import Settings
+    from autoretrain.training.config import TrainConfig
+
+    agent = Settings(
+        agent={
+            "kind": "http",
+            "url": "http://127.0.0.1:9/run",
+            "gateway_url": "http://127.0.0.1:9/v1",
+        }
+    ).agent
+    project = Project(settings.model_copy(update={"agent": agent}))
+    config = TrainConfig(epochs=3)
+    work = tmp_path / "models"
+    work.mkdir()
+    incumbent = ModelVersion(id="v1", base_model="tiny", kind="local", model_dir=str(work / "v1"))
+
+    chosen, record = project.phrasing_slice_epochs(
+        work / "dataset", work / "base", incumbent, config, work / "v2"
+    )
+
+    assert chosen == config and record["epochs"] is None
+    assert "own agent" in record["reason"]
+    assert not list(work.iterdir())  # no probe folder: nothing was trained or loaded
