@@ -98,7 +98,7 @@ def main() -> None:
         action="append",
         default=[],
         help="after a full run: compare two of its arms directly (paired, same harness) and "
-        "add the result to the existing loop.json, e.g. it1:compute_matched",
+        "add the result to the catalog's existing results, e.g. it1:compute_matched",
     )
     parser.add_argument(
         "--arms", default=",".join(ARMS), help="which arms to run (it1 always runs first)"
@@ -119,7 +119,7 @@ def main() -> None:
         "--note",
         action="append",
         default=[],
-        help="a reading to add to an existing loop.json (runs no arm)",
+        help="a reading to add to the catalog's existing results (runs no arm)",
     )
     args = parser.parse_args()
     args.name = args.name or (args.catalog.resolve().name if args.catalog else "shipped")
@@ -287,7 +287,9 @@ class Bench:
         from autoretrain.project import EMBEDDED
         from autoretrain.scenarios import load_catalog
 
-        previous = json.loads((self.args.out / "loop.json").read_text())
+        # The catalog's own results (loop.json is also the index of every catalog's).
+        name = "loop" if self.args.name == "shipped" else f"loop-{self.args.name}"
+        previous = json.loads((self.args.out / f"{name}.json").read_text())
         command = self.result["command"]
         self.result = previous
         self.result["notes"] += self.args.note
