@@ -31,9 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a bench/loop.py work folder")
     parser.add_argument("--bench", type=Path, default=None, help="that run's loop JSON")
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS / "trials" / "phrasing_slice" / "trial"
-    )  # where the committed trials are (kitchen-it1, ...)
+    parser.add_argument("--out", type=Path, default=RESULTS / "phrasing_slice_trial")
     parser.add_argument("--instances-per-scenario", type=int, default=70)
     args = parser.parse_args()
 
